@@ -1,0 +1,143 @@
+"""The model registry entry: one `ModelConfig` block document per model.
+
+Everything the platform knows about a model lives in one document so that a
+publish, a rollback and a simulation all read the same record, and the Prefect
+UI shows it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from prefect.blocks.core import Block
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RULE = "letters, digits, '-' and '_' only (1 to 64 characters)"
+MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
+
+
+def check_name(kind: str, value: str) -> str:
+    """Refuse owner/title values that cannot be used in paths, image names and URLs."""
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(f"invalid {kind} {value!r}: use {NAME_RULE}, e.g. 'PSLmodels' or 'Tax-Brain'")
+    return value
+
+
+def slug(owner: str, title: str) -> str:
+    """Block and deployment names allow only lowercase letters, digits and dashes."""
+    return f"{owner}-{title}".lower().replace("_", "-")
+
+
+class PublishedTag(BaseModel):
+    """One environment that passed the model's tests and can serve simulations."""
+
+    tag: str
+    tier: Literal["local", "docker", "kubernetes"] = "local"
+    python: str = Field(description="The model environment's python, as seen where the flow runs.")
+    image: str | None = Field(default=None, description="Image reference on container tiers.")
+    version: str | None = Field(default=None, description="get_version() at publish time.")
+    published_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+
+class ModelConfig(Block):
+    """A published (or to-be-published) Compute Studio model app."""
+
+    _block_type_name = "CS Model Config"
+    _block_type_slug = "cs-model-config"
+    _description = "A model app of the platform: where its code is, its resources and its tags."
+
+    owner: str
+    title: str
+    repo_url: str = Field(description="A git URL or a local path to a git repository.")
+    repo_tag: str = Field(default="main", description="The git tag (or branch) to publish.")
+    cs_config_path: str = Field(default="cs-config", description="Folder holding install.sh and cs_config.")
+    install_override: str | None = Field(
+        default=None,
+        description=(
+            "Replaces install.sh: either pip requirements (one per line) or a shell command"
+            " starting with 'run:'. For apps whose install.sh needs conda where conda is absent."
+        ),
+    )
+    cpu: float = Field(default=1.0, gt=0, le=64)
+    memory: str = Field(default="2Gi", description="Memory request, e.g. '512Mi' or '4Gi'.")
+    memory_limit_factor: float = Field(default=1.25, ge=1.0, le=4.0, description="limit = request x factor")
+    expected_task_time: int = Field(default=20, gt=0, description="Seconds a simulation usually takes.")
+    time_limit: int = Field(default=600, gt=0, le=24 * 3600, description="Seconds before a run is killed.")
+    secrets: list[str] = Field(default_factory=list, description="Names of model secrets given to its jobs.")
+    staging_tag: str | None = None
+    latest_tag: str | None = Field(default=None, description="The promoted tag: what simulations use by default.")
+    published_tags: list[PublishedTag] = Field(default_factory=list)
+
+    @field_validator("owner")
+    @classmethod
+    def _owner(cls, value: str) -> str:
+        return check_name("owner", value)
+
+    @field_validator("title")
+    @classmethod
+    def _title(cls, value: str) -> str:
+        return check_name("title", value)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, value: str) -> str:
+        if not MEMORY_RE.match(value):
+            raise ValueError(f"invalid memory {value!r}: use a number with Mi or Gi, e.g. '512Mi' or '4Gi'")
+        return value
+
+    @model_validator(mode="after")
+    def _expected_within_limit(self) -> ModelConfig:
+        if self.expected_task_time > self.time_limit:
+            raise ValueError(
+                f"expected_task_time ({self.expected_task_time}s) exceeds time_limit ({self.time_limit}s):"
+                " raise time_limit or lower expected_task_time"
+            )
+        return self
+
+    @property
+    def slug(self) -> str:
+        return slug(self.owner, self.title)
+
+    @property
+    def memory_mib(self) -> int:
+        number, unit = float(self.memory[:-2]), self.memory[-2:]
+        return int(number * (1024 if unit == "Gi" else 1))
+
+    @property
+    def memory_limit_mib(self) -> int:
+        return int(self.memory_mib * self.memory_limit_factor)
+
+    def published(self, tag: str | None = None) -> PublishedTag:
+        """The environment for `tag`, or the promoted one; a clear error if there is none."""
+        wanted = tag or self.latest_tag
+        if wanted is None:
+            raise LookupError(f"{self.owner}/{self.title} has no promoted tag: publish it first")
+        for entry in reversed(self.published_tags):
+            if entry.tag == wanted:
+                return entry
+        known = ", ".join(e.tag for e in self.published_tags) or "none"
+        raise LookupError(f"{self.owner}/{self.title} has no published tag {wanted!r} (published: {known})")
+
+    def record(self, entry: PublishedTag) -> None:
+        """Keep one entry per tag and tier, the newest last."""
+        self.published_tags = [
+            e for e in self.published_tags if (e.tag, e.tier) != (entry.tag, entry.tier)
+        ] + [entry]
+
+    @classmethod
+    def for_model(cls, owner: str, title: str) -> ModelConfig:
+        """Load a model's document, naming the fix when it is missing."""
+        check_name("owner", owner)
+        check_name("title", title)
+        try:
+            return cls.load(slug(owner, title), _sync=True)
+        except ValueError as exc:
+            raise LookupError(
+                f"model {owner}/{title} is not registered: run `prefect-cs models register config/{owner}/{title}.yaml`"
+            ) from exc
+
+    def save_model(self) -> None:
+        self.save(self.slug, overwrite=True, _sync=True)

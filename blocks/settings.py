@@ -1,0 +1,48 @@
+"""Platform settings read from the environment (prefix `CS_`).
+
+Settings that name blocks or pools live here rather than in a block so that a
+worker, a flow run and the CLI all agree on them without a server round trip.
+"""
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CSSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CS_", extra="ignore")
+
+    home: Path = Field(
+        default=Path.home() / ".prefect-cs",
+        description="Where virtualenvs, clones, undelivered results and logs live.",
+    )
+    tier: str = Field(default="local", description="local | docker | kubernetes")
+    webapp_block: str = "cs-web-app/default"
+    outputs_block: str = Field(
+        default="local-file-system/cs-outputs",
+        description="A Prefect filesystem block (LocalFileSystem or GcsBucket) for output zips.",
+    )
+    process_pool: str = "cs-process"
+    docker_pool: str = "cs-docker"
+    kubernetes_pool: str = "cs-kubernetes"
+    notify_attempts: int = Field(default=5, ge=1, le=20)
+    notify_backoff_seconds: float = Field(default=1.0, ge=0)
+    notify_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @property
+    def envs_dir(self) -> Path:
+        return self.home / "envs"
+
+    @property
+    def repos_dir(self) -> Path:
+        return self.home / "repos"
+
+    @property
+    def undelivered_dir(self) -> Path:
+        return self.home / "undelivered"
+
+
+def get_settings() -> CSSettings:
+    """Read afresh each time: tests and the CLI change the environment between calls."""
+    return CSSettings()
