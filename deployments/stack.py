@@ -1,0 +1,190 @@
+"""The local stack: a Prefect server, a process worker and inputs task workers.
+
+Each part is a background process with a pid file and a log under
+`$CS_HOME/stack/`, so `prefect-cs stack start` and `stack stop` work across
+shells and the tests start exactly what an operator starts.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+
+from prefect_cs.blocks.settings import get_settings
+
+# What a worker needs to reach the server; nothing else of the platform's
+# environment (database URL, API keys, web app tokens) is passed on, because
+# workers copy their PREFECT_* settings into every job they start.
+WORKER_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+FAST_POLLING = {
+    "PREFECT_WORKER_QUERY_SECONDS": "1",
+    "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_TO_API_BATCH_INTERVAL": "0.3",
+}
+
+
+def stack_dir() -> Path:
+    path = get_settings().home / "stack"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A minimal environment for workers: the API URL, the CS_* settings, fast polling."""
+    env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP or k.startswith("CS_")}
+    env.update(FAST_POLLING)
+    env["PREFECT_API_URL"] = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    if "PREFECT_HOME" in os.environ:
+        env["PREFECT_HOME"] = os.environ["PREFECT_HOME"]
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Background:
+    """A background process known by name, with its pid file and log."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pid_file(self) -> Path:
+        return stack_dir() / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return stack_dir() / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+
+    def start(self) -> int:
+        if pid := self.pid():
+            return pid
+        log = self.log_file.open("ab")
+        proc = subprocess.Popen(
+            self.argv,
+            env=self.env or None,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def stop(self, timeout: float = 15) -> bool:
+        """SIGTERM the process group twice (Prefect workers stop on the second), then SIGKILL."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        for sig in (signal.SIGTERM, signal.SIGTERM):
+            _signal_group(pid, sig)
+            if _wait_gone(pid, timeout / 2):
+                break
+        else:
+            _signal_group(pid, signal.SIGKILL)
+            _wait_gone(pid, 5)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        except ChildProcessError:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+def prefect_cli() -> list[str]:
+    return [sys.executable, "-m", "prefect"]
+
+
+@dataclass
+class PrefectServer:
+    """`prefect server start` on SQLite, in the background, on the API URL's port."""
+
+    api_url: str
+    home: Path | None = None
+
+    def background(self) -> Background:
+        url = urlparse(self.api_url)
+        env = {**os.environ, **FAST_POLLING}
+        if self.home:
+            env["PREFECT_HOME"] = str(self.home)
+        argv = prefect_cli() + ["server", "start", "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 4200)]
+        return Background("prefect-server", argv, env)
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.api_url.rstrip("/") + "/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def start(self, timeout: float = 90) -> None:
+        if self.healthy():
+            return
+        bg = self.background()
+        bg.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if bg.pid() is None:
+                break
+            time.sleep(0.5)
+        raise RuntimeError(f"Prefect server did not start at {self.api_url}; see {bg.log_file}")
+
+    def stop(self) -> None:
+        self.background().stop()
+
+
+def process_worker(pool: str | None = None) -> Background:
+    pool = pool or get_settings().process_pool
+    argv = prefect_cli() + ["worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-worker"]
+    return Background(f"worker-{pool}", argv, worker_environment())
+
+
+def inputs_worker() -> Background:
+    """One task worker serving the inputs background tasks of every model."""
+    argv = [sys.executable, "-m", "prefect_cs.flows.inputs"]
+    return Background("inputs-worker", argv, worker_environment(inputs_worker_env()))
+
+
+def inputs_worker_env() -> dict[str, str]:
+    from prefect_cs.flows.inputs import task_storage_env
+
+    return task_storage_env()

@@ -1,0 +1,70 @@
+"""A real HTTP server standing in for the web app: it records what it receives."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+
+
+@dataclass
+class WebAppStub:
+    token: str = "webapp-test-token"
+    fail_next: int = 0  # answer 503 to this many requests before accepting
+    requests: list[Recorded] = field(default_factory=list)
+
+    def start(self) -> None:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw.decode(errors="replace")
+                stub.requests.append(Recorded("PUT", self.path, dict(self.headers), body))
+                if stub.fail_next > 0:
+                    stub.fail_next -= 1
+                    self.send_response(503)
+                elif self.headers.get("Authorization") != f"Token {stub.token}":
+                    self.send_response(401)
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def accepted(self, path: str) -> list[Recorded]:
+        return [r for r in self.requests if r.path == path]
+
+    def wait_for(self, path: str, count: int = 1, timeout: float = 60) -> list[Recorded]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = self.accepted(path)
+            if len(found) >= count:
+                return found
+            time.sleep(0.1)
+        raise AssertionError(f"web app got {len(self.accepted(path))} PUT {path}, wanted {count}")
