@@ -8,7 +8,7 @@ UI shows it.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Literal
 
 from prefect.blocks.core import Block
@@ -22,7 +22,9 @@ MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
 def check_name(kind: str, value: str) -> str:
     """Refuse owner/title values that cannot be used in paths, image names and URLs."""
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(f"invalid {kind} {value!r}: use {NAME_RULE}, e.g. 'PSLmodels' or 'Tax-Brain'")
+        raise ValueError(
+            f"invalid {kind} {value!r}: use {NAME_RULE}, e.g. 'PSLmodels' or 'Tax-Brain'"
+        )
     return value
 
 
@@ -39,7 +41,7 @@ class PublishedTag(BaseModel):
     python: str = Field(description="The model environment's python, as seen where the flow runs.")
     image: str | None = Field(default=None, description="Image reference on container tiers.")
     version: str | None = Field(default=None, description="get_version() at publish time.")
-    published_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    published_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
 class ModelConfig(Block):
@@ -53,7 +55,9 @@ class ModelConfig(Block):
     title: str
     repo_url: str = Field(description="A git URL or a local path to a git repository.")
     repo_tag: str = Field(default="main", description="The git tag (or branch) to publish.")
-    cs_config_path: str = Field(default="cs-config", description="Folder holding install.sh and cs_config.")
+    cs_config_path: str = Field(
+        default="cs-config", description="Folder holding install.sh and cs_config."
+    )
     install_override: str | None = Field(
         default=None,
         description=(
@@ -63,12 +67,22 @@ class ModelConfig(Block):
     )
     cpu: float = Field(default=1.0, gt=0, le=64)
     memory: str = Field(default="2Gi", description="Memory request, e.g. '512Mi' or '4Gi'.")
-    memory_limit_factor: float = Field(default=1.25, ge=1.0, le=4.0, description="limit = request x factor")
-    expected_task_time: int = Field(default=20, gt=0, description="Seconds a simulation usually takes.")
-    time_limit: int = Field(default=600, gt=0, le=24 * 3600, description="Seconds before a run is killed.")
-    secrets: list[str] = Field(default_factory=list, description="Names of model secrets given to its jobs.")
+    memory_limit_factor: float = Field(
+        default=1.25, ge=1.0, le=4.0, description="limit = request x factor"
+    )
+    expected_task_time: int = Field(
+        default=20, gt=0, description="Seconds a simulation usually takes."
+    )
+    time_limit: int = Field(
+        default=600, gt=0, le=24 * 3600, description="Seconds before a run is killed."
+    )
+    secrets: list[str] = Field(
+        default_factory=list, description="Names of model secrets given to its jobs."
+    )
     staging_tag: str | None = None
-    latest_tag: str | None = Field(default=None, description="The promoted tag: what simulations use by default.")
+    latest_tag: str | None = Field(
+        default=None, description="The promoted tag: what simulations use by default."
+    )
     published_tags: list[PublishedTag] = Field(default_factory=list)
 
     @field_validator("owner")
@@ -85,7 +99,9 @@ class ModelConfig(Block):
     @classmethod
     def _memory(cls, value: str) -> str:
         if not MEMORY_RE.match(value):
-            raise ValueError(f"invalid memory {value!r}: use a number with Mi or Gi, e.g. '512Mi' or '4Gi'")
+            raise ValueError(
+                f"invalid memory {value!r}: use a number with Mi or Gi, e.g. '512Mi' or '4Gi'"
+            )
         return value
 
     @model_validator(mode="after")
@@ -119,7 +135,9 @@ class ModelConfig(Block):
             if entry.tag == wanted:
                 return entry
         known = ", ".join(e.tag for e in self.published_tags) or "none"
-        raise LookupError(f"{self.owner}/{self.title} has no published tag {wanted!r} (published: {known})")
+        raise LookupError(
+            f"{self.owner}/{self.title} has no published tag {wanted!r} (published: {known})"
+        )
 
     def record(self, entry: PublishedTag) -> None:
         """Keep one entry per tag and tier, the newest last."""

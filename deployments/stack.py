@@ -17,13 +17,20 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-
 from prefect_cs.blocks.settings import get_settings
 
 # What a worker needs to reach the server; nothing else of the platform's
 # environment (database URL, API keys, web app tokens) is passed on, because
 # workers copy their PREFECT_* settings into every job they start.
-WORKER_ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE")
+WORKER_ENV_KEEP = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+)
 FAST_POLLING = {
     "PREFECT_WORKER_QUERY_SECONDS": "1",
     "PREFECT_WORKER_PREFETCH_SECONDS": "5",
@@ -145,7 +152,14 @@ class PrefectServer:
         env = {**os.environ, **FAST_POLLING}
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
-        argv = prefect_cli() + ["server", "start", "--host", url.hostname or "127.0.0.1", "--port", str(url.port or 4200)]
+        argv = prefect_cli() + [
+            "server",
+            "start",
+            "--host",
+            url.hostname or "127.0.0.1",
+            "--port",
+            str(url.port or 4200),
+        ]
         return Background("prefect-server", argv, env)
 
     def healthy(self) -> bool:
@@ -174,7 +188,16 @@ class PrefectServer:
 
 def process_worker(pool: str | None = None) -> Background:
     pool = pool or get_settings().process_pool
-    argv = prefect_cli() + ["worker", "start", "--pool", pool, "--type", "process", "--name", f"{pool}-worker"]
+    argv = prefect_cli() + [
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "process",
+        "--name",
+        f"{pool}-worker",
+    ]
     return Background(f"worker-{pool}", argv, worker_environment())
 
 

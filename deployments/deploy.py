@@ -1,0 +1,57 @@
+"""Creates or updates each model's simulate deployment.
+
+The deployment is named after the model (`simulate/<owner>-<title>`); its work
+pool and job variables come from the tier's builder, so a publish or a
+rollback only has to call `deploy_model` to move new runs to an environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import get_client
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.blocks.settings import get_settings
+from prefect_cs.flows.builders.base import get_builder
+from prefect_cs.work_pools.pools import ensure_pool
+
+SIMULATE_ENTRYPOINT = "prefect_cs.flows.simulate:simulate"
+
+
+def pool_for(tier: str) -> tuple[str, str]:
+    settings = get_settings()
+    return {
+        "local": (settings.process_pool, "process"),
+        "docker": (settings.docker_pool, "docker"),
+        "kubernetes": (settings.kubernetes_pool, "kubernetes"),
+    }[tier]
+
+
+def deploy_model(model: ModelConfig, entry: PublishedTag) -> UUID:
+    """Point the model's simulate deployment at `entry` on its tier's pool."""
+    from prefect_cs.flows.simulate import simulate
+
+    pool, pool_type = pool_for(entry.tier)
+    ensure_pool(pool, pool_type)
+    job_variables: dict[str, Any] = get_builder(entry.tier).job_variables(model, entry)
+    with get_client(sync_client=True) as client:
+        flow_id = client.create_flow(simulate)
+        return client.create_deployment(
+            flow_id=flow_id,
+            name=model.slug,
+            version=entry.tag,
+            entrypoint=SIMULATE_ENTRYPOINT,
+            work_pool_name=pool,
+            parameters={"owner": model.owner, "title": model.title},
+            parameter_openapi_schema=simulate.parameters.model_dump(mode="json"),
+            enforce_parameter_schema=True,
+            job_variables=job_variables,
+            tags=["cs-simulate", f"model:{model.owner}/{model.title}", f"tag:{entry.tag}"],
+            description=f"Simulations of {model.owner}/{model.title}; serving tag {entry.tag}.",
+            pull_steps=[],
+        )
+
+
+def deployment_name(model: ModelConfig) -> str:
+    return f"simulate/{model.slug}"

@@ -1,0 +1,40 @@
+"""Starting simulations the way the web app does: a run of the model's simulate deployment."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from prefect.client.schemas.objects import FlowRun
+from prefect.deployments import run_deployment
+from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.deployments.deploy import deployment_name
+
+
+def submit_simulation(
+    owner: str,
+    title: str,
+    meta_param_dict: dict[str, Any] | None = None,
+    adjustment: dict[str, Any] | None = None,
+    tag: str | None = None,
+    task_id: str | None = None,
+    wait_seconds: float | None = 0,
+    poll_interval: float = 0.5,
+) -> FlowRun:
+    """Create a flow run of `simulate/<owner>-<title>`; wait up to `wait_seconds` for it to finish."""
+    model = ModelConfig.for_model(owner, title)
+    parameters = {
+        "owner": owner,
+        "title": title,
+        "task_id": task_id or str(uuid.uuid4()),
+        "meta_param_dict": meta_param_dict or {},
+        "adjustment": adjustment or {},
+        "tag": tag,
+    }
+    return run_deployment(
+        deployment_name(model),
+        parameters=parameters,
+        timeout=wait_seconds,
+        poll_interval=poll_interval,
+        tags=[f"task:{parameters['task_id']}"],
+    )

@@ -1,0 +1,59 @@
+"""Runs one cs_config function inside the model's own environment.
+
+Standard library only: this file is copied into every model environment
+(virtualenv or image) and must not depend on the platform. The result goes to a
+file, not stdout, so whatever the model prints cannot be mistaken for it.
+
+    python -I child.py REQUEST.json RESPONSE.json
+"""
+
+import json
+import sys
+import time
+import traceback
+
+
+def _call(request: dict) -> dict:
+    from cs_config import functions
+
+    function = getattr(functions, request["function"])
+    started = time.perf_counter()
+    result = function(*request.get("args", []))
+    seconds = time.perf_counter() - started
+    return {"ok": True, "result": result, "seconds": seconds}
+
+
+def _version() -> object:
+    try:
+        from cs_config import functions
+
+        return str(functions.get_version())
+    except Exception:  # the version is informative; a broken get_version must not fail a run
+        return None
+
+
+def main(request_path: str, response_path: str) -> None:
+    with open(request_path) as f:
+        request = json.load(f)
+    try:
+        response = _call(request)
+    except BaseException:
+        response = {"ok": False, "traceback": traceback.format_exc()}
+    response["version"] = _version() if request.get("with_version") else None
+    try:
+        text = json.dumps(response)
+    except (TypeError, ValueError) as exc:
+        text = json.dumps(
+            {
+                "ok": False,
+                "seconds": response.get("seconds"),
+                "version": response.get("version"),
+                "traceback": f"{request['function']} returned data that is not JSON-serializable: {exc}",
+            }
+        )
+    with open(response_path, "w") as f:
+        f.write(text)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

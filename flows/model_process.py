@@ -1,0 +1,142 @@
+"""Calls a model function in a child process of the model's environment.
+
+The child gets a clean environment (no Prefect API key, no web app token, no
+secret the model did not declare), its own process group so a hang is killed
+whole, a time limit, and on the process tier an address-space limit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CHILD_SCRIPT = Path(__file__).with_name("child.py")
+OUTPUT_TAIL = 4000
+SAFE_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
+
+
+@dataclass
+class ModelCall:
+    """What came back from the child: a result, or the reason it failed."""
+
+    ok: bool
+    result: Any = None
+    seconds: float = 0.0
+    version: str | None = None
+    error: str | None = None
+    output: str = ""
+
+
+def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Only what a model needs: its own bin on PATH, a home, a temp dir, its declared secrets."""
+    bin_dir = str(Path(python).parent)
+    env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
+    env.update(
+        PATH=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
+        HOME=tempfile.gettempdir(),
+        PYTHONUNBUFFERED="1",
+        MPLBACKEND="Agg",
+    )
+    env.update(extra or {})
+    return env
+
+
+def _limit_memory(limit_mib: int | None):
+    def apply() -> None:
+        if limit_mib:
+            limit = limit_mib * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    return apply
+
+
+def describe_exit(returncode: int, memory_limit_mib: int | None) -> str:
+    """Name the way a child died, with the likely cause."""
+    if returncode < 0:
+        sig = signal.Signals(-returncode)
+        if sig == signal.SIGSEGV:
+            return "the model crashed: segmentation fault (SIGSEGV)"
+        if sig == signal.SIGKILL:
+            limit = f" (limit {memory_limit_mib} MiB)" if memory_limit_mib else ""
+            return f"the model was killed (SIGKILL), most likely for exceeding its memory{limit}"
+        return f"the model was killed by signal {sig.name}"
+    return f"the model's process exited with code {returncode} without returning a result"
+
+
+def call_model(
+    python: str,
+    function: str,
+    args: list[Any],
+    timeout: float,
+    env: dict[str, str] | None = None,
+    memory_limit_mib: int | None = None,
+    runner: str | None = None,
+) -> ModelCall:
+    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went."""
+    with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
+        request, response = Path(work, "request.json"), Path(work, "response.json")
+        request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
+        argv = [python, "-I", runner or str(CHILD_SCRIPT), str(request), str(response)]
+        proc = subprocess.Popen(
+            argv,
+            cwd=work,
+            env=child_environment(python, env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_limit_memory(memory_limit_mib),
+        )
+        try:
+            output, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output, _ = proc.communicate()
+            return ModelCall(
+                ok=False,
+                error=f"the model did not finish within its time limit of {timeout:g} seconds and was stopped",
+                output=_tail(output),
+            )
+        finally:
+            _kill_group(proc.pid)
+        return _read_response(response, proc.returncode, memory_limit_mib, _tail(output))
+
+
+def _read_response(
+    path: Path, returncode: int, memory_limit_mib: int | None, output: str
+) -> ModelCall:
+    if not path.exists():
+        return ModelCall(ok=False, error=describe_exit(returncode, memory_limit_mib), output=output)
+    data = json.loads(path.read_text())
+    if not data["ok"]:
+        reason = data["traceback"]
+        if "MemoryError" in reason and memory_limit_mib:
+            reason += f"\nThe model ran out of memory (limit {memory_limit_mib} MiB)."
+        return ModelCall(ok=False, error=reason, version=data.get("version"), output=output)
+    return ModelCall(
+        ok=True,
+        result=data["result"],
+        seconds=data["seconds"],
+        version=data.get("version"),
+        output=output,
+    )
+
+
+def _kill_group(pid: int) -> None:
+    """Nothing the model started outlives the call."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _tail(output: bytes | None) -> str:
+    text = (output or b"").decode(errors="replace")
+    return text[-OUTPUT_TAIL:]

@@ -1,0 +1,90 @@
+"""Delivers results to the web app; keeps what cannot be delivered.
+
+A result the web app did not accept after every bounded retry is written to
+`$CS_HOME/undelivered/` with where it was going, and `prefect-cs results
+resend` delivers it later. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect.blocks.core import Block
+from prefect_cs.blocks.settings import get_settings
+from prefect_cs.blocks.webapp import DeliveryError, WebApp
+
+OUTPUTS_PATH = "/outputs/api/"
+INPUTS_PATH = "/inputs/api/"
+TRACEBACK_LIMIT = 8000
+
+
+def load_webapp() -> WebApp:
+    name = get_settings().webapp_block
+    try:
+        return Block.load(name, _sync=True)  # type: ignore[return-value]
+    except ValueError as exc:
+        raise LookupError(
+            f"no web app block {name!r}: run `prefect-cs webapp set --url URL --token-stdin`"
+        ) from exc
+
+
+def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """PUT the payload with bounded retries; on failure keep it and say where."""
+    settings = get_settings()
+    try:
+        load_webapp().put(
+            path,
+            payload,
+            attempts=settings.notify_attempts,
+            backoff=settings.notify_backoff_seconds,
+            timeout=settings.notify_timeout_seconds,
+        )
+    except (DeliveryError, LookupError) as exc:
+        kept = keep_undelivered(path, payload, str(exc))
+        return {"delivered": False, "error": str(exc), "kept": str(kept)}
+    return {"delivered": True}
+
+
+def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
+    folder = get_settings().undelivered_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"{payload.get('task_id', 'unknown')}-{path.strip('/').replace('/', '_')}-{time.time_ns()}.json"
+    target = folder / name
+    target.write_text(json.dumps({"path": path, "payload": payload, "error": error}))
+    return target
+
+
+def undelivered() -> list[Path]:
+    folder = get_settings().undelivered_dir
+    return sorted(folder.glob("*.json")) if folder.exists() else []
+
+
+def resend_undelivered() -> list[tuple[Path, str]]:
+    """Try every kept result once more (with the usual retries); remove what got through."""
+    settings = get_settings()
+    webapp = load_webapp()
+    report = []
+    for kept in undelivered():
+        record = json.loads(kept.read_text())
+        try:
+            webapp.put(
+                record["path"],
+                record["payload"],
+                attempts=settings.notify_attempts,
+                backoff=settings.notify_backoff_seconds,
+                timeout=settings.notify_timeout_seconds,
+            )
+        except DeliveryError as exc:
+            report.append((kept, f"still undelivered: {exc}"))
+            continue
+        kept.unlink()
+        report.append((kept, "delivered"))
+    return report
+
+
+def cut_traceback(text: str) -> str:
+    """The web app keeps 8,000 characters: keep the end, where the error is."""
+    return text if len(text) <= TRACEBACK_LIMIT else "…" + text[-(TRACEBACK_LIMIT - 1) :]

@@ -1,0 +1,161 @@
+"""The publish flow: repository at a tag → tested environment → staged → promoted → deployed.
+
+Each step is a task, so the Prefect UI shows them one by one. Promotion is the
+last thing that changes the model record: any failure before it leaves the
+previously promoted tag serving.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.blocks.settings import get_settings
+from prefect_cs.flows.builders.base import get_builder
+from prefect_cs.flows.builders.steps import StepFailed, run_step
+from prefect_cs.flows.model_process import call_model
+from prefect_cs.flows.runtime import runner_for
+
+Steps = Literal["all", "stage", "promote"]
+
+
+def git_source(repo_url: str) -> str:
+    """Local paths become file:// URLs so a shallow clone works on them too."""
+    path = Path(repo_url).expanduser()
+    return path.resolve().as_uri() if path.exists() else repo_url
+
+
+@task(name="clone")
+def clone(model: ModelConfig, tag: str) -> Path:
+    logger = get_run_logger()
+    dest = Path(tempfile.mkdtemp(prefix=f"{model.slug}-{tag}-", dir=_repos_dir()))
+    run_step(
+        "git-clone",
+        [
+            "git",
+            "clone",
+            "--quiet",
+            "--depth",
+            "1",
+            "--branch",
+            tag,
+            git_source(model.repo_url),
+            str(dest),
+        ],
+        logger,
+        timeout=600,
+        hint=f"Check that {model.repo_url} is reachable and has the tag {tag!r}.",
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True
+    ).stdout.strip()
+    logger.info("cloned %s@%s (%s)", model.repo_url, tag, commit)
+    return dest
+
+
+def _repos_dir() -> Path:
+    path = get_settings().repos_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@task(name="build-environment")
+def build_environment(model: ModelConfig, source: Path, tag: str) -> PublishedTag:
+    return get_builder(get_settings().tier).build(model, source, tag, get_run_logger())
+
+
+@task(name="run-model-tests")
+def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> str | None:
+    """The model's own test suite, then its version, both inside the new environment."""
+    builder = get_builder(entry.tier)
+    logger = get_run_logger()
+    try:
+        builder.test(model, entry, source, logger)
+    except StepFailed:
+        builder.discard(entry, logger)
+        raise
+    call = call_model(entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python))
+    if not call.ok:
+        raise StepFailed(f"get_version() failed in the new environment: {call.error}")
+    return str(call.result)
+
+
+@task(name="push")
+def push(model: ModelConfig, entry: PublishedTag) -> PublishedTag:
+    return get_builder(entry.tier).push(model, entry, get_run_logger())
+
+
+@task(name="register")
+def register(owner: str, title: str, entry: PublishedTag) -> None:
+    model = ModelConfig.for_model(owner, title)
+    model.record(entry)
+    model.save_model()
+    get_run_logger().info("registered %s/%s@%s (%s tier)", owner, title, entry.tag, entry.tier)
+
+
+@task(name="stage")
+def stage(owner: str, title: str, tag: str) -> None:
+    model = ModelConfig.for_model(owner, title)
+    model.staging_tag = tag
+    model.save_model()
+
+
+@task(name="promote")
+def promote(owner: str, title: str, tag: str) -> PublishedTag:
+    """Make `tag` the default for new simulations (it must have been published)."""
+    model = ModelConfig.for_model(owner, title)
+    entry = model.published(tag)
+    previous, model.latest_tag = model.latest_tag, tag
+    model.save_model()
+    get_run_logger().info("promoted %s/%s: %s → %s", owner, title, previous, tag)
+    return entry
+
+
+@task(name="deploy")
+def deploy(owner: str, title: str, entry: PublishedTag) -> str:
+    from prefect_cs.deployments.deploy import deploy_model, deployment_name
+
+    model = ModelConfig.for_model(owner, title)
+    deployment_id = deploy_model(model, entry)
+    get_run_logger().info(
+        "deployment %s (%s) now serves %s", deployment_name(model), deployment_id, entry.tag
+    )
+    return deployment_name(model)
+
+
+@flow(name="publish")
+def publish(owner: str, title: str, tag: str | None = None, steps: Steps = "all") -> dict:
+    """Publish OWNER/TITLE at `tag` (default: the model config's repo_tag).
+
+    steps: "all" (build, test, push, stage, promote, deploy), "stage" (stop after
+    staging: a pull request's check), "promote" (promote and deploy an already
+    published tag: the merge).
+    """
+    model = ModelConfig.for_model(owner, title)
+    tag = tag or model.repo_tag
+    if steps != "promote":
+        source = clone(model, tag)
+        try:
+            entry = build_environment(model, source, tag)
+            version = run_model_tests(model, entry, source)
+            entry = push(model, entry.model_copy(update={"version": version}))
+            register(owner, title, entry)
+            stage(owner, title, tag)
+        finally:
+            shutil.rmtree(source, ignore_errors=True)
+        if steps == "stage":
+            return {"staged": tag}
+    entry = promote(owner, title, tag)
+    name = deploy(owner, title, entry)
+    create_markdown_artifact(
+        key=f"publish-{model.slug}"[:100],
+        markdown=f"# {owner}/{title} published\n\n- tag: `{tag}`\n- tier: {entry.tier}\n- version: {entry.version}\n"
+        f"- environment: `{entry.image or entry.python}`\n- deployment: `{name}`\n",
+    )
+    return {"promoted": tag, "deployment": name, "version": entry.version}

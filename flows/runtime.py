@@ -1,0 +1,53 @@
+"""What a model's child process gets: its runner, its environment, and the scrubbing of its secrets."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.flows.model_process import CHILD_SCRIPT
+
+RUNTIME_DIR = "cs-runtime"
+
+
+def runner_for(python: str) -> str:
+    """The copy of child.py installed in the model environment at publish; the platform's own as fallback."""
+    installed = Path(python).parent.parent / RUNTIME_DIR / CHILD_SCRIPT.name
+    return str(installed if installed.exists() else CHILD_SCRIPT)
+
+
+def declared_secrets(model: ModelConfig) -> dict[str, str]:
+    if not model.secrets:
+        return {}
+    from prefect_cs.blocks.secrets import model_secret_env
+
+    return model_secret_env(model.owner, model.title, model.secrets)
+
+
+def model_env(model: ModelConfig) -> dict[str, str]:
+    """Declared secrets plus thread counts matched to the model's CPU share."""
+    threads = str(max(1, int(model.cpu)))
+    env = {name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["MALLOC_ARENA_MAX"] = "2"
+    env.update(declared_secrets(model))
+    return env
+
+
+def scrub(data: Any, values: list[str]) -> Any:
+    """Replace every secret value in strings nested anywhere in data."""
+    if isinstance(data, str):
+        for value in values:
+            data = data.replace(value, "***")
+        return data
+    if isinstance(data, dict):
+        return {k: scrub(v, values) for k, v in data.items()}
+    if isinstance(data, list):
+        return [scrub(v, values) for v in data]
+    return data
+
+
+def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
+    values = sorted((v for v in declared_secrets(model).values() if v), key=len, reverse=True)
+    return lambda data: scrub(data, values) if values else data

@@ -1,0 +1,154 @@
+"""The simulate flow: one simulation, one ephemeral job, on every tier.
+
+The model runs in a child process of its own environment; whatever happens
+there (a result, an exception, a hang, a crash, malformed outputs), the web
+app receives exactly one payload for the task, SUCCESS or FAIL.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.states import Completed, Failed, State
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.flows.model_process import ModelCall, call_model
+from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
+from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
+from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
+from prefect_cs.flows.storage import store_zips
+
+
+def success_payload(task_id: str, call: ModelCall, outputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "task_id": task_id,
+        "status": "SUCCESS",
+        "model_version": call.version,
+        "meta": {"task_times": [call.seconds]},
+        "outputs": outputs,
+        "version": "v1",
+    }
+
+
+def fail_payload(task_id: str, reason: str, seconds: float = 0.0) -> dict[str, Any]:
+    """On FAIL the web app reads only these four keys."""
+    return {
+        "task_id": task_id,
+        "status": "FAIL",
+        "meta": {"task_times": [seconds]},
+        "traceback": cut_traceback(reason),
+    }
+
+
+@task(name="run-model")
+def run_model_task(
+    model: ModelConfig, entry: PublishedTag, meta_param_dict: dict, adjustment: dict
+) -> ModelCall:
+    """The model's own run, time-limited, in a clean child process."""
+    logger = get_run_logger()
+    logger.info(
+        "running %s/%s@%s (time limit %ss)", model.owner, model.title, entry.tag, model.time_limit
+    )
+    call = call_model(
+        entry.python,
+        "run_model",
+        [meta_param_dict, adjustment],
+        timeout=model.time_limit,
+        env=model_env(model),
+        memory_limit_mib=model.memory_limit_mib,
+        runner=runner_for(entry.python),
+    )
+    if call.output:
+        logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))
+    return call
+
+
+@task(name="store-outputs")
+def store_outputs_task(task_id: str, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    description, zips = build_zips(task_id, outputs)
+    where = store_zips(zips)
+    get_run_logger().info("outputs stored: %s", ", ".join(where.values()))
+    return {"description": description, "where": where}
+
+
+@task(name="notify-webapp", retries=0)
+def notify_task(path: str, payload: dict[str, Any]) -> dict[str, Any]:
+    result = deliver(path, payload)
+    logger = get_run_logger()
+    if result["delivered"]:
+        logger.info("web app notified: %s %s", payload["status"], path)
+    else:
+        logger.error(
+            "web app NOT notified (%s); kept at %s: resend with `prefect-cs results resend`",
+            result["error"],
+            result["kept"],
+        )
+    return result
+
+
+def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
+    rows = [
+        {
+            "category": category,
+            "title": o["title"],
+            "media_type": o["media_type"],
+            "file": o["filename"],
+            "zip": stored["where"][info["ziplocation"]],
+        }
+        for category, info in stored["description"].items()
+        for o in info["outputs"]
+    ]
+    create_table_artifact(
+        table=rows, key=f"outputs-{task_id}".lower()[:100], description=f"Outputs of task {task_id}"
+    )
+
+
+def run_and_collect(
+    model: ModelConfig, entry: PublishedTag, task_id: str, meta: dict, adjustment: dict
+):
+    """Run the model and turn whatever happened into the payload for the web app."""
+    call = run_model_task(model, entry, meta, adjustment)
+    if not call.ok:
+        return fail_payload(task_id, call.error or "unknown failure", call.seconds), None
+    try:
+        outputs = validate_outputs(call.result)
+    except MalformedOutputs as exc:
+        return fail_payload(task_id, f"malformed outputs: {exc}", call.seconds), None
+    stored = store_outputs_task(task_id, outputs)
+    return success_payload(task_id, call, stored["description"]), stored
+
+
+@flow(name="simulate", log_prints=True)
+def simulate(
+    owner: str,
+    title: str,
+    task_id: str,
+    meta_param_dict: dict[str, Any] | None = None,
+    adjustment: dict[str, Any] | None = None,
+    tag: str | None = None,
+) -> State:
+    """Run one simulation of OWNER/TITLE at `tag` (default: the promoted tag) and notify the web app."""
+    started = time.perf_counter()
+    try:
+        model = ModelConfig.for_model(owner, title)
+        entry = model.published(tag)
+    except (LookupError, ValueError) as exc:
+        payload, stored, model = fail_payload(task_id, str(exc)), None, None
+    else:
+        payload, stored = run_and_collect(
+            model, entry, task_id, meta_param_dict or {}, adjustment or {}
+        )
+    if model is not None:
+        payload = scrubber_for(model)(payload)
+    delivery = notify_task(OUTPUTS_PATH, payload)
+    if stored:
+        _outputs_artifact(task_id, stored)
+    elapsed = time.perf_counter() - started
+    message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
+    if payload["status"] == "FAIL":
+        return Failed(message=f"{message}: {payload['traceback'][-500:]}", data=payload)
+    if not delivery["delivered"]:
+        return Failed(message=message, data=payload)
+    return Completed(message=message, data=payload)
