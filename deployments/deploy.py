@@ -55,3 +55,23 @@ def deploy_model(model: ModelConfig, entry: PublishedTag) -> UUID:
 
 def deployment_name(model: ModelConfig) -> str:
     return f"simulate/{model.slug}"
+
+
+def deploy_publish() -> UUID:
+    """The platform's own publish deployment on the process pool (prefect.yaml declares the same)."""
+    from prefect_cs.flows.publish import publish
+
+    pool, pool_type = pool_for("local")
+    ensure_pool(pool, pool_type)
+    with get_client(sync_client=True) as client:
+        return client.create_deployment(
+            flow_id=client.create_flow(publish),
+            name="publish",
+            entrypoint="prefect_cs.flows.publish:publish",
+            work_pool_name=pool,
+            parameter_openapi_schema=publish.parameters.model_dump(mode="json"),
+            enforce_parameter_schema=True,
+            tags=["cs-publish"],
+            description="Publish a model: clone, build, test, push, stage, promote, deploy.",
+            pull_steps=[],
+        )

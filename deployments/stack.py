@@ -211,3 +211,116 @@ def inputs_worker_env() -> dict[str, str]:
     from prefect_cs.flows.inputs import task_storage_env
 
     return task_storage_env()
+
+
+STANDIN_PORT = 8765
+STANDIN_TOKEN = "local-demo-token"
+
+
+def webapp_standin() -> Background:
+    """A recording web app for a first try; its log shows exactly what a real one would receive."""
+    log = stack_dir() / "webapp-requests.jsonl"
+    argv = [
+        sys.executable,
+        "-m",
+        "prefect_cs.deployments.webapp_standin",
+        str(STANDIN_PORT),
+        str(log),
+        STANDIN_TOKEN,
+    ]
+    return Background("webapp-standin", argv, {**os.environ})
+
+
+def api_url() -> str:
+    return os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+
+
+def register_blocks() -> None:
+    from prefect_cs import blocks
+
+    for name in blocks.__all__:
+        block = getattr(blocks, name)
+        if hasattr(block, "register_type_and_schema"):
+            block.register_type_and_schema(_sync=True)
+
+
+def ensure_storage_blocks() -> list[str]:
+    """Local folders for outputs and task storage, unless blocks of those names exist (e.g. a GcsBucket)."""
+    from prefect.blocks.core import Block
+    from prefect.filesystems import LocalFileSystem
+    from prefect_cs.flows.inputs import TASK_STORAGE_BLOCK
+
+    settings = get_settings()
+    made = []
+    for slug, folder in ((settings.outputs_block, "outputs"), (TASK_STORAGE_BLOCK, "task-storage")):
+        try:
+            Block.load(slug, _sync=True)
+        except ValueError:
+            path = settings.home / folder
+            path.mkdir(parents=True, exist_ok=True)
+            LocalFileSystem(basepath=str(path)).save(
+                slug.split("/", 1)[1], overwrite=True, _sync=True
+            )
+            made.append(f"storage block {slug} → {path}")
+    return made
+
+
+def ensure_webapp() -> str:
+    """Keep a saved web app block; without one, point at the local stand-in."""
+    from prefect.blocks.core import Block
+    from prefect_cs.blocks.webapp import WebApp
+
+    name = get_settings().webapp_block
+    try:
+        return f"web app: {Block.load(name, _sync=True).base_url}"
+    except ValueError:
+        pass
+    standin = webapp_standin()
+    standin.start()
+    url = f"http://127.0.0.1:{STANDIN_PORT}"
+    WebApp(base_url=url, token=STANDIN_TOKEN).save(
+        name.split("/", 1)[1], overwrite=True, _sync=True
+    )
+    return (
+        f"web app: local stand-in {url}, requests logged to {stack_dir() / 'webapp-requests.jsonl'}"
+    )
+
+
+def start_stack() -> list[str]:
+    from prefect_cs.deployments.deploy import deploy_publish
+    from prefect_cs.work_pools.pools import ensure_pool
+
+    server = PrefectServer(api_url=api_url())
+    server.start()
+    lines = [f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')})"]
+    register_blocks()
+    lines += ensure_storage_blocks()
+    lines.append(ensure_webapp())
+    ensure_pool(get_settings().process_pool, "process")
+    deploy_publish()
+    lines.append("deployment publish/publish on pool " + get_settings().process_pool)
+    for bg in (process_worker(), inputs_worker()):
+        lines.append(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
+    return lines
+
+
+def stop_stack() -> list[str]:
+    parts = [
+        inputs_worker(),
+        process_worker(),
+        webapp_standin(),
+        PrefectServer(api_url=api_url()).background(),
+    ]
+    return [f"{bg.name}: {'stopped' if bg.stop() else 'not running'}" for bg in parts]
+
+
+def stack_status() -> list[str]:
+    parts = [
+        PrefectServer(api_url=api_url()).background(),
+        process_worker(),
+        inputs_worker(),
+        webapp_standin(),
+    ]
+    return [
+        f"{bg.name}: {'running, pid ' + str(bg.pid()) if bg.pid() else 'stopped'}" for bg in parts
+    ]

@@ -55,5 +55,22 @@ def main(request_path: str, response_path: str) -> None:
         f.write(text)
 
 
+def serve(fd_in: int, fd_out: int) -> None:
+    """Answer JSON-line requests on a private pipe until it closes: a warm model for light calls."""
+    with open(fd_in) as requests, open(fd_out, "w") as responses:
+        for line in requests:
+            request = json.loads(line)
+            try:
+                response = _call(request)
+                text = json.dumps(response)
+            except BaseException:
+                text = json.dumps({"ok": False, "traceback": traceback.format_exc()})
+            responses.write(text + "\n")
+            responses.flush()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main(sys.argv[1], sys.argv[2])

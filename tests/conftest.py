@@ -30,8 +30,7 @@ os.environ.update(
 )
 
 import pytest  # noqa: E402
-
-from tests.helpers.webapp_stub import WebAppStub  # noqa: E402
+from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
 
 
 @pytest.fixture(scope="session")

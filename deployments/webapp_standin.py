@@ -1,4 +1,7 @@
-"""A real HTTP server standing in for the web app: it records what it receives."""
+"""A real HTTP server standing in for the web app: it records what it receives.
+
+The tests assert on its records; `stack start` runs one for a first try.
+"""
 
 from __future__ import annotations
 
@@ -23,8 +26,9 @@ class WebAppStub:
     token: str = "webapp-test-token"
     fail_next: int = 0  # answer 503 to this many requests before accepting
     requests: list[Recorded] = field(default_factory=list)
+    log_path: str | None = None  # append each request as a JSON line
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -34,7 +38,7 @@ class WebAppStub:
                     body = json.loads(raw)
                 except ValueError:
                     body = raw.decode(errors="replace")
-                stub.requests.append(Recorded("PUT", self.path, dict(self.headers), body))
+                stub.record(Recorded("PUT", self.path, dict(self.headers), body))
                 if stub.fail_next > 0:
                     stub.fail_next -= 1
                     self.send_response(503)
@@ -49,9 +53,15 @@ class WebAppStub:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def record(self, request: Recorded) -> None:
+        self.requests.append(request)
+        if self.log_path:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps({"path": request.path, "body": request.body}) + "\n")
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -68,3 +78,17 @@ class WebAppStub:
                 return found
             time.sleep(0.1)
         raise AssertionError(f"web app got {len(self.accepted(path))} PUT {path}, wanted {count}")
+
+
+def main() -> None:
+    """`python -m prefect_cs.deployments.webapp_standin PORT LOGFILE`: a local web app for trying the platform."""
+    import sys
+
+    port, log = int(sys.argv[1]), sys.argv[2]
+    stub = WebAppStub(token=sys.argv[3] if len(sys.argv) > 3 else "local-demo-token", log_path=log)
+    stub.start(port)
+    threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

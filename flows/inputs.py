@@ -1,0 +1,203 @@
+"""The web app's light calls — version, defaults, parse — as Prefect background tasks.
+
+A task worker (`python -m prefect_cs.flows.inputs`, started by `prefect-cs
+stack start`) serves them with warm model processes. The caller-side functions
+answer a cached `defaults` straight from storage, without a task round trip.
+
+Submitter and worker share one storage block for task parameters and results
+(PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK and
+PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK), or the worker drops the task run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from prefect import task
+from prefect.blocks.core import Block
+from prefect.settings import (
+    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
+    PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
+    temporary_settings,
+)
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
+from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
+from prefect_cs.flows.warm import WarmModel
+
+TASK_STORAGE_BLOCK = "local-file-system/cs-task-storage"
+LIGHT_CALL_LIMIT = 30.0
+_warm: dict[tuple[str, str], WarmModel] = {}
+
+
+def task_storage_env() -> dict[str, str]:
+    return {
+        "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": TASK_STORAGE_BLOCK,
+        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": TASK_STORAGE_BLOCK,
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+    }
+
+
+@contextlib.contextmanager
+def task_storage() -> Iterator[None]:
+    with temporary_settings(
+        updates={
+            PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK: TASK_STORAGE_BLOCK,
+            PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: TASK_STORAGE_BLOCK,
+        }
+    ):
+        yield
+
+
+@functools.cache
+def _storage() -> Block:
+    """Loaded once per process: the block is read on every cached answer."""
+    return Block.load(TASK_STORAGE_BLOCK, _sync=True)
+
+
+def cache_path(model: ModelConfig, tag: str, meta_param_dict: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(meta_param_dict, sort_keys=True).encode()).hexdigest()[:32]
+    return f"inputs-cache/{model.slug}/{tag}/{digest}.json"
+
+
+def answer(call, result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The function's dict plus meta.task_times and status (and traceback on failure)."""
+    if not call.ok:
+        return {
+            "status": "FAIL",
+            "traceback": cut_traceback(call.error or ""),
+            "meta": {"task_times": [0.0]},
+        }
+    return {
+        **(result if result is not None else call.result),
+        "status": "SUCCESS",
+        "meta": {"task_times": [call.seconds]},
+    }
+
+
+def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list[Any]):
+    key = (model.slug, entry.python)
+    if key not in _warm:
+        _warm[key] = WarmModel(entry.python, runner_for(entry.python), model_env(model))
+    return _warm[key].call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
+
+
+def _resolve(owner: str, title: str, tag: str | None) -> tuple[ModelConfig, PublishedTag]:
+    model = ModelConfig.for_model(owner, title)
+    return model, model.published(tag)
+
+
+# ---- tasks, run by the inputs task worker ----------------------------------
+
+
+@task(name="inputs-version", persist_result=True)
+def version_task(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
+    model, entry = _resolve(owner, title, tag)
+    call = warm_call(model, entry, "get_version", [])
+    return scrubber_for(model)(answer(call, {"version": str(call.result)} if call.ok else None))
+
+
+@task(name="inputs-defaults", persist_result=True)
+def defaults_task(
+    owner: str, title: str, meta_param_dict: dict[str, Any], tag: str | None = None
+) -> dict[str, Any]:
+    model, entry = _resolve(owner, title, tag)
+    result = scrubber_for(model)(answer(warm_call(model, entry, "get_inputs", [meta_param_dict])))
+    if result["status"] == "SUCCESS":
+        _storage().write_path(
+            cache_path(model, entry.tag, meta_param_dict), json.dumps(result).encode()
+        )
+    return result
+
+
+@task(name="inputs-parse", persist_result=True)
+def parse_task(
+    owner: str,
+    title: str,
+    task_id: str,
+    meta_param_dict: dict[str, Any],
+    adjustment: dict[str, Any],
+    tag: str | None = None,
+) -> dict[str, Any]:
+    """validate_inputs, then PUT to /inputs/api/ in the outputs envelope."""
+    model, entry = _resolve(owner, title, tag)
+    inputs = warm_call(model, entry, "get_inputs", [meta_param_dict])
+    if not inputs.ok:
+        payload = {
+            "task_id": task_id,
+            "status": "FAIL",
+            "traceback": cut_traceback(inputs.error or ""),
+            "meta": {"task_times": [0.0]},
+        }
+    else:
+        template = {
+            section: {"errors": {}, "warnings": {}} for section in inputs.result["model_parameters"]
+        }
+        call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, template])
+        payload = {"task_id": task_id, "meta": {"task_times": [call.seconds]}, "version": "v1"}
+        if call.ok:
+            payload.update(status="SUCCESS", outputs=call.result)
+        else:
+            payload.update(status="FAIL", traceback=cut_traceback(call.error or ""))
+    payload = scrubber_for(model)(payload)
+    payload["delivery"] = deliver(INPUTS_PATH, payload)
+    return payload
+
+
+def serve() -> None:
+    """Run the inputs task worker until stopped."""
+    from prefect.task_worker import serve as serve_tasks
+
+    with task_storage():
+        serve_tasks(version_task, defaults_task, parse_task, limit=20)
+
+
+# ---- the caller's side: what a web app (or the CLI) calls -------------------
+
+
+def _run(background_task, *args: Any, timeout: float = LIGHT_CALL_LIMIT + 10) -> dict[str, Any]:
+    with task_storage():
+        future = background_task.delay(*args)
+        future.wait(timeout=timeout)
+        if future.state.is_completed():
+            return future.result()
+        if not future.state.is_final():
+            raise TimeoutError(
+                f"no answer within {timeout:g}s: is the inputs worker running? (`prefect-cs stack start`)"
+            )
+        return {"status": "FAIL", "traceback": future.state.message, "meta": {"task_times": [0.0]}}
+
+
+def get_version(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
+    return _run(version_task, owner, title, tag)
+
+
+def get_defaults(
+    owner: str, title: str, meta_param_dict: dict[str, Any] | None = None, tag: str | None = None
+) -> dict[str, Any]:
+    """Cached per model, tag and meta parameters: a hit is one storage read, no task round trip."""
+    meta_param_dict = meta_param_dict or {}
+    model, entry = _resolve(owner, title, tag)
+    with contextlib.suppress(Exception):  # a miss or unreadable entry falls through to the model
+        return json.loads(_storage().read_path(cache_path(model, entry.tag, meta_param_dict)))
+    return _run(defaults_task, owner, title, meta_param_dict, entry.tag)
+
+
+def parse(
+    owner: str,
+    title: str,
+    task_id: str,
+    meta_param_dict: dict[str, Any],
+    adjustment: dict[str, Any],
+    tag: str | None = None,
+) -> dict[str, Any]:
+    return _run(parse_task, owner, title, task_id, meta_param_dict, adjustment, tag)
+
+
+if __name__ == "__main__":
+    serve()
