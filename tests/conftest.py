@@ -25,11 +25,14 @@ os.environ.update(
     PREFECT_API_URL=f"http://127.0.0.1:{_free_port()}/api",
     PREFECT_SERVER_ANALYTICS_ENABLED="false",
     PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3",
+    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
     CS_HOME=str(_ROOT / "cs-home"),
     CS_NOTIFY_BACKOFF_SECONDS="0.05",
+    CS_NOTIFY_ATTEMPTS="3",
 )
 
 import pytest  # noqa: E402
+
 from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
 
 
@@ -45,14 +48,59 @@ def prefect_server():
 
 
 @pytest.fixture(scope="session")
+def platform(prefect_server):
+    """The server with the platform's blocks, storage and pools, as `stack start` leaves it."""
+    from prefect_cs.deployments.stack import ensure_storage_blocks, register_blocks
+    from prefect_cs.work_pools.pools import ensure_pool
+
+    register_blocks()
+    ensure_storage_blocks()
+    ensure_pool("cs-process", "process")
+    return prefect_server
+
+
+@pytest.fixture(scope="session")
 def cs_home() -> Path:
     return Path(os.environ["CS_HOME"])
 
 
 @pytest.fixture
-def webapp():
-    """A real HTTP server standing in for the web app; records every request."""
+def webapp(platform):
+    """A real HTTP server standing in for the web app, saved as the platform's web app block."""
+    from prefect_cs.blocks.webapp import WebApp
+
     stub = WebAppStub()
     stub.start()
+    WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
     yield stub
     stub.stop()
+
+
+@pytest.fixture(scope="session")
+def repos(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("repos")
+
+
+@pytest.fixture(scope="session")
+def misbehaving(platform, repos):
+    """The misbehaving sample app, published once for the failure-path tests."""
+    from tests.helpers.models import make_repo, publish_model, register_model
+
+    repo = make_repo("misbehaving-app", repos / "misbehaving")
+    model = register_model("tests", "Misbehaving", repo, repo_tag="v1", time_limit=8, expected_task_time=1,
+                           memory="512Mi")
+    state = publish_model("tests", "Misbehaving")
+    assert state.is_completed(), state.message
+    return model
+
+
+@pytest.fixture(scope="session")
+def paramtools(platform, repos):
+    """The ParamTools sample app, published once."""
+    from tests.helpers.models import make_repo, publish_model, register_model
+
+    repo = make_repo("paramtools-app", repos / "paramtools")
+    model = register_model("tests", "ParamTools", repo, repo_tag="v1", time_limit=60, memory="1Gi")
+    state = publish_model("tests", "ParamTools")
+    assert state.is_completed(), state.message
+    return model

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The main job on the embedded tier, from a fresh clone: install, start the local
+# stack, publish the ParamTools sample app from a git repository, run one
+# simulation through its deployment, and show where the outputs are.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+export CS_HOME="${CS_HOME:-$PWD/.cs-home}"
+export PREFECT_HOME="${PREFECT_HOME:-$CS_HOME/prefect}"
+export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "install (virtualenv .venv)"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
+cs=.venv/bin/prefect-cs
+
+step "start the local stack (Prefect server, process worker, inputs worker, web app stand-in)"
+$cs stack start
+
+step "make a git repository of the sample app, tag v1"
+repo="$CS_HOME/sample-repos/paramtools-app"
+rm -rf "$repo" && mkdir -p "$(dirname "$repo")" && cp -r examples/paramtools-app "$repo"
+git -C "$repo" init -q
+git -C "$repo" add -A
+git -C "$repo" -c user.name=quickstart -c user.email=quickstart@localhost commit -q -m "sample app"
+git -C "$repo" tag -f v1 >/dev/null
+
+step "register and publish examples/ParamTools-Demo@v1 (the publish deployment, on the process worker)"
+$cs models register examples/config/examples/ParamTools-Demo.yaml --repo-url "$repo" --repo-tag v1
+.venv/bin/prefect deployment run publish/publish -p owner=examples -p title=ParamTools-Demo -p tag=v1 --watch \
+  --watch-interval 2 --watch-timeout 900
+$cs models list
+
+step "run one simulation through prefect deployment run (as the web app does)"
+task_id=$(.venv/bin/python -c 'import uuid; print(uuid.uuid4())')
+.venv/bin/prefect deployment run simulate/examples-paramtools-demo \
+  -p owner=examples -p title=ParamTools-Demo -p task_id="$task_id" \
+  --params "{\"adjustment\": $(cat examples/paramtools-app/adjustment.json), \"meta_param_dict\": {}}" \
+  --watch --watch-interval 1 --watch-timeout 300
+
+step "results"
+echo "outputs:        $CS_HOME/outputs/${task_id}_renderable.zip"
+echo "                $CS_HOME/outputs/${task_id}_downloadable.zip"
+unzip -l "$CS_HOME/outputs/${task_id}_renderable.zip" | sed 's/^/                /'
+echo "web app got:    $(grep -c "$task_id" "$CS_HOME/stack/webapp-requests.jsonl") PUT /outputs/api/ for task $task_id (log: $CS_HOME/stack/webapp-requests.jsonl)"
+echo "Prefect UI:     ${PREFECT_API_URL%/api}"
+echo "stop the stack: CS_HOME=$CS_HOME PREFECT_API_URL=$PREFECT_API_URL $cs stack stop"

@@ -1,0 +1,56 @@
+"""version, defaults and parse through real Prefect background tasks and a real task worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+
+from prefect_cs.deployments.stack import inputs_worker
+from prefect_cs.flows import inputs
+
+
+@pytest.fixture(scope="module")
+def task_worker(platform):
+    bg = inputs_worker()
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+def test_version(misbehaving, task_worker):
+    answer = inputs.get_version("tests", "Misbehaving")
+    assert answer["status"] == "SUCCESS"
+    published = inputs.ModelConfig.for_model("tests", "Misbehaving").published("v1")
+    assert answer["version"] == published.version
+    assert len(answer["meta"]["task_times"]) == 1
+
+
+def test_defaults_are_cached_per_meta_parameters(paramtools, task_worker):
+    first = inputs.get_defaults("tests", "ParamTools", {})
+    assert first["status"] == "SUCCESS"
+    assert set(first) >= {"meta_parameters", "model_parameters", "meta"}
+    started = time.perf_counter()
+    cached = inputs.get_defaults("tests", "ParamTools", {})
+    assert cached == first
+    assert time.perf_counter() - started < 2  # a storage read, not a task run
+    model = inputs.ModelConfig.for_model("tests", "ParamTools")
+    path = inputs.cache_path(model, "v1", {})
+    assert inputs._storage().read_path(path)
+
+
+def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
+    task_id = str(uuid.uuid4())
+    defaults = inputs.get_defaults("tests", "ParamTools", {})
+    section = next(iter(defaults["model_parameters"]))
+    param = next(iter(defaults["model_parameters"][section]))
+    bad = {section: {param: [{"value": "not-a-number"}]}}
+    answer = inputs.parse("tests", "ParamTools", task_id, {}, bad)
+    assert answer["status"] == "SUCCESS"
+    errors = answer["outputs"]["errors_warnings"][section]["errors"]
+    assert param in errors
+    puts = [r.body for r in webapp.accepted("/inputs/api/") if r.body["task_id"] == task_id]
+    assert len(puts) == 1
+    assert set(puts[0]) == {"task_id", "status", "meta", "outputs", "version"}
+    assert puts[0]["outputs"]["errors_warnings"][section]["errors"] == errors

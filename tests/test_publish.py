@@ -1,0 +1,107 @@
+"""Publishing on the embedded tier: real git repositories, real virtualenvs, the model's own tests."""
+
+from __future__ import annotations
+
+import pytest
+from prefect.client.orchestration import get_client
+from typer.testing import CliRunner
+
+from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.deployments.cli import app
+from tests.helpers.models import add_tag, make_repo, publish_model, register_model
+
+
+def read_deployment(name: str):
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(name)
+
+
+def test_publish_deploys_the_simulate_flow(misbehaving):
+    model = ModelConfig.for_model("tests", "Misbehaving")
+    assert model.latest_tag == "v1" and model.staging_tag == "v1"
+    entry = model.published("v1")
+    assert entry.version and entry.tier == "local"
+    deployment = read_deployment("simulate/tests-misbehaving")
+    assert deployment.entrypoint == "prefect_cs.flows.simulate:simulate"
+    assert deployment.work_pool_name == "cs-process"
+    assert deployment.version == "v1"
+    assert deployment.parameters == {"owner": "tests", "title": "Misbehaving"}
+
+
+def break_tests(repo):
+    test_file = repo / "cs-config/cs_config/tests/test_functions.py"
+    test_file.write_text(test_file.read_text() + "\n\ndef test_broken_on_purpose():\n    assert 1 == 2, 'BROKEN-ON-PURPOSE'\n")
+
+
+def test_failed_tests_keep_the_previous_tag_serving(platform, repos, caplog):
+    repo = make_repo("misbehaving-app", repos / "rollback-app")
+    register_model("tests", "Rollback", repo, repo_tag="v1", time_limit=10, expected_task_time=1)
+    assert publish_model("tests", "Rollback").is_completed()
+
+    add_tag(repo, "v2", "broken tests", break_tests)
+    state = publish_model("tests", "Rollback", "v2")
+    assert state.is_failed()
+    assert "BROKEN-ON-PURPOSE" in caplog.text  # the step's own output reaches the logs
+    model = ModelConfig.for_model("tests", "Rollback")
+    assert model.latest_tag == "v1"
+    assert [e.tag for e in model.published_tags] == ["v1"]
+    assert read_deployment("simulate/tests-rollback").version == "v1"
+
+
+def test_rollback_moves_the_deployment_back(platform, repos):
+    repo = make_repo("misbehaving-app", repos / "rollback-ok-app")
+    register_model("tests", "RollbackOk", repo, repo_tag="v1", time_limit=10, expected_task_time=1)
+    assert publish_model("tests", "RollbackOk").is_completed()
+    add_tag(repo, "v2", "second release")
+    assert publish_model("tests", "RollbackOk", "v2").is_completed()
+    assert read_deployment("simulate/tests-rollbackok").version == "v2"
+
+    result = CliRunner().invoke(app, ["models", "rollback", "tests/RollbackOk", "v1"])
+    assert result.exit_code == 0, result.output
+    assert ModelConfig.for_model("tests", "RollbackOk").latest_tag == "v1"
+    assert read_deployment("simulate/tests-rollbackok").version == "v1"
+
+    result = CliRunner().invoke(app, ["models", "rollback", "tests/RollbackOk", "v7"])
+    assert result.exit_code == 1
+    assert ModelConfig.for_model("tests", "RollbackOk").latest_tag == "v1"
+
+
+def test_conda_install_is_explained_and_override_fixes_it(platform, repos, caplog):
+    repo = make_repo("conda-app", repos / "conda-app")
+    register_model("tests", "Conda", repo, repo_tag="v1")
+    state = publish_model("tests", "Conda")
+    assert state.is_failed()
+    assert "uses conda, which is not available" in caplog.text and "install_override" in caplog.text
+
+    model = ModelConfig.for_model("tests", "Conda")
+    model.install_override = "paramtools==0.20.0"
+    model.save_model()
+    assert publish_model("tests", "Conda").is_completed()
+    assert ModelConfig.for_model("tests", "Conda").latest_tag == "v1"
+
+
+def test_missing_tag_fails_clearly(platform, repos, caplog):
+    repo = make_repo("misbehaving-app", repos / "no-tag-app")
+    register_model("tests", "NoTag", repo, repo_tag="v404")
+    assert publish_model("tests", "NoTag").is_failed()
+    assert "has the tag 'v404'" in caplog.text
+
+
+@pytest.mark.parametrize("bad", ["a b", "x/y", "", "ünï", "a" * 65, "../etc"])
+def test_invalid_owner_or_title_is_refused(bad):
+    with pytest.raises(ValueError, match="letters, digits, '-' and '_' only"):
+        ModelConfig(owner=bad, title="ok", repo_url="/tmp")
+    with pytest.raises(ValueError, match="letters, digits, '-' and '_' only"):
+        ModelConfig(owner="ok", title=bad, repo_url="/tmp")
+
+
+def test_cli_register_reports_bad_config(platform, tmp_path):
+    config = tmp_path / "Bad.yaml"
+    config.write_text("owner: good\ntitle: 'bad title'\nrepo_url: /tmp\nmemory: 2GB\ncolor: blue\n")
+    result = CliRunner().invoke(app, ["models", "register", str(config)])
+    assert result.exit_code == 1
+    assert "unknown field(s) ['color']" in result.output
+    config.write_text("owner: good\ntitle: 'bad title'\nrepo_url: /tmp\nmemory: 2GB\n")
+    result = CliRunner().invoke(app, ["models", "register", str(config)])
+    assert result.exit_code == 1
+    assert "title" in result.output and "memory" in result.output

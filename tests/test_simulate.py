@@ -1,0 +1,150 @@
+"""The simulate flow on the embedded tier, against real child processes and a real web app stand-in."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from prefect_cs.flows.simulate import simulate
+
+SUCCESS_KEYS = {"task_id", "status", "model_version", "meta", "outputs", "version"}
+FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
+
+
+def behave(behavior: str) -> dict:
+    return {"control": {"behavior": [{"value": behavior}]}}
+
+
+def run(owner: str, title: str, adjustment: dict, tag: str | None = None):
+    task_id = str(uuid.uuid4())
+    state = simulate(owner, title, task_id, {}, adjustment, tag, return_state=True)
+    return task_id, state
+
+
+def only_put(webapp, task_id: str) -> dict:
+    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
+    assert len(puts) == 1, f"expected exactly one PUT for {task_id}, got {len(puts)}"
+    assert puts[0].headers["Authorization"] == f"Token {webapp.token}"
+    return puts[0].body
+
+
+def test_success_payload_and_zips(misbehaving, webapp, cs_home):
+    task_id, state = run("tests", "Misbehaving", behave("ok"))
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    assert set(body) == SUCCESS_KEYS
+    assert body["status"] == "SUCCESS" and body["version"] == "v1" and body["task_id"] == task_id
+    assert body["model_version"]
+    assert len(body["meta"]["task_times"]) == 1 and 0 <= body["meta"]["task_times"][0] < 5
+    for category in ("renderable", "downloadable"):
+        info = body["outputs"][category]
+        assert info["ziplocation"] == f"{task_id}_{category}.zip"
+        assert info["outputs"], category
+        with zipfile.ZipFile(cs_home / "outputs" / info["ziplocation"]) as archive:
+            assert sorted(archive.namelist()) == sorted(o["filename"] for o in info["outputs"])
+        for output in info["outputs"]:
+            assert set(output) == {"id", "title", "media_type", "filename"}
+            uuid.UUID(output["id"])
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("raise", "model exploded on purpose"),
+        ("hang", "time limit of 8 seconds"),
+        ("segfault", "segmentation fault"),
+        ("exit", "exited with code 3"),
+        ("oom", "memory"),
+        ("bad_media_type", "media_type 'GIF'"),
+        ("missing_key", "has no 'data'"),
+        ("not_serializable", "not JSON-serializable"),
+    ],
+)
+def test_failure_is_reported(misbehaving, webapp, behavior, reason):
+    task_id, state = run("tests", "Misbehaving", behave(behavior))
+    assert state.is_failed()
+    body = only_put(webapp, task_id)
+    assert set(body) == FAIL_KEYS
+    assert body["status"] == "FAIL"
+    assert reason in body["traceback"], body["traceback"]
+    assert len(body["traceback"]) <= 8000
+
+
+def test_model_prints_do_not_confuse_the_result(misbehaving, webapp):
+    task_id, state = run("tests", "Misbehaving", behave("print_noise"))
+    assert state.is_completed(), state.message
+    assert only_put(webapp, task_id)["status"] == "SUCCESS"
+
+
+def test_unknown_model_and_tag_are_reported(misbehaving, webapp):
+    task_id, state = run("tests", "Misbehaving", behave("ok"), tag="v999")
+    assert state.is_failed()
+    assert "no published tag 'v999'" in only_put(webapp, task_id)["traceback"]
+    task_id, state = run("tests", "Nobody", {})
+    assert "not registered" in only_put(webapp, task_id)["traceback"]
+
+
+def test_webapp_retries_then_accepts(misbehaving, webapp):
+    webapp.fail_next = 2
+    task_id, state = run("tests", "Misbehaving", behave("ok"))
+    assert state.is_completed(), state.message
+    attempts = [r for r in webapp.requests if r.body.get("task_id") == task_id]
+    assert len(attempts) == 3
+
+
+def test_webapp_down_keeps_result_and_resend_delivers_it(misbehaving, webapp, cs_home):
+    from typer.testing import CliRunner
+
+    from prefect_cs.blocks.webapp import WebApp
+    from prefect_cs.deployments.cli import app
+
+    WebApp(base_url="http://127.0.0.1:9", token=webapp.token).save("default", overwrite=True)
+    task_id, state = run("tests", "Misbehaving", behave("raise"))
+    assert state.is_failed()
+    kept = [p for p in (cs_home / "undelivered").glob("*.json") if task_id in p.name]
+    assert len(kept) == 1
+    assert json.loads(kept[0].read_text())["payload"]["status"] == "FAIL"
+
+    WebApp(base_url=webapp.url, token=webapp.token).save("default", overwrite=True)
+    result = CliRunner().invoke(app, ["results", "resend"])
+    assert result.exit_code == 0, result.output
+    assert only_put(webapp, task_id)["status"] == "FAIL"
+    assert not kept[0].exists()
+
+
+def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
+    """The model's process sees none of the platform's environment, only what it is given."""
+    from prefect_cs.flows.model_process import call_model
+
+    monkeypatch.setenv("PREFECT_API_KEY", "pnu_platform_key")
+    monkeypatch.setenv("CS_WEBAPP_TOKEN", "webapp-token-value")
+    runner = tmp_path / "dump_env.py"
+    runner.write_text(
+        "import json, os, sys\n"
+        "json.dump({'ok': True, 'result': dict(os.environ), 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+    )
+    call = call_model(sys.executable, "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=str(runner))
+    assert call.ok
+    assert call.result["MODEL_SECRET"] == "x"
+    leaked = [k for k in call.result if k.startswith(("PREFECT_", "CS_"))]
+    assert leaked == []
+    assert "pnu_platform_key" not in json.dumps(call.result)
+    assert os.environ["PREFECT_API_KEY"] == "pnu_platform_key"
+
+
+def test_paramtools_app_real_outputs(paramtools, webapp, cs_home):
+    adjustment = json.loads((Path(__file__).parents[1] / "examples/paramtools-app/adjustment.json").read_text())
+    task_id, state = run("tests", "ParamTools", adjustment)
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    media = {o["media_type"] for c in ("renderable", "downloadable") for o in body["outputs"][c]["outputs"]}
+    assert {"table", "CSV", "PNG"} <= media
+    with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
+        png = next(n for n in archive.namelist() if n.endswith(".png"))
+        assert archive.read(png).startswith(b"\x89PNG\r\n\x1a\n")
