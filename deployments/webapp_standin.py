@@ -19,6 +19,7 @@ class Recorded:
     path: str
     headers: dict[str, str]
     body: Any
+    received: float = field(default_factory=time.monotonic)
 
 
 @dataclass
