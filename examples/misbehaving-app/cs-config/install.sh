@@ -1,0 +1,2 @@
+# The model's dependencies, as a Compute Studio app declares them.
+pip install "paramtools==0.20.0"
