@@ -43,6 +43,7 @@ from prefect_cs.deployments import stack  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
 from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
 from prefect_cs.flows import inputs  # noqa: E402
+
 from tests.helpers.models import make_repo, publish_model, register_model  # noqa: E402
 
 
@@ -66,7 +67,13 @@ def simulate_overhead(stub: WebAppStub, runs: int) -> list[float]:
     for _ in range(runs):
         task_id = str(uuid.uuid4())
         submitted = time.monotonic()
-        submit_simulation("bench", "Misbehaving", {}, {"control": {"behavior": [{"value": "ok"}]}}, task_id=task_id)
+        submit_simulation(
+            "bench",
+            "Misbehaving",
+            {},
+            {"control": {"behavior": [{"value": "ok"}]}},
+            task_id=task_id,
+        )
         received, body = notified_at(stub, task_id)
         assert body["status"] == "SUCCESS", body
         overheads.append(received - submitted - sum(body["meta"]["task_times"]))
@@ -108,8 +115,10 @@ def main() -> None:
         time.sleep(3)
 
         overhead = simulate_overhead(stub, args.runs)
-        print(f"simulate overhead, process pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
-              f" (min {min(overhead):.2f}, max {max(overhead):.2f})")
+        print(
+            f"simulate overhead, process pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
+            f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
+        )
 
         inputs.get_version("bench", "Misbehaving")  # warm the model process
         model = inputs.ModelConfig.for_model("bench", "Misbehaving")
@@ -120,15 +129,24 @@ def main() -> None:
             path.unlink(missing_ok=True)
 
         figures = {
-            "defaults, uncached": timed(lambda i: inputs.get_defaults("bench", "Misbehaving", {}), args.calls, uncache),
-            "defaults, cached": timed(lambda i: inputs.get_defaults("bench", "Misbehaving", {}), args.calls),
+            "defaults, uncached": timed(
+                lambda i: inputs.get_defaults("bench", "Misbehaving", {}), args.calls, uncache
+            ),
+            "defaults, cached": timed(
+                lambda i: inputs.get_defaults("bench", "Misbehaving", {}), args.calls
+            ),
             "parse": timed(
-                lambda i: inputs.parse("bench", "Misbehaving", str(uuid.uuid4()), {}, {"control": {}}), args.calls
+                lambda i: inputs.parse(
+                    "bench", "Misbehaving", str(uuid.uuid4()), {}, {"control": {}}
+                ),
+                args.calls,
             ),
         }
         for name, times in figures.items():
-            print(f"inputs {name}, {args.calls} calls: p50 {percentile(times, 50) * 1000:.0f} ms,"
-                  f" p95 {percentile(times, 95) * 1000:.0f} ms")
+            print(
+                f"inputs {name}, {args.calls} calls: p50 {percentile(times, 50) * 1000:.0f} ms,"
+                f" p95 {percentile(times, 95) * 1000:.0f} ms"
+            )
     finally:
         for worker in workers:
             worker.stop()

@@ -32,7 +32,6 @@ os.environ.update(
 )
 
 import pytest  # noqa: E402
-
 from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
 
 
@@ -87,8 +86,15 @@ def misbehaving(platform, repos):
     from tests.helpers.models import make_repo, publish_model, register_model
 
     repo = make_repo("misbehaving-app", repos / "misbehaving")
-    model = register_model("tests", "Misbehaving", repo, repo_tag="v1", time_limit=8, expected_task_time=1,
-                           memory="512Mi")
+    model = register_model(
+        "tests",
+        "Misbehaving",
+        repo,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+    )
     state = publish_model("tests", "Misbehaving")
     assert state.is_completed(), state.message
     return model

@@ -6,7 +6,6 @@ import time
 import uuid
 
 import pytest
-
 from prefect_cs.deployments.stack import inputs_worker
 from prefect_cs.flows import inputs
 

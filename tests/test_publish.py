@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 from prefect.client.orchestration import get_client
-from typer.testing import CliRunner
-
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.cli import app
+from typer.testing import CliRunner
+
 from tests.helpers.models import add_tag, make_repo, publish_model, register_model
 
 
@@ -30,7 +30,10 @@ def test_publish_deploys_the_simulate_flow(misbehaving):
 
 def break_tests(repo):
     test_file = repo / "cs-config/cs_config/tests/test_functions.py"
-    test_file.write_text(test_file.read_text() + "\n\ndef test_broken_on_purpose():\n    assert 1 == 2, 'BROKEN-ON-PURPOSE'\n")
+    test_file.write_text(
+        test_file.read_text()
+        + "\n\ndef test_broken_on_purpose():\n    assert 1 == 2, 'BROKEN-ON-PURPOSE'\n"
+    )
 
 
 def test_failed_tests_keep_the_previous_tag_serving(platform, repos, caplog):

@@ -10,7 +10,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from prefect_cs.flows.simulate import simulate
 
 SUCCESS_KEYS = {"task_id", "status", "model_version", "meta", "outputs", "version"}
@@ -99,10 +98,9 @@ def test_webapp_retries_then_accepts(misbehaving, webapp):
 
 
 def test_webapp_down_keeps_result_and_resend_delivers_it(misbehaving, webapp, cs_home):
-    from typer.testing import CliRunner
-
     from prefect_cs.blocks.webapp import WebApp
     from prefect_cs.deployments.cli import app
+    from typer.testing import CliRunner
 
     WebApp(base_url="http://127.0.0.1:9", token=webapp.token).save("default", overwrite=True)
     task_id, state = run("tests", "Misbehaving", behave("raise"))
@@ -129,7 +127,9 @@ def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
         "import json, os, sys\n"
         "json.dump({'ok': True, 'result': dict(os.environ), 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
-    call = call_model(sys.executable, "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=str(runner))
+    call = call_model(
+        sys.executable, "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=str(runner)
+    )
     assert call.ok
     assert call.result["MODEL_SECRET"] == "x"
     leaked = [k for k in call.result if k.startswith(("PREFECT_", "CS_"))]
@@ -139,11 +139,17 @@ def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
 
 
 def test_paramtools_app_real_outputs(paramtools, webapp, cs_home):
-    adjustment = json.loads((Path(__file__).parents[1] / "examples/paramtools-app/adjustment.json").read_text())
+    adjustment = json.loads(
+        (Path(__file__).parents[1] / "examples/paramtools-app/adjustment.json").read_text()
+    )
     task_id, state = run("tests", "ParamTools", adjustment)
     assert state.is_completed(), state.message
     body = only_put(webapp, task_id)
-    media = {o["media_type"] for c in ("renderable", "downloadable") for o in body["outputs"][c]["outputs"]}
+    media = {
+        o["media_type"]
+        for c in ("renderable", "downloadable")
+        for o in body["outputs"][c]["outputs"]
+    }
     assert {"table", "CSV", "PNG"} <= media
     with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
         png = next(n for n in archive.namelist() if n.endswith(".png"))

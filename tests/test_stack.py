@@ -6,7 +6,6 @@ import json
 import uuid
 
 import pytest
-
 from prefect_cs.deployments.stack import process_worker
 from prefect_cs.deployments.submit import submit_simulation
 
@@ -22,7 +21,12 @@ def worker(platform):
 def test_deployment_run_on_process_worker(misbehaving, webapp, worker):
     task_id = str(uuid.uuid4())
     run = submit_simulation(
-        "tests", "Misbehaving", {}, {"control": {"behavior": [{"value": "ok"}]}}, task_id=task_id, wait_seconds=120
+        "tests",
+        "Misbehaving",
+        {},
+        {"control": {"behavior": [{"value": "ok"}]}},
+        task_id=task_id,
+        wait_seconds=120,
     )
     assert run.state.is_completed(), run.state
     puts = [r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]

@@ -15,7 +15,9 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 def git(repo: Path, *args: str) -> None:
     subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args], cwd=repo, check=True,
+        ["git", "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
+        cwd=repo,
+        check=True,
         capture_output=True,
     )
 
@@ -28,7 +30,9 @@ def make_repo(example: str, dest: Path, tag: str = "v1") -> Path:
     return dest
 
 
-def add_tag(repo: Path, tag: str, message: str, change: Callable[[Path], None] | None = None) -> None:
+def add_tag(
+    repo: Path, tag: str, message: str, change: Callable[[Path], None] | None = None
+) -> None:
     if change:
         change(repo)
     git(repo, "add", "-A")

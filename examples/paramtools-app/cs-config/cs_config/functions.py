@@ -100,8 +100,16 @@ def run_model(meta_param_dict, adjustment):
         rows.append((i + 1, float(income[inside].mean()), float(tax[inside].mean())))
     return {
         "renderable": [
-            {"media_type": "table", "title": "Average tax by income quintile", "data": html_table(rows)},
-            {"media_type": "PNG", "title": "Average tax by quintile", "data": bar_chart([r[2] for r in rows])},
+            {
+                "media_type": "table",
+                "title": "Average tax by income quintile",
+                "data": html_table(rows),
+            },
+            {
+                "media_type": "PNG",
+                "title": "Average tax by quintile",
+                "data": bar_chart([r[2] for r in rows]),
+            },
         ],
         "downloadable": [
             {"media_type": "CSV", "title": "tax_by_quintile", "data": csv_table(rows)},
@@ -110,12 +118,16 @@ def run_model(meta_param_dict, adjustment):
 
 
 def html_table(rows):
-    body = "".join(f"<tr><td>{q}</td><td>{inc:,.0f}</td><td>{tax:,.0f}</td></tr>" for q, inc, tax in rows)
+    body = "".join(
+        f"<tr><td>{q}</td><td>{inc:,.0f}</td><td>{tax:,.0f}</td></tr>" for q, inc, tax in rows
+    )
     return f"<table><tr><th>Quintile</th><th>Average income</th><th>Average tax</th></tr>{body}</table>"
 
 
 def csv_table(rows):
-    return "quintile,average_income,average_tax\n" + "".join(f"{q},{inc:.2f},{tax:.2f}\n" for q, inc, tax in rows)
+    return "quintile,average_income,average_tax\n" + "".join(
+        f"{q},{inc:.2f},{tax:.2f}\n" for q, inc, tax in rows
+    )
 
 
 def bar_chart(values, width=250, height=160):
@@ -132,8 +144,18 @@ def bar_chart(values, width=250, height=160):
         pixels.append(bytes(row))
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"".join(pixels))) + chunk(b"IEND", b"")
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"".join(pixels)))
+        + chunk(b"IEND", b"")
+    )
     return base64.b64encode(png).decode()
