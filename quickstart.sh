@@ -9,6 +9,7 @@ export CS_HOME="${CS_HOME:-$PWD/.cs-home}"
 export PREFECT_HOME="${PREFECT_HOME:-$CS_HOME/prefect}"
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+mkdir -p "$PREFECT_HOME"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

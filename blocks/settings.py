@@ -26,6 +26,11 @@ class CSSettings(BaseSettings):
     process_pool: str = "cs-process"
     docker_pool: str = "cs-docker"
     kubernetes_pool: str = "cs-kubernetes"
+    redis_block: str | None = Field(
+        default=None,
+        description="A cs-redis block: when set, simulation inputs travel through Redis, not parameters.",
+    )
+    redis_inputs_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     notify_attempts: int = Field(default=5, ge=1, le=20)
     notify_backoff_seconds: float = Field(default=1.0, ge=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from prefect_cs.deployments.cli_redis import redis_app
+from prefect_cs.deployments.cli_secrets import secrets_app
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +34,9 @@ app.add_typer(results_app, name="results")
 app.add_typer(stack_app, name="stack")
 app.add_typer(webapp_app, name="webapp")
 app.add_typer(inputs_app, name="inputs")
+app.add_typer(secrets_app, name="secrets")
+models_app.add_typer(secrets_app, name="secrets")
+app.add_typer(redis_app, name="redis")
 
 console = Console()
 err = Console(stderr=True)

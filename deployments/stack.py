@@ -47,9 +47,22 @@ def stack_dir() -> Path:
     return path
 
 
+# Platform credentials a job must never hold (the job's Redis identity is the executor only).
+WORKER_ENV_DROP = (
+    "CS_WEBAPP_TOKEN",
+    "CS_REDIS_ADMIN_PASSWORD",
+    "CS_REDIS_SCHEDULER_PASSWORD",
+    "CS_REDIS_INITIAL_PASSWORD",
+)
+
+
 def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     """A minimal environment for workers: the API URL, the CS_* settings, fast polling."""
-    env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP or k.startswith("CS_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if (k in WORKER_ENV_KEEP or k.startswith("CS_")) and k not in WORKER_ENV_DROP
+    }
     env.update(FAST_POLLING)
     env["PREFECT_API_URL"] = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     if "PREFECT_HOME" in os.environ:

@@ -9,6 +9,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.deploy import deployment_name
+from prefect_cs.flows.job_inputs import redis_configured, stage_inputs
 
 
 def submit_simulation(
@@ -21,7 +22,10 @@ def submit_simulation(
     wait_seconds: float | None = 0,
     poll_interval: float = 0.5,
 ) -> FlowRun:
-    """Create a flow run of `simulate/<owner>-<title>`; wait up to `wait_seconds` for it to finish."""
+    """Create a flow run of `simulate/<owner>-<title>`; wait up to `wait_seconds` for it to finish.
+
+    With Redis configured the inputs go to `job-<task id>` and the run gets only the task id.
+    """
     model = ModelConfig.for_model(owner, title)
     parameters = {
         "owner": owner,
@@ -31,6 +35,11 @@ def submit_simulation(
         "adjustment": adjustment or {},
         "tag": tag,
     }
+    if redis_configured():
+        stage_inputs(
+            parameters["task_id"], parameters.pop("meta_param_dict"), parameters.pop("adjustment")
+        )
+        parameters["inputs_in_redis"] = True
     return run_deployment(
         deployment_name(model),
         parameters=parameters,

@@ -35,19 +35,11 @@ def model_env(model: ModelConfig) -> dict[str, str]:
     return env
 
 
-def scrub(data: Any, values: list[str]) -> Any:
-    """Replace every secret value in strings nested anywhere in data."""
-    if isinstance(data, str):
-        for value in values:
-            data = data.replace(value, "***")
-        return data
-    if isinstance(data, dict):
-        return {k: scrub(v, values) for k, v in data.items()}
-    if isinstance(data, list):
-        return [scrub(v, values) for v in data]
-    return data
-
-
 def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
-    values = sorted((v for v in declared_secrets(model).values() if v), key=len, reverse=True)
-    return lambda data: scrub(data, values) if values else data
+    """Masks the model's secret values in anything leaving the job (payloads, logs, outputs)."""
+    from prefect_cs.blocks.secrets import Scrubber
+
+    try:
+        return Scrubber(declared_secrets(model).values())
+    except LookupError:  # a secret that is not set never reached the model: nothing to mask
+        return Scrubber([])

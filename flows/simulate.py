@@ -8,6 +8,7 @@ app receives exactly one payload for the task, SUCCESS or FAIL.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -19,6 +20,7 @@ from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
 from prefect_cs.flows.storage import store_zips
+from redis.exceptions import RedisError
 
 
 def success_payload(task_id: str, call: ModelCall, outputs: dict[str, Any]) -> dict[str, Any]:
@@ -51,12 +53,16 @@ def run_model_task(
     logger.info(
         "running %s/%s@%s (time limit %ss)", model.owner, model.title, entry.tag, model.time_limit
     )
+    try:
+        env = model_env(model)
+    except LookupError as exc:  # a declared secret that is not set: the run cannot start
+        return ModelCall(ok=False, error=str(exc))
     call = call_model(
         entry.python,
         "run_model",
         [meta_param_dict, adjustment],
         timeout=model.time_limit,
-        env=model_env(model),
+        env=env,
         memory_limit_mib=model.memory_limit_mib,
         runner=runner_for(entry.python),
     )
@@ -105,19 +111,40 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
     )
 
 
+@task(name="read-inputs")
+def read_inputs_task(task_id: str) -> tuple[dict, dict]:
+    """The inputs the submitter left in Redis for this task, read as the executor user."""
+    from prefect_cs.flows.job_inputs import load_inputs
+
+    return load_inputs(task_id)
+
+
 def run_and_collect(
-    model: ModelConfig, entry: PublishedTag, task_id: str, meta: dict, adjustment: dict
+    model: ModelConfig,
+    entry: PublishedTag,
+    task_id: str,
+    meta: dict,
+    adjustment: dict,
+    scrub: Callable[[Any], Any],
 ):
     """Run the model and turn whatever happened into the payload for the web app."""
     call = run_model_task(model, entry, meta, adjustment)
     if not call.ok:
-        return fail_payload(task_id, call.error or "unknown failure", call.seconds), None
+        return fail_payload(task_id, scrub(call.error or "unknown failure"), call.seconds), None
     try:
-        outputs = validate_outputs(call.result)
+        outputs = validate_outputs(scrub(call.result))
     except MalformedOutputs as exc:
         return fail_payload(task_id, f"malformed outputs: {exc}", call.seconds), None
     stored = store_outputs_task(task_id, outputs)
     return success_payload(task_id, call, stored["description"]), stored
+
+
+def resolve_inputs(
+    task_id: str, meta: dict | None, adjustment: dict | None, in_redis: bool
+) -> tuple[dict, dict]:
+    if in_redis:
+        return read_inputs_task(task_id)
+    return meta or {}, adjustment or {}
 
 
 @flow(name="simulate", log_prints=True)
@@ -128,20 +155,25 @@ def simulate(
     meta_param_dict: dict[str, Any] | None = None,
     adjustment: dict[str, Any] | None = None,
     tag: str | None = None,
+    inputs_in_redis: bool = False,
 ) -> State:
-    """Run one simulation of OWNER/TITLE at `tag` (default: the promoted tag) and notify the web app."""
+    """Run one simulation of OWNER/TITLE at `tag` (default: the promoted tag) and notify the web app.
+
+    With inputs_in_redis, meta_param_dict and adjustment are read from Redis
+    under `job-<task_id>` (see flows/job_inputs.py) instead of these parameters.
+    """
     started = time.perf_counter()
+    scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
     try:
         model = ModelConfig.for_model(owner, title)
         entry = model.published(tag)
-    except (LookupError, ValueError) as exc:
-        payload, stored, model = fail_payload(task_id, str(exc)), None, None
+        scrub = scrubber_for(model)
+        meta, adjust = resolve_inputs(task_id, meta_param_dict, adjustment, inputs_in_redis)
+    except (LookupError, ValueError, RedisError) as exc:
+        payload, stored = fail_payload(task_id, f"{type(exc).__name__}: {exc}"), None
     else:
-        payload, stored = run_and_collect(
-            model, entry, task_id, meta_param_dict or {}, adjustment or {}
-        )
-    if model is not None:
-        payload = scrubber_for(model)(payload)
+        payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
+    payload = scrub(payload)
     delivery = notify_task(OUTPUTS_PATH, payload)
     if stored:
         _outputs_artifact(task_id, stored)

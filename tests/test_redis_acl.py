@@ -24,7 +24,7 @@ from prefect_cs.deployments.cli_redis import redis_app
 from pydantic import SecretStr
 from typer.testing import CliRunner
 
-from tests.helpers.redis_server import RedisServer
+from tests.helpers.redis_server import RedisServer, make_config
 
 TASK_ID = "0b7c6a52-55d4-4a8e-9a55-0a3c8e9e2f10"
 JOB = f"job-{TASK_ID}"
@@ -84,16 +84,6 @@ CASES: list[tuple[str, tuple[str, ...], str]] = [
     ("admin", ("ACL", "WHOAMI"), "OK"),
     ("admin", ("GET", "other-key"), "OK"),
 ]
-
-
-def make_config(port: int) -> RedisConfig:
-    """Fresh random passwords: nothing in the tests depends on a known one."""
-    return RedisConfig(
-        port=port,
-        admin_password=SecretStr(secrets.token_urlsafe(24)),
-        scheduler_password=SecretStr(secrets.token_urlsafe(24)),
-        executor_password=SecretStr(secrets.token_urlsafe(24)),
-    )
 
 
 def connect(config: RedisConfig, user: str) -> redis.Redis:

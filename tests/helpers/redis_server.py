@@ -6,6 +6,7 @@ for, so each server starts clean and `restart()` shows what survives.
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import socket
 import subprocess
@@ -104,3 +105,16 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def make_config(port: int):
+    """A cs-redis config with fresh random passwords: nothing in the tests depends on a known one."""
+    from prefect_cs.blocks.redis_acl import RedisConfig
+    from pydantic import SecretStr
+
+    return RedisConfig(
+        port=port,
+        admin_password=SecretStr(secrets.token_urlsafe(24)),
+        scheduler_password=SecretStr(secrets.token_urlsafe(24)),
+        executor_password=SecretStr(secrets.token_urlsafe(24)),
+    )

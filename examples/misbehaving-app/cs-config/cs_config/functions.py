@@ -19,6 +19,8 @@ BEHAVIORS = [
     "missing_key",
     "not_serializable",
     "print_noise",
+    "leak_secret",
+    "leak_secret_raise",
 ]
 
 
@@ -77,7 +79,16 @@ def run_model(meta_param_dict, adjustment):
             block = bytearray(100 * 1024 * 1024)
             block[::4096] = b"x" * len(block[::4096])
             hog.append(block)
+    secret = os.environ.get("DEMO_TOKEN", "")
+    if behavior == "leak_secret_raise":
+        raise RuntimeError(f"cannot log in with token {secret}")
     result = good_result()
+    if behavior == "leak_secret":
+        print(f"my token is {secret}")
+        result["renderable"][0]["data"] += f"\n\ntoken: {secret}"
+        result["downloadable"].append(
+            {"media_type": "CSV", "title": "token", "data": f"token\n{secret}\n"}
+        )
     if behavior == "bad_media_type":
         result["renderable"][0]["media_type"] = "GIF"
     if behavior == "missing_key":
