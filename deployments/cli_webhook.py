@@ -25,7 +25,7 @@ def serve_cmd(
     try:
         serve(host, port)
     except RuntimeError as exc:  # e.g. the webhook secret is not set
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -50,6 +50,6 @@ def cloud_template_cmd(
         check_name("owner", owner)
         check_name("title", title)
     except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     typer.echo(cloud_webhook_template(owner, title))

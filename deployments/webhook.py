@@ -372,8 +372,8 @@ class GitHubAPI:
 # ---- the ASGI app ------------------------------------------------------------------------
 
 
-def answer(status: int, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
+def answer(code: int, /, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
