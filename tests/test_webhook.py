@@ -227,6 +227,28 @@ def test_pull_request_stages_and_its_merge_promotes(
     )
 
 
+def test_published_release_starts_a_publish_of_its_tag(
+    receiver, webhook_secret, publish_deployment
+):
+    tag = "rel-" + new_sha()[:10]
+    payload = {
+        "action": "published",
+        "release": {"tag_name": tag, "target_commitish": "main"},
+        "repository": tag_push(MODEL_REPO, tag, new_sha())["repository"],
+    }
+    assert deliver(receiver, webhook_secret, "release", payload).status_code == 202
+    (run,) = wait_for_runs(publish_deployment, tag=tag)
+    # A release names no commit: sha stays None and publish reports on the commit it clones.
+    assert run.parameters == {
+        "owner": "hooks",
+        "title": "Tagged",
+        "tag": tag,
+        "steps": "all",
+        "sha": None,
+        "repo": MODEL_REPO,
+    }
+
+
 def test_pull_request_files_unavailable_is_502_and_not_remembered(receiver, webhook_secret):
     payload, delivery = pull_request(PUBLISH_REPO, 404, "opened", new_sha()), "pr-" + new_sha()[:12]
     first = deliver(receiver, webhook_secret, "pull_request", payload, delivery)

@@ -134,19 +134,36 @@ def publish_runs(deployment_id: UUID) -> list[Any]:
                 return runs
 
 
+def runs_with(deployment_id: UUID, **parameters: Any) -> list[Any]:
+    """The publish runs whose parameters include all of `parameters`."""
+    return [
+        r
+        for r in publish_runs(deployment_id)
+        if all(r.parameters.get(k) == v for k, v in parameters.items())
+    ]
+
+
 def runs_with_sha(deployment_id: UUID, sha: str) -> list[Any]:
-    return [r for r in publish_runs(deployment_id) if r.parameters.get("sha") == sha]
+    return runs_with(deployment_id, sha=sha)
 
 
-def wait_for_runs(deployment_id: UUID, sha: str, count: int = 1, timeout: float = 60) -> list[Any]:
-    """Poll until `count` runs carry `sha` (automations are asynchronous); bounded."""
+def wait_for_runs(
+    deployment_id: UUID,
+    sha: str | None = None,
+    count: int = 1,
+    timeout: float = 60,
+    **parameters: Any,
+) -> list[Any]:
+    """Poll until `count` runs match (automations are asynchronous); bounded."""
+    if sha is not None:
+        parameters["sha"] = sha
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = runs_with_sha(deployment_id, sha)
+        runs = runs_with(deployment_id, **parameters)
         if len(runs) >= count:
             return runs
         time.sleep(0.3)
-    raise AssertionError(f"no {count} publish run(s) with sha {sha} after {timeout}s")
+    raise AssertionError(f"no {count} publish run(s) with {parameters} after {timeout}s")
 
 
 def new_sha() -> str:
