@@ -48,6 +48,7 @@ from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
 from prefect_cs.blocks.secrets import get_backend  # noqa: E402
 from prefect_cs.deployments import stack  # noqa: E402
 from prefect_cs.deployments.deploy import deploy_publish  # noqa: E402
+from prefect_cs.deployments.publish_events import PublishRequest  # noqa: E402
 from prefect_cs.deployments.registry import register  # noqa: E402
 from prefect_cs.work_pools.pools import ensure_pool  # noqa: E402
 
@@ -126,6 +127,18 @@ def wait_for_shas(deployment_id, shas: set[str], timeout: float) -> list:
     return publish_runs(deployment_id)
 
 
+def events_received(event_ids: list[str]) -> dict[str, float]:
+    """When the server received each event (by id): splits receiver → server from automation time."""
+    received: dict[str, float] = {}
+    api = os.environ["PREFECT_API_URL"]
+    for start in range(0, len(event_ids), 50):
+        body = {"filter": {"id": {"id": event_ids[start : start + 50]}}, "limit": 50}
+        page = httpx.post(f"{api}/events/filter", json=body, timeout=30).json()
+        for event in page.get("events", []):
+            received[event["id"]] = datetime.fromisoformat(event["received"]).timestamp()
+    return received
+
+
 def created_seconds(run) -> float:
     created = run.created
     return created.timestamp() if isinstance(created, datetime) else float(created)
@@ -145,6 +158,12 @@ def phase_load(url: str, secret: str, deployment_id, total: int, seconds: float)
     for run in runs:
         by_sha.setdefault(run.parameters.get("sha"), []).append(run)
     latencies = [created_seconds(by_sha[s][0]) - unique[s]["sent"] for s in unique if s in by_sha]
+    ids = {
+        s: str(PublishRequest("bench", "Model", None, "all", i["delivery"]).event_id())
+        for s, i in unique.items()
+    }
+    received = events_received(list(ids.values()))
+    to_server = [received[ids[s]] - unique[s]["sent"] for s in unique if ids[s] in received]
     times = [i["seconds"] for i in items]
     return {
         "deliveries": len(items),
@@ -163,6 +182,9 @@ def phase_load(url: str, secret: str, deployment_id, total: int, seconds: float)
         "forged_with_a_run": sum(s in by_sha for s in forged),
         "response_p50_ms": round(percentile(times, 50) * 1000, 1),
         "response_p99_ms": round(percentile(times, 99) * 1000, 1),
+        "events_received_by_server": len(to_server),
+        "delivery_to_event_received_median_s": round(statistics.median(to_server), 2),
+        "delivery_to_event_received_p95_s": round(percentile(to_server, 95), 2),
         "delivery_to_run_created_min_s": round(min(latencies), 2),
         "delivery_to_run_created_median_s": round(statistics.median(latencies), 2),
         "delivery_to_run_created_p95_s": round(percentile(latencies, 95), 2),

@@ -77,6 +77,12 @@ class PublishRequest:
         }
         return {k: v for k, v in labels.items() if v}
 
+    def key(self) -> str:
+        """What makes two requests the same publish: a tag push and its release share it;
+        a pull request's key includes the commit, so each new push to it is staged again."""
+        commit = self.sha if self.steps != "all" else ""
+        return f"{self.owner}/{self.title}@{self.tag or ''}:{self.steps}:{commit or ''}"
+
     def event_id(self) -> uuid.UUID:
         """Deterministic per delivery and model, so a resent event is one event to Prefect."""
         return uuid.uuid5(EVENT_ID_NAMESPACE, f"{self.delivery}:{self.owner}/{self.title}")

@@ -29,7 +29,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +70,12 @@ class WebhookSettings(BaseSettings):
     retention_days: float = Field(default=7.0, gt=0, description="How long delivery ids are kept.")
     max_deliveries: int = Field(default=200_000, gt=0, description="Most delivery ids kept.")
     models_cache_seconds: float = Field(default=10.0, ge=0)
+    request_window_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="One publish per model, tag and steps within this window (a release and its"
+        " tag push are two deliveries); 0 turns it off.",
+    )
     db_path: Path | None = Field(
         default=None, description="Default: $CS_HOME/webhook/deliveries.sqlite3"
     )
@@ -107,6 +113,9 @@ class DeliveryStore:
             "CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, at REAL NOT NULL)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+        )
         self._claims = 0
         self.prune()
 
@@ -126,15 +135,40 @@ class DeliveryStore:
             self.prune()
         return cursor.rowcount == 1
 
-    def release(self, delivery: str) -> None:
+    def fresh(self, keys: list[str], window: float) -> list[str]:
+        """The keys not requested within `window` seconds, now recorded as requested."""
+        if window <= 0:
+            return keys
+        now, fresh = time.time(), []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in keys:
+                    row = self._db.execute(
+                        "SELECT at FROM requests WHERE key = ?", (key,)
+                    ).fetchone()
+                    if row is None or row[0] < now - window:
+                        self._db.execute(
+                            "REPLACE INTO requests (key, at) VALUES (?, ?)", (key, now)
+                        )
+                        fresh.append(key)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return fresh
+
+    def release(self, delivery: str, keys: Sequence[str] = ()) -> None:
         """Forget a claim whose event could not be sent, so GitHub's redelivery is acted on."""
         with self._lock:
             self._db.execute("DELETE FROM deliveries WHERE id = ?", (delivery,))
+            self._db.executemany("DELETE FROM requests WHERE key = ?", [(k,) for k in keys])
 
     def prune(self) -> None:
         """Bounded retention: drop ids older than the retention, then all but the newest max_rows."""
         with self._lock:
             self._db.execute("DELETE FROM deliveries WHERE at < ?", (time.time() - self.retention,))
+            self._db.execute("DELETE FROM requests WHERE at < ?", (time.time() - self.retention,))
             self._db.execute(
                 "DELETE FROM deliveries WHERE id NOT IN"
                 " (SELECT id FROM deliveries ORDER BY at DESC LIMIT ?)",
@@ -434,11 +468,20 @@ class Receiver:
             return answer(502, error=str(exc), delivery=delivery)
         if not self.store.claim(delivery):
             return answer(202, status="ignored", reason="duplicate delivery", delivery=delivery)
+        keys = self.store.fresh([r.key() for r in requests], self.settings.request_window_seconds)
+        requests = [r for r in requests if r.key() in keys]
+        if not requests:
+            return answer(
+                202,
+                status="ignored",
+                reason="already requested by another delivery (e.g. the release of a pushed tag)",
+                delivery=delivery,
+            )
         try:
             for publish in requests:
                 emit_publish_requested(publish)
         except Exception as exc:
-            self.store.release(delivery)
+            self.store.release(delivery, keys)
             logger.error("delivery %s: event not sent: %s", delivery, type(exc).__name__)
             return answer(503, error="could not send the publish event; redeliver later")
         logger.info("delivery %s (%s): %d publish request(s)", delivery, event, len(requests))

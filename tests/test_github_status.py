@@ -90,3 +90,20 @@ def test_no_repo_or_no_credentials_means_no_status(misbehaving, github, monkeypa
     state = publish("tests", "Misbehaving", "v1", "promote", sha=sha, repo=REPO, return_state=True)
     assert state.is_completed(), state.message
     assert github.statuses(sha) == []
+
+
+def test_a_run_without_sha_reports_on_the_commit_it_clones(misbehaving, github):
+    """A release names a tag, not a commit: publish reports on what it actually built."""
+    import subprocess
+
+    commit = subprocess.run(
+        ["git", "rev-parse", "v1^{commit}"],
+        cwd=misbehaving.repo_url,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    state = publish("tests", "Misbehaving", "v1", "stage", repo=REPO, return_state=True)
+    assert state.is_completed(), state.message
+    assert states(github, commit) == ["pending", "success"]
+    assert "staged" in github.statuses(commit)[-1].body["description"]

@@ -36,6 +36,7 @@ from tests.helpers.webhooks import (
     deliver,
     new_sha,
     pull_request,
+    runs_with,
     runs_with_sha,
     start_receiver,
     stop_receiver,
@@ -249,6 +250,24 @@ def test_published_release_starts_a_publish_of_its_tag(
     }
 
 
+def test_a_release_of_a_just_pushed_tag_does_not_publish_twice(
+    receiver, webhook_secret, publish_deployment
+):
+    tag, sha = "both-" + new_sha()[:10], new_sha()
+    pushed = deliver(receiver, webhook_secret, "push", tag_push(MODEL_REPO, tag, sha))
+    assert pushed.json()["status"] == "accepted"
+    release = {
+        "action": "published",
+        "release": {"tag_name": tag},
+        "repository": tag_push(MODEL_REPO, tag, sha)["repository"],
+    }
+    again = deliver(receiver, webhook_secret, "release", release)
+    assert again.status_code == 202 and "already requested" in again.json()["reason"]
+    wait_for_runs(publish_deployment, tag=tag)
+    time.sleep(SETTLE_SECONDS)
+    assert len(runs_with(publish_deployment, tag=tag)) == 1
+
+
 def test_pull_request_files_unavailable_is_502_and_not_remembered(receiver, webhook_secret):
     payload, delivery = pull_request(PUBLISH_REPO, 404, "opened", new_sha()), "pr-" + new_sha()[:12]
     first = deliver(receiver, webhook_secret, "pull_request", payload, delivery)
@@ -273,6 +292,11 @@ def test_delivery_ids_survive_a_restart_and_are_pruned(tmp_path: Path):
     time.sleep(0.01)
     expired.prune()
     assert not expired.seen("e")
+    assert expired.fresh(["m@v1", "m@v2"], 60) == ["m@v1", "m@v2"]
+    assert expired.fresh(["m@v1", "m@v3"], 60) == ["m@v3"]
+    assert expired.fresh(["m@v1"], 0) == ["m@v1"]  # window 0: off
+    expired.release("x", ["m@v1"])
+    assert expired.fresh(["m@v1"], 60) == ["m@v1"]
 
 
 def test_signature_check_and_url_matching():
