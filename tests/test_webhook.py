@@ -321,6 +321,11 @@ def test_prefect_yaml_declares_the_same_triggers_as_deploy_publish():
     project = yaml.safe_load((Path(__file__).parents[1] / "prefect.yaml").read_text())
     (publish,) = [d for d in project["deployments"] if d["name"] == "publish"]
     assert publish["triggers"] == PUBLISH_TRIGGERS
+    # and `prefect deploy` itself accepts them
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+
+    (trigger,) = _initialize_deployment_triggers("publish", publish["triggers"])
+    assert trigger.expect == {"cs.publish.requested"}
 
 
 def test_publish_deployment_has_the_trigger_automation(publish_deployment):
