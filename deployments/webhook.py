@@ -541,6 +541,10 @@ def create_app(settings: WebhookSettings | None = None, secret: str | None = Non
 
 
 def serve(host: str, port: int) -> None:
+    """uvicorn in the foreground; one log line per acted-on delivery (ids only, never payloads)."""
     import uvicorn
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=False)
