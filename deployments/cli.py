@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from prefect_cs.deployments.cli_redis import redis_app
 from prefect_cs.deployments.cli_secrets import secrets_app
+from prefect_cs.deployments.cli_webhook import webhook_app
 from rich.console import Console
 from rich.table import Table
 
@@ -37,6 +38,7 @@ app.add_typer(inputs_app, name="inputs")
 app.add_typer(secrets_app, name="secrets")
 models_app.add_typer(secrets_app, name="secrets")
 app.add_typer(redis_app, name="redis")
+app.add_typer(webhook_app, name="webhook")
 
 console = Console()
 err = Console(stderr=True)

@@ -58,13 +58,16 @@ def deployment_name(model: ModelConfig) -> str:
 
 
 def deploy_publish() -> UUID:
-    """The platform's own publish deployment on the process pool (prefect.yaml declares the same)."""
+    """The platform's own publish deployment on the process pool, with its event triggers.
+
+    prefect.yaml declares the same deployment and triggers (`PUBLISH_TRIGGERS`).
+    """
     from prefect_cs.flows.publish import publish
 
     pool, pool_type = pool_for("local")
     ensure_pool(pool, pool_type)
     with get_client(sync_client=True) as client:
-        return client.create_deployment(
+        deployment_id = client.create_deployment(
             flow_id=client.create_flow(publish),
             name="publish",
             entrypoint="prefect_cs.flows.publish:publish",
@@ -75,3 +78,15 @@ def deploy_publish() -> UUID:
             description="Publish a model: clone, build, test, push, stage, promote, deploy.",
             pull_steps=[],
         )
+        set_publish_triggers(client, deployment_id)
+        return deployment_id
+
+
+def set_publish_triggers(client: Any, deployment_id: UUID) -> None:
+    """Replace the deployment's automations with PUBLISH_TRIGGERS, as `prefect deploy` does."""
+    from prefect_cs.deployments.publish_events import deployment_triggers
+
+    client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
+    for trigger in deployment_triggers():
+        trigger.set_deployment_id(deployment_id)
+        client.create_automation(trigger.as_automation())

@@ -15,10 +15,12 @@ from typing import Literal
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.blocks.settings import get_settings
 from prefect_cs.flows.builders.base import get_builder
 from prefect_cs.flows.builders.steps import StepFailed, run_step
+from prefect_cs.flows.github_status import CommitStatus
 from prefect_cs.flows.model_process import call_model
 from prefect_cs.flows.runtime import runner_for
 
@@ -52,11 +54,14 @@ def clone(model: ModelConfig, tag: str) -> Path:
         timeout=600,
         hint=f"Check that {model.repo_url} is reachable and has the tag {tag!r}.",
     )
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=dest, capture_output=True, text=True
-    ).stdout.strip()
-    logger.info("cloned %s@%s (%s)", model.repo_url, tag, commit)
+    logger.info("cloned %s@%s (%s)", model.repo_url, tag, head_commit(dest))
     return dest
+
+
+def head_commit(source: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=30
+    ).stdout.strip()
 
 
 def _repos_dir() -> Path:
@@ -130,18 +135,45 @@ def deploy(owner: str, title: str, entry: PublishedTag) -> str:
 
 
 @flow(name="publish")
-def publish(owner: str, title: str, tag: str | None = None, steps: Steps = "all") -> dict:
+def publish(
+    owner: str,
+    title: str,
+    tag: str | None = None,
+    steps: Steps = "all",
+    sha: str | None = None,
+    repo: str | None = None,
+) -> dict:
     """Publish OWNER/TITLE at `tag` (default: the model config's repo_tag).
 
     steps: "all" (build, test, push, stage, promote, deploy), "stage" (stop after
     staging: a pull request's check), "promote" (promote and deploy an already
     published tag: the merge).
+    repo ("owner/name" on GitHub) and sha: the commit that gets a status
+    (pending, then success or failure linked to this run); without repo, none.
     """
+    status = CommitStatus(repo or None, sha or None, flow_run.ui_url, get_run_logger())
+    status.report("pending", f"publishing {owner}/{title}@{tag or 'repo_tag'} ({steps})")
+    try:
+        result = _publish(owner, title, tag, steps, status)
+    except BaseException:
+        status.report("failure", f"publish of {owner}/{title} failed: see the flow run")
+        raise
+    done = "staged" if "staged" in result else "promoted and deployed"
+    status.report(
+        "success", f"{owner}/{title}@{result.get('staged') or result.get('promoted')} {done}"
+    )
+    return result
+
+
+def _publish(owner: str, title: str, tag: str | None, steps: Steps, status: CommitStatus) -> dict:
     model = ModelConfig.for_model(owner, title)
     tag = tag or model.repo_tag
     if steps != "promote":
         source = clone(model, tag)
         try:
+            if status.repo and not status.sha:  # a release names no commit: report on the clone's
+                status.sha = head_commit(source)
+                status.report("pending", f"publishing {owner}/{title}@{tag} ({steps})")
             entry = build_environment(model, source, tag)
             version = run_model_tests(model, entry, source)
             entry = push(model, entry.model_copy(update={"version": version}))
