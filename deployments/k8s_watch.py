@@ -23,10 +23,12 @@ import logging
 import time
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
     FlowRunFilterTags,
@@ -47,10 +49,11 @@ DEFAULT_PENDING_TIMEOUT = 600.0  # the template's pod_watch_timeout_seconds: cov
 logger = logging.getLogger("prefect_cs.k8s_watch")
 
 
-def candidates(client: SyncPrefectClient) -> list[FlowRun]:
-    """Simulate runs that are Crashed or Pending and not yet reported."""
+def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> list[FlowRun]:
+    """Simulate runs that are Crashed or Pending and not yet reported (among `only` if given)."""
     runs = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=only) if only else None,
             tags=FlowRunFilterTags(all_=[SIMULATE_TAG]),
             state=FlowRunFilterState(
                 type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.PENDING])
@@ -76,7 +79,7 @@ def diagnosis(client: SyncPrefectClient, run: FlowRun) -> list[str]:
 def already_notified(client: SyncPrefectClient, run: FlowRun) -> bool:
     """The flow ran far enough to PUT its own result: do not send a second one."""
     tasks = client.read_task_runs(
-        flow_run_filter=FlowRunFilter(id={"any_": [run.id]}),
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
         task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="notify-webapp")),
     )
     return any(t.state is not None and t.state.is_completed() for t in tasks)
@@ -127,12 +130,14 @@ def scrub(run: FlowRun, payload: dict[str, Any]) -> dict[str, Any]:
         return payload
 
 
-def scan_once(pending_timeout: float = DEFAULT_PENDING_TIMEOUT) -> list[dict[str, Any]]:
+def scan_once(
+    pending_timeout: float = DEFAULT_PENDING_TIMEOUT, only: list[UUID] | None = None
+) -> list[dict[str, Any]]:
     """One pass: report every Crashed run and every run Pending longer than `pending_timeout`."""
     now = datetime.now(UTC)
     reports = []
     with get_client(sync_client=True) as client:
-        for run in candidates(client):
+        for run in candidates(client, only):
             if run.state is not None and run.state.type == StateType.CRASHED:
                 reports.append(report(client, run, None))
             elif stuck_for(run, now) >= pending_timeout:
