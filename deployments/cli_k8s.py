@@ -52,6 +52,9 @@ def render_cmd(
     api_url: str = typer.Option(None, help="PREFECT_API_URL as seen from the cluster"),
     out: Path = typer.Option(None, help="Write one file per manifest here instead of stdout"),
     no_secrets: bool = typer.Option(False, help="Leave out the model Secrets (no values read)"),
+    platform_image: str = typer.Option(
+        None, help="The platform's image: adds the `prefect-cs k8s watch` Deployment"
+    ),
 ) -> None:
     """Namespaces, worker RBAC, model Secrets and inputs servers: `… | kubectl apply -f -`.
 
@@ -64,7 +67,12 @@ def render_cmd(
     if not url:
         _fail("no API URL: pass --api-url http://prefect-server.prefect:4200/api")
     manifests = operator_manifests(
-        _models(model), url, namespace, worker_namespace, with_secrets=not no_secrets
+        _models(model),
+        url,
+        namespace,
+        worker_namespace,
+        with_secrets=not no_secrets,
+        platform_image=platform_image,
     )
     if out is None:
         typer.echo(yaml.safe_dump_all(manifests, sort_keys=False), nl=False)

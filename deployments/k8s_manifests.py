@@ -181,6 +181,46 @@ def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url
     }
 
 
+def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Manifest:
+    """`prefect-cs k8s watch` beside the worker: reports runs Kubernetes lost as FAIL.
+
+    It runs the platform image (not a model's): it reads the web app block, so it
+    holds platform credentials and never runs model code. It needs no Kubernetes
+    API access at all (it reads states and logs from Prefect), so no token is mounted.
+    """
+    labels = {"app.kubernetes.io/part-of": "prefect-cs", "app.kubernetes.io/component": "watcher"}
+    container = {
+        "name": "watcher",
+        "image": image,
+        "command": [
+            "prefect-cs",
+            "k8s",
+            "watch",
+            "--pending-timeout",
+            str(template_default("pod_watch_timeout_seconds")),
+        ],
+        "env": [{"name": "PREFECT_API_URL", "value": api_url}],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "512Mi"},
+        },
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cs-k8s-watch", "namespace": worker_ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"automountServiceAccountToken": False, "containers": [container]},
+            },
+        },
+    }
+
+
 def kubernetes_entry(model: ModelConfig) -> PublishedTag | None:
     """The promoted tag when it runs on Kubernetes; None for models on other tiers."""
     try:
@@ -196,6 +236,7 @@ def operator_manifests(
     jobs_ns: str | None = None,
     worker_ns: str = WORKER_NAMESPACE,
     with_secrets: bool = True,
+    platform_image: str | None = None,
 ) -> list[Manifest]:
     """Everything the operator applies, in apply order (namespaces first)."""
     from prefect_cs.blocks.secrets import model_secret_env
@@ -204,6 +245,8 @@ def operator_manifests(
     manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
     manifests += worker_rbac(jobs_ns, worker_ns)
     manifests.append(model_job_service_account(jobs_ns))
+    if platform_image:
+        manifests.append(watcher(platform_image, api_url, worker_ns))
     for model in models:
         if with_secrets and model.secrets:
             values = model_secret_env(model.owner, model.title, model.secrets)

@@ -216,8 +216,10 @@ def test_job_variables_need_an_image():
 def test_operator_manifests_are_valid(k8s_model):
     from prefect_cs.deployments.k8s_manifests import operator_manifests, validate
 
-    manifests = operator_manifests([k8s_model], "http://prefect-server.prefect:4200/api")
-    assert validate(manifests, VERSION) == len(manifests) == 8
+    manifests = operator_manifests(
+        [k8s_model], "http://prefect-server.prefect:4200/api", platform_image="r/prefect-cs:1"
+    )
+    assert validate(manifests, VERSION) == len(manifests) == 9
     by_kind = {}
     for manifest in manifests:
         by_kind.setdefault(manifest["kind"], []).append(manifest)
@@ -225,7 +227,13 @@ def test_operator_manifests_are_valid(k8s_model):
     secret = by_kind["Secret"][0]
     assert secret["metadata"]["name"] == "cs-model-tests-k8s-demo"
     assert base64.b64decode(secret["data"]["API_TOKEN"]).decode() == SECRET_VALUE
-    inputs = by_kind["Deployment"][0]
+    watcher, inputs = by_kind["Deployment"]
+    assert watcher["metadata"]["namespace"] == "prefect"
+    assert watcher["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "prefect-cs",
+        "k8s",
+        "watch",
+    ]
     container = inputs["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == IMAGE
     assert container["command"][-2:] == ["-m", "prefect_cs.flows.inputs"]
