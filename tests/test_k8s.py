@@ -139,7 +139,7 @@ def test_rendered_job_is_valid_and_carries_the_model_config(rendered):
         "requests": {"cpu": "2", "memory": "4096Mi"},
         "limits": {"cpu": "2", "memory": "5120Mi"},
     }
-    assert container["args"] == ["/opt/cs/platform/bin/python", "-m", "prefect.engine"]
+    assert container["args"] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {f"{CS}/pool": "models"}
     assert pod["tolerations"][0]["key"] == f"{CS}/models"
@@ -304,7 +304,7 @@ def test_container_spec_becomes_a_docker_run(rendered):
     assert argv[argv.index("--cpus") + 1] == "2"
     assert argv[argv.index("--memory") + 1] == str(5120 * 1024 * 1024)
     image_at = argv.index(IMAGE)
-    assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/python", "-m", "prefect.engine"]
+    assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
     assert env["API_TOKEN"] == SECRET_VALUE and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
     assert SECRET_VALUE not in " ".join(argv)
     assert {argv[i + 1] for i, a in enumerate(argv) if a == "-e"} == set(env)
@@ -410,3 +410,99 @@ def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
     assert template["variables"]["properties"]["finished_job_ttl"]["default"] > 0
     assert (spec["parallelism"], spec["completions"]) == (1, 1)
     assert "parallelism" not in spec["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def hang_model(misbehaving):
+    """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command here."""
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.deployments.deploy import deploy_model
+    from prefect_cs.deployments.registry import register
+
+    python = ModelConfig.for_model("tests", "Misbehaving").published().python
+    model = register(
+        ModelConfig(owner="tests", title="K8s_Hang", repo_url="/nonexistent", time_limit=60)
+    )
+    entry = PublishedTag(
+        tag="v1", tier="kubernetes", python=python, image="registry.example:5000/tests_k8s_hang:v1"
+    )
+    model.record(entry)
+    model.latest_tag = "v1"
+    model.save_model()
+    deploy_model(model, entry)
+    return model
+
+
+def _state(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def test_evicted_pod_reschedules_its_run(hang_model, webapp):
+    """Eviction = SIGTERM to the Job's container: the run goes back to Scheduled, not lost.
+
+    The rendered Job's own command and environment run here as a process (the
+    image's platform prefect replaced by this one); SIGTERM arrives while the
+    model is running, as when a node is drained.
+    """
+    import signal
+    import time
+
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+    from prefect.utilities.engine import propose_state
+    from prefect_cs.deployments.submit import submit_simulation
+
+    task_id = str(uuid.uuid4())
+    run = submit_simulation(
+        "tests",
+        "K8s_Hang",
+        adjustment={"control": {"behavior": [{"value": "hang"}]}},
+        task_id=task_id,
+        wait_seconds=0,
+    )
+    container = container_of(render(run.id))
+    env = {e["name"]: e["value"] for e in container["env"]}
+    env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
+    argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
+    assert argv[1:] == ["flow-run", "execute"]
+
+    async def submitted():  # what the worker does before it creates the Job
+        async with get_client() as client:
+            await propose_state(client, Pending(), flow_run_id=run.id)
+
+    anyio.run(submitted)
+    log = Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log"
+    process = subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    try:
+        assert _wait_for(lambda: _state(run.id).is_running(), 60), _state(run.id)
+        time.sleep(2)  # the model child is now hanging
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        process.wait(timeout=120)
+        print(f"supervisor exited {time.monotonic() - started:.1f}s after SIGTERM")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    state = _state(run.id)
+    assert state.is_scheduled(), (state.name, state.message)
+    assert _puts(webapp, task_id) == []  # it will run again: no FAIL for an eviction
