@@ -77,6 +77,7 @@ def worker_like_env() -> dict[str, str]:
         "PREFECT_API_URL": os.environ["PREFECT_API_URL"],
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": DB_URL,
+        "PREFECT_API_KEY": "pnu_not-for-jobs-31",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
 
@@ -177,6 +178,7 @@ def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
         assert name not in env
     text = json.dumps(job)
     assert SECRET_VALUE not in text and "db-password-77" not in text
+    assert "pnu_not-for-jobs-31" not in text
 
 
 def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
