@@ -11,6 +11,8 @@ bounds nothing by itself). This watcher closes both gaps:
   diagnosis (ImagePullError, Unschedulable, OOMKilled, Evicted…).
 - Runs still Pending after `pending_timeout`: PUT a FAIL with the diagnosis,
   then set the run Cancelling, so the worker deletes its Job (and the pod).
+- Runs Late for longer than `pending_timeout` (no worker took them): the same,
+  so the web app is not left waiting on a worker that is down.
 
 Each run is reported once: it gets the tag `cs-fail-reported`. A run whose
 flow already delivered its own result (its notify task completed) is only tagged.
@@ -39,7 +41,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.client.schemas.objects import FlowRun, StateType
-from prefect.states import Cancelling
+from prefect.states import Cancelled, Cancelling
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
 from prefect_cs.flows.simulate import fail_payload
 
@@ -50,18 +52,26 @@ logger = logging.getLogger("prefect_cs.k8s_watch")
 
 
 def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> list[FlowRun]:
-    """Simulate runs that are Crashed or Pending and not yet reported (among `only` if given)."""
+    """Simulate runs that are Crashed, Pending or Late, not yet reported (among `only` if given)."""
     runs = client.read_flow_runs(
         flow_run_filter=FlowRunFilter(
             id=FlowRunFilterId(any_=only) if only else None,
             tags=FlowRunFilterTags(all_=[SIMULATE_TAG]),
             state=FlowRunFilterState(
-                type=FlowRunFilterStateType(any_=[StateType.CRASHED, StateType.PENDING])
+                type=FlowRunFilterStateType(
+                    any_=[StateType.CRASHED, StateType.PENDING, StateType.SCHEDULED]
+                )
             ),
         ),
         limit=200,
     )
-    return [run for run in runs if REPORTED_TAG not in run.tags]
+    return [
+        run
+        for run in runs
+        if REPORTED_TAG not in run.tags
+        and run.state is not None
+        and (run.state.type != StateType.SCHEDULED or run.state.name == "Late")
+    ]
 
 
 def diagnosis(client: SyncPrefectClient, run: FlowRun) -> list[str]:
@@ -93,7 +103,12 @@ def stuck_for(run: FlowRun, now: datetime) -> float:
 
 def reason_for(run: FlowRun, notes: list[str], pending: float | None) -> str:
     """What the web app shows the user: what happened, and Kubernetes' own explanation."""
-    if pending is not None:
+    if pending is not None and run.state is not None and run.state.name == "Late":
+        head = (
+            f"The simulation was not picked up within {pending:.0f} seconds: no worker is"
+            " polling its work pool. The run was cancelled."
+        )
+    elif pending is not None:
         head = (
             f"The simulation did not start within {pending:.0f} seconds: Kubernetes never ran"
             " its pod (not schedulable, or its image could not be pulled). The run was cancelled."
@@ -113,7 +128,10 @@ def report(client: SyncPrefectClient, run: FlowRun, pending: float | None) -> di
         payload = scrub(run, payload)
         result.update(deliver(OUTPUTS_PATH, payload), status="FAIL")
     if pending is not None:
-        client.set_flow_run_state(run.id, Cancelling(message="not started in time"), force=True)
+        # Pending: a Job exists, and the worker deletes it on Cancelling. Late: nothing to delete.
+        late = run.state is not None and run.state.name == "Late"
+        final = Cancelled if late else Cancelling
+        client.set_flow_run_state(run.id, final(message="not started in time"), force=True)
     client.update_flow_run(run.id, tags=[*run.tags, REPORTED_TAG])
     return result
 
@@ -133,7 +151,7 @@ def scrub(run: FlowRun, payload: dict[str, Any]) -> dict[str, Any]:
 def scan_once(
     pending_timeout: float = DEFAULT_PENDING_TIMEOUT, only: list[UUID] | None = None
 ) -> list[dict[str, Any]]:
-    """One pass: report every Crashed run and every run Pending longer than `pending_timeout`."""
+    """One pass: report every Crashed run, and every run Pending or Late longer than `pending_timeout`."""
     now = datetime.now(UTC)
     reports = []
     with get_client(sync_client=True) as client:

@@ -403,6 +403,39 @@ def test_run_never_started_is_failed_and_cancelled(k8s_model, webapp):
         assert client.read_flow_run(run.id).state.type.value == "CANCELLING"
 
 
+def test_run_no_worker_takes_is_failed_and_cancelled(k8s_model, webapp):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Late
+    from prefect_cs.deployments.k8s_watch import scan_once
+
+    task_id = str(uuid.uuid4())
+    run = submit(task_id)
+    assert scan_once(pending_timeout=0, only=[run.id]) == []  # Scheduled on time: not stuck
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Late(), force=True)
+    assert len(scan_once(pending_timeout=0, only=[run.id])) == 1
+    (body,) = _puts(webapp, task_id)
+    assert "no worker is polling" in body["traceback"]
+    assert _state(run.id).type.value == "CANCELLED"
+
+
+def test_pool_cli_applies_the_template(platform):
+    from prefect.client.orchestration import get_client
+
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_cs.deployments.cli", "pool", "kubernetes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    template = json.loads(
+        (Path(__file__).resolve().parents[1] / "work_pools" / "kubernetes.json").read_text()
+    )
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("cs-kubernetes").base_job_template == template
+
+
 def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
     template = json.loads(
         (Path(__file__).resolve().parents[1] / "work_pools" / "kubernetes.json").read_text()
