@@ -48,6 +48,10 @@ from prefect_cs.flows.simulate import fail_payload
 SIMULATE_TAG = "cs-simulate"
 REPORTED_TAG = "cs-fail-reported"
 DEFAULT_PENDING_TIMEOUT = 600.0  # the template's pod_watch_timeout_seconds: covers a node scale-up
+# An evicted pod's run can be marked Crashed by the observer just before the
+# supervisor's reschedule lands (Prefect allows Crashed -> Scheduled there):
+# wait this long before calling a crash final.
+DEFAULT_CRASH_GRACE = 60.0
 logger = logging.getLogger("prefect_cs.k8s_watch")
 
 
@@ -149,7 +153,9 @@ def scrub(run: FlowRun, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def scan_once(
-    pending_timeout: float = DEFAULT_PENDING_TIMEOUT, only: list[UUID] | None = None
+    pending_timeout: float = DEFAULT_PENDING_TIMEOUT,
+    only: list[UUID] | None = None,
+    crash_grace: float = DEFAULT_CRASH_GRACE,
 ) -> list[dict[str, Any]]:
     """One pass: report every Crashed run, and every run Pending or Late longer than `pending_timeout`."""
     now = datetime.now(UTC)
@@ -157,7 +163,8 @@ def scan_once(
     with get_client(sync_client=True) as client:
         for run in candidates(client, only):
             if run.state is not None and run.state.type == StateType.CRASHED:
-                reports.append(report(client, run, None))
+                if stuck_for(run, now) >= crash_grace:
+                    reports.append(report(client, run, None))
             elif stuck_for(run, now) >= pending_timeout:
                 reports.append(report(client, run, pending_timeout))
     for item in reports:

@@ -366,13 +366,14 @@ def test_crashed_run_reaches_the_webapp_as_fail_once(k8s_model, webapp):
     diagnosis = "Image pull failed for container 'prefect-job': Kubernetes cannot pull the container image. Reason: ErrImagePull."
     _observer_crash(run.id, diagnosis)
     assert _puts(webapp, task_id) == []
-    reports = scan_once(pending_timeout=3600, only=[run.id])
+    assert scan_once(pending_timeout=3600, only=[run.id]) == []  # within the crash grace
+    reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
     assert [r["task_id"] for r in reports] == [task_id] and reports[0]["delivered"] is True
     (body,) = _puts(webapp, task_id)
     assert set(body) == {"task_id", "status", "meta", "traceback"} and body["status"] == "FAIL"
     assert "Crashed: No active or succeeded pods" in body["traceback"]
     assert "ErrImagePull" in body["traceback"]
-    assert scan_once(pending_timeout=3600, only=[run.id]) == []
+    assert scan_once(pending_timeout=3600, only=[run.id], crash_grace=0) == []
     assert len(_puts(webapp, task_id)) == 1
     with get_client(sync_client=True) as client:
         assert REPORTED_TAG in client.read_flow_run(run.id).tags
