@@ -35,7 +35,7 @@ def submit_simulation(
     return run_deployment(
         deployment_name(model),
         parameters=parameters,
-        job_variables=task_job_variables(model, tag, parameters["task_id"]),
+        job_variables=task_job_variables(model, parameters["task_id"]),
         timeout=wait_seconds,
         poll_interval=poll_interval,
         tags=[f"task:{parameters['task_id']}"],

@@ -185,11 +185,12 @@ def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
     from prefect_cs.flows.builders.kubernetes import task_job_variables
 
-    assert task_job_variables(k8s_model, None, "abc-1") == {"task_id": "abc-1"}
+    assert task_job_variables(k8s_model, "abc-1") == {"task_id": "abc-1"}
     local = ModelConfig(owner="o", title="t", repo_url="/x", latest_tag="v1")
     local.record(PublishedTag(tag="v1", python="/usr/bin/python3"))
-    assert task_job_variables(local, None, "abc-1") == {}
-    assert task_job_variables(local, "v9", "abc-1") == {}
+    assert task_job_variables(local, "abc-1") == {}
+    unpublished = ModelConfig(owner="o", title="t", repo_url="/x")
+    assert task_job_variables(unpublished, "abc-1") == {}
 
 
 def test_label_values_are_sanitized():

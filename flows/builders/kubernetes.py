@@ -76,15 +76,16 @@ def resources(model: ModelConfig) -> dict[str, str]:
     }
 
 
-def task_job_variables(model: ModelConfig, tag: str | None, task_id: str) -> dict[str, Any]:
+def task_job_variables(model: ModelConfig, task_id: str) -> dict[str, Any]:
     """Per-run job variables the submitter adds: the task id label, on the Kubernetes tier only.
 
     A flow run's parameters are not visible to the base job template, so the
     task id travels as a job variable of the run (`run_deployment(job_variables=…)`).
-    Other tiers' pools do not declare the variable, so nothing is sent there.
+    The deployment's pool follows the promoted tag (deploy_model), so its tier
+    decides; other tiers' pools do not declare the variable, so nothing is sent there.
     """
     try:
-        tier = model.published(tag).tier
+        tier = model.published().tier
     except LookupError:
         return {}
     return {"task_id": label_value(task_id)} if tier == "kubernetes" else {}
