@@ -26,7 +26,17 @@ def _models(names: list[str]):
     from prefect_cs.deployments.registry import all_models
 
     if not names:
-        return all_models()
+        import httpx
+        from prefect.exceptions import PrefectHTTPStatusError
+
+        try:
+            return all_models()
+        except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
+            _fail(
+                f"cannot read the model registry ({type(exc).__name__}): set PREFECT_API_URL to"
+                " the platform's server and register the blocks (`prefect block register -m"
+                " prefect_cs.blocks`)"
+            )
     models = []
     for name in names:
         owner, _, title = name.partition("/")
