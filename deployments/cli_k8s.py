@@ -16,6 +16,13 @@ k8s_app = typer.Typer(
 )
 
 
+class _PlainDumper(yaml.SafeDumper):
+    """No `&id001` anchors: manifests stay readable and diffable."""
+
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
 def _fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
@@ -85,12 +92,12 @@ def render_cmd(
         platform_image=platform_image,
     )
     if out is None:
-        typer.echo(yaml.safe_dump_all(manifests, sort_keys=False), nl=False)
+        typer.echo(yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False), nl=False)
         return
     out.mkdir(parents=True, exist_ok=True)
     for index, manifest in enumerate(manifests):
         path = out / _file_name(index, manifest)
-        path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        path.write_text(yaml.dump(manifest, Dumper=_PlainDumper, sort_keys=False))
         if manifest["kind"] == "Secret":
             path.chmod(0o600)
     typer.echo(f"{len(manifests)} manifests written to {out}", err=True)
