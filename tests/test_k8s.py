@@ -283,7 +283,9 @@ def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
     assert done.returncode == 0, done.stderr
     assert SECRET_VALUE not in done.stdout + done.stderr
     files = sorted(out.iterdir())
-    manifests = [yaml.safe_load(f.read_text()) for f in files]
+    texts = [f.read_text() for f in files]
+    assert not any("&id" in text for text in texts)  # plain YAML, no anchors
+    manifests = [yaml.safe_load(text) for text in texts]
     assert len(manifests) == 8
     for manifest in manifests:
         kubernetes_validate.validate(manifest, VERSION, strict=True)
