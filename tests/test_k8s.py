@@ -455,13 +455,21 @@ def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
 def hang_model(misbehaving):
     """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command here."""
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.blocks.secrets import get_backend
     from prefect_cs.deployments.deploy import deploy_model
     from prefect_cs.deployments.registry import register
 
     python = ModelConfig.for_model("tests", "Misbehaving").published().python
     model = register(
-        ModelConfig(owner="tests", title="K8s_Hang", repo_url="/nonexistent", time_limit=60)
+        ModelConfig(
+            owner="tests",
+            title="K8s_Hang",
+            repo_url="/nonexistent",
+            time_limit=60,
+            secrets=["API_TOKEN"],
+        )
     )
+    get_backend("tests/K8s_Hang").set("API_TOKEN", SECRET_VALUE)
     entry = PublishedTag(
         tag="v1", tier="kubernetes", python=python, image="registry.example:5000/tests_k8s_hang:v1"
     )
@@ -490,6 +498,64 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
+def job_process(flow_run_id, log: Path) -> subprocess.Popen:
+    """The rendered Job's container, run as a local process: its command and its env.
+
+    secretKeyRefs are resolved from the secrets backend, as the kubelet would from the
+    model's Secret; the image's platform `prefect` is this virtualenv's. PATH, HOME and
+    CS_* stand in for what the image itself sets.
+    """
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+    from prefect.utilities.engine import propose_state
+    from prefect_cs.deployments.k8s_docker_run import backend_resolver, container_env
+
+    container = container_of(render(flow_run_id))
+    env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))
+    assert secret_names == {"API_TOKEN"}
+    env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
+    argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
+    assert argv[1:] == ["flow-run", "execute"]
+
+    async def submitted():  # what the worker does before it creates the Job
+        async with get_client() as client:
+            await propose_state(client, Pending(), flow_run_id=flow_run_id)
+
+    anyio.run(submitted)
+    return subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_rendered_job_runs_a_simulation_to_success(hang_model, webapp):
+    """The Job's command and env (secrets by reference, resolved at start) complete a simulation."""
+    from prefect_cs.deployments.submit import submit_simulation
+
+    task_id = str(uuid.uuid4())
+    run = submit_simulation("tests", "K8s_Hang", adjustment={}, task_id=task_id, wait_seconds=0)
+    log = Path(os.environ["CS_HOME"]) / f"job-{task_id}.log"
+    process = job_process(run.id, log)
+    try:
+        assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(process)
+    assert _state(run.id).is_completed(), _state(run.id)
+    (body,) = _puts(webapp, task_id)
+    assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
+    assert SECRET_VALUE not in log.read_text()
+
+
 def test_evicted_pod_reschedules_its_run(hang_model, webapp):
     """Eviction = SIGTERM to the Job's container: the run goes back to Scheduled, not lost.
 
@@ -500,10 +566,6 @@ def test_evicted_pod_reschedules_its_run(hang_model, webapp):
     import signal
     import time
 
-    import anyio
-    from prefect.client.orchestration import get_client
-    from prefect.states import Pending
-    from prefect.utilities.engine import propose_state
     from prefect_cs.deployments.submit import submit_simulation
 
     task_id = str(uuid.uuid4())
@@ -514,34 +576,14 @@ def test_evicted_pod_reschedules_its_run(hang_model, webapp):
         task_id=task_id,
         wait_seconds=0,
     )
-    container = container_of(render(run.id))
-    env = {e["name"]: e["value"] for e in container["env"]}
-    env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
-    env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
-    argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
-    assert argv[1:] == ["flow-run", "execute"]
-
-    async def submitted():  # what the worker does before it creates the Job
-        async with get_client() as client:
-            await propose_state(client, Pending(), flow_run_id=run.id)
-
-    anyio.run(submitted)
-    log = Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log"
-    process = subprocess.Popen(
-        argv, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
+    process = job_process(run.id, Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log")
     try:
         assert _wait_for(lambda: _state(run.id).is_running(), 60), _state(run.id)
         time.sleep(2)  # the model child is now hanging
         process.send_signal(signal.SIGTERM)
-        started = time.monotonic()
         process.wait(timeout=120)
-        print(f"supervisor exited {time.monotonic() - started:.1f}s after SIGTERM")
     finally:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _stop(process)
     state = _state(run.id)
     assert state.is_scheduled(), (state.name, state.message)
     assert _puts(webapp, task_id) == []  # it will run again: no FAIL for an eviction
