@@ -9,6 +9,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.deploy import deployment_name
+from prefect_cs.flows.builders.kubernetes import task_job_variables
 from prefect_cs.flows.job_inputs import redis_configured, stage_inputs
 
 
@@ -43,6 +44,7 @@ def submit_simulation(
     return run_deployment(
         deployment_name(model),
         parameters=parameters,
+        job_variables=task_job_variables(model, parameters["task_id"]),
         timeout=wait_seconds,
         poll_interval=poll_interval,
         tags=[f"task:{parameters['task_id']}"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,17 @@ def runner_for(python: str) -> str:
 
 
 def declared_secrets(model: ModelConfig) -> dict[str, str]:
+    """The model's secrets: from the job's environment on Kubernetes (secretKeyRef), else the backend."""
     if not model.secrets:
         return {}
+    if os.environ.get("CS_SECRETS_SOURCE") == "env":
+        missing = [name for name in model.secrets if not os.environ.get(name)]
+        if missing:
+            raise LookupError(
+                f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
+                " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
+            )
+        return {name: os.environ[name] for name in model.secrets}
     from prefect_cs.blocks.secrets import model_secret_env
 
     return model_secret_env(model.owner, model.title, model.secrets)

@@ -41,7 +41,7 @@ def get_builder(tier: str) -> EnvironmentBuilder:
 
         return DockerBuilder()
     if tier == "kubernetes":
-        from prefect_cs.flows.builders.docker import KubernetesBuilder
+        from prefect_cs.flows.builders.kubernetes import KubernetesBuilder
 
         return KubernetesBuilder()
     raise ValueError(f"unknown tier {tier!r}: use local, docker or kubernetes")

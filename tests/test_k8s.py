@@ -1,0 +1,589 @@
+"""The Kubernetes tier without a cluster.
+
+The deploy step creates a real deployment on a real Prefect server; the Job is
+rendered from it by prefect-kubernetes' own code (`resolve_for_flow_run`, as
+its worker does), in a separate process started with a worker-like
+environment, and validated strictly against the Kubernetes 1.37 schema, as
+are the operator's manifests. Lost runs (Crashed by the observer, or never
+started) are reported to a real web app stand-in.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+SECRET_VALUE = "s3cr3t-k8s-value-9f2c"
+DB_URL = "postgresql+asyncpg://prefect:db-password-77@db:5432/prefect"
+IMAGE = "registry.example:5000/tests_k8s_demo:v1"
+VERSION = "1.37.0"
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+CS = "cs.compute.studio"
+
+
+@pytest.fixture(scope="module")
+def k8s_model(platform):
+    """A 2 CPU / 4 GiB model with one secret, published on the kubernetes tier and deployed."""
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.deployments.deploy import deploy_model
+    from prefect_cs.deployments.registry import register
+
+    model = register(
+        ModelConfig(
+            owner="tests",
+            title="K8s_Demo",
+            repo_url="/nonexistent",
+            cpu=2,
+            memory="4Gi",
+            time_limit=600,
+            secrets=["API_TOKEN"],
+        )
+    )
+    get_backend("tests/K8s_Demo").set("API_TOKEN", SECRET_VALUE)
+    entry = PublishedTag(
+        tag="v1", tier="kubernetes", python="/opt/cs/model/bin/python", image=IMAGE
+    )
+    model.record(entry)
+    model.latest_tag = "v1"
+    model.save_model()
+    deploy_model(model, entry)
+    return model
+
+
+def submit(task_id: str):
+    from prefect_cs.deployments.submit import submit_simulation
+
+    return submit_simulation("tests", "K8s_Demo", adjustment={}, task_id=task_id, wait_seconds=0)
+
+
+def worker_like_env() -> dict[str, str]:
+    """What a carelessly started worker would carry: the job must not inherit the database URL."""
+    return {
+        "PATH": os.environ["PATH"],
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "PREFECT_API_URL": os.environ["PREFECT_API_URL"],
+        "PREFECT_HOME": os.environ["PREFECT_HOME"],
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": DB_URL,
+        "PREFECT_API_KEY": "pnu_not-for-jobs-31",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+
+
+def render(flow_run_id) -> dict:
+    """`prefect-cs k8s job` in its own process, as the worker would build the Job."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_cs.deployments.cli", "k8s", "job", str(flow_run_id)],
+        env=worker_like_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def rendered(k8s_model):
+    task_id = str(uuid.uuid4())
+    run = submit(task_id)
+    return task_id, run, render(run.id)
+
+
+def container_of(job: dict) -> dict:
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_deploy_step_moves_the_model_to_the_kubernetes_pool(k8s_model):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("simulate/tests-k8s-demo")
+        pool = client.read_work_pool("cs-kubernetes")
+    assert deployment.work_pool_name == "cs-kubernetes" and pool.type == "kubernetes"
+    variables = deployment.job_variables
+    assert variables["image"] == IMAGE
+    assert (variables["cpu_request"], variables["memory_request"]) == ("2", "4096Mi")
+    assert variables["secret_env"] == [
+        {
+            "name": "API_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
+        }
+    ]
+    assert SECRET_VALUE not in json.dumps(variables)
+
+
+def test_rendered_job_is_valid_and_carries_the_model_config(rendered):
+    task_id, run, job = rendered
+    assert kubernetes_validate.validate(job, VERSION, strict=True)
+    spec = job["spec"]
+    assert (spec["parallelism"], spec["completions"]) == (1, 1)
+    assert "parallelism" not in spec["template"]["spec"]
+    assert spec["backoffLimit"] == 0
+    assert spec["ttlSecondsAfterFinished"] == 600
+    assert spec["activeDeadlineSeconds"] == 600 + 420
+    container = container_of(job)
+    assert container["image"] == IMAGE
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "4096Mi"},
+        "limits": {"cpu": "2", "memory": "5120Mi"},
+    }
+    assert container["args"] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {f"{CS}/pool": "models"}
+    assert pod["tolerations"][0]["key"] == f"{CS}/models"
+    assert pod["imagePullSecrets"] == [{"name": "cs-registry"}]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == "cs-model-job"
+    assert job["metadata"]["namespace"] == "cs-models"
+
+
+def test_labels_carry_owner_title_tag_task_and_flow_run(rendered):
+    task_id, run, job = rendered
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels[f"{CS}/owner"] == "tests"
+        assert labels[f"{CS}/title"] == "K8s_Demo"
+        assert labels[f"{CS}/task-id"] == task_id
+        # What the worker's cancellation and the observer find the Job and pod by.
+        assert labels["prefect.io/flow-run-id"] == str(run.id)
+        assert all(LABEL_VALUE.match(v) and len(v) <= 63 for v in labels.values()), labels
+    assert job["metadata"]["labels"][f"{CS}/tag"] == "v1"
+
+
+def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
+    _, run, job = rendered
+    env = {e["name"]: e for e in container_of(job)["env"]}
+    assert env["API_TOKEN"] == {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
+    }
+    assert env["CS_SECRETS_SOURCE"]["value"] == "env"
+    assert env["PREFECT__FLOW_RUN_ID"]["value"] == str(run.id)
+    assert env["PREFECT_API_URL"]["value"] == os.environ["PREFECT_API_URL"]
+    # Evicted pod (SIGTERM) -> Prefect reschedules the run instead of losing it.
+    assert env["PREFECT_FLOW_RUN_EXECUTE_SIGTERM_BEHAVIOR"]["value"] == "reschedule"
+    for name in ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_KEY", "PREFECT_HOME"):
+        assert name not in env
+    text = json.dumps(job)
+    assert SECRET_VALUE not in text and "db-password-77" not in text
+    assert "pnu_not-for-jobs-31" not in text
+
+
+def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.flows.builders.kubernetes import task_job_variables
+
+    assert task_job_variables(k8s_model, "abc-1") == {"task_id": "abc-1"}
+    local = ModelConfig(owner="o", title="t", repo_url="/x", latest_tag="v1")
+    local.record(PublishedTag(tag="v1", python="/usr/bin/python3"))
+    assert task_job_variables(local, "abc-1") == {}
+    unpublished = ModelConfig(owner="o", title="t", repo_url="/x")
+    assert task_job_variables(unpublished, "abc-1") == {}
+
+
+def test_label_values_are_sanitized():
+    from prefect_cs.flows.builders.kubernetes import label_value
+
+    for raw in ["-_Tax-Brain_-", "v1.2+build/7", "x" * 80, "ünïcode tag", "__", "1.0"]:
+        value = label_value(raw)
+        assert LABEL_VALUE.match(value) and len(value) <= 63, (raw, value)
+    assert label_value("v1.2+build/7") == "v1.2-build-7"
+    assert label_value("-_Tax-Brain_-") == "Tax-Brain"
+
+
+def test_job_variables_need_an_image():
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.flows.builders.kubernetes import KubernetesBuilder
+
+    model = ModelConfig(owner="o", title="t", repo_url="/x", cpu=0.5, memory="512Mi")
+    with pytest.raises(ValueError, match="no image"):
+        KubernetesBuilder().job_variables(model, PublishedTag(tag="v1", python="/p"))
+    variables = KubernetesBuilder().job_variables(
+        model, PublishedTag(tag="v1", tier="kubernetes", python="/p", image="r/o_t:v1")
+    )
+    assert (variables["cpu_request"], variables["memory_limit"]) == ("500m", "640Mi")
+
+
+def test_operator_manifests_are_valid(k8s_model):
+    from prefect_cs.deployments.k8s_manifests import operator_manifests, validate
+
+    manifests = operator_manifests(
+        [k8s_model], "http://prefect-server.prefect:4200/api", platform_image="r/prefect-cs:1"
+    )
+    assert validate(manifests, VERSION) == len(manifests) == 9
+    by_kind = {}
+    for manifest in manifests:
+        by_kind.setdefault(manifest["kind"], []).append(manifest)
+    assert [m["metadata"]["name"] for m in by_kind["Namespace"]] == ["prefect", "cs-models"]
+    secret = by_kind["Secret"][0]
+    assert secret["metadata"]["name"] == "cs-model-tests-k8s-demo"
+    assert base64.b64decode(secret["data"]["API_TOKEN"]).decode() == SECRET_VALUE
+    watcher, inputs = by_kind["Deployment"]
+    assert watcher["metadata"]["namespace"] == "prefect"
+    assert watcher["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "prefect-cs",
+        "k8s",
+        "watch",
+    ]
+    container = inputs["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == IMAGE
+    assert container["command"][-2:] == ["-m", "prefect_cs.flows.inputs"]
+    assert container["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
+    assert {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
+    } in container["env"]
+    assert SECRET_VALUE not in json.dumps(inputs)
+    role = next(m for m in by_kind["Role"])
+    verbs = {r["resources"][0]: set(r["verbs"]) for r in role["rules"]}
+    assert verbs["jobs"] == {"create", "get", "list", "watch", "delete"}
+    assert verbs["secrets"] == {"get", "list", "watch"}
+    binding = by_kind["RoleBinding"][0]
+    assert binding["subjects"][0] == {
+        "kind": "ServiceAccount",
+        "name": "prefect-worker",
+        "namespace": "prefect",
+    }
+    job_account = next(
+        m for m in by_kind["ServiceAccount"] if m["metadata"]["name"] == "cs-model-job"
+    )
+    assert job_account["automountServiceAccountToken"] is False
+
+
+def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
+    out = tmp_path / "manifests"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect_cs.deployments.cli",
+            "k8s",
+            "render",
+            "-m",
+            "tests/K8s_Demo",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert SECRET_VALUE not in done.stdout + done.stderr
+    files = sorted(out.iterdir())
+    texts = [f.read_text() for f in files]
+    assert not any("&id" in text for text in texts)  # plain YAML, no anchors
+    manifests = [yaml.safe_load(text) for text in texts]
+    assert len(manifests) == 8
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, VERSION, strict=True)
+    secret_file = next(f for f, m in zip(files, manifests, strict=True) if m["kind"] == "Secret")
+    assert secret_file.stat().st_mode & 0o777 == 0o600
+
+
+def test_container_spec_becomes_a_docker_run(rendered):
+    from prefect_cs.deployments.k8s_docker_run import docker_run_args
+
+    _, run, job = rendered
+    resolved = []
+
+    def resolve(secret: str, key: str) -> str:
+        resolved.append((secret, key))
+        return SECRET_VALUE
+
+    argv, env = docker_run_args(job, resolve, name="sim")
+    assert resolved == [("cs-model-tests-k8s-demo", "API_TOKEN")]
+    assert argv[:5] == ["docker", "run", "--rm", "--name", "sim"]
+    assert argv[argv.index("--cpus") + 1] == "2"
+    assert argv[argv.index("--memory") + 1] == str(5120 * 1024 * 1024)
+    image_at = argv.index(IMAGE)
+    assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
+    assert env["API_TOKEN"] == SECRET_VALUE and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
+    assert SECRET_VALUE not in " ".join(argv)
+    assert {argv[i + 1] for i, a in enumerate(argv) if a == "-e"} == set(env)
+
+
+def test_quantities_translate_to_docker_units():
+    from prefect_cs.deployments.k8s_docker_run import cpu_cores, memory_bytes
+
+    assert [cpu_cores(q) for q in ("2", "500m", "1.5")] == ["2", "0.5", "1.5"]
+    assert memory_bytes("4Gi") == 4 * 1024**3 and memory_bytes("512M") == 512 * 1000**2
+    with pytest.raises(ValueError, match="CPU quantity"):
+        cpu_cores("2Gi")
+
+
+def _observer_crash(run_id, diagnosis: str) -> None:
+    """What prefect-kubernetes' observer does for a failed Job: log the diagnosis, propose Crashed."""
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import LogCreate
+    from prefect.states import Crashed, Pending
+    from prefect.utilities.engine import propose_state
+
+    async def crash():
+        async with get_client() as client:
+            await propose_state(client, Pending(), flow_run_id=run_id)
+            await client.create_logs(
+                [
+                    LogCreate(
+                        name="prefect.flow_runs.observer",
+                        level=logging.ERROR,
+                        message=diagnosis,
+                        timestamp=datetime.now(UTC),
+                        flow_run_id=run_id,
+                    )
+                ]
+            )
+            state = await propose_state(
+                client,
+                Crashed(message="No active or succeeded pods found for any job"),
+                flow_run_id=run_id,
+            )
+            assert state.is_crashed()
+
+    anyio.run(crash)
+
+
+def _puts(webapp, task_id: str) -> list[dict]:
+    return [r.body for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
+
+
+def test_crashed_run_reaches_the_webapp_as_fail_once(k8s_model, webapp):
+    from prefect.client.orchestration import get_client
+    from prefect_cs.deployments.k8s_watch import REPORTED_TAG, scan_once
+
+    task_id = str(uuid.uuid4())
+    run = submit(task_id)
+    diagnosis = "Image pull failed for container 'prefect-job': Kubernetes cannot pull the container image. Reason: ErrImagePull."
+    _observer_crash(run.id, diagnosis)
+    assert _puts(webapp, task_id) == []
+    assert scan_once(pending_timeout=3600, only=[run.id]) == []  # within the crash grace
+    reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
+    assert [r["task_id"] for r in reports] == [task_id] and reports[0]["delivered"] is True
+    (body,) = _puts(webapp, task_id)
+    assert set(body) == {"task_id", "status", "meta", "traceback"} and body["status"] == "FAIL"
+    assert "Crashed: No active or succeeded pods" in body["traceback"]
+    assert "ErrImagePull" in body["traceback"]
+    assert scan_once(pending_timeout=3600, only=[run.id], crash_grace=0) == []
+    assert len(_puts(webapp, task_id)) == 1
+    with get_client(sync_client=True) as client:
+        assert REPORTED_TAG in client.read_flow_run(run.id).tags
+
+
+def test_run_never_started_is_failed_and_cancelled(k8s_model, webapp):
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+    from prefect.utilities.engine import propose_state
+    from prefect_cs.deployments.k8s_watch import scan_once
+
+    task_id = str(uuid.uuid4())
+    run = submit(task_id)
+
+    async def pending():
+        async with get_client() as client:
+            await propose_state(client, Pending(), flow_run_id=run.id)
+
+    anyio.run(pending)
+    assert scan_once(pending_timeout=3600, only=[run.id]) == []  # not stuck yet
+    reports = scan_once(pending_timeout=0, only=[run.id])
+    assert len(reports) == 1
+    (body,) = _puts(webapp, task_id)
+    assert body["status"] == "FAIL" and "did not start within" in body["traceback"]
+    with get_client(sync_client=True) as client:
+        # CANCELLING: the Kubernetes worker now deletes the Job (Foreground: its pod first).
+        assert client.read_flow_run(run.id).state.type.value == "CANCELLING"
+
+
+def test_run_no_worker_takes_is_failed_and_cancelled(k8s_model, webapp):
+    from prefect.client.orchestration import get_client
+    from prefect.states import Late
+    from prefect_cs.deployments.k8s_watch import scan_once
+
+    task_id = str(uuid.uuid4())
+    run = submit(task_id)
+    assert scan_once(pending_timeout=0, only=[run.id]) == []  # Scheduled on time: not stuck
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(run.id, Late(), force=True)
+    assert len(scan_once(pending_timeout=0, only=[run.id])) == 1
+    (body,) = _puts(webapp, task_id)
+    assert "no worker is polling" in body["traceback"]
+    assert _state(run.id).type.value == "CANCELLED"
+
+
+def test_pool_cli_applies_the_template(platform):
+    from prefect.client.orchestration import get_client
+
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect_cs.deployments.cli", "pool", "kubernetes"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    template = json.loads(
+        (Path(__file__).resolve().parents[1] / "work_pools" / "kubernetes.json").read_text()
+    )
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("cs-kubernetes").base_job_template == template
+
+
+def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
+    template = json.loads(
+        (Path(__file__).resolve().parents[1] / "work_pools" / "kubernetes.json").read_text()
+    )
+    spec = template["job_configuration"]["job_manifest"]["spec"]
+    assert spec["ttlSecondsAfterFinished"] == "{{ finished_job_ttl }}"
+    assert template["variables"]["properties"]["finished_job_ttl"]["default"] > 0
+    assert (spec["parallelism"], spec["completions"]) == (1, 1)
+    assert "parallelism" not in spec["template"]["spec"]
+
+
+@pytest.fixture(scope="module")
+def hang_model(misbehaving):
+    """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command here."""
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.deployments.deploy import deploy_model
+    from prefect_cs.deployments.registry import register
+
+    python = ModelConfig.for_model("tests", "Misbehaving").published().python
+    model = register(
+        ModelConfig(
+            owner="tests",
+            title="K8s_Hang",
+            repo_url="/nonexistent",
+            time_limit=60,
+            secrets=["API_TOKEN"],
+        )
+    )
+    get_backend("tests/K8s_Hang").set("API_TOKEN", SECRET_VALUE)
+    entry = PublishedTag(
+        tag="v1", tier="kubernetes", python=python, image="registry.example:5000/tests_k8s_hang:v1"
+    )
+    model.record(entry)
+    model.latest_tag = "v1"
+    model.save_model()
+    deploy_model(model, entry)
+    return model
+
+
+def _state(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def job_process(flow_run_id, log: Path) -> subprocess.Popen:
+    """The rendered Job's container, run as a local process: its command and its env.
+
+    secretKeyRefs are resolved from the secrets backend, as the kubelet would from the
+    model's Secret; the image's platform `prefect` is this virtualenv's. PATH, HOME and
+    CS_* stand in for what the image itself sets.
+    """
+    import anyio
+    from prefect.client.orchestration import get_client
+    from prefect.states import Pending
+    from prefect.utilities.engine import propose_state
+    from prefect_cs.deployments.k8s_docker_run import backend_resolver, container_env
+
+    container = container_of(render(flow_run_id))
+    env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))
+    assert secret_names == {"API_TOKEN"}
+    env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
+    env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
+    argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
+    assert argv[1:] == ["flow-run", "execute"]
+
+    async def submitted():  # what the worker does before it creates the Job
+        async with get_client() as client:
+            await propose_state(client, Pending(), flow_run_id=flow_run_id)
+
+    anyio.run(submitted)
+    return subprocess.Popen(
+        argv, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+
+
+def _stop(process: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_rendered_job_runs_a_simulation_to_success(hang_model, webapp):
+    """The Job's command and env (secrets by reference, resolved at start) complete a simulation."""
+    from prefect_cs.deployments.submit import submit_simulation
+
+    task_id = str(uuid.uuid4())
+    run = submit_simulation("tests", "K8s_Hang", adjustment={}, task_id=task_id, wait_seconds=0)
+    log = Path(os.environ["CS_HOME"]) / f"job-{task_id}.log"
+    process = job_process(run.id, log)
+    try:
+        assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        _stop(process)
+    assert _state(run.id).is_completed(), _state(run.id)
+    (body,) = _puts(webapp, task_id)
+    assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
+    assert SECRET_VALUE not in log.read_text()
+
+
+def test_evicted_pod_reschedules_its_run(hang_model, webapp):
+    """Eviction = SIGTERM to the Job's container: the run goes back to Scheduled, not lost.
+
+    The rendered Job's own command and environment run here as a process (the
+    image's platform prefect replaced by this one); SIGTERM arrives while the
+    model is running, as when a node is drained.
+    """
+    import signal
+    import time
+
+    from prefect_cs.deployments.submit import submit_simulation
+
+    task_id = str(uuid.uuid4())
+    run = submit_simulation(
+        "tests",
+        "K8s_Hang",
+        adjustment={"control": {"behavior": [{"value": "hang"}]}},
+        task_id=task_id,
+        wait_seconds=0,
+    )
+    process = job_process(run.id, Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log")
+    try:
+        assert _wait_for(lambda: _state(run.id).is_running(), 60), _state(run.id)
+        time.sleep(2)  # the model child is now hanging
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        _stop(process)
+    state = _state(run.id)
+    assert state.is_scheduled(), (state.name, state.message)
+    assert _puts(webapp, task_id) == []  # it will run again: no FAIL for an eviction
