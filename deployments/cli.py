@@ -313,11 +313,20 @@ def inputs_parse(
 
 
 @inputs_app.command("serve")
-def inputs_serve() -> None:
-    """Serve the inputs background tasks (a long-running task worker)."""
+def inputs_serve(
+    model: str = typer.Option(
+        None,
+        "--model",
+        envvar="CS_INPUTS_MODEL",
+        help="OWNER/TITLE: serve only this model (its inputs server on a container tier).",
+    ),
+) -> None:
+    """Serve the inputs background tasks (a long-running task worker): every model's, or one's."""
     from prefect_cs.flows.inputs import serve
 
-    serve()
+    if model:
+        split_model(model)
+    serve(model)
 
 
 # ---- stack ----------------------------------------------------------------

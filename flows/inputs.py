@@ -15,17 +15,18 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
 from prefect.blocks.core import Block
 from prefect.settings import (
     PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
     PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
     temporary_settings,
 )
-from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_name, slug
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
 from prefect_cs.flows.warm import WarmModel
@@ -149,12 +150,48 @@ def parse_task(
     return payload
 
 
-def serve() -> None:
-    """Run the inputs task worker until stopped."""
+# ---- routing: one shared worker on the embedded tier, one per model on container tiers ----
+
+
+def for_model(background_task: Task, owner: str, title: str) -> Task:
+    """The task under a key of its own model, so only that model's inputs server picks it up.
+
+    A task worker subscribes by task key; on the container tiers each model's
+    inputs server runs in the model's image and must not take another model's calls.
+    """
+    fn, suffix = background_task.fn, slug(owner, title)
+
+    @functools.wraps(fn)
+    def routed(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    # Prefect derives the key from the function's name (and the worker re-derives it).
+    routed.__qualname__ = f"{fn.__name__}__{suffix}"
+    return task(name=f"{background_task.name}-{suffix}", persist_result=True)(routed)
+
+
+def route(background_task: Task, entry: PublishedTag, owner: str, title: str) -> Task:
+    """Local virtualenvs are all on the shared worker's machine; images serve their own model."""
+    return background_task if entry.tier == "local" else for_model(background_task, owner, title)
+
+
+def served_tasks(model: str | None = None) -> list[Task]:
+    """Every model's tasks (the shared worker), or one model's (CS_INPUTS_MODEL=OWNER/TITLE)."""
+    tasks = [version_task, defaults_task, parse_task]
+    if not model:
+        return tasks
+    owner, _, title = model.partition("/")
+    check_name("owner", owner)
+    check_name("title", title)
+    return [for_model(t, owner, title) for t in tasks]
+
+
+def serve(model: str | None = None) -> None:
+    """Run the inputs task worker until stopped: shared, or for one model."""
     from prefect.task_worker import serve as serve_tasks
 
     with task_storage():
-        serve_tasks(version_task, defaults_task, parse_task, limit=20)
+        serve_tasks(*served_tasks(model or os.environ.get("CS_INPUTS_MODEL")), limit=20)
 
 
 # ---- the caller's side: what a web app (or the CLI) calls -------------------
@@ -168,13 +205,15 @@ def _run(background_task, *args: Any, timeout: float = LIGHT_CALL_LIMIT + 10) ->
             return future.result()
         if not future.state.is_final():
             raise TimeoutError(
-                f"no answer within {timeout:g}s: is the inputs worker running? (`prefect-cs stack start`)"
+                f"no answer within {timeout:g}s: is the inputs worker of this model running?"
+                " (`prefect-cs stack start` locally; the model's inputs server on container tiers)"
             )
         return {"status": "FAIL", "traceback": future.state.message, "meta": {"task_times": [0.0]}}
 
 
 def get_version(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
-    return _run(version_task, owner, title, tag)
+    _, entry = _resolve(owner, title, tag)
+    return _run(route(version_task, entry, owner, title), owner, title, entry.tag)
 
 
 def get_defaults(
@@ -185,7 +224,7 @@ def get_defaults(
     model, entry = _resolve(owner, title, tag)
     with contextlib.suppress(Exception):  # a miss or unreadable entry falls through to the model
         return json.loads(_storage().read_path(cache_path(model, entry.tag, meta_param_dict)))
-    return _run(defaults_task, owner, title, meta_param_dict, entry.tag)
+    return _run(route(defaults_task, entry, owner, title), owner, title, meta_param_dict, entry.tag)
 
 
 def parse(
@@ -196,7 +235,9 @@ def parse(
     adjustment: dict[str, Any],
     tag: str | None = None,
 ) -> dict[str, Any]:
-    return _run(parse_task, owner, title, task_id, meta_param_dict, adjustment, tag)
+    _, entry = _resolve(owner, title, tag)
+    task = route(parse_task, entry, owner, title)
+    return _run(task, owner, title, task_id, meta_param_dict, adjustment, entry.tag)
 
 
 if __name__ == "__main__":

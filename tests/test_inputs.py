@@ -53,3 +53,43 @@ def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
     assert len(puts) == 1
     assert set(puts[0]) == {"task_id", "status", "meta", "outputs", "version"}
     assert puts[0]["outputs"]["errors_warnings"][section]["errors"] == errors
+
+
+@pytest.fixture
+def per_model_worker(misbehaving):
+    """An inputs server for one model only, as each model's image runs on the container tiers."""
+    from prefect_cs.deployments.stack import Background, inputs_worker
+
+    shared = inputs_worker()
+    bg = Background(
+        "inputs-worker-misbehaving",
+        shared.argv,
+        {**shared.env, "CS_INPUTS_MODEL": "tests/Misbehaving"},
+    )
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+def test_container_tier_calls_reach_only_their_models_server(per_model_worker, paramtools):
+    mine = inputs.for_model(inputs.version_task, "tests", "Misbehaving")
+    assert "__tests-misbehaving" in mine.task_key
+    answer = inputs._run(mine, "tests", "Misbehaving", "v1", timeout=60)
+    assert answer["status"] == "SUCCESS" and answer["version"]
+
+    other = inputs.for_model(inputs.version_task, "tests", "ParamTools")
+    with pytest.raises(TimeoutError, match="inputs worker of this model"):
+        inputs._run(other, "tests", "ParamTools", "v1", timeout=5)
+
+
+def test_container_tier_entries_are_routed_per_model():
+    from prefect_cs.blocks.model_config import PublishedTag
+
+    local = PublishedTag(tag="v1", tier="local", python="/x/bin/python")
+    image = PublishedTag(
+        tag="v1", tier="kubernetes", python="/opt/cs/model/bin/python", image="r/x:v1"
+    )
+    assert inputs.route(inputs.parse_task, local, "a", "b") is inputs.parse_task
+    assert "__a-b" in inputs.route(inputs.parse_task, image, "a", "b").task_key
+    with pytest.raises(ValueError, match="invalid owner"):
+        inputs.served_tasks("bad owner/x")
