@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from prefect_cs.deployments.cli_docker import docker_app
 from rich.console import Console
 from rich.table import Table
 
@@ -32,6 +33,7 @@ app.add_typer(results_app, name="results")
 app.add_typer(stack_app, name="stack")
 app.add_typer(webapp_app, name="webapp")
 app.add_typer(inputs_app, name="inputs")
+app.add_typer(docker_app, name="docker")
 
 console = Console()
 err = Console(stderr=True)

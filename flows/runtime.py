@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,25 @@ def runner_for(python: str) -> str:
 
 
 def declared_secrets(model: ModelConfig) -> dict[str, str]:
+    """The model's declared secrets: from this process's environment when the job was started
+    with them (container tiers resolve them at start), else from the secrets backend."""
     if not model.secrets:
         return {}
-    from prefect_cs.blocks.secrets import model_secret_env
+    found = {name: os.environ[name] for name in model.secrets if os.environ.get(name)}
+    missing = [name for name in model.secrets if name not in found]
+    if missing:
+        from prefect_cs.blocks.secrets import model_secret_env
 
-    return model_secret_env(model.owner, model.title, model.secrets)
+        found.update(model_secret_env(model.owner, model.title, missing))
+    return found
+
+
+def memory_rlimit_mib(model: ModelConfig) -> int | None:
+    """An address-space limit for the child, unless a container's cgroup already bounds memory
+    (more precisely: it counts resident memory, and its OOM kill is reported as such)."""
+    from prefect_cs.blocks.settings import get_settings
+
+    return None if get_settings().memory_by_container else model.memory_limit_mib
 
 
 def model_env(model: ModelConfig) -> dict[str, str]:
