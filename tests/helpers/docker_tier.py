@@ -1,0 +1,86 @@
+"""Real Docker parts for the tests: the engine, a registry on 127.0.0.1:5000, the local base image.
+
+CI has Docker, so nothing here skips: when the engine cannot be started the
+tests fail and say why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "deployments" / "docker"
+REGISTRY = "127.0.0.1:5000"
+BASE_IMAGE = "cs-base:bookworm"
+
+
+def ensure_docker() -> None:
+    """Start dockerd and the registry if needed, build the base image if missing (both idempotent)."""
+    for script, args, timeout in (
+        ("start-engine.sh", [], 120),
+        ("build-base-image.sh", [BASE_IMAGE], 900),
+    ):
+        result = subprocess.run(
+            ["bash", str(SCRIPTS / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{script} failed (the docker tier tests need a Docker engine and root):\n"
+                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
+
+
+@contextmanager
+def docker_tier() -> Iterator[None]:
+    """Publish on the docker tier inside the block, on whatever tier was set before outside it."""
+    previous = os.environ.get("CS_TIER")
+    os.environ["CS_TIER"] = "docker"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CS_TIER", None)
+        else:
+            os.environ["CS_TIER"] = previous
+
+
+def registry_tags(repository: str) -> list[str]:
+    """The tags the registry holds for `repository` (name without the host)."""
+    response = httpx.get(f"http://{REGISTRY}/v2/{repository}/tags/list", timeout=10)
+    if response.status_code == 404:
+        return []
+    response.raise_for_status()
+    return response.json().get("tags") or []
+
+
+def containers(label: str, all_states: bool = True) -> list:
+    import docker
+
+    return docker.from_env().containers.list(all=all_states, filters={"label": label})
+
+
+def wait_for_container(label: str, timeout: float = 90) -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = containers(label, all_states=False)
+        if found:
+            return found[0]
+        time.sleep(0.3)
+    raise AssertionError(f"no running container labelled {label} within {timeout}s")
+
+
+def layer_ids(image: str, marker: str) -> list[str]:
+    """Ids of the build steps of `image` whose command contains `marker`."""
+    import docker
+
+    history = docker.from_env().images.get(image).history()
+    return [h["Id"] for h in history if marker in (h.get("CreatedBy") or "")]
