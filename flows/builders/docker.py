@@ -278,7 +278,9 @@ def build_context(model: ModelConfig, source: Path, logger: Logger) -> Path:
 # ---- build, test, push -----------------------------------------------------------------
 
 
-def stream_build(context: Path, tag: str, base_image: str, logger: Logger) -> str:
+def stream_build(
+    context: Path, tag: str, base_image: str, logger: Logger, no_cache: bool = False
+) -> str:
     """`docker build` through the SDK's low-level stream: every line goes to the logs as it comes."""
     client = docker_client()
     tail: list[str] = []
@@ -292,6 +294,7 @@ def stream_build(context: Path, tag: str, base_image: str, logger: Logger) -> st
         rm=True,
         forcerm=True,
         pull=False,
+        nocache=no_cache,
     ):
         if "error" in chunk:
             tail.append(chunk["error"].rstrip())
@@ -369,6 +372,7 @@ class DockerBuilder:
 
     tier = "docker"
     pool_type = "docker"
+    no_cache = False  # the benchmark's cold publish sets it; publishes use the build cache
 
     def build(self, model: ModelConfig, source: Path, tag: str, logger: Logger) -> PublishedTag:
         registry = resolve_registry()
@@ -376,7 +380,7 @@ class DockerBuilder:
         build_tag = f"{repository}:build-{uuid.uuid4().hex[:12]}"
         context = build_context(model, source, logger)
         try:
-            stream_build(context, build_tag, get_settings().base_image, logger)
+            stream_build(context, build_tag, get_settings().base_image, logger, self.no_cache)
         finally:
             shutil.rmtree(context, ignore_errors=True)
         logger.info(
