@@ -104,6 +104,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--app", default="misbehaving-app")
+    parser.add_argument("--skip-cold", action="store_true", help="skip the no-cache publish")
     args = parser.parse_args()
 
     ensure_docker()
@@ -121,7 +122,7 @@ def main() -> None:
 
         cold_repo = make_repo(args.app, WORK / "cold")
         register_model("bench", cold_title, cold_repo, repo_tag="v1", time_limit=60)
-        DockerBuilder.no_cache = True
+        DockerBuilder.no_cache = not args.skip_cold
         try:
             cold = timed_publish(cold_title, "v1")
         finally:
@@ -132,11 +133,14 @@ def main() -> None:
         first = timed_publish(title, "v1")
         add_tag(repo, "v2", "code only", code_change)
         again = timed_publish(title, "v2")
-        print(f"publish {args.app}, cold (no build cache): {cold:.1f} s")
-        print(f"publish {args.app}, new model (platform layers cached): {first:.1f} s")
+        kind = "with build cache (--skip-cold)" if args.skip_cold else "cold (no build cache)"
+        print(f"publish {args.app}, {kind}: {cold:.1f} s")
+        print(
+            f"publish of a second model from the same sources (every layer cached): {first:.1f} s"
+        )
         print(
             f"re-publish after a code-only change: {again:.1f} s;"
-            f" ratio to cold {again / cold:.2f}, to new-model {again / first:.2f} (goal ≤ 0.2)"
+            f" ratio re-publish / cold {again / cold:.2f} (goal ≤ 0.2)"
         )
         image = ModelConfig.for_model("bench", title).published().image
         print(f"image {image}: {image_size_mb(image):.0f} MB")
