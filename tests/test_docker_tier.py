@@ -23,6 +23,7 @@ from prefect_cs.flows.builders.docker import MODEL_PYTHON, image_repository
 from tests.helpers.docker_tier import (
     BASE_IMAGE,
     REGISTRY,
+    AuthRegistry,
     containers,
     docker_tier,
     ensure_docker,
@@ -235,6 +236,53 @@ def test_paramtools_app_in_container(docker_ready, worker, webapp, repos, cs_hom
     with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
         png = next(n for n in archive.namelist() if n.endswith(".png"))
         assert archive.read(png).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_registry_credentials_block_push_and_worker_pull(
+    docker_repo, worker, webapp, tmp_path, monkeypatch
+):
+    """A registry with auth: publish pushes with the block's credentials, the deployment holds only
+    a reference to the block, and the worker pulls with it (the local copy is removed first)."""
+    import docker
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect_docker.credentials import DockerRegistryCredentials
+
+    password = f"pw-{uuid.uuid4().hex}"
+    registry = AuthRegistry(tmp_path, "cs", password).start()
+    try:
+        DockerRegistryCredentials(
+            username="cs", password=password, registry_url=registry.host
+        ).save("cs-test-registry", overwrite=True)
+        monkeypatch.setenv("CS_REGISTRY_BLOCK", "cs-test-registry")
+        register_model(OWNER, "Auth-Docker", docker_repo, repo_tag="v1", time_limit=30)
+        with docker_tier():
+            state = publish_model(OWNER, "Auth-Docker")
+        assert state.is_completed(), state.message
+        image = ModelConfig.for_model(OWNER, "Auth-Docker").published().image
+        assert image == f"{registry.host}/tests_auth-docker:v1"
+        tags_url = f"http://{registry.host}/v2/tests_auth-docker/tags/list"
+        assert httpx.get(tags_url, timeout=10).status_code == 401
+        assert httpx.get(tags_url, auth=("cs", password), timeout=10).json()["tags"] == ["v1"]
+
+        dep = deployment("Auth-Docker")
+        assert dep.job_variables["registry_credentials"] == (
+            "{{ prefect.blocks.docker-registry-credentials.cs-test-registry }}"
+        )
+        assert password not in json.dumps(dep.model_dump(mode="json"))
+        with get_client(sync_client=True) as client:
+            logs = client.read_logs(
+                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+            )
+        assert logs and not [log for log in logs if password in log.message]
+
+        docker.from_env().images.remove(image)
+        task_id, run = simulate_on_worker("ok", title="Auth-Docker")
+        assert run.state.is_completed(), run.state.message
+        assert only_put(webapp, task_id)["status"] == "SUCCESS"
+    finally:
+        registry.stop()
 
 
 def test_code_only_republish_reuses_dependency_layer(docker_repo):

@@ -471,12 +471,19 @@ class DockerBuilder:
             "env": container_env(model),
             "volumes": container_volumes(),
         }
-        registry = get_settings().registry_block
-        if registry:
-            variables["registry_credentials"] = (
-                "{{ prefect.blocks.docker-registry-credentials." + registry + " }}"
-            )
+        if get_settings().registry_block:
+            variables["registry_credentials"] = registry_credentials_reference()
         return variables
+
+
+def registry_credentials_reference() -> str:
+    """The credentials block by name; the worker resolves it to the block's data when it pulls
+    (work_pools/docker.json accepts this string form). Never the password itself."""
+    return (
+        "{{ prefect.blocks.docker-registry-credentials."
+        + str(get_settings().registry_block)
+        + " }}"
+    )
 
 
 def container_env(model: ModelConfig) -> dict[str, str]:

@@ -84,3 +84,48 @@ def layer_ids(image: str, marker: str) -> list[str]:
 
     history = docker.from_env().images.get(image).history()
     return [h["Id"] for h in history if marker in (h.get("CreatedBy") or "")]
+
+
+class AuthRegistry:
+    """Debian's docker-registry with htpasswd auth on a loopback port, in a temporary folder."""
+
+    def __init__(self, workdir: Path, username: str, password: str, port: int = 5001) -> None:
+        import crypt  # bcrypt through libxcrypt; the registry accepts only bcrypt hashes
+
+        self.workdir, self.port = Path(workdir), port
+        self.host = f"127.0.0.1:{port}"
+        (self.workdir / "htpasswd").write_text(
+            f"{username}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
+        )
+        (self.workdir / "config.yml").write_text(
+            "version: 0.1\nlog:\n  level: warn\n"
+            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
+            f"http:\n  addr: {self.host}\n"
+            f"auth:\n  htpasswd:\n    realm: cs-test\n    path: {self.workdir / 'htpasswd'}\n"
+        )
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> AuthRegistry:
+        log = (self.workdir / "registry.log").open("ab")
+        self.proc = subprocess.Popen(
+            ["docker-registry", "serve", str(self.workdir / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 401:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not start on {self.host}; see {self.workdir}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
