@@ -4,13 +4,15 @@ Layers go from what every model shares to what changes most, so the Docker
 build cache does the work of a re-publish:
 
 1. the base image (`CS_BASE_IMAGE`) and the host's CA bundle;
-2. the platform venv `/opt/cs/platform` (this project and Prefect; the flow
-   runs there, started by the Docker worker with `prefect flow-run execute`);
+2. the platform venv `/opt/cs/platform` with the project's pinned dependencies
+   (Prefect and its collections; the flow runs there, the Docker worker
+   starting it with `python -m prefect.engine`);
 3. the model venv `/opt/cs/model` with cs-kit and pytest (same for every model);
 4. the model's dependencies: its `install.sh` alone (or the install override);
-5. the model's code (`cs-config`) and the child runner.
+5. the platform's own wheel (small; a platform change keeps layers 1-4);
+6. the model's code (`cs-config`) and the child runner.
 
-A code-only change rebuilds only layer 5. The image is built under a
+A code-only change rebuilds only layer 6. The image is built under a
 throw-away tag, tested, and only then tagged `<registry>/<owner>_<title>:<tag>`
 and pushed, so a failing build never replaces the image a deployment uses.
 """
@@ -42,6 +44,7 @@ MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
 BUILD_TIMEOUT = 1800
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("flows", "blocks", "deployments", "work_pools")
 # Non-secret settings the flow inside the container must agree on with the platform.
 FORWARDED_SETTINGS = (
     "CS_WEBAPP_BLOCK",
@@ -63,17 +66,18 @@ ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_N
 COPY ca-certificates.crt /opt/cs/ca-certificates.crt
 ENV PIP_CERT=/opt/cs/ca-certificates.crt SSL_CERT_FILE=/opt/cs/ca-certificates.crt \\
     REQUESTS_CA_BUNDLE=/opt/cs/ca-certificates.crt
-# 1. The platform (shared by every model): its pinned dependencies, then the project wheel.
+# 1. The platform's pinned dependencies (shared by every model; its wheel comes after the model's).
 COPY platform/requirements.txt /opt/cs/platform-requirements.txt
 RUN python3 -m venv {platform} && {platform}/bin/pip install -r /opt/cs/platform-requirements.txt
-COPY platform/wheels/ /opt/cs/wheels/
-RUN {platform}/bin/pip install --no-deps --force-reinstall /opt/cs/wheels/*.whl
 # 2. The model's venv with its test tools (shared by every model).
 RUN python3 -m venv {model} && {model}/bin/pip install {test_requirements}
 # 3. The model's dependencies: only install.sh (or the override), so code changes keep this layer.
 COPY install/ /opt/cs/install/
 RUN cd /opt/cs/install && . {model}/bin/activate && bash -e ./install.sh
-# 4. The model's code and the child runner.
+# 4. The platform's own code (small: a platform upgrade does not reinstall any model's dependencies).
+COPY platform/wheels/ /opt/cs/wheels/
+RUN {platform}/bin/pip install --no-deps --force-reinstall /opt/cs/wheels/*.whl
+# 5. The model's code and the child runner.
 COPY cs-config/ {src}/
 RUN {model}/bin/pip install {src}
 COPY child.py {model}/{runtime}/child.py
@@ -174,10 +178,11 @@ def platform_requirements() -> list[str]:
 def source_digest() -> str:
     """A hash of the project's sources, so the wheel is rebuilt only when the platform changes."""
     digest = hashlib.sha256()
-    for path in sorted(PROJECT_ROOT.glob("*/**/*.py")) + sorted(PROJECT_ROOT.glob("*/*.json")):
-        if path.parts[len(PROJECT_ROOT.parts)] in {"flows", "blocks", "deployments", "work_pools"}:
-            digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
-            digest.update(path.read_bytes())
+    for package in PACKAGES:
+        for path in sorted((PROJECT_ROOT / package).rglob("*")):
+            if path.suffix in {".py", ".json", ".sh", ".yml"} and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
+                digest.update(path.read_bytes())
     digest.update((PROJECT_ROOT / "pyproject.toml").read_bytes())
     return digest.hexdigest()[:16]
 
@@ -359,10 +364,9 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
                 f" Check that the registry {registry.host} is running and accepts pushes."
             )
         status = f"{chunk.get('id', '')} {chunk.get('status', '')}".strip()
-        if status and "progressDetail" not in chunk or not chunk.get("progressDetail"):
-            if status and status not in seen:
-                seen.add(status)
-                logger.info("[docker-push] %s", status)
+        if status and not chunk.get("progressDetail") and status not in seen:
+            seen.add(status)
+            logger.info("[docker-push] %s", status)
         digest = chunk.get("aux", {}).get("Digest", digest)
     return digest
 
@@ -424,9 +428,11 @@ class DockerBuilder:
             (ln for ln in reversed(output.splitlines()) if ln.startswith("CS-VERSION ")), ""
         )
         if not line:
+            self.discard(entry, logger)
             raise StepFailed(f"get_version() printed no result in the new image:\n{output}")
         answer = json.loads(line.removeprefix("CS-VERSION "))
         if not answer["ok"]:
+            self.discard(entry, logger)
             raise StepFailed(f"get_version() failed in the new image: {answer['error']}")
         return str(answer["result"])
 

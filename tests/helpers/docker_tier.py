@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -62,18 +63,24 @@ def registry_tags(repository: str) -> list[str]:
     return response.json().get("tags") or []
 
 
-def containers(label: str, all_states: bool = True) -> list:
+def containers(label: str, all_states: bool = True) -> list[str]:
+    """Ids of the containers with `label` (the low-level list: no inspect that could race a removal)."""
     import docker
 
-    return docker.from_env().containers.list(all=all_states, filters={"label": label})
+    found = docker.from_env().api.containers(all=all_states, filters={"label": label})
+    return [c["Id"] for c in found]
 
 
 def wait_for_container(label: str, timeout: float = 90) -> object:
+    import docker
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = containers(label, all_states=False)
-        if found:
-            return found[0]
+        for ident in containers(label, all_states=False):
+            try:
+                return docker.from_env().containers.get(ident)
+            except docker.errors.NotFound:
+                pass
         time.sleep(0.3)
     raise AssertionError(f"no running container labelled {label} within {timeout}s")
 
@@ -90,7 +97,9 @@ class AuthRegistry:
     """Debian's docker-registry with htpasswd auth on a loopback port, in a temporary folder."""
 
     def __init__(self, workdir: Path, username: str, password: str, port: int = 5001) -> None:
-        import crypt  # bcrypt through libxcrypt; the registry accepts only bcrypt hashes
+        with warnings.catch_warnings():  # deprecated, still in 3.11/3.12; the registry needs bcrypt
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import crypt
 
         self.workdir, self.port = Path(workdir), port
         self.host = f"127.0.0.1:{port}"
