@@ -50,6 +50,13 @@ def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[
 
 def _limit_memory(limit_mib: int | None):
     def apply() -> None:
+        # When a container's memory runs out, the kernel must kill the model, not the flow
+        # that reports its failure: raising one's own OOM score needs no privilege.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as score:
+                score.write("1000")
+        except OSError:
+            pass
         if limit_mib:
             limit = limit_mib * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -103,3 +103,20 @@ def test_job_variables_carry_limits(monkeypatch, platform):
     assert variables["nano_cpus"] == 1_500_000_000
     assert variables["env"]["CS_MEMORY_BY_CONTAINER"] == "true"
     assert all(v.split(":")[0] == v.split(":")[1] for v in variables["volumes"])
+
+
+def test_model_child_is_the_oom_killers_first_choice(tmp_path):
+    """In a container out of memory the model must die, not the flow that reports it."""
+    import sys
+
+    from prefect_cs.flows.model_process import call_model
+
+    runner = tmp_path / "score.py"
+    runner.write_text(
+        "import json, sys\n"
+        "score = open('/proc/self/oom_score_adj').read().strip()\n"
+        "json.dump({'ok': True, 'result': score, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+    )
+    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    assert call.ok and call.result == "1000"
+    assert open("/proc/self/oom_score_adj").read().strip() != "1000"

@@ -174,7 +174,9 @@ def test_simulation_runs_in_container(worker, webapp, cs_home):
     [
         ("raise", "model exploded on purpose"),
         ("segfault", "segmentation fault"),
+        ("exit", "exited with code 3"),
         ("oom", "memory"),
+        ("not_serializable", "not JSON-serializable"),
         ("bad_media_type", "media_type 'GIF'"),
     ],
 )
