@@ -44,6 +44,11 @@ class CSSettings(BaseSettings):
         description="Set in container jobs: the container's memory limit (cgroup) bounds the model,"
         " so the child gets no address-space rlimit.",
     )
+    model_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Set in container jobs (which run as root): the uid model children run as.",
+    )
     notify_attempts: int = Field(default=5, ge=1, le=20)
     notify_backoff_seconds: float = Field(default=1.0, ge=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)

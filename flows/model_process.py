@@ -85,11 +85,19 @@ def call_model(
     env: dict[str, str] | None = None,
     memory_limit_mib: int | None = None,
     runner: str | None = None,
+    run_as: int | None = None,
 ) -> ModelCall:
-    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went."""
+    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went.
+
+    run_as: a uid for the child when this process is root (containers), so the model cannot
+    read the flow's environment through /proc or write outside its work folder and /tmp.
+    """
+    user = _child_user(run_as)
     with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
         request, response = Path(work, "request.json"), Path(work, "response.json")
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
+        if user:
+            os.chown(work, user["user"], user["group"])
         argv = [python, "-I", runner or str(CHILD_SCRIPT), str(request), str(response)]
         proc = subprocess.Popen(
             argv,
@@ -100,6 +108,7 @@ def call_model(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=_limit_memory(memory_limit_mib),
+            **user,
         )
         try:
             output, _ = proc.communicate(timeout=timeout)
@@ -114,6 +123,13 @@ def call_model(
         finally:
             _kill_group(proc.pid)
         return _read_response(response, proc.returncode, memory_limit_mib, _tail(output))
+
+
+def _child_user(run_as: int | None) -> dict[str, Any]:
+    """Popen's user/group arguments; nothing unless root can actually switch."""
+    if run_as is None or os.geteuid() != 0:
+        return {}
+    return {"user": run_as, "group": run_as, "extra_groups": []}
 
 
 def _read_response(

@@ -66,3 +66,10 @@ def scrub(data: Any, values: list[str]) -> Any:
 def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
     values = sorted((v for v in declared_secrets(model).values() if v), key=len, reverse=True)
     return lambda data: scrub(data, values) if values else data
+
+
+def child_user() -> int | None:
+    """The uid model children run as (container tiers set CS_MODEL_UID; None: the flow's own)."""
+    from prefect_cs.blocks.settings import get_settings
+
+    return get_settings().model_uid

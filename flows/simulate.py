@@ -17,7 +17,13 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.flows.model_process import ModelCall, call_model
 from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
-from prefect_cs.flows.runtime import memory_rlimit_mib, model_env, runner_for, scrubber_for
+from prefect_cs.flows.runtime import (
+    child_user,
+    memory_rlimit_mib,
+    model_env,
+    runner_for,
+    scrubber_for,
+)
 from prefect_cs.flows.storage import store_zips
 
 
@@ -59,6 +65,7 @@ def run_model_task(
         env=model_env(model),
         memory_limit_mib=memory_rlimit_mib(model),
         runner=runner_for(entry.python),
+        run_as=child_user(),
     )
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))

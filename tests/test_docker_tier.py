@@ -113,6 +113,19 @@ def build_tags(repository: str) -> list[str]:
     return [t for image in images for t in image.tags if ":build-" in t]
 
 
+def child_uids(container, timeout: float = 30) -> set[str]:
+    """The uids of the model's child processes (child.py) in a running container."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        top = container.top(ps_args="-o pid,uid,args")
+        uid, args = top["Titles"].index("UID"), top["Titles"].index("COMMAND")
+        found = {p[uid] for p in top["Processes"] if "child.py" in p[args]}
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("the model's child process did not start")
+
+
 def simulate_on_worker(behavior: str, title: str = TITLE, adjustment: dict | None = None):
     task_id = str(uuid.uuid4())
     run = submit_simulation(
@@ -205,6 +218,7 @@ def test_hang_container_limits_env_and_cleanup(worker, webapp):
     assert host["Memory"] == host["MemorySwap"] == 640 * 1024 * 1024
     assert host["NanoCpus"] == 1_000_000_000
     assert host["AutoRemove"] is True
+    assert child_uids(container) == {"10001"}, "the model runs as CS_MODEL_UID, not as root"
 
     body = only_put(webapp, task_id, timeout=120)
     assert body["status"] == "FAIL" and "time limit of 8 seconds" in body["traceback"]

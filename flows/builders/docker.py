@@ -42,6 +42,7 @@ PLATFORM_VENV = "/opt/cs/platform"
 MODEL_VENV = "/opt/cs/model"
 MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
+MODEL_UID = 10001  # model children in containers: not root, not the flow's user
 BUILD_TIMEOUT = 1800
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "blocks", "deployments", "work_pools")
@@ -499,6 +500,7 @@ def container_env(model: ModelConfig) -> dict[str, str]:
     env = {k: os.environ[k] for k in FORWARDED_SETTINGS if k in os.environ}
     env["CS_HOME"] = str(get_settings().home)
     env["CS_MEMORY_BY_CONTAINER"] = "true"
+    env["CS_MODEL_UID"] = str(MODEL_UID)
     env.update(secret_references(model))
     return env
 
