@@ -113,6 +113,17 @@ def build_tags(repository: str) -> list[str]:
     return [t for image in images for t in image.tags if ":build-" in t]
 
 
+def flow_run_logs(state) -> list[str]:
+    """The messages the flow run of `state` logged to the Prefect API, in order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    time.sleep(1)  # logs reach the API in batches
+    run_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(run_filter)]
+
+
 def child_uids(container, timeout: float = 30) -> set[str]:
     """The uids of the model's child processes (child.py) in a running container."""
     deadline = time.monotonic() + timeout
@@ -261,8 +272,6 @@ def test_registry_credentials_block_push_and_worker_pull(
     a reference to the block, and the worker pulls with it (the local copy is removed first)."""
     import docker
     import httpx
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect_docker.credentials import DockerRegistryCredentials
 
     password = f"pw-{uuid.uuid4().hex}"
@@ -287,11 +296,8 @@ def test_registry_credentials_block_push_and_worker_pull(
             "{{ prefect.blocks.docker-registry-credentials.cs-test-registry }}"
         )
         assert password not in json.dumps(dep.model_dump(mode="json"))
-        with get_client(sync_client=True) as client:
-            logs = client.read_logs(
-                LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
-            )
-        assert logs and not [log for log in logs if password in log.message]
+        logs = flow_run_logs(state)
+        assert logs and not [m for m in logs if password in m]
 
         docker.from_env().images.remove(image)
         task_id, run = simulate_on_worker("ok", title="Auth-Docker")
@@ -330,6 +336,9 @@ def test_failing_model_tests_stop_publish(docker_repo, worker, webapp):
         state = publish_model(OWNER, TITLE, "v3")
     assert state.is_failed()
     assert "broken on purpose" in state.message, state.message
+    logs = flow_run_logs(state)
+    assert any(m.startswith("[docker-build] Step ") for m in logs), "build progress line by line"
+    assert any(m.startswith("[model-tests]") and "broken on purpose" in m for m in logs)
     assert "v3" not in registry_tags(REPOSITORY)
     model = ModelConfig.for_model(OWNER, TITLE)
     assert model.latest_tag == "v2"
