@@ -48,7 +48,13 @@ def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
-def _limit_memory(limit_mib: int | None):
+def _prepare_child(limit_mib: int | None, run_as: int | None):
+    """Runs in the child before exec: OOM score, memory limit, then (as root only) the uid switch.
+
+    The OOM score is raised first: after a uid switch /proc/self belongs to root and the
+    child could no longer write it.
+    """
+
     def apply() -> None:
         # When a container's memory runs out, the kernel must kill the model, not the flow
         # that reports its failure: raising one's own OOM score needs no privilege.
@@ -60,6 +66,10 @@ def _limit_memory(limit_mib: int | None):
         if limit_mib:
             limit = limit_mib * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if run_as is not None:
+            os.setgroups([])
+            os.setgid(run_as)
+            os.setuid(run_as)
 
     return apply
 
@@ -92,12 +102,12 @@ def call_model(
     run_as: a uid for the child when this process is root (containers), so the model cannot
     read the flow's environment through /proc or write outside its work folder and /tmp.
     """
-    user = _child_user(run_as)
+    run_as = run_as if run_as is not None and os.geteuid() == 0 else None
     with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
         request, response = Path(work, "request.json"), Path(work, "response.json")
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
-        if user:
-            os.chown(work, user["user"], user["group"])
+        if run_as is not None:
+            os.chown(work, run_as, run_as)
         argv = [python, "-I", runner or str(CHILD_SCRIPT), str(request), str(response)]
         proc = subprocess.Popen(
             argv,
@@ -107,8 +117,7 @@ def call_model(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_limit_memory(memory_limit_mib),
-            **user,
+            preexec_fn=_prepare_child(memory_limit_mib, run_as),
         )
         try:
             output, _ = proc.communicate(timeout=timeout)
@@ -123,13 +132,6 @@ def call_model(
         finally:
             _kill_group(proc.pid)
         return _read_response(response, proc.returncode, memory_limit_mib, _tail(output))
-
-
-def _child_user(run_as: int | None) -> dict[str, Any]:
-    """Popen's user/group arguments; nothing unless root can actually switch."""
-    if run_as is None or os.geteuid() != 0:
-        return {}
-    return {"user": run_as, "group": run_as, "extra_groups": []}
 
 
 def _read_response(

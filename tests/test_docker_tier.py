@@ -124,13 +124,23 @@ def flow_run_logs(state) -> list[str]:
         return [log.message for log in client.read_logs(run_filter)]
 
 
-def child_uids(container, timeout: float = 30) -> set[str]:
-    """The uids of the model's child processes (child.py) in a running container."""
+PROBE = (
+    "import os\n"
+    "for pid in set(filter(str.isdigit, os.listdir('/proc'))) - {str(os.getpid())}:\n"
+    "    try:\n"
+    "        if b'child.py' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+    "            print(os.stat(f'/proc/{pid}').st_uid, open(f'/proc/{pid}/oom_score_adj').read().strip())\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+
+def model_children(container, timeout: float = 30) -> set[str]:
+    """`uid oom_score_adj` of the model's child processes (child.py) in a running container."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        top = container.top(ps_args="-o pid,uid,args")
-        uid, args = top["Titles"].index("UID"), top["Titles"].index("COMMAND")
-        found = {p[uid] for p in top["Processes"] if "child.py" in p[args]}
+        result = container.exec_run(["python3", "-c", PROBE])
+        found = set(result.output.decode().split("\n")) - {""}
         if found:
             return found
         time.sleep(0.3)
@@ -229,7 +239,8 @@ def test_hang_container_limits_env_and_cleanup(worker, webapp):
     assert host["Memory"] == host["MemorySwap"] == 640 * 1024 * 1024
     assert host["NanoCpus"] == 1_000_000_000
     assert host["AutoRemove"] is True
-    assert child_uids(container) == {"10001"}, "the model runs as CS_MODEL_UID, not as root"
+    # The model runs as CS_MODEL_UID, not root, and is the OOM killer's first choice.
+    assert model_children(container) == {"10001 1000"}
 
     body = only_put(webapp, task_id, timeout=120)
     assert body["status"] == "FAIL" and "time limit of 8 seconds" in body["traceback"]
