@@ -31,6 +31,29 @@ class CSSettings(BaseSettings):
         description="A cs-redis block: when set, simulation inputs travel through Redis, not parameters.",
     )
     redis_inputs_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    base_image: str = Field(
+        default="python:3.11-slim",
+        description="Image the docker tier builds on; `deployments/docker/build-base-image.sh`"
+        " makes `cs-base:bookworm` where no registry can be pulled from.",
+    )
+    registry: str | None = Field(
+        default=None,
+        description="Registry host[:port] for model images without credentials, e.g. 127.0.0.1:5000.",
+    )
+    registry_block: str | None = Field(
+        default=None,
+        description="Name of a prefect-docker DockerRegistryCredentials block; wins over `registry`.",
+    )
+    memory_by_container: bool = Field(
+        default=False,
+        description="Set in container jobs: the container's memory limit (cgroup) bounds the model,"
+        " so the child gets no address-space rlimit.",
+    )
+    model_uid: int | None = Field(
+        default=None,
+        ge=1,
+        description="Set in container jobs (which run as root): the uid model children run as.",
+    )
     notify_attempts: int = Field(default=5, ge=1, le=20)
     notify_backoff_seconds: float = Field(default=1.0, ge=0)
     notify_timeout_seconds: float = Field(default=10.0, gt=0)

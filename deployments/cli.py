@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from prefect_cs.deployments.cli_docker import docker_app
 from prefect_cs.deployments.cli_k8s import k8s_app
 from prefect_cs.deployments.cli_redis import redis_app
 from prefect_cs.deployments.cli_secrets import secrets_app
@@ -41,6 +42,7 @@ models_app.add_typer(secrets_app, name="secrets")
 app.add_typer(redis_app, name="redis")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(k8s_app, name="k8s")
+app.add_typer(docker_app, name="docker")
 
 console = Console()
 err = Console(stderr=True)

@@ -48,11 +48,28 @@ def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[
     return env
 
 
-def _limit_memory(limit_mib: int | None):
+def _prepare_child(limit_mib: int | None, run_as: int | None):
+    """Runs in the child before exec: OOM score, memory limit, then (as root only) the uid switch.
+
+    The OOM score is raised first: after a uid switch /proc/self belongs to root and the
+    child could no longer write it.
+    """
+
     def apply() -> None:
+        # When a container's memory runs out, the kernel must kill the model, not the flow
+        # that reports its failure: raising one's own OOM score needs no privilege.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as score:
+                score.write("1000")
+        except OSError:
+            pass
         if limit_mib:
             limit = limit_mib * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        if run_as is not None:
+            os.setgroups([])
+            os.setgid(run_as)
+            os.setuid(run_as)
 
     return apply
 
@@ -78,11 +95,19 @@ def call_model(
     env: dict[str, str] | None = None,
     memory_limit_mib: int | None = None,
     runner: str | None = None,
+    run_as: int | None = None,
 ) -> ModelCall:
-    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went."""
+    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went.
+
+    run_as: a uid for the child when this process is root (containers), so the model cannot
+    read the flow's environment through /proc or write outside its work folder and /tmp.
+    """
+    run_as = run_as if run_as is not None and os.geteuid() == 0 else None
     with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
         request, response = Path(work, "request.json"), Path(work, "response.json")
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
+        if run_as is not None:
+            os.chown(work, run_as, run_as)
         argv = [python, "-I", runner or str(CHILD_SCRIPT), str(request), str(response)]
         proc = subprocess.Popen(
             argv,
@@ -92,7 +117,7 @@ def call_model(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_limit_memory(memory_limit_mib),
+            preexec_fn=_prepare_child(memory_limit_mib, run_as),
         )
         try:
             output, _ = proc.communicate(timeout=timeout)

@@ -85,6 +85,8 @@ def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> st
     except StepFailed:
         builder.discard(entry, logger)
         raise
+    if hasattr(builder, "model_version"):  # container tiers: the model env is inside the image
+        return builder.model_version(entry, logger)
     call = call_model(entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python))
     if not call.ok:
         raise StepFailed(f"get_version() failed in the new environment: {call.error}")

@@ -20,20 +20,31 @@ def runner_for(python: str) -> str:
 
 
 def declared_secrets(model: ModelConfig) -> dict[str, str]:
-    """The model's secrets: from the job's environment on Kubernetes (secretKeyRef), else the backend."""
+    """The model's declared secrets: from this process's environment when the job was started
+    with them (Docker: block references resolved at container start; Kubernetes: secretKeyRef),
+    else from the secrets backend."""
     if not model.secrets:
         return {}
-    if os.environ.get("CS_SECRETS_SOURCE") == "env":
-        missing = [name for name in model.secrets if not os.environ.get(name)]
-        if missing:
-            raise LookupError(
-                f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
-                " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
-            )
-        return {name: os.environ[name] for name in model.secrets}
-    from prefect_cs.blocks.secrets import model_secret_env
+    found = {name: os.environ[name] for name in model.secrets if os.environ.get(name)}
+    missing = [name for name in model.secrets if name not in found]
+    if missing and os.environ.get("CS_SECRETS_SOURCE") == "env":
+        raise LookupError(
+            f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
+            " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
+        )
+    if missing:
+        from prefect_cs.blocks.secrets import model_secret_env
 
-    return model_secret_env(model.owner, model.title, model.secrets)
+        found.update(model_secret_env(model.owner, model.title, missing))
+    return found
+
+
+def memory_rlimit_mib(model: ModelConfig) -> int | None:
+    """An address-space limit for the child, unless a container's cgroup already bounds memory
+    (more precisely: it counts resident memory, and its OOM kill is reported as such)."""
+    from prefect_cs.blocks.settings import get_settings
+
+    return None if get_settings().memory_by_container else model.memory_limit_mib
 
 
 def model_env(model: ModelConfig) -> dict[str, str]:
@@ -53,3 +64,10 @@ def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
         return Scrubber(declared_secrets(model).values())
     except LookupError:  # a secret that is not set never reached the model: nothing to mask
         return Scrubber([])
+
+
+def child_user() -> int | None:
+    """The uid model children run as (container tiers set CS_MODEL_UID; None: the flow's own)."""
+    from prefect_cs.blocks.settings import get_settings
+
+    return get_settings().model_uid

@@ -18,7 +18,13 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.flows.model_process import ModelCall, call_model
 from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
-from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
+from prefect_cs.flows.runtime import (
+    child_user,
+    memory_rlimit_mib,
+    model_env,
+    runner_for,
+    scrubber_for,
+)
 from prefect_cs.flows.storage import store_zips
 from redis.exceptions import RedisError
 
@@ -63,8 +69,9 @@ def run_model_task(
         [meta_param_dict, adjustment],
         timeout=model.time_limit,
         env=env,
-        memory_limit_mib=model.memory_limit_mib,
+        memory_limit_mib=memory_rlimit_mib(model),
         runner=runner_for(entry.python),
+        run_as=child_user(),
     )
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))

@@ -1,0 +1,162 @@
+"""Figures for the Docker tier, on a fresh temporary stack with the real engine and registry.
+
+    .venv/bin/python benchmarks/docker_tier.py [--runs 10] [--app misbehaving-app]
+
+Needs root (it runs deployments/docker/start-engine.sh and build-base-image.sh,
+both idempotent). Prints:
+- publish times of the sample app: cold (no build cache at all), first publish
+  of a new model (platform layers cached), and a re-publish after a code-only
+  change, with the ratio re-publish / cold (goal ≤ 0.2);
+- simulate overhead on the Docker pool: submit → web app notified, minus the
+  model's own task time, median of N runs on a real Docker worker;
+- the size of the sample app's image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+WORK = Path(tempfile.mkdtemp(prefix="cs-bench-docker-"))
+os.environ.update(
+    PREFECT_HOME=str(WORK / "prefect"),
+    PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+    CS_HOME=str(WORK / "cs-home"),
+    CS_REGISTRY="127.0.0.1:5000",
+    CS_BASE_IMAGE=os.environ.get("CS_BASE_IMAGE", "cs-base:bookworm"),
+)
+sys.path.insert(0, str(ROOT))
+
+from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
+from prefect_cs.blocks.webapp import WebApp  # noqa: E402
+from prefect_cs.deployments import stack  # noqa: E402
+from prefect_cs.deployments.cli_docker import docker_worker  # noqa: E402
+from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
+from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
+from prefect_cs.flows.builders.docker import DockerBuilder  # noqa: E402
+
+from tests.helpers.docker_tier import docker_tier, ensure_docker  # noqa: E402
+from tests.helpers.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
+
+
+def timed_publish(title: str, tag: str) -> float:
+    started = time.perf_counter()
+    with docker_tier():
+        state = publish_model("bench", title, tag)
+    assert state.is_completed(), state.message
+    return time.perf_counter() - started
+
+
+def notified_at(stub: WebAppStub, task_id: str, timeout: float = 180) -> tuple[float, dict]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for request in stub.requests:
+            if isinstance(request.body, dict) and request.body.get("task_id") == task_id:
+                return request.received, request.body
+        time.sleep(0.01)
+    raise TimeoutError(task_id)
+
+
+def simulate_overhead(stub: WebAppStub, title: str, runs: int) -> list[float]:
+    overheads = []
+    for _ in range(runs):
+        task_id = str(uuid.uuid4())
+        submitted = time.monotonic()
+        submit_simulation(
+            "bench", title, {}, {"control": {"behavior": [{"value": "ok"}]}}, task_id=task_id
+        )
+        received, body = notified_at(stub, task_id)
+        assert body["status"] == "SUCCESS", body
+        overheads.append(received - submitted - sum(body["meta"]["task_times"]))
+    return overheads
+
+
+def code_change(repo: Path) -> None:
+    functions = repo / "cs-config" / "cs_config" / "functions.py"
+    functions.write_text(functions.read_text() + f"\n# code-only change {uuid.uuid4().hex}\n")
+
+
+def image_size_mb(image: str) -> float:
+    import docker
+
+    return docker.from_env().images.get(image).attrs["Size"] / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--app", default="misbehaving-app")
+    parser.add_argument("--skip-cold", action="store_true", help="skip the no-cache publish")
+    args = parser.parse_args()
+
+    ensure_docker()
+    server = stack.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
+    server.start()
+    worker = docker_worker()
+    stub = WebAppStub()
+    suffix = uuid.uuid4().hex[:6]
+    cold_title, title = f"Cold-{suffix}", f"Bench-{suffix}"
+    try:
+        stack.register_blocks()
+        stack.ensure_storage_blocks()
+        stub.start()
+        WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
+
+        cold_repo = make_repo(args.app, WORK / "cold")
+        register_model("bench", cold_title, cold_repo, repo_tag="v1", time_limit=60)
+        DockerBuilder.no_cache = not args.skip_cold
+        try:
+            cold = timed_publish(cold_title, "v1")
+        finally:
+            DockerBuilder.no_cache = False
+
+        repo = make_repo(args.app, WORK / "repo")
+        register_model("bench", title, repo, repo_tag="v1", time_limit=60, memory="1Gi")
+        first = timed_publish(title, "v1")
+        add_tag(repo, "v2", "code only", code_change)
+        again = timed_publish(title, "v2")
+        kind = "with build cache (--skip-cold)" if args.skip_cold else "cold (no build cache)"
+        print(f"publish {args.app}, {kind}: {cold:.1f} s")
+        print(
+            f"publish of a second model from the same sources (every layer cached): {first:.1f} s"
+        )
+        print(
+            f"re-publish after a code-only change: {again:.1f} s;"
+            f" ratio re-publish / cold {again / cold:.2f} (goal ≤ 0.2)"
+        )
+        image = ModelConfig.for_model("bench", title).published().image
+        print(f"image {image}: {image_size_mb(image):.0f} MB")
+
+        worker.start()
+        time.sleep(3)
+        overhead = simulate_overhead(stub, title, args.runs)
+        print(
+            f"simulate overhead, docker pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
+            f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
+        )
+    finally:
+        worker.stop()
+        stub.stop()
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

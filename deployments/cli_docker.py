@@ -1,0 +1,71 @@
+"""`prefect-cs docker …`: the Docker tier's engine, registry, base image and worker on one machine."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import typer
+from prefect_cs.blocks.settings import get_settings
+from prefect_cs.deployments.stack import Background, prefect_cli, worker_environment
+
+HERE = Path(__file__).resolve().parent / "docker"
+docker_app = typer.Typer(
+    help="The Docker tier: engine and registry, base image, worker.", no_args_is_help=True
+)
+
+
+def docker_worker(pool: str | None = None) -> Background:
+    """`prefect worker start --type docker` with the minimal worker environment.
+
+    Workers copy their PREFECT_* settings into every container they start, so
+    the worker gets only the API URL, CS_* settings and fast polling.
+    """
+    pool = pool or get_settings().docker_pool
+    argv = prefect_cli() + [
+        "worker",
+        "start",
+        "--pool",
+        pool,
+        "--type",
+        "docker",
+        "--name",
+        f"{pool}-worker",
+    ]
+    return Background(f"worker-{pool}", argv, worker_environment())
+
+
+def run_script(name: str, *args: str) -> None:
+    result = subprocess.run(["bash", str(HERE / name), *args], check=False)
+    if result.returncode != 0:
+        raise typer.Exit(result.returncode)
+
+
+@docker_app.command("up")
+def up() -> None:
+    """Start dockerd and a registry on 127.0.0.1:5000 if they are not running."""
+    run_script("start-engine.sh")
+
+
+@docker_app.command("base-image")
+def base_image(image: str = typer.Argument("cs-base:bookworm")) -> None:
+    """Build a base image from Debian with debootstrap (for machines that cannot pull)."""
+    run_script("build-base-image.sh", image)
+
+
+@docker_app.command("worker")
+def worker(action: str = typer.Argument("start", help="start | stop | status")) -> None:
+    """Start, stop or show the Docker pool's worker (log under $CS_HOME/stack/)."""
+    from prefect_cs.work_pools.pools import ensure_pool
+
+    bg = docker_worker()
+    if action == "start":
+        ensure_pool(get_settings().docker_pool, "docker")
+        typer.echo(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
+    elif action == "stop":
+        typer.echo(f"{bg.name}: {'stopped' if bg.stop() else 'not running'}")
+    elif action == "status":
+        typer.echo(f"{bg.name}: {'running, pid ' + str(bg.pid()) if bg.pid() else 'stopped'}")
+    else:
+        typer.echo("action must be start, stop or status", err=True)
+        raise typer.Exit(2)

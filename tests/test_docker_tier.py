@@ -1,0 +1,360 @@
+"""The Docker tier end to end on real parts: dockerd, a registry on 127.0.0.1:5000, a base image
+made with debootstrap, a real `prefect worker start --type docker`, the web app stand-in.
+
+Publish builds, tests and pushes an image; simulations run in containers the
+worker starts and removes. The tests are ordered: the re-publish and the
+failing publish come last because they move the model's promoted tag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.deployments.cli_docker import docker_worker
+from prefect_cs.deployments.submit import submit_simulation
+from prefect_cs.flows.builders.docker import MODEL_PYTHON, image_repository
+
+from tests.helpers.docker_tier import (
+    BASE_IMAGE,
+    REGISTRY,
+    AuthRegistry,
+    containers,
+    docker_tier,
+    ensure_docker,
+    layer_ids,
+    registry_tags,
+    wait_for_container,
+)
+from tests.helpers.models import add_tag, make_repo, publish_model, register_model
+
+OWNER, TITLE = "tests", "Misbehaving-Docker"
+REPOSITORY = "tests_misbehaving-docker"
+SECRET_VALUE = f"tok-{uuid.uuid4().hex}"
+FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
+
+
+def behave(behavior: str) -> dict:
+    return {"control": {"behavior": [{"value": behavior}]}}
+
+
+@pytest.fixture(scope="module")
+def docker_ready(platform, tmp_path_factory):
+    import os
+
+    ensure_docker()
+    os.environ.update(CS_REGISTRY=REGISTRY, CS_BASE_IMAGE=BASE_IMAGE)
+    yield
+    for key in ("CS_REGISTRY", "CS_BASE_IMAGE"):
+        os.environ.pop(key, None)
+
+
+@pytest.fixture(scope="module")
+def docker_repo(docker_ready, repos) -> Path:
+    """The misbehaving app on the docker tier, with a declared secret, published at v1."""
+    from prefect_cs.blocks.secrets import PrefectSecretsBackend
+
+    repo = make_repo("misbehaving-app", repos / "misbehaving-docker")
+    register_model(
+        OWNER,
+        TITLE,
+        repo,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+        secrets=["MODEL_TOKEN"],
+    )
+    PrefectSecretsBackend(f"{OWNER}/{TITLE}").set("MODEL_TOKEN", SECRET_VALUE)
+    with docker_tier():
+        state = publish_model(OWNER, TITLE)
+    assert state.is_completed(), state.message
+    return repo
+
+
+@pytest.fixture(scope="module")
+def worker(docker_repo):
+    bg = docker_worker()
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+def deployment(title: str = TITLE):
+    from prefect.client.orchestration import get_client
+
+    model = ModelConfig.for_model(OWNER, title)
+    with get_client(sync_client=True) as client:
+        return client.read_deployment_by_name(f"simulate/{model.slug}")
+
+
+def only_put(webapp, task_id: str, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
+        if puts:
+            break
+        time.sleep(0.2)
+    assert len(puts) == 1, f"expected exactly one PUT for {task_id}, got {len(puts)}"
+    assert puts[0].headers["Authorization"] == f"Token {webapp.token}"
+    return puts[0].body
+
+
+def build_tags(repository: str) -> list[str]:
+    """Throw-away build tags left behind locally (there must be none after a publish)."""
+    import docker
+
+    images = docker.from_env().images.list(repository)
+    return [t for image in images for t in image.tags if ":build-" in t]
+
+
+def flow_run_logs(state) -> list[str]:
+    """The messages the flow run of `state` logged to the Prefect API, in order."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    time.sleep(1)  # logs reach the API in batches
+    run_filter = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return [log.message for log in client.read_logs(run_filter)]
+
+
+PROBE = (
+    "import os\n"
+    "for pid in set(filter(str.isdigit, os.listdir('/proc'))) - {str(os.getpid())}:\n"
+    "    try:\n"
+    "        if b'child.py' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+    "            print(os.stat(f'/proc/{pid}').st_uid, open(f'/proc/{pid}/oom_score_adj').read().strip())\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+
+def model_children(container, timeout: float = 30) -> set[str]:
+    """`uid oom_score_adj` of the model's child processes (child.py) in a running container."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = container.exec_run(["python3", "-c", PROBE])
+        found = set(result.output.decode().split("\n")) - {""}
+        if found:
+            return found
+        time.sleep(0.3)
+    raise AssertionError("the model's child process did not start")
+
+
+def simulate_on_worker(behavior: str, title: str = TITLE, adjustment: dict | None = None):
+    task_id = str(uuid.uuid4())
+    run = submit_simulation(
+        OWNER, title, {}, adjustment or behave(behavior), task_id=task_id, wait_seconds=180
+    )
+    assert run.state.is_final(), f"flow run still {run.state.name} after 180s"
+    return task_id, run
+
+
+def test_publish_pushes_image_and_deploys_on_docker_pool(docker_repo):
+    from prefect.client.orchestration import get_client
+    from prefect_cs.work_pools.pools import base_job_template
+
+    model = ModelConfig.for_model(OWNER, TITLE)
+    entry = model.published()
+    assert entry.tier == "docker" and entry.python == MODEL_PYTHON
+    assert entry.image == f"{REGISTRY}/{REPOSITORY}:v1"
+    assert entry.version, "get_version() ran in the image"
+    assert "v1" in registry_tags(REPOSITORY)
+    assert not [t for t in registry_tags(REPOSITORY) if t.startswith("build-")]
+
+    dep = deployment()
+    assert dep.work_pool_name == "cs-docker"
+    variables = dep.job_variables
+    assert variables["image"] == entry.image
+    assert variables["mem_limit"] == variables["memswap_limit"] == "640m"
+    assert variables["nano_cpus"] == 1_000_000_000
+    assert variables["env"]["MODEL_TOKEN"].startswith("{{ prefect.blocks.secret.cs-model--")
+    assert SECRET_VALUE not in json.dumps(dep.model_dump(mode="json"))
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("cs-docker")
+    assert pool.type == "docker"
+    assert pool.base_job_template == base_job_template("docker")
+
+
+def test_image_carries_no_secret(docker_repo):
+    import docker
+
+    image = docker.from_env().images.get(f"{REGISTRY}/{REPOSITORY}:v1")
+    assert SECRET_VALUE not in json.dumps(image.attrs)
+    assert SECRET_VALUE not in json.dumps(image.history())
+    assert build_tags(f"{REGISTRY}/{REPOSITORY}") == []
+
+
+def test_simulation_runs_in_container(worker, webapp, cs_home):
+    task_id, run = simulate_on_worker("ok")
+    assert run.state.is_completed(), run.state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS" and body["model_version"]
+    assert 0 <= body["meta"]["task_times"][0] < 5
+    for category in ("renderable", "downloadable"):
+        location = body["outputs"][category]["ziplocation"]
+        with zipfile.ZipFile(cs_home / "outputs" / location) as archive:
+            assert archive.namelist()
+
+
+@pytest.mark.parametrize(
+    ("behavior", "reason"),
+    [
+        ("raise", "model exploded on purpose"),
+        ("segfault", "segmentation fault"),
+        ("exit", "exited with code 3"),
+        ("oom", "memory"),
+        ("not_serializable", "not JSON-serializable"),
+        ("bad_media_type", "media_type 'GIF'"),
+    ],
+)
+def test_failure_in_container_is_delivered(worker, webapp, behavior, reason):
+    task_id, run = simulate_on_worker(behavior)
+    assert run.state.is_failed()
+    body = only_put(webapp, task_id)
+    assert set(body) == FAIL_KEYS and body["status"] == "FAIL"
+    assert reason in body["traceback"], body["traceback"]
+
+
+def test_hang_container_limits_env_and_cleanup(worker, webapp):
+    """While the model hangs: the container's limits and environment; after: FAIL and no container."""
+    from prefect.client.orchestration import get_client
+
+    task_id = str(uuid.uuid4())
+    run = submit_simulation(OWNER, TITLE, {}, behave("hang"), task_id=task_id, wait_seconds=0)
+    label = f"io.prefect.flow-run-id={run.id}"
+    container = wait_for_container(label)
+    config = container.attrs["Config"]
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["MODEL_TOKEN"] == SECRET_VALUE, "the worker resolves the secret block at start"
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
+    assert "PREFECT_API_KEY" not in env
+    host = container.attrs["HostConfig"]
+    assert host["Memory"] == host["MemorySwap"] == 640 * 1024 * 1024
+    assert host["NanoCpus"] == 1_000_000_000
+    assert host["AutoRemove"] is True
+    # The model runs as CS_MODEL_UID, not root, and is the OOM killer's first choice.
+    assert model_children(container) == {"10001 1000"}
+
+    body = only_put(webapp, task_id, timeout=120)
+    assert body["status"] == "FAIL" and "time limit of 8 seconds" in body["traceback"]
+    assert SECRET_VALUE not in json.dumps(body)
+    deadline = time.monotonic() + 60
+    while containers(label) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert containers(label) == [], "the container was not removed after the run"
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(run.id).state.is_final()
+
+
+def test_paramtools_app_in_container(docker_ready, worker, webapp, repos, cs_home):
+    repo = make_repo("paramtools-app", repos / "paramtools-docker")
+    register_model(OWNER, "ParamTools-Docker", repo, repo_tag="v1", time_limit=60, memory="1Gi")
+    with docker_tier():
+        state = publish_model(OWNER, "ParamTools-Docker")
+    assert state.is_completed(), state.message
+    adjustment = json.loads(
+        (Path(__file__).parents[1] / "examples/paramtools-app/adjustment.json").read_text()
+    )
+    task_id, run = simulate_on_worker("", title="ParamTools-Docker", adjustment=adjustment)
+    assert run.state.is_completed(), run.state.message
+    body = only_put(webapp, task_id)
+    media = {
+        o["media_type"]
+        for c in ("renderable", "downloadable")
+        for o in body["outputs"][c]["outputs"]
+    }
+    assert {"table", "CSV", "PNG"} <= media
+    with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
+        png = next(n for n in archive.namelist() if n.endswith(".png"))
+        assert archive.read(png).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_registry_credentials_block_push_and_worker_pull(
+    docker_repo, worker, webapp, tmp_path, monkeypatch
+):
+    """A registry with auth: publish pushes with the block's credentials, the deployment holds only
+    a reference to the block, and the worker pulls with it (the local copy is removed first)."""
+    import docker
+    import httpx
+    from prefect_docker.credentials import DockerRegistryCredentials
+
+    password = f"pw-{uuid.uuid4().hex}"
+    registry = AuthRegistry(tmp_path, "cs", password).start()
+    try:
+        DockerRegistryCredentials(
+            username="cs", password=password, registry_url=registry.host
+        ).save("cs-test-registry", overwrite=True)
+        monkeypatch.setenv("CS_REGISTRY_BLOCK", "cs-test-registry")
+        register_model(OWNER, "Auth-Docker", docker_repo, repo_tag="v1", time_limit=30)
+        with docker_tier():
+            state = publish_model(OWNER, "Auth-Docker")
+        assert state.is_completed(), state.message
+        image = ModelConfig.for_model(OWNER, "Auth-Docker").published().image
+        assert image == f"{registry.host}/tests_auth-docker:v1"
+        tags_url = f"http://{registry.host}/v2/tests_auth-docker/tags/list"
+        assert httpx.get(tags_url, timeout=10).status_code == 401
+        assert httpx.get(tags_url, auth=("cs", password), timeout=10).json()["tags"] == ["v1"]
+
+        dep = deployment("Auth-Docker")
+        assert dep.job_variables["registry_credentials"] == (
+            "{{ prefect.blocks.docker-registry-credentials.cs-test-registry }}"
+        )
+        assert password not in json.dumps(dep.model_dump(mode="json"))
+        logs = flow_run_logs(state)
+        assert logs and not [m for m in logs if password in m]
+
+        docker.from_env().images.remove(image)
+        task_id, run = simulate_on_worker("ok", title="Auth-Docker")
+        assert run.state.is_completed(), run.state.message
+        assert only_put(webapp, task_id)["status"] == "SUCCESS"
+    finally:
+        registry.stop()
+
+
+def test_code_only_republish_reuses_dependency_layer(docker_repo):
+    def touch_code(repo: Path) -> None:
+        functions = repo / "cs-config" / "cs_config" / "functions.py"
+        functions.write_text(functions.read_text() + "\n# a code-only change\n")
+
+    add_tag(docker_repo, "v2", "code only", touch_code)
+    with docker_tier():
+        state = publish_model(OWNER, TITLE, "v2")
+    assert state.is_completed(), state.message
+    v1, v2 = f"{REGISTRY}/{REPOSITORY}:v1", f"{REGISTRY}/{REPOSITORY}:v2"
+    assert layer_ids(v1, "install.sh") == layer_ids(v2, "install.sh") != []
+    assert layer_ids(v1, "pip install /opt/cs/src/cs-config") != layer_ids(
+        v2, "pip install /opt/cs/src/cs-config"
+    )
+    assert deployment().job_variables["image"] == v2
+
+
+def test_failing_model_tests_stop_publish(docker_repo, worker, webapp):
+    def break_tests(repo: Path) -> None:
+        tests = repo / "cs-config" / "cs_config" / "tests" / "test_functions.py"
+        tests.write_text(
+            tests.read_text() + "\n\ndef test_broken():\n    assert 1 == 2, 'broken on purpose'\n"
+        )
+
+    add_tag(docker_repo, "v3", "broken tests", break_tests)
+    with docker_tier():
+        state = publish_model(OWNER, TITLE, "v3")
+    assert state.is_failed()
+    assert "broken on purpose" in state.message, state.message
+    logs = flow_run_logs(state)
+    assert any(m.startswith("[docker-build] Step ") for m in logs), "build progress line by line"
+    assert any(m.startswith("[model-tests]") and "broken on purpose" in m for m in logs)
+    assert "v3" not in registry_tags(REPOSITORY)
+    model = ModelConfig.for_model(OWNER, TITLE)
+    assert model.latest_tag == "v2"
+    assert deployment().job_variables["image"].endswith(":v2")
+    assert build_tags(image_repository(REGISTRY, model)) == []
+    task_id, run = simulate_on_worker("ok")
+    assert run.state.is_completed(), run.state.message
+    assert only_put(webapp, task_id)["status"] == "SUCCESS"
