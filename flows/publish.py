@@ -21,8 +21,6 @@ from prefect_cs.blocks.settings import get_settings
 from prefect_cs.flows.builders.base import get_builder
 from prefect_cs.flows.builders.steps import StepFailed, run_step
 from prefect_cs.flows.github_status import CommitStatus
-from prefect_cs.flows.model_process import call_model
-from prefect_cs.flows.runtime import runner_for
 
 Steps = Literal["all", "stage", "promote"]
 
@@ -85,12 +83,7 @@ def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> st
     except StepFailed:
         builder.discard(entry, logger)
         raise
-    if hasattr(builder, "model_version"):  # container tiers: the model env is inside the image
-        return builder.model_version(entry, logger)
-    call = call_model(entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python))
-    if not call.ok:
-        raise StepFailed(f"get_version() failed in the new environment: {call.error}")
-    return str(call.result)
+    return builder.model_version(entry, logger)
 
 
 @task(name="push")

@@ -21,6 +21,9 @@ class EnvironmentBuilder(Protocol):
     def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
         """Run the model's own tests inside the environment; raise StepFailed on failure."""
 
+    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
+        """get_version() inside the new environment; raise StepFailed (and discard) on failure."""
+
     def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
         """Make the environment available to the tier's workers (a no-op for local virtualenvs)."""
 

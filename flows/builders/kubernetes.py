@@ -114,6 +114,9 @@ class KubernetesBuilder:
     def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
         self._docker().test(model, entry, source, logger)
 
+    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
+        return self._docker().model_version(entry, logger)
+
     def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
         pushed = self._docker().push(model, entry, logger)
         return pushed.model_copy(update={"tier": self.tier})

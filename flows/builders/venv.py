@@ -17,8 +17,8 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.blocks.settings import get_settings
 from prefect_cs.flows.builders.base import Logger
 from prefect_cs.flows.builders.steps import StepFailed, run_step
-from prefect_cs.flows.model_process import CHILD_SCRIPT
-from prefect_cs.flows.runtime import RUNTIME_DIR
+from prefect_cs.flows.model_process import CHILD_SCRIPT, call_model
+from prefect_cs.flows.runtime import RUNTIME_DIR, runner_for
 
 TEST_REQUIREMENTS = ["cs-kit==1.16.9", "pytest==9.0.3"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
@@ -162,6 +162,16 @@ class VenvBuilder:
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new environment; the previous tag keeps serving.",
         )
+
+    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
+        """get_version() through the child runner simulations use; a failure discards the env."""
+        call = call_model(
+            entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python)
+        )
+        if not call.ok:
+            self.discard(entry, logger)
+            raise StepFailed(f"get_version() failed in the new environment: {call.error}")
+        return str(call.result)
 
     def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
         logger.info("local virtualenv %s needs no push", Path(entry.python).parent.parent)
