@@ -43,9 +43,9 @@ def k8s_published(platform, repos):
     mp.setenv("CS_TIER", "kubernetes")
     repo = make_repo("misbehaving-app", repos / "k8s-on-docker")
     register_model(
-        OWNER, TITLE, repo, repo_tag="v1", time_limit=60, memory="512Mi", secrets=["MODEL_TOKEN"]
+        OWNER, TITLE, repo, repo_tag="v1", time_limit=60, memory="512Mi", secrets=["DEMO_TOKEN"]
     )
-    get_backend(f"{OWNER}/{TITLE}").set("MODEL_TOKEN", SECRET_VALUE)
+    get_backend(f"{OWNER}/{TITLE}").set("DEMO_TOKEN", SECRET_VALUE)
     state = publish_model(OWNER, TITLE)
     mp.undo()
     assert state.is_completed(), state.message
@@ -114,7 +114,7 @@ def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_ho
     assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker:")
     refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
     assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs] == [
-        ("MODEL_TOKEN", "MODEL_TOKEN")
+        ("DEMO_TOKEN", "DEMO_TOKEN")
     ]
     assert SECRET_VALUE not in json.dumps(job)
 
