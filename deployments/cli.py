@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 from prefect_cs.deployments.cli_docker import docker_app
-from prefect_cs.deployments.cli_k8s import k8s_app
+from prefect_cs.deployments.cli_k8s import k8s_app, watch_cmd
 from prefect_cs.deployments.cli_redis import redis_app
 from prefect_cs.deployments.cli_secrets import secrets_app
 from prefect_cs.deployments.cli_webhook import webhook_app
@@ -42,6 +42,7 @@ models_app.add_typer(secrets_app, name="secrets")
 app.add_typer(redis_app, name="redis")
 app.add_typer(webhook_app, name="webhook")
 app.add_typer(k8s_app, name="k8s")
+app.command("watch")(watch_cmd)  # tier-agnostic: lost simulate runs become a FAIL on every tier
 app.add_typer(docker_app, name="docker")
 
 console = Console()

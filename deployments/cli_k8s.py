@@ -127,7 +127,11 @@ def watch_cmd(
     interval: float = typer.Option(30.0, help="Seconds between scans"),
     once: bool = typer.Option(False, help="One scan, print what was reported, exit"),
 ) -> None:
-    """Send a FAIL to the web app for simulate runs Kubernetes lost (Crashed, or never started)."""
+    """Send a FAIL to the web app for simulate runs lost before their flow could report.
+
+    Crashed, or never started (Pending/Late): on Kubernetes, and the same on the
+    process and Docker tiers (a killed flow process, a container that never ran).
+    """
     from prefect_cs.deployments.k8s_watch import scan_once, watch
 
     if once:

@@ -119,7 +119,7 @@ def reason_for(run: FlowRun, notes: list[str], pending: float | None) -> str:
         )
     else:
         message = run.state.message if run.state else ""
-        head = f"The simulation's Kubernetes job ended without a result (Crashed: {message})."
+        head = f"The simulation's job ended without a result (Crashed: {message})."
     return "\n".join([head, *notes])
 
 

@@ -227,6 +227,12 @@ def inputs_worker_env() -> dict[str, str]:
     return task_storage_env()
 
 
+def lost_run_watcher() -> Background:
+    """Reports simulate runs that crashed or never started (`prefect-cs watch`), on every tier."""
+    argv = [sys.executable, "-m", "prefect_cs.deployments.cli", "watch", "--interval", "10"]
+    return Background("lost-run-watcher", argv, worker_environment())
+
+
 STANDIN_PORT = 8765
 STANDIN_TOKEN = "local-demo-token"
 
@@ -313,13 +319,14 @@ def start_stack() -> list[str]:
     ensure_pool(get_settings().process_pool, "process")
     deploy_publish()
     lines.append("deployment publish/publish on pool " + get_settings().process_pool)
-    for bg in (process_worker(), inputs_worker()):
+    for bg in (process_worker(), inputs_worker(), lost_run_watcher()):
         lines.append(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
     return lines
 
 
 def stop_stack() -> list[str]:
     parts = [
+        lost_run_watcher(),
         inputs_worker(),
         process_worker(),
         webapp_standin(),
@@ -333,6 +340,7 @@ def stack_status() -> list[str]:
         PrefectServer(api_url=api_url()).background(),
         process_worker(),
         inputs_worker(),
+        lost_run_watcher(),
         webapp_standin(),
     ]
     return [

@@ -187,7 +187,8 @@ def simulate(
     elapsed = time.perf_counter() - started
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":
-        return Failed(message=f"{message}: {payload['traceback'][-500:]}", data=payload)
+        # No data on Failed: Prefect reads a failed state's data as its exception; the payload went out.
+        return Failed(message=f"{message}: {payload['traceback'][-500:]}")
     if not delivery["delivered"]:
-        return Failed(message=message, data=payload)
+        return Failed(message=message)
     return Completed(message=message, data=payload)
