@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -27,23 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT))
+from tests.helpers.scratch import scratch_environment  # noqa: E402
 
-
-WORK = Path(tempfile.mkdtemp(prefix="cs-bench-docker-"))
-os.environ.update(
-    PREFECT_HOME=str(WORK / "prefect"),
-    PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
-    CS_HOME=str(WORK / "cs-home"),
+WORK = scratch_environment(
+    "cs-bench-docker-",
     CS_REGISTRY="127.0.0.1:5000",
     CS_BASE_IMAGE=os.environ.get("CS_BASE_IMAGE", "cs-base:bookworm"),
 )
-sys.path.insert(0, str(ROOT))
 
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402

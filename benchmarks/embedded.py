@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,21 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-WORK = Path(tempfile.mkdtemp(prefix="cs-bench-"))
-os.environ.update(
-    PREFECT_HOME=str(WORK / "prefect"),
-    PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
-    CS_HOME=str(WORK / "cs-home"),
-)
 sys.path.insert(0, str(ROOT))
+from tests.helpers.scratch import scratch_environment  # noqa: E402
+
+WORK = scratch_environment("cs-bench-")
 
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
 from prefect_cs.deployments import stack  # noqa: E402

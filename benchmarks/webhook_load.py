@@ -22,7 +22,6 @@ import random
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -32,16 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.webhooks import free_port  # noqa: E402
+from tests.helpers.scratch import scratch_environment  # noqa: E402
 
-WORK = Path(tempfile.mkdtemp(prefix="cs-bench-webhook-"))
-os.environ.update(
-    PREFECT_HOME=str(WORK / "prefect"),
-    PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
-    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
-    CS_HOME=str(WORK / "cs-home"),
-)
+WORK = scratch_environment("cs-bench-webhook-")
 
 import httpx  # noqa: E402
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402

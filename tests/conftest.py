@@ -8,25 +8,13 @@ children) inherits the same server.
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
 from pathlib import Path
 
+from tests.helpers.scratch import scratch_environment
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_ROOT = Path(tempfile.mkdtemp(prefix="cs-tests-"))
-os.environ.update(
-    PREFECT_HOME=str(_ROOT / "prefect"),
-    PREFECT_API_URL=f"http://127.0.0.1:{_free_port()}/api",
-    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+_ROOT = scratch_environment(
+    "cs-tests-",
     PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3",
-    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
-    CS_HOME=str(_ROOT / "cs-home"),
     CS_NOTIFY_BACKOFF_SECONDS="0.05",
     CS_NOTIFY_ATTEMPTS="3",
 )

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,11 +16,7 @@ from uuid import UUID
 import httpx
 from prefect_cs.deployments.webhook import signature
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers.scratch import free_port
 
 
 def start_receiver(

@@ -1,0 +1,32 @@
+"""A throw-away Prefect server home and platform home, for the tests and the benchmarks.
+
+Prefect reads its settings once, at import: call `scratch_environment` before
+anything imports prefect. Imports nothing of Prefect itself for that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scratch_environment(prefix: str, **extra: str) -> Path:
+    """Point PREFECT_* and CS_HOME at a new temporary folder and a free API port; returns the folder."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.update(
+        PREFECT_HOME=str(work / "prefect"),
+        PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW="ignore",
+        CS_HOME=str(work / "cs-home"),
+        **extra,
+    )
+    return work
