@@ -69,3 +69,29 @@ def worker(action: str = typer.Argument("start", help="start | stop | status")) 
     else:
         typer.echo("action must be start, stop or status", err=True)
         raise typer.Exit(2)
+
+
+@docker_app.command("inputs-server")
+def inputs_server(
+    action: str = typer.Argument(..., help="start | stop | status"),
+    name: str = typer.Argument(..., help="OWNER/TITLE"),
+) -> None:
+    """A model's inputs server: a container of its promoted image answering version/defaults/parse."""
+    from prefect_cs.deployments import docker_inputs
+    from prefect_cs.flows.builders.steps import StepFailed
+
+    owner, _, title = name.partition("/")
+    try:
+        if action == "start":
+            typer.echo(f"started {docker_inputs.start_inputs_server(owner, title)}")
+        elif action == "stop":
+            gone = docker_inputs.stop_inputs_server(owner, title)
+            typer.echo("stopped" if gone else "not running")
+        elif action == "status":
+            typer.echo(docker_inputs.inputs_server_status(owner, title) or "not running")
+        else:
+            typer.echo("action must be start, stop or status", err=True)
+            raise typer.Exit(2)
+    except (LookupError, ValueError, StepFailed) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -318,6 +318,30 @@ def test_registry_credentials_block_push_and_worker_pull(
         registry.stop()
 
 
+def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):
+    """version, defaults and parse answered by a container of the model's own image."""
+    from prefect_cs.deployments import docker_inputs
+    from prefect_cs.flows import inputs
+
+    name = docker_inputs.start_inputs_server(OWNER, TITLE)
+    try:
+        assert docker_inputs.inputs_server_status(OWNER, TITLE)["status"] == "running"
+        version = inputs.get_version(OWNER, TITLE)
+        assert version["status"] == "SUCCESS" and version["version"] == "0.3.0", version
+        task_id = str(uuid.uuid4())
+        bad = {"control": {"behavior": [{"value": "explode-the-sun"}]}}
+        parsed = inputs.parse(OWNER, TITLE, task_id, {}, bad)
+        assert parsed["status"] == "SUCCESS"
+        assert parsed["outputs"]["errors_warnings"]["control"]["errors"]["behavior"]
+        puts = [r.body for r in webapp.accepted("/inputs/api/") if r.body["task_id"] == task_id]
+        assert len(puts) == 1 and puts[0]["status"] == "SUCCESS"
+    finally:
+        assert docker_inputs.stop_inputs_server(OWNER, TITLE)
+    import docker
+
+    assert docker.from_env().containers.list(all=True, filters={"name": name}) == []
+
+
 def test_code_only_republish_reuses_dependency_layer(docker_repo):
     def touch_code(repo: Path) -> None:
         functions = repo / "cs-config" / "cs_config" / "functions.py"
