@@ -342,6 +342,30 @@ def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):
     assert docker.from_env().containers.list(all=True, filters={"name": name}) == []
 
 
+def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
+    """An image that cannot be pulled: the flow never runs, the run ends Crashed, the watcher sends a FAIL."""
+    from prefect_cs.blocks.model_config import PublishedTag
+    from prefect_cs.deployments.deploy import deploy_model
+    from prefect_cs.deployments.k8s_watch import scan_once
+    from prefect_cs.deployments.registry import register
+
+    model = register(ModelConfig(owner=OWNER, title="Ghost-Docker", repo_url="/nonexistent"))
+    entry = PublishedTag(
+        tag="v1", tier="docker", python=MODEL_PYTHON, image=f"{REGISTRY}/tests_ghost-docker:v1"
+    )
+    model.record(entry)
+    model.latest_tag = "v1"
+    model.save_model()
+    deploy_model(model, entry)
+    task_id, run = simulate_on_worker("ok", title="Ghost-Docker")
+    assert run.state.is_crashed(), run.state
+    assert not [r for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]
+    reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
+    assert [r["task_id"] for r in reports] == [task_id]
+    body = only_put(webapp, task_id)
+    assert body["status"] == "FAIL" and "Crashed" in body["traceback"]
+
+
 def test_code_only_republish_reuses_dependency_layer(docker_repo):
     def touch_code(repo: Path) -> None:
         functions = repo / "cs-config" / "cs_config" / "functions.py"
