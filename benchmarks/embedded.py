@@ -40,13 +40,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def notified_at(stub: WebAppStub, task_id: str, timeout: float = 120) -> tuple[float, dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for request in stub.requests:
-            if isinstance(request.body, dict) and request.body.get("task_id") == task_id:
-                return request.received, request.body
-        time.sleep(0.01)
-    raise TimeoutError(task_id)
+    request = stub.first_about(task_id, timeout)
+    return request.received, request.body
 
 
 def simulate_overhead(stub: WebAppStub, runs: int) -> list[float]:

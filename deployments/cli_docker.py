@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 from prefect_cs.blocks.settings import get_settings
-from prefect_cs.deployments.stack import Background, prefect_cli, worker_environment
+from prefect_cs.deployments.stack import Background, pool_worker
 
 HERE = Path(__file__).resolve().parent / "docker"
 docker_app = typer.Typer(
@@ -21,18 +21,7 @@ def docker_worker(pool: str | None = None) -> Background:
     Workers copy their PREFECT_* settings into every container they start, so
     the worker gets only the API URL, CS_* settings and fast polling.
     """
-    pool = pool or get_settings().docker_pool
-    argv = prefect_cli() + [
-        "worker",
-        "start",
-        "--pool",
-        pool,
-        "--type",
-        "docker",
-        "--name",
-        f"{pool}-worker",
-    ]
-    return Background(f"worker-{pool}", argv, worker_environment())
+    return pool_worker(pool or get_settings().docker_pool, "docker")
 
 
 def run_script(name: str, *args: str) -> None:

@@ -11,24 +11,16 @@ import base64
 import json
 import re
 import threading
-import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from prefect_cs.deployments.webapp_standin import Recorded
+
 PR_FILES = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)/files$")
 CONTENTS = re.compile(r"^/repos/([^/]+/[^/]+)/contents/(.+)$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/statuses/([0-9a-fA-F]+)$")
-
-
-@dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    received: float = field(default_factory=time.monotonic)
 
 
 @dataclass

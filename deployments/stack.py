@@ -200,19 +200,23 @@ class PrefectServer:
         self.background().stop()
 
 
-def process_worker(pool: str | None = None) -> Background:
-    pool = pool or get_settings().process_pool
+def pool_worker(pool: str, worker_type: str) -> Background:
+    """`prefect worker start` for one pool, with the minimal worker environment."""
     argv = prefect_cli() + [
         "worker",
         "start",
         "--pool",
         pool,
         "--type",
-        "process",
+        worker_type,
         "--name",
         f"{pool}-worker",
     ]
     return Background(f"worker-{pool}", argv, worker_environment())
+
+
+def process_worker(pool: str | None = None) -> Background:
+    return pool_worker(pool or get_settings().process_pool, "process")
 
 
 def inputs_worker() -> Background:

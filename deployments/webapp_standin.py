@@ -29,6 +29,16 @@ class WebAppStub:
     requests: list[Recorded] = field(default_factory=list)
     log_path: str | None = None  # append each request as a JSON line
 
+    def first_about(self, task_id: str, timeout: float) -> Recorded:
+        """The first request about `task_id`, as soon as it arrives (benchmarks time it)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for request in list(self.requests):
+                if isinstance(request.body, dict) and request.body.get("task_id") == task_id:
+                    return request
+            time.sleep(0.01)
+        raise TimeoutError(f"no request about task {task_id} within {timeout:g}s")
+
     def start(self, port: int = 0) -> None:
         stub = self
 
