@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(ROOT))
-from tests.helpers.scratch import scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment(
     "cs-bench-docker-",
@@ -36,14 +36,13 @@ WORK = scratch_environment(
 
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
-from prefect_cs.deployments import stack  # noqa: E402
-from prefect_cs.deployments.cli_docker import docker_worker  # noqa: E402
+from prefect_cs.cli.docker import docker_worker  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
-from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
-from prefect_cs.flows.builders.docker import DockerBuilder  # noqa: E402
-
-from tests.helpers.docker_tier import docker_tier, ensure_docker  # noqa: E402
-from tests.helpers.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.testing.docker_tier import docker_tier, ensure_docker  # noqa: E402
+from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
+from prefect_cs.tiers.docker import DockerBuilder  # noqa: E402
 
 
 def timed_publish(title: str, tag: str) -> float:

@@ -21,17 +21,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(ROOT))
-from tests.helpers.scratch import scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment("cs-bench-")
 
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
-from prefect_cs.deployments import stack  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
-from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
 from prefect_cs.flows import inputs  # noqa: E402
-
-from tests.helpers.models import make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.testing.models import make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 
 
 def percentile(values: list[float], pct: float) -> float:

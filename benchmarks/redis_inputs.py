@@ -21,9 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefect_cs.blocks.redis_acl import get_job_inputs, init_acl, put_job_inputs  # noqa: E402
-
-from tests.helpers.redis_server import RedisServer, make_config  # noqa: E402
+from prefect_cs.security.redis_acl import get_job_inputs, init_acl, put_job_inputs  # noqa: E402
+from prefect_cs.testing.redis_server import RedisServer, make_config  # noqa: E402
 
 SIZES = [1_000, 100_000, 1_000_000, 5_000_000, 20_000_000, 50_000_000]
 

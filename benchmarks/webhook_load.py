@@ -31,20 +31,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.scratch import scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment("cs-bench-webhook-")
 
 import httpx  # noqa: E402
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
-from prefect_cs.blocks.secrets import get_backend  # noqa: E402
-from prefect_cs.deployments import stack  # noqa: E402
 from prefect_cs.deployments.deploy import deploy_publish  # noqa: E402
-from prefect_cs.deployments.publish_events import PublishRequest  # noqa: E402
-from prefect_cs.deployments.registry import register  # noqa: E402
-from prefect_cs.work_pools.pools import ensure_pool  # noqa: E402
-
-from tests.helpers.webhooks import (  # noqa: E402
+from prefect_cs.deployments.triggers import PublishRequest  # noqa: E402
+from prefect_cs.registry.configs import register  # noqa: E402
+from prefect_cs.security.secrets import get_backend  # noqa: E402
+from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.testing.webhooks import (  # noqa: E402
     deliver,
     new_sha,
     publish_runs,
@@ -52,6 +50,7 @@ from tests.helpers.webhooks import (  # noqa: E402
     stop_receiver,
     tag_push,
 )
+from prefect_cs.work_pools.pools import ensure_pool  # noqa: E402
 
 MODEL_REPO = "bench-org/model"
 

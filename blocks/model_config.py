@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from prefect.blocks.core import Block
+from prefect_cs.core.errors import NotFound
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -130,12 +131,12 @@ class ModelConfig(Block):
         """The environment for `tag`, or the promoted one; a clear error if there is none."""
         wanted = tag or self.latest_tag
         if wanted is None:
-            raise LookupError(f"{self.owner}/{self.title} has no promoted tag: publish it first")
+            raise NotFound(f"{self.owner}/{self.title} has no promoted tag: publish it first")
         for entry in reversed(self.published_tags):
             if entry.tag == wanted:
                 return entry
         known = ", ".join(e.tag for e in self.published_tags) or "none"
-        raise LookupError(
+        raise NotFound(
             f"{self.owner}/{self.title} has no published tag {wanted!r} (published: {known})"
         )
 
@@ -153,7 +154,7 @@ class ModelConfig(Block):
         try:
             return cls.load(slug(owner, title), _sync=True)
         except ValueError as exc:
-            raise LookupError(
+            raise NotFound(
                 f"model {owner}/{title} is not registered: run `prefect-cs models register config/{owner}/{title}.yaml`"
             ) from exc
 

@@ -11,13 +11,10 @@ from typing import Any
 
 import httpx
 from prefect.blocks.core import Block
+from prefect_cs.core.errors import DeliveryError
 from pydantic import Field, SecretStr
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-class DeliveryError(RuntimeError):
-    """The web app did not accept a payload after every allowed attempt."""
 
 
 class WebApp(Block):

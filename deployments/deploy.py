@@ -12,8 +12,8 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.blocks.settings import get_settings
-from prefect_cs.flows.builders.base import get_builder
+from prefect_cs.core.settings import get_settings
+from prefect_cs.tiers.base import get_builder
 from prefect_cs.work_pools.pools import ensure_pool
 
 SIMULATE_ENTRYPOINT = "prefect_cs.flows.simulate:simulate"
@@ -84,7 +84,7 @@ def deploy_publish() -> UUID:
 
 def set_publish_triggers(client: Any, deployment_id: UUID) -> None:
     """Replace the deployment's automations with PUBLISH_TRIGGERS, as `prefect deploy` does."""
-    from prefect_cs.deployments.publish_events import deployment_triggers
+    from prefect_cs.deployments.triggers import deployment_triggers
 
     client.delete_resource_owned_automations(f"prefect.deployment.{deployment_id}")
     for trigger in deployment_triggers():

@@ -9,8 +9,8 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.deploy import deployment_name
-from prefect_cs.flows.builders.kubernetes import task_job_variables
-from prefect_cs.flows.job_inputs import redis_configured, stage_inputs
+from prefect_cs.security.job_inputs import redis_configured, stage_inputs
+from prefect_cs.tiers.kubernetes import task_job_variables
 
 
 def submit_simulation(

@@ -1,0 +1,1 @@
+"""The platform's flows (publish, simulate) and inputs tasks, with the tasks they are made of."""

@@ -28,8 +28,8 @@ from prefect.settings import (
 )
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_name, slug
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
-from prefect_cs.flows.runtime import model_env, runner_for, scrubber_for
-from prefect_cs.flows.warm import WarmModel
+from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
+from prefect_cs.flows.runtime.warm import WarmModel
 
 TASK_STORAGE_BLOCK = "local-file-system/cs-task-storage"
 LIGHT_CALL_LIMIT = 30.0

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect.blocks.core import Block
-from prefect_cs.blocks.settings import get_settings
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
+from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.settings import get_settings
 
 OUTPUTS_PATH = "/outputs/api/"
 INPUTS_PATH = "/inputs/api/"
@@ -26,7 +27,7 @@ def load_webapp() -> WebApp:
     try:
         return Block.load(name, _sync=True)  # type: ignore[return-value]
     except ValueError as exc:
-        raise LookupError(
+        raise NotConfigured(
             f"no web app block {name!r}: run `prefect-cs webapp set --url URL --token-stdin`"
         ) from exc
 

@@ -14,6 +14,8 @@ import uuid
 import zipfile
 from typing import Any
 
+from prefect_cs.core.errors import MalformedOutputs
+
 TEXT_TYPES = {"table": "html", "CSV": "csv", "Markdown": "md", "Text": "txt"}
 BINARY_TYPES = {
     "PNG": "png",
@@ -25,10 +27,6 @@ BINARY_TYPES = {
 }
 EXTENSIONS = {"bokeh": "json", **TEXT_TYPES, **BINARY_TYPES}
 CATEGORIES = ("renderable", "downloadable")
-
-
-class MalformedOutputs(ValueError):
-    """run_model returned something the web app could not show; the message names it."""
 
 
 def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:

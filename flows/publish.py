@@ -17,10 +17,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.blocks.settings import get_settings
-from prefect_cs.flows.builders.base import get_builder
-from prefect_cs.flows.builders.steps import StepFailed, run_step
-from prefect_cs.flows.github_status import CommitStatus
+from prefect_cs.core.github import CommitStatus
+from prefect_cs.core.settings import get_settings
+from prefect_cs.tiers.base import get_builder
+from prefect_cs.tiers.steps import StepFailed, run_step
 
 Steps = Literal["all", "stage", "promote"]
 
@@ -127,7 +127,7 @@ def deploy(owner: str, title: str, entry: PublishedTag) -> str:
         "deployment %s (%s) now serves %s", deployment_name(model), deployment_id, entry.tag
     )
     if entry.tier == "docker":
-        from prefect_cs.deployments.docker_inputs import refresh_if_running
+        from prefect_cs.services.docker_inputs import refresh_if_running
 
         if refresh_if_running(model):
             get_run_logger().info("inputs server of %s/%s moved to %s", owner, title, entry.image)

@@ -15,16 +15,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.flows.model_process import ModelCall, call_model
 from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
-from prefect_cs.flows.runtime import (
+from prefect_cs.flows.runtime.environment import (
     child_user,
     memory_rlimit_mib,
     model_env,
     runner_for,
     scrubber_for,
 )
+from prefect_cs.flows.runtime.model_process import ModelCall, call_model
 from prefect_cs.flows.storage import store_zips
 from redis.exceptions import RedisError
 
@@ -121,7 +121,7 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
 @task(name="read-inputs")
 def read_inputs_task(task_id: str) -> tuple[dict, dict]:
     """The inputs the submitter left in Redis for this task, read as the executor user."""
-    from prefect_cs.flows.job_inputs import load_inputs
+    from prefect_cs.security.job_inputs import load_inputs
 
     return load_inputs(task_id)
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from prefect_cs.blocks.settings import get_settings
+from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.settings import get_settings
 
 
 def load_outputs_storage() -> Block:
@@ -11,7 +12,7 @@ def load_outputs_storage() -> Block:
     try:
         return Block.load(name, _sync=True)
     except ValueError as exc:
-        raise LookupError(
+        raise NotConfigured(
             f"no outputs storage block {name!r}: run `prefect-cs stack init` (local folder) or save a GcsBucket"
         ) from exc
 

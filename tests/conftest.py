@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from tests.helpers.scratch import scratch_environment
+from prefect_cs.testing.scratch import scratch_environment
 
 _ROOT = scratch_environment(
     "cs-tests-",
@@ -20,13 +20,13 @@ _ROOT = scratch_environment(
 )
 
 import pytest  # noqa: E402
-from prefect_cs.deployments.webapp_standin import WebAppStub  # noqa: E402
+from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server (SQLite) for the whole test session."""
-    from prefect_cs.deployments.stack import PrefectServer
+    from prefect_cs.services.stack import PrefectServer
 
     server = PrefectServer(api_url=os.environ["PREFECT_API_URL"], home=_ROOT / "prefect")
     server.start()
@@ -37,7 +37,7 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def platform(prefect_server):
     """The server with the platform's blocks, storage and pools, as `stack start` leaves it."""
-    from prefect_cs.deployments.stack import ensure_storage_blocks, register_blocks
+    from prefect_cs.services.stack import ensure_storage_blocks, register_blocks
     from prefect_cs.work_pools.pools import ensure_pool
 
     register_blocks()
@@ -71,7 +71,7 @@ def repos(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def misbehaving(platform, repos):
     """The misbehaving sample app, published once for the failure-path tests."""
-    from tests.helpers.models import make_repo, publish_model, register_model
+    from prefect_cs.testing.models import make_repo, publish_model, register_model
 
     repo = make_repo("misbehaving-app", repos / "misbehaving")
     model = register_model(
@@ -91,7 +91,7 @@ def misbehaving(platform, repos):
 @pytest.fixture(scope="session")
 def paramtools(platform, repos):
     """The ParamTools sample app, published once."""
-    from tests.helpers.models import make_repo, publish_model, register_model
+    from prefect_cs.testing.models import make_repo, publish_model, register_model
 
     repo = make_repo("paramtools-app", repos / "paramtools")
     model = register_model("tests", "ParamTools", repo, repo_tag="v1", time_limit=60, memory="1Gi")

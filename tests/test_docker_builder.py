@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
-from prefect_cs.flows.builders.docker import (
+from prefect_cs.tiers.docker import (
     DockerBuilder,
     build_context,
     image_repository,
     image_tag,
     resolve_registry,
 )
-from prefect_cs.flows.builders.steps import StepFailed
+from prefect_cs.tiers.steps import StepFailed
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # The distribution spec's repository path component and tag grammars.
@@ -109,7 +109,7 @@ def test_model_child_is_the_oom_killers_first_choice(tmp_path):
     """In a container out of memory the model must die, not the flow that reports it."""
     import sys
 
-    from prefect_cs.flows.model_process import call_model
+    from prefect_cs.flows.runtime.model_process import call_model
 
     runner = tmp_path / "score.py"
     runner.write_text(

@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
-from prefect_cs.deployments.cli_docker import docker_worker
+from prefect_cs.cli.docker import docker_worker
 from prefect_cs.deployments.submit import submit_simulation
-from prefect_cs.flows.builders.docker import MODEL_PYTHON, image_repository
-
-from tests.helpers.docker_tier import (
+from prefect_cs.testing.docker_tier import (
     BASE_IMAGE,
     REGISTRY,
     AuthRegistry,
@@ -31,7 +29,8 @@ from tests.helpers.docker_tier import (
     registry_tags,
     wait_for_container,
 )
-from tests.helpers.models import add_tag, make_repo, publish_model, register_model
+from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model
+from prefect_cs.tiers.docker import MODEL_PYTHON, image_repository
 
 OWNER, TITLE = "tests", "Misbehaving-Docker"
 REPOSITORY = "tests_misbehaving-docker"
@@ -57,7 +56,7 @@ def docker_ready(platform, tmp_path_factory):
 @pytest.fixture(scope="module")
 def docker_repo(docker_ready, repos) -> Path:
     """The misbehaving app on the docker tier, with a declared secret, published at v1."""
-    from prefect_cs.blocks.secrets import PrefectSecretsBackend
+    from prefect_cs.security.secrets import PrefectSecretsBackend
 
     repo = make_repo("misbehaving-app", repos / "misbehaving-docker")
     register_model(
@@ -320,8 +319,8 @@ def test_registry_credentials_block_push_and_worker_pull(
 
 def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):
     """version, defaults and parse answered by a container of the model's own image."""
-    from prefect_cs.deployments import docker_inputs
     from prefect_cs.flows import inputs
+    from prefect_cs.services import docker_inputs
 
     name = docker_inputs.start_inputs_server(OWNER, TITLE)
     try:
@@ -346,8 +345,8 @@ def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
     """An image that cannot be pulled: the flow never runs, the run ends Crashed, the watcher sends a FAIL."""
     from prefect_cs.blocks.model_config import PublishedTag
     from prefect_cs.deployments.deploy import deploy_model
-    from prefect_cs.deployments.k8s_watch import scan_once
-    from prefect_cs.deployments.registry import register
+    from prefect_cs.registry.configs import register
+    from prefect_cs.services.lost_runs import scan_once
 
     model = register(ModelConfig(owner=OWNER, title="Ghost-Docker", repo_url="/nonexistent"))
     entry = PublishedTag(

@@ -11,15 +11,14 @@ import time
 
 import pytest
 from prefect_cs.flows.publish import publish
-
-from tests.helpers.webhooks import free_port, new_sha
+from prefect_cs.testing.webhooks import free_port, new_sha
 
 REPO = "tests-org/misbehaving"
 
 
 @pytest.fixture
 def github(platform, monkeypatch):
-    from prefect_cs.deployments.github_standin import GitHubStandIn
+    from prefect_cs.testing.github_standin import GitHubStandIn
     from prefect_github import GitHubCredentials
 
     standin = GitHubStandIn(token="ghp_" + secrets.token_hex(16))

@@ -6,8 +6,8 @@ import time
 import uuid
 
 import pytest
-from prefect_cs.deployments.stack import inputs_worker
 from prefect_cs.flows import inputs
+from prefect_cs.services.stack import inputs_worker
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
 @pytest.fixture
 def per_model_worker(misbehaving):
     """An inputs server for one model only, as each model's image runs on the container tiers."""
-    from prefect_cs.deployments.stack import Background, inputs_worker
+    from prefect_cs.services.stack import Background, inputs_worker
 
     shared = inputs_worker()
     bg = Background(

@@ -10,11 +10,10 @@ import secrets
 import uuid
 
 import pytest
-from prefect_cs.blocks.redis_acl import init_acl, job_key
-from prefect_cs.deployments.stack import process_worker
 from prefect_cs.deployments.submit import submit_simulation
-
-from tests.helpers.redis_server import RedisServer, make_config
+from prefect_cs.security.redis_acl import init_acl, job_key
+from prefect_cs.services.stack import process_worker
+from prefect_cs.testing.redis_server import RedisServer, make_config
 
 OK = {"control": {"behavior": [{"value": "ok"}]}}
 
@@ -91,7 +90,7 @@ def test_missing_inputs_are_a_delivered_fail(redis_configured, webapp, misbehavi
 
 
 def test_without_redis_inputs_stay_parameters(webapp, misbehaving, monkeypatch):
-    from prefect_cs.flows.job_inputs import redis_configured
+    from prefect_cs.security.job_inputs import redis_configured
 
     monkeypatch.delenv("CS_REDIS_BLOCK", raising=False)
     assert not redis_configured()

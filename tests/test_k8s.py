@@ -37,9 +37,9 @@ CS = "cs.compute.studio"
 def k8s_model(platform):
     """A 2 CPU / 4 GiB model with one secret, published on the kubernetes tier and deployed."""
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-    from prefect_cs.blocks.secrets import get_backend
     from prefect_cs.deployments.deploy import deploy_model
-    from prefect_cs.deployments.registry import register
+    from prefect_cs.registry.configs import register
+    from prefect_cs.security.secrets import get_backend
 
     model = register(
         ModelConfig(
@@ -85,7 +85,7 @@ def worker_like_env() -> dict[str, str]:
 def render(flow_run_id) -> dict:
     """`prefect-cs k8s job` in its own process, as the worker would build the Job."""
     done = subprocess.run(
-        [sys.executable, "-m", "prefect_cs.deployments.cli", "k8s", "job", str(flow_run_id)],
+        [sys.executable, "-m", "prefect_cs.cli.main", "k8s", "job", str(flow_run_id)],
         env=worker_like_env(),
         capture_output=True,
         text=True,
@@ -183,7 +183,7 @@ def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
 
 def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-    from prefect_cs.flows.builders.kubernetes import task_job_variables
+    from prefect_cs.tiers.kubernetes import task_job_variables
 
     assert task_job_variables(k8s_model, "abc-1") == {"task_id": "abc-1"}
     local = ModelConfig(owner="o", title="t", repo_url="/x", latest_tag="v1")
@@ -194,7 +194,7 @@ def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
 
 
 def test_label_values_are_sanitized():
-    from prefect_cs.flows.builders.kubernetes import label_value
+    from prefect_cs.tiers.kubernetes import label_value
 
     for raw in ["-_Tax-Brain_-", "v1.2+build/7", "x" * 80, "ünïcode tag", "__", "1.0"]:
         value = label_value(raw)
@@ -205,7 +205,7 @@ def test_label_values_are_sanitized():
 
 def test_job_variables_need_an_image():
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-    from prefect_cs.flows.builders.kubernetes import KubernetesBuilder
+    from prefect_cs.tiers.kubernetes import KubernetesBuilder
 
     model = ModelConfig(owner="o", title="t", repo_url="/x", cpu=0.5, memory="512Mi")
     with pytest.raises(ValueError, match="no image"):
@@ -217,7 +217,7 @@ def test_job_variables_need_an_image():
 
 
 def test_operator_manifests_are_valid(k8s_model):
-    from prefect_cs.deployments.k8s_manifests import operator_manifests, validate
+    from prefect_cs.deployments.kubernetes import operator_manifests, validate
 
     manifests = operator_manifests(
         [k8s_model], "http://prefect-server.prefect:4200/api", platform_image="r/prefect-cs:1"
@@ -268,7 +268,7 @@ def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
         [
             sys.executable,
             "-m",
-            "prefect_cs.deployments.cli",
+            "prefect_cs.cli.main",
             "k8s",
             "render",
             "-m",
@@ -294,7 +294,7 @@ def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
 
 
 def test_container_spec_becomes_a_docker_run(rendered):
-    from prefect_cs.deployments.k8s_docker_run import docker_run_args
+    from prefect_cs.testing.job_on_docker import docker_run_args
 
     _, run, job = rendered
     resolved = []
@@ -316,7 +316,7 @@ def test_container_spec_becomes_a_docker_run(rendered):
 
 
 def test_quantities_translate_to_docker_units():
-    from prefect_cs.deployments.k8s_docker_run import cpu_cores, memory_bytes
+    from prefect_cs.testing.job_on_docker import cpu_cores, memory_bytes
 
     assert [cpu_cores(q) for q in ("2", "500m", "1.5")] == ["2", "0.5", "1.5"]
     assert memory_bytes("4Gi") == 4 * 1024**3 and memory_bytes("512M") == 512 * 1000**2
@@ -362,7 +362,7 @@ def _puts(webapp, task_id: str) -> list[dict]:
 
 def test_crashed_run_reaches_the_webapp_as_fail_once(k8s_model, webapp):
     from prefect.client.orchestration import get_client
-    from prefect_cs.deployments.k8s_watch import REPORTED_TAG, scan_once
+    from prefect_cs.services.lost_runs import REPORTED_TAG, scan_once
 
     task_id = str(uuid.uuid4())
     run = submit(task_id)
@@ -387,7 +387,7 @@ def test_run_never_started_is_failed_and_cancelled(k8s_model, webapp):
     from prefect.client.orchestration import get_client
     from prefect.states import Pending
     from prefect.utilities.engine import propose_state
-    from prefect_cs.deployments.k8s_watch import scan_once
+    from prefect_cs.services.lost_runs import scan_once
 
     task_id = str(uuid.uuid4())
     run = submit(task_id)
@@ -410,7 +410,7 @@ def test_run_never_started_is_failed_and_cancelled(k8s_model, webapp):
 def test_run_no_worker_takes_is_failed_and_cancelled(k8s_model, webapp):
     from prefect.client.orchestration import get_client
     from prefect.states import Late
-    from prefect_cs.deployments.k8s_watch import scan_once
+    from prefect_cs.services.lost_runs import scan_once
 
     task_id = str(uuid.uuid4())
     run = submit(task_id)
@@ -427,7 +427,7 @@ def test_pool_cli_applies_the_template(platform):
     from prefect.client.orchestration import get_client
 
     done = subprocess.run(
-        [sys.executable, "-m", "prefect_cs.deployments.cli", "pool", "kubernetes"],
+        [sys.executable, "-m", "prefect_cs.cli.main", "pool", "kubernetes"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -455,9 +455,9 @@ def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
 def hang_model(misbehaving):
     """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command here."""
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-    from prefect_cs.blocks.secrets import get_backend
     from prefect_cs.deployments.deploy import deploy_model
-    from prefect_cs.deployments.registry import register
+    from prefect_cs.registry.configs import register
+    from prefect_cs.security.secrets import get_backend
 
     python = ModelConfig.for_model("tests", "Misbehaving").published().python
     model = register(
@@ -509,7 +509,7 @@ def job_process(flow_run_id, log: Path) -> subprocess.Popen:
     from prefect.client.orchestration import get_client
     from prefect.states import Pending
     from prefect.utilities.engine import propose_state
-    from prefect_cs.deployments.k8s_docker_run import backend_resolver, container_env
+    from prefect_cs.testing.job_on_docker import backend_resolver, container_env
 
     container = container_of(render(flow_run_id))
     env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))

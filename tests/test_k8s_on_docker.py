@@ -23,9 +23,8 @@ import uuid
 import zipfile
 
 import pytest
-
-from tests.helpers.docker_tier import BASE_IMAGE, REGISTRY, ensure_docker
-from tests.helpers.models import make_repo, publish_model, register_model
+from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, ensure_docker
+from prefect_cs.testing.models import make_repo, publish_model, register_model
 
 OWNER, TITLE = "tests", "K8s-On-Docker"
 SECRET_VALUE = f"k8s-tok-{uuid.uuid4().hex}"
@@ -34,7 +33,7 @@ SECRET_VALUE = f"k8s-tok-{uuid.uuid4().hex}"
 @pytest.fixture(scope="module")
 def k8s_published(platform, repos):
     """The misbehaving app published on the kubernetes tier, with one declared secret."""
-    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.security.secrets import get_backend
 
     ensure_docker()
     mp = pytest.MonkeyPatch()
@@ -61,7 +60,7 @@ def render_job(flow_run_id) -> dict:
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
     }
     done = subprocess.run(
-        [sys.executable, "-m", "prefect_cs.deployments.cli", "k8s", "job", str(flow_run_id)],
+        [sys.executable, "-m", "prefect_cs.cli.main", "k8s", "job", str(flow_run_id)],
         env=env,
         capture_output=True,
         text=True,
@@ -87,7 +86,7 @@ def mark_submitted(flow_run_id) -> None:
 
 def cluster_stand_ins(argv: list[str]) -> list[str]:
     """Host networking and the outputs folder mounted, right after `docker run`."""
-    from prefect_cs.flows.builders.docker import container_volumes
+    from prefect_cs.tiers.docker import container_volumes
 
     extra = ["--network", "host"]
     for volume in container_volumes():
@@ -98,8 +97,8 @@ def cluster_stand_ins(argv: list[str]) -> list[str]:
 def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_home):
     import docker
     from prefect.client.orchestration import get_client
-    from prefect_cs.deployments.k8s_docker_run import backend_resolver, docker_run_args
     from prefect_cs.deployments.submit import submit_simulation
+    from prefect_cs.testing.job_on_docker import backend_resolver, docker_run_args
 
     task_id = str(uuid.uuid4())
     run = submit_simulation(

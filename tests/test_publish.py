@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig
-from prefect_cs.deployments.cli import app
+from prefect_cs.cli.main import app
+from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model
 from typer.testing import CliRunner
-
-from tests.helpers.models import add_tag, make_repo, publish_model, register_model
 
 
 def read_deployment(name: str):

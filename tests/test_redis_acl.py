@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from prefect_cs.blocks.redis_acl import (
+from prefect_cs.cli.redis import redis_app
+from prefect_cs.security.redis_acl import (
     AclError,
     RedisConfig,
     get_job_inputs,
@@ -20,11 +21,9 @@ from prefect_cs.blocks.redis_acl import (
     job_key,
     put_job_inputs,
 )
-from prefect_cs.deployments.cli_redis import redis_app
+from prefect_cs.testing.redis_server import RedisServer, make_config
 from pydantic import SecretStr
 from typer.testing import CliRunner
-
-from tests.helpers.redis_server import RedisServer, make_config
 
 TASK_ID = "0b7c6a52-55d4-4a8e-9a55-0a3c8e9e2f10"
 JOB = f"job-{TASK_ID}"

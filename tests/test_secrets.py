@@ -9,17 +9,16 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from prefect_cs.blocks.secrets import (
+from prefect_cs.cli.main import app
+from prefect_cs.security.secrets import (
     GcpSecretsBackend,
     PrefectSecretsBackend,
     SecretNotFound,
     gcp_client,
     get_secrets_settings,
 )
-from prefect_cs.deployments.cli import app
+from prefect_cs.testing.secret_manager_standin import SecretManagerStandIn
 from typer.testing import CliRunner
-
-from tests.helpers.secret_manager_standin import SecretManagerStandIn
 
 cli = CliRunner()
 
@@ -147,7 +146,7 @@ def test_gcp_backend_unreachable_is_one_line(monkeypatch):
 
 
 def test_prefect_backend_is_the_default(platform):
-    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.security.secrets import get_backend
 
     assert isinstance(get_backend(None), PrefectSecretsBackend)
 
@@ -158,7 +157,7 @@ def test_prefect_backend_is_the_default(platform):
 @pytest.fixture
 def model_with_secret(misbehaving):
     from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.security.secrets import get_backend
 
     value = "tok-" + secrets.token_hex(16)
     get_backend("tests/Misbehaving").set("DEMO_TOKEN", value)

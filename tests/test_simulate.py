@@ -99,7 +99,7 @@ def test_webapp_retries_then_accepts(misbehaving, webapp):
 
 def test_webapp_down_keeps_result_and_resend_delivers_it(misbehaving, webapp, cs_home):
     from prefect_cs.blocks.webapp import WebApp
-    from prefect_cs.deployments.cli import app
+    from prefect_cs.cli.main import app
     from typer.testing import CliRunner
 
     WebApp(base_url="http://127.0.0.1:9", token=webapp.token).save("default", overwrite=True)
@@ -118,7 +118,7 @@ def test_webapp_down_keeps_result_and_resend_delivers_it(misbehaving, webapp, cs
 
 def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
     """The model's process sees none of the platform's environment, only what it is given."""
-    from prefect_cs.flows.model_process import call_model
+    from prefect_cs.flows.runtime.model_process import call_model
 
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_platform_key")
     monkeypatch.setenv("CS_WEBAPP_TOKEN", "webapp-token-value")

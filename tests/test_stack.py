@@ -10,8 +10,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prefect_cs.deployments.stack import process_worker
 from prefect_cs.deployments.submit import submit_simulation
+from prefect_cs.services.stack import process_worker
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def flow_process(flow_run_id) -> int | None:
 def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, worker):
     """A flow process killed mid-run cannot notify anyone: the lost-run watcher sends the FAIL."""
     from prefect.client.orchestration import get_client
-    from prefect_cs.deployments.k8s_watch import scan_once
+    from prefect_cs.services.lost_runs import scan_once
 
     task_id = str(uuid.uuid4())
     run = submit_simulation(

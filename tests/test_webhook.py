@@ -20,19 +20,18 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from prefect_cs.deployments.publish_events import (
+from prefect_cs.deployments.triggers import (
     PUBLISH_TRIGGERS,
     PublishRequest,
     cloud_webhook_template,
 )
-from prefect_cs.deployments.webhook import (
+from prefect_cs.services.webhook import (
     DeliveryStore,
     normalize_repo_url,
     signature,
     signature_ok,
 )
-
-from tests.helpers.webhooks import (
+from prefect_cs.testing.webhooks import (
     deliver,
     new_sha,
     pull_request,
@@ -51,7 +50,7 @@ SETTLE_SECONDS = 3.0
 
 @pytest.fixture(scope="module")
 def github(platform):
-    from prefect_cs.deployments.github_standin import GitHubStandIn
+    from prefect_cs.testing.github_standin import GitHubStandIn
     from prefect_github import GitHubCredentials
 
     standin = GitHubStandIn(token="ghp_" + secrets.token_hex(16))
@@ -65,7 +64,7 @@ def github(platform):
 
 @pytest.fixture(scope="module")
 def webhook_secret(platform) -> str:
-    from prefect_cs.blocks.secrets import get_backend
+    from prefect_cs.security.secrets import get_backend
 
     value = secrets.token_urlsafe(32)
     get_backend(None).set("GITHUB_WEBHOOK_SECRET", value)
@@ -82,7 +81,7 @@ def publish_deployment(platform):
 @pytest.fixture(scope="module")
 def hook_model(platform):
     from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.deployments.registry import register
+    from prefect_cs.registry.configs import register
 
     return register(
         ModelConfig(owner="hooks", title="Tagged", repo_url=f"git@github.com:{MODEL_REPO}.git")

@@ -1,0 +1,55 @@
+"""`prefect-cs webhook …`: serve the GitHub webhook receiver, show its trigger and Cloud template."""
+
+from __future__ import annotations
+
+import typer
+import yaml
+from rich.console import Console
+
+webhook_app = typer.Typer(
+    help="The GitHub webhook receiver that turns pushes, releases and PRs into publish runs.",
+    no_args_is_help=True,
+)
+console = Console()
+err = Console(stderr=True)
+
+
+@webhook_app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8780, help="Port to listen on."),
+) -> None:
+    """Serve POST /github (and GET /health) with uvicorn until interrupted."""
+    from prefect_cs.services.webhook import serve
+
+    try:
+        serve(host, port)
+    except RuntimeError as exc:  # e.g. the webhook secret is not set
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+@webhook_app.command("triggers")
+def triggers_cmd() -> None:
+    """The publish deployment's triggers, as YAML for prefect.yaml."""
+    from prefect_cs.deployments.triggers import PUBLISH_TRIGGERS
+
+    typer.echo(yaml.safe_dump({"triggers": PUBLISH_TRIGGERS}, sort_keys=False, width=200))
+
+
+@webhook_app.command("cloud-template")
+def cloud_template_cmd(
+    owner: str = typer.Argument(..., help="The model's owner."),
+    title: str = typer.Argument(..., help="The model's title."),
+) -> None:
+    """A Prefect Cloud webhook template emitting the same event for one model's tag pushes."""
+    from prefect_cs.blocks.model_config import check_name
+    from prefect_cs.deployments.triggers import cloud_webhook_template
+
+    try:
+        check_name("owner", owner)
+        check_name("title", title)
+    except ValueError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    typer.echo(cloud_webhook_template(owner, title))

@@ -1,0 +1,46 @@
+"""The platform's exceptions, under one base so the CLI and services map them in one place.
+
+Every message names the problem and the fix (the command or setting to change).
+Each class also derives from the built-in it replaced (LookupError, ValueError,
+RuntimeError), so `except LookupError` around a model lookup keeps working.
+"""
+
+
+class CSError(Exception):
+    """Anything the platform refuses or cannot do; the message says what to do about it."""
+
+
+class NotConfigured(CSError, LookupError):
+    """A block or setting the call needs is missing (web app, outputs storage, Redis, a secret)."""
+
+
+class NotFound(CSError, LookupError):
+    """A model, tag or stored item that does not exist."""
+
+
+class ConfigError(CSError, ValueError):
+    """A model config (file, block or web app project) that cannot be used, with what to fix."""
+
+
+class StepFailed(CSError, RuntimeError):
+    """A publish step failed; the message carries the step's own output."""
+
+
+class MalformedOutputs(CSError, ValueError):
+    """run_model returned something cs-storage would not accept; the message names the output."""
+
+
+class DeliveryError(CSError, RuntimeError):
+    """The web app did not accept a result after the bounded retries."""
+
+
+class SecretsError(CSError, RuntimeError):
+    """The secrets backend refused or failed; the message names the fix."""
+
+
+class SecretNotFound(CSError, LookupError):
+    """No secret of that name in the scope asked for."""
+
+
+class AclError(CSError, RuntimeError):
+    """Redis ACL setup could not connect or was refused; the message names the fix."""

@@ -1,0 +1,304 @@
+"""Kubernetes manifests: what the operator applies, and the Job the worker would create.
+
+Two kinds of output:
+- operator manifests (`prefect-cs k8s render | kubectl apply -f -`): namespaces,
+  the Prefect worker's RBAC, the model jobs' token-less service account, each
+  model's Secret and long-running inputs server. Model Secrets are the one place
+  secret values appear (base64, in the operator's output only, never logged).
+- `render_job`: a flow run's Job exactly as prefect-kubernetes' worker builds it
+  (its own `resolve_for_flow_run`), for tests and for `prefect-cs k8s job`.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from typing import Any
+from uuid import UUID
+
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.tiers.kubernetes import (
+    LABEL_PREFIX,
+    label_value,
+    model_labels,
+    model_secret_name,
+    secret_env,
+)
+from prefect_cs.work_pools.pools import base_job_template
+
+KUBERNETES_VERSION = "1.37.0"
+WORKER_NAMESPACE = "prefect"
+WORKER_SERVICE_ACCOUNT = "prefect-worker"
+PLATFORM_PYTHON = "/opt/cs/platform/bin/python"
+Manifest = dict[str, Any]
+
+
+def template_default(variable: str) -> Any:
+    """A default of work_pools/kubernetes.json: the template is the one source of these names."""
+    return base_job_template("kubernetes")["variables"]["properties"][variable]["default"]
+
+
+def jobs_namespace() -> str:
+    return template_default("namespace")
+
+
+def namespace(name: str) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "prefect-cs"}},
+    }
+
+
+def worker_rbac(
+    jobs_ns: str, worker_ns: str = WORKER_NAMESPACE, account: str = WORKER_SERVICE_ACCOUNT
+) -> list[Manifest]:
+    """What the Prefect worker may do in the jobs namespace, and nothing more.
+
+    Jobs: create, watch and delete (cancellation deletes the Job, whose pods go
+    with it). Pods and their logs: read, to report a crash. Events: read, for
+    the observer's diagnoses. Secrets: read only (model Secrets are applied by
+    the operator, never by the worker).
+    """
+    role = f"{account}-jobs"
+    rules = [
+        {
+            "apiGroups": ["batch"],
+            "resources": ["jobs"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["pods"],
+            "verbs": ["create", "get", "list", "watch", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+        {
+            "apiGroups": ["", "events.k8s.io"],
+            "resources": ["events"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    ]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": account, "namespace": worker_ns},
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": role, "namespace": jobs_ns},
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": role, "namespace": jobs_ns},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": worker_ns}],
+        },
+    ]
+
+
+def model_job_service_account(jobs_ns: str) -> Manifest:
+    """Model code is untrusted: its pods run as an account with no role and no mounted token."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": template_default("service_account_name"), "namespace": jobs_ns},
+        "automountServiceAccountToken": False,
+    }
+
+
+def model_secret(model: ModelConfig, values: dict[str, str], jobs_ns: str) -> Manifest:
+    """The model's declared secrets, resolved from the backend; what its secretKeyRefs point at."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": model_secret_name(model),
+            "namespace": jobs_ns,
+            "labels": model_labels(model),
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in sorted(values.items())},
+    }
+
+
+def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url: str) -> Manifest:
+    """The model's inputs task worker (version, defaults, parse), always on, in the model image.
+
+    It stays off the autoscaled model pool (no node selector) so that pool can
+    scale to zero; CPU request is small (the calls are light), the limits are the model's.
+    """
+    from prefect_cs.tiers.kubernetes import resources
+
+    labels = {**model_labels(model, entry.tag), "app.kubernetes.io/component": "inputs"}
+    selector = {k: v for k, v in labels.items() if not k.endswith("/tag")}
+    res = resources(model)
+    env = [
+        {"name": "PREFECT_API_URL", "value": api_url},
+        {"name": "CS_SECRETS_SOURCE", "value": "env"},
+        {"name": "CS_INPUTS_MODEL", "value": f"{model.owner}/{model.title}"},
+        *secret_env(model),
+    ]
+    container = {
+        "name": "inputs",
+        "image": entry.image,
+        "imagePullPolicy": template_default("image_pull_policy"),
+        "command": [PLATFORM_PYTHON, "-m", "prefect_cs.flows.inputs"],
+        "env": env,
+        "resources": {
+            "requests": {"cpu": "100m", "memory": res["memory_request"]},
+            "limits": {"cpu": res["cpu_limit"], "memory": res["memory_limit"]},
+        },
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": f"cs-inputs-{model.slug}"[:63],
+            "namespace": jobs_ns,
+            "labels": labels,
+        },
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "serviceAccountName": template_default("service_account_name"),
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "imagePullSecrets": template_default("image_pull_secrets"),
+                    "containers": [container],
+                },
+            },
+        },
+    }
+
+
+def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Manifest:
+    """`prefect-cs k8s watch` beside the worker: reports runs Kubernetes lost as FAIL.
+
+    It runs the platform image (not a model's): it reads the web app block, so it
+    holds platform credentials and never runs model code. It needs no Kubernetes
+    API access at all (it reads states and logs from Prefect), so no token is mounted.
+    """
+    labels = {"app.kubernetes.io/part-of": "prefect-cs", "app.kubernetes.io/component": "watcher"}
+    container = {
+        "name": "watcher",
+        "image": image,
+        "command": [
+            "prefect-cs",
+            "k8s",
+            "watch",
+            "--pending-timeout",
+            str(template_default("pod_watch_timeout_seconds")),
+        ],
+        "env": [{"name": "PREFECT_API_URL", "value": api_url}],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "512Mi"},
+        },
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "cs-k8s-watch", "namespace": worker_ns, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"automountServiceAccountToken": False, "containers": [container]},
+            },
+        },
+    }
+
+
+def kubernetes_entry(model: ModelConfig) -> PublishedTag | None:
+    """The promoted tag when it runs on Kubernetes; None for models on other tiers."""
+    try:
+        entry = model.published()
+    except LookupError:
+        return None
+    return entry if entry.tier == "kubernetes" and entry.image else None
+
+
+def operator_manifests(
+    models: Iterable[ModelConfig],
+    api_url: str,
+    jobs_ns: str | None = None,
+    worker_ns: str = WORKER_NAMESPACE,
+    with_secrets: bool = True,
+    platform_image: str | None = None,
+) -> list[Manifest]:
+    """Everything the operator applies, in apply order (namespaces first)."""
+    from prefect_cs.security.secrets import model_secret_env
+
+    jobs_ns = jobs_ns or jobs_namespace()
+    manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
+    manifests += worker_rbac(jobs_ns, worker_ns)
+    manifests.append(model_job_service_account(jobs_ns))
+    if platform_image:
+        manifests.append(watcher(platform_image, api_url, worker_ns))
+    for model in models:
+        if with_secrets and model.secrets:
+            values = model_secret_env(model.owner, model.title, model.secrets)
+            manifests.append(model_secret(model, values, jobs_ns))
+        if entry := kubernetes_entry(model):
+            manifests.append(inputs_server(model, entry, jobs_ns, api_url))
+    return manifests
+
+
+async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") -> Manifest:
+    """The Job prefect-kubernetes' worker would create for this flow run, without a cluster.
+
+    Same code path as the worker: `resolve_for_flow_run` merges the deployment's
+    and the run's job variables over the pool's base job template, then
+    `prepare_for_flow_run` adds the worker's environment and Prefect's labels.
+    Run it with the worker's (minimal) environment: it copies this process's
+    PREFECT_* settings into the Job, as the worker does.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
+
+    async with get_client() as client:
+        flow_run = await client.read_flow_run(flow_run_id)
+        if flow_run.deployment_id is None:
+            raise ValueError(f"flow run {flow_run_id} has no deployment: nothing to render")
+        deployment = await client.read_deployment(flow_run.deployment_id)
+        pool = await client.read_work_pool(deployment.work_pool_name)
+        if pool.type != "kubernetes":
+            raise ValueError(
+                f"flow run {flow_run_id} is on work pool {pool.name!r} of type {pool.type!r}:"
+                " only kubernetes pools create Jobs (deploy the model with CS_TIER=kubernetes)"
+            )
+        config = await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
+            flow_run, client=client, work_pool=pool, worker_name=worker_name, deployment=deployment
+        )
+    return config.job_manifest
+
+
+def validate(manifests: Iterable[Manifest], version: str = KUBERNETES_VERSION) -> int:
+    """Strict validation against the Kubernetes OpenAPI schema; the count validated.
+
+    kubernetes-validate is a test dependency: install `.[test]` to use this.
+    """
+    import kubernetes_validate
+
+    count = 0
+    for manifest in manifests:
+        kubernetes_validate.validate(manifest, version, strict=True)
+        count += 1
+    return count
+
+
+def pod_labels(task_id: str) -> str:
+    """The label selector of one task's Job and pod: `kubectl get pods -l …`."""
+    return f"{LABEL_PREFIX}/task-id={label_value(task_id)}"

@@ -1,0 +1,74 @@
+"""What a model's child process gets: its runner, its environment, and the scrubbing of its secrets."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.core.errors import NotConfigured
+from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+
+RUNTIME_DIR = "cs-runtime"
+
+
+def runner_for(python: str) -> str:
+    """The copy of child.py installed in the model environment at publish; the platform's own as fallback."""
+    installed = Path(python).parent.parent / RUNTIME_DIR / CHILD_SCRIPT.name
+    return str(installed if installed.exists() else CHILD_SCRIPT)
+
+
+def declared_secrets(model: ModelConfig) -> dict[str, str]:
+    """The model's declared secrets: from this process's environment when the job was started
+    with them (Docker: block references resolved at container start; Kubernetes: secretKeyRef),
+    else from the secrets backend."""
+    if not model.secrets:
+        return {}
+    found = {name: os.environ[name] for name in model.secrets if os.environ.get(name)}
+    missing = [name for name in model.secrets if name not in found]
+    if missing and os.environ.get("CS_SECRETS_SOURCE") == "env":
+        raise NotConfigured(
+            f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
+            " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
+        )
+    if missing:
+        from prefect_cs.security.secrets import model_secret_env
+
+        found.update(model_secret_env(model.owner, model.title, missing))
+    return found
+
+
+def memory_rlimit_mib(model: ModelConfig) -> int | None:
+    """An address-space limit for the child, unless a container's cgroup already bounds memory
+    (more precisely: it counts resident memory, and its OOM kill is reported as such)."""
+    from prefect_cs.core.settings import get_settings
+
+    return None if get_settings().memory_by_container else model.memory_limit_mib
+
+
+def model_env(model: ModelConfig) -> dict[str, str]:
+    """Declared secrets plus thread counts matched to the model's CPU share."""
+    threads = str(max(1, int(model.cpu)))
+    env = {name: threads for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["MALLOC_ARENA_MAX"] = "2"
+    env.update(declared_secrets(model))
+    return env
+
+
+def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
+    """Masks the model's secret values in anything leaving the job (payloads, logs, outputs)."""
+    from prefect_cs.security.secrets import Scrubber
+
+    try:
+        return Scrubber(declared_secrets(model).values())
+    except LookupError:  # a secret that is not set never reached the model: nothing to mask
+        return Scrubber([])
+
+
+def child_user() -> int | None:
+    """The uid model children run as (container tiers set CS_MODEL_UID; None: the flow's own)."""
+    from prefect_cs.core.settings import get_settings
+
+    return get_settings().model_uid

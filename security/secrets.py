@@ -1,0 +1,455 @@
+"""Cluster-level and model-level secrets behind one small interface.
+
+A secret is addressed by a scope (None for the cluster, "OWNER/TITLE" for a
+model) and a name. Two backends store them: Prefect `Secret` blocks (the
+default, nothing else to run) and Google Secret Manager (production). Jobs get
+secrets resolved by `model_secret_env`, and everything leaving the cluster goes
+through a `Scrubber` so a value a model prints never reaches the web app, a log
+or an artifact.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect_cs.blocks.model_config import check_name, slug
+from prefect_cs.core.errors import SecretNotFound, SecretsError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+SECRET_NAME_RULE = "letters, digits, '_' and '-' only (1 to 64 characters)"
+MAX_VALUE_BYTES = 64 * 1024  # Google Secret Manager's payload limit, kept for both backends
+MAX_ID_LENGTH = 255  # Google Secret Manager's secret id limit
+BACKENDS = ("prefect", "gcp")
+
+
+class SecretsSettings(BaseSettings):
+    """Which backend holds secrets; read from the environment (prefix `CS_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_", extra="ignore")
+
+    secrets_backend: str = "prefect"
+    gcp_project: str | None = None
+    gcp_credentials_block: str | None = None
+    gcp_secrets_endpoint: str | None = None
+
+
+# ---- names and scopes -------------------------------------------------------
+
+
+def check_secret_name(name: str) -> str:
+    """Names become environment variable names in jobs and ids in the backends."""
+    if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+        raise ValueError(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
+    return name
+
+
+def parse_scope(scope: str | None) -> tuple[str, str] | None:
+    """None is the cluster; "OWNER/TITLE" is a model (validated like model names)."""
+    if scope is None:
+        return None
+    owner, _, title = scope.partition("/")
+    return check_name("owner", owner), check_name("title", title)
+
+
+def encode(text: str) -> str:
+    """Reversibly map [A-Za-z0-9_-] onto [a-z0-9-] (Prefect block names): '-'→'-0', '_'→'-1', 'X'→'-x'.
+
+    An encoded string never contains '--' and never ends with '-', so '--' can
+    separate the parts of an id without ambiguity.
+    """
+    out = []
+    for ch in text:
+        if ch == "-":
+            out.append("-0")
+        elif ch == "_":
+            out.append("-1")
+        elif ch.isupper():
+            out.append("-" + ch.lower())
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def decode(text: str) -> str:
+    """The inverse of `encode`."""
+    out, chars = [], iter(text)
+    for ch in chars:
+        if ch != "-":
+            out.append(ch)
+            continue
+        following = next(chars, "")
+        out.append({"0": "-", "1": "_"}.get(following) or following.upper())
+    return "".join(out)
+
+
+def scope_prefix(model: tuple[str, str] | None) -> str:
+    """The id prefix shared by every secret of one scope, and by no other scope's."""
+    if model is None:
+        return "cs-cluster--"
+    owner, title = model
+    return f"cs-model--{encode(owner)}--{encode(title)}--"
+
+
+def secret_id(model: tuple[str, str] | None, name: str) -> str:
+    """`cs-cluster--<name>` or `cs-model--<owner>--<title>--<name>`, each part encoded."""
+    ident = scope_prefix(model) + encode(check_secret_name(name))
+    if len(ident) > MAX_ID_LENGTH:
+        raise ValueError(
+            f"secret name {name!r} is too long for this scope: the stored id would have"
+            f" {len(ident)} characters (at most {MAX_ID_LENGTH}); use a shorter name"
+        )
+    return ident
+
+
+def name_from_id(model: tuple[str, str] | None, ident: str) -> str | None:
+    """The original name of an id in this scope, or None when the id is not one of its secrets."""
+    prefix = scope_prefix(model)
+    if not ident.startswith(prefix):
+        return None
+    rest = ident[len(prefix) :]
+    name = decode(rest)
+    if "--" in rest or encode(name) != rest or not SECRET_NAME_RE.match(name):
+        return None
+    return name
+
+
+def check_value(value: str) -> str:
+    """Empty values are refused: scrubbing an empty string would be meaningless."""
+    if not isinstance(value, str) or not value:
+        raise ValueError("a secret value must be a non-empty string")
+    if len(value.encode()) > MAX_VALUE_BYTES:
+        raise ValueError(f"a secret value may have at most {MAX_VALUE_BYTES} bytes")
+    return value
+
+
+# ---- the interface -------------------------------------------------------------
+
+
+class SecretsBackend(ABC):
+    """set / get / list / delete secrets of one scope (the cluster, or one model)."""
+
+    def __init__(self, scope: str | None = None) -> None:
+        self.scope = scope
+        self.model = parse_scope(scope)
+
+    @property
+    def where(self) -> str:
+        """The scope in words, for error messages."""
+        return "the cluster" if self.model is None else f"model {self.model[0]}/{self.model[1]}"
+
+    def id_for(self, name: str) -> str:
+        return secret_id(self.model, name)
+
+    def not_found(self, name: str) -> SecretNotFound:
+        return SecretNotFound(f"secret {name!r} is not set for {self.where}")
+
+    @abstractmethod
+    def set(self, name: str, value: str) -> None:
+        """Create the secret or replace its value."""
+
+    @abstractmethod
+    def get(self, name: str) -> str:
+        """The value; SecretNotFound when it is not set in this scope."""
+
+    @abstractmethod
+    def list(self) -> list[str]:
+        """The original names of this scope's secrets, sorted; never another scope's."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Remove the secret; SecretNotFound when it is not set in this scope."""
+
+
+# ---- backend 1: Prefect Secret blocks -------------------------------------------
+
+
+class PrefectSecretsBackend(SecretsBackend):
+    """Prefect `Secret` block documents named by `secret_id` (they show, masked, in the UI)."""
+
+    page_size = 200
+
+    def set(self, name: str, value: str) -> None:
+        from prefect.blocks.system import Secret
+
+        Secret(value=check_value(value)).save(self.id_for(name), overwrite=True, _sync=True)
+
+    def get(self, name: str) -> str:
+        from prefect.blocks.system import Secret
+
+        try:
+            block = Secret.load(self.id_for(name), _sync=True)
+        except ValueError as exc:
+            raise self.not_found(name) from exc
+        # Secret.get() would json-decode "123" into an int: read the raw string.
+        value = block.value.get_secret_value()
+        return value if isinstance(value, str) else json.dumps(value)
+
+    def list(self) -> list[str]:
+        names = (name_from_id(self.model, ident) for ident in self._document_names())
+        return sorted(n for n in names if n is not None)
+
+    def delete(self, name: str) -> None:
+        from prefect.blocks.system import Secret
+
+        try:
+            Secret.delete(self.id_for(name), _sync=True)
+        except ValueError as exc:
+            raise self.not_found(name) from exc
+
+    def _document_names(self) -> list[str]:
+        """Every Secret block document name, page by page, without their values."""
+        from prefect.client.orchestration import get_client
+        from prefect.exceptions import ObjectNotFound
+
+        names: list[str] = []
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    page = client.read_block_documents_by_type(
+                        "secret", offset=len(names), limit=self.page_size, include_secrets=False
+                    )
+                except ObjectNotFound:
+                    return []
+                names += [doc.name for doc in page if doc.name]
+                if len(page) < self.page_size:
+                    return names
+
+
+# ---- backend 2: Google Secret Manager ---------------------------------------------
+
+
+class GcpSecretsBackend(SecretsBackend):
+    """Google Secret Manager: one secret per name, id `secret_id`, scope in labels.
+
+    Labels (lowercase only) make the scope filterable; annotations keep the
+    original owner, title and name, and `list` checks them against the id.
+    """
+
+    def __init__(
+        self, scope: str | None = None, *, project: str, client: Any | None = None
+    ) -> None:
+        super().__init__(scope)
+        if not project:
+            raise ValueError("Google Secret Manager needs a project: set CS_GCP_PROJECT")
+        self.project = project
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        """Created on first use, so choosing the backend needs no credentials yet."""
+        if self._client is None:
+            self._client = gcp_client(get_secrets_settings())
+        return self._client
+
+    @property
+    def parent(self) -> str:
+        return f"projects/{self.project}"
+
+    def path(self, name: str) -> str:
+        return f"{self.parent}/secrets/{self.id_for(name)}"
+
+    def labels(self) -> dict[str, str]:
+        if self.model is None:
+            return {"cs_scope": "cluster"}
+        return {"cs_scope": "model", "cs_model": slug(*self.model)[:63]}
+
+    def annotations(self, name: str) -> dict[str, str]:
+        notes = {"cs_name": name}
+        if self.model is not None:
+            notes |= {"cs_owner": self.model[0], "cs_title": self.model[1]}
+        return notes
+
+    def set(self, name: str, value: str) -> None:
+        import google_crc32c
+        from google.api_core import exceptions
+
+        data = check_value(value).encode()
+        secret = {
+            "replication": {"automatic": {}},
+            "labels": self.labels(),
+            "annotations": self.annotations(name),
+        }
+        with _gcp_errors(f"set {name!r} for {self.where}"):
+            try:
+                self.client.create_secret(
+                    request={
+                        "parent": self.parent,
+                        "secret_id": self.id_for(name),
+                        "secret": secret,
+                    }
+                )
+            except exceptions.Conflict:
+                pass  # it exists: add a new version below
+            payload = {"data": data, "data_crc32c": google_crc32c.value(data)}
+            self.client.add_secret_version(request={"parent": self.path(name), "payload": payload})
+
+    def get(self, name: str) -> str:
+        import google_crc32c
+        from google.api_core import exceptions
+
+        with _gcp_errors(f"get {name!r} for {self.where}"):
+            try:
+                response = self.client.access_secret_version(
+                    request={"name": self.path(name) + "/versions/latest"}
+                )
+            except exceptions.NotFound as exc:
+                raise self.not_found(name) from exc
+        data = response.payload.data
+        crc = response.payload.data_crc32c
+        if crc and google_crc32c.value(data) != crc:
+            raise SecretsError(f"secret {name!r} for {self.where}: payload checksum mismatch")
+        return data.decode()
+
+    def list(self) -> list[str]:
+        query = " AND ".join(f"labels.{k}={v}" for k, v in self.labels().items())
+        names = []
+        with _gcp_errors(f"list secrets of {self.where}"):
+            for secret in self.client.list_secrets(
+                request={"parent": self.parent, "filter": query}
+            ):
+                if name := self._name_of(secret):
+                    names.append(name)
+        return sorted(names)
+
+    def delete(self, name: str) -> None:
+        from google.api_core import exceptions
+
+        with _gcp_errors(f"delete {name!r} for {self.where}"):
+            try:
+                self.client.delete_secret(request={"name": self.path(name)})
+            except exceptions.NotFound as exc:
+                raise self.not_found(name) from exc
+
+    def _name_of(self, secret: Any) -> str | None:
+        """The original name, only if the annotations and the id agree with this scope."""
+        ident = secret.name.rsplit("/", 1)[-1]
+        name = name_from_id(self.model, ident)
+        notes = dict(secret.annotations)
+        if name is None or notes.get("cs_name", name) != name:
+            return None
+        if self.model is not None and (notes.get("cs_owner"), notes.get("cs_title")) != self.model:
+            return None
+        return name
+
+
+@contextmanager
+def _gcp_errors(action: str) -> Iterator[None]:
+    """Turn Google API errors not handled by the caller into a one-line SecretsError."""
+    from google.api_core import exceptions
+
+    try:
+        yield
+    except exceptions.GoogleAPIError as exc:
+        raise SecretsError(
+            f"Google Secret Manager could not {action}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def gcp_client(settings: SecretsSettings) -> Any:
+    """A Secret Manager client: from a GcpCredentials block, the default credentials, or
+    anonymous over REST when the endpoint is a plain http:// one (a local emulator)."""
+    from google.cloud import secretmanager
+
+    endpoint = settings.gcp_secrets_endpoint
+    if endpoint and endpoint.startswith("http://"):
+        from google.auth.credentials import AnonymousCredentials
+
+        return secretmanager.SecretManagerServiceClient(
+            credentials=AnonymousCredentials(),
+            transport="rest",
+            client_options={"api_endpoint": endpoint},
+        )
+    options = {"api_endpoint": endpoint} if endpoint else None
+    credentials = None
+    if settings.gcp_credentials_block:
+        from prefect_gcp.credentials import GcpCredentials
+
+        block = GcpCredentials.load(settings.gcp_credentials_block, _sync=True)
+        credentials = block.get_credentials_from_service_account()
+    return secretmanager.SecretManagerServiceClient(credentials=credentials, client_options=options)
+
+
+# ---- choosing a backend, resolving a model's secrets, scrubbing ---------------------
+
+
+def get_secrets_settings() -> SecretsSettings:
+    """Read afresh: tests and the CLI change the environment between calls."""
+    return SecretsSettings()
+
+
+def get_backend(scope: str | None = None) -> SecretsBackend:
+    """The backend named by CS_SECRETS_BACKEND (`prefect`, the default, or `gcp`)."""
+    settings = get_secrets_settings()
+    kind = settings.secrets_backend.strip().lower()
+    if kind == "prefect":
+        return PrefectSecretsBackend(scope)
+    if kind == "gcp":
+        return GcpSecretsBackend(scope, project=settings.gcp_project or "")
+    raise ValueError(
+        f"invalid CS_SECRETS_BACKEND {settings.secrets_backend!r}: use one of {', '.join(BACKENDS)}"
+    )
+
+
+def model_secret_env(owner: str, title: str, names: Iterable[str]) -> dict[str, str]:
+    """A model's declared secrets by name: the model's own value first, else the cluster's."""
+    model = get_backend(f"{owner}/{title}")
+    cluster = get_backend(None)
+    env = {}
+    for name in names:
+        try:
+            env[name] = model.get(name)
+        except SecretNotFound:
+            try:
+                env[name] = cluster.get(name)
+            except SecretNotFound:
+                raise SecretNotFound(
+                    f"model {owner}/{title} declares secret {name!r}, which is set neither for"
+                    f" the model nor for the cluster: run"
+                    f" `prefect-cs models -n {owner}/{title} secrets set --name {name}`"
+                ) from None
+    return env
+
+
+class Scrubber:
+    """Replaces every known secret value with `***` in strings and nested JSON-like data.
+
+    Applied to everything sent to the web app, logs and artifacts. Each value is
+    also matched in its JSON-escaped form, so a secret with a quote or a
+    backslash is caught inside serialized JSON too.
+    """
+
+    mask = "***"
+
+    def __init__(self, values: Iterable[str]) -> None:
+        variants = set()
+        for value in values:
+            if value:
+                variants |= {value, json.dumps(value)[1:-1]}
+        # Longest first, so a secret containing another secret is masked whole.
+        ordered = sorted(variants, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+    @classmethod
+    def for_model(cls, owner: str, title: str, names: Iterable[str]) -> Scrubber:
+        return cls(model_secret_env(owner, title, names).values())
+
+    def __call__(self, data: Any) -> Any:
+        return self.scrub(data)
+
+    def scrub(self, data: Any) -> Any:
+        """The same shape with secrets masked in every string, dict keys included."""
+        if self._pattern is None:
+            return data
+        if isinstance(data, str):
+            return self._pattern.sub(self.mask, data)
+        if isinstance(data, dict):
+            return {self.scrub(k): self.scrub(v) for k, v in data.items()}
+        if isinstance(data, list | tuple | set):
+            return type(data)(self.scrub(v) for v in data)
+        return data

@@ -1,0 +1,120 @@
+"""A model's inputs server on the Docker tier: its own image, running the inputs task worker for it alone.
+
+On the container tiers a model's environment exists only in its image, so the
+web app's light calls (version, defaults, parse) are answered by a long-running
+container of that image, subscribed to the model's own task keys
+(CS_INPUTS_MODEL, see flows/inputs.py). It shares the task storage folder with
+the callers, as background tasks require. On Kubernetes the same server is a
+Deployment (`prefect-cs k8s render`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import NotFound
+from prefect_cs.flows.inputs import TASK_STORAGE_BLOCK, task_storage_env
+from prefect_cs.tiers.docker import PLATFORM_VENV, docker_client
+
+LABEL = "cs.compute.studio/inputs-server"
+
+
+def container_name(model: ModelConfig) -> str:
+    return f"cs-inputs-{model.slug}"
+
+
+def image_entry(model: ModelConfig) -> PublishedTag:
+    """The promoted tag's image; a clear error when the model is not on a container tier."""
+    entry = model.published()
+    if not entry.image:
+        raise NotFound(
+            f"{model.owner}/{model.title}@{entry.tag} is on the {entry.tier} tier, without an image:"
+            " its inputs are served by the local inputs worker (`prefect-cs stack start`)"
+        )
+    return entry
+
+
+def task_storage_volume() -> dict[str, dict[str, str]]:
+    """The folder of the task storage block, mounted at the same path: callers read results there."""
+    from prefect.blocks.core import Block
+
+    basepath = getattr(Block.load(TASK_STORAGE_BLOCK, _sync=True), "basepath", None)
+    if not basepath:
+        return {}  # a bucket: nothing to mount
+    return {basepath: {"bind": basepath, "mode": "rw"}}
+
+
+def server_environment(model: ModelConfig) -> dict[str, str]:
+    """What the task worker needs: the API, the model it serves, the shared task storage."""
+    env = {
+        "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
+        "CS_INPUTS_MODEL": f"{model.owner}/{model.title}",
+        "CS_MEMORY_BY_CONTAINER": "true",
+        **task_storage_env(),
+    }
+    env.update(
+        {k: v for k, v in os.environ.items() if k in ("CS_SECRETS_BACKEND", "CS_WEBAPP_BLOCK")}
+    )
+    return env
+
+
+def start_inputs_server(owner: str, title: str) -> str:
+    """(Re)start the model's inputs server on its promoted image; returns the container name."""
+    model = ModelConfig.for_model(owner, title)
+    entry = image_entry(model)
+    stop_inputs_server(owner, title)
+    name = container_name(model)
+    limit = f"{model.memory_limit_mib}m"
+    docker_client().containers.run(
+        entry.image,
+        [f"{PLATFORM_VENV}/bin/python", "-m", "prefect_cs.flows.inputs"],
+        name=name,
+        detach=True,
+        network_mode="host",  # the API and the web app are on the host's loopback here
+        environment=server_environment(model),
+        volumes=task_storage_volume(),
+        mem_limit=limit,
+        memswap_limit=limit,
+        nano_cpus=int(model.cpu * 1_000_000_000),
+        restart_policy={"Name": "unless-stopped"},
+        labels={LABEL: model.slug, "cs.compute.studio/tag": entry.tag},
+    )
+    return name
+
+
+def stop_inputs_server(owner: str, title: str) -> bool:
+    """Remove the model's inputs server; False when there was none."""
+    import docker
+
+    model = ModelConfig.for_model(owner, title)
+    try:
+        container = docker_client().containers.get(container_name(model))
+    except docker.errors.NotFound:
+        return False
+    container.remove(force=True)
+    return True
+
+
+def inputs_server_status(owner: str, title: str) -> dict[str, Any] | None:
+    import docker
+
+    model = ModelConfig.for_model(owner, title)
+    try:
+        container = docker_client().containers.get(container_name(model))
+    except docker.errors.NotFound:
+        return None
+    return {
+        "name": container.name,
+        "status": container.status,
+        "tag": container.labels.get("cs.compute.studio/tag"),
+    }
+
+
+def refresh_if_running(model: ModelConfig) -> bool:
+    """After a promote or rollback: a running inputs server moves to the new image."""
+    if inputs_server_status(model.owner, model.title) is None:
+        return False
+    start_inputs_server(model.owner, model.title)
+    return True

@@ -1,0 +1,182 @@
+"""Turns simulate runs that Kubernetes lost into a FAIL the web app receives.
+
+A simulation that never ran its flow cannot notify anyone itself: its pod was
+never scheduled, its image could not be pulled, it was evicted or OOM-killed,
+or its Job hit activeDeadlineSeconds. prefect-kubernetes' observer marks such
+runs Crashed (a failed or deleted Job) or leaves them Pending (a pod that
+never starts: 0.8.0's worker does not watch pods, so `pod_watch_timeout_seconds`
+bounds nothing by itself). This watcher closes both gaps:
+
+- Crashed simulate runs: PUT a FAIL with the crash message and the observer's
+  diagnosis (ImagePullError, Unschedulable, OOMKilled, Evicted…).
+- Runs still Pending after `pending_timeout`: PUT a FAIL with the diagnosis,
+  then set the run Cancelling, so the worker deletes its Job (and the pod).
+- Runs Late for longer than `pending_timeout` (no worker took them): the same,
+  so the web app is not left waiting on a worker that is down.
+
+Each run is reported once: it gets the tag `cs-fail-reported`. A run whose
+flow already delivered its own result (its notify task completed) is only tagged.
+Run it beside the worker: `prefect-cs k8s watch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+    LogFilterLevel,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.states import Cancelled, Cancelling
+from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
+from prefect_cs.flows.simulate import fail_payload
+
+SIMULATE_TAG = "cs-simulate"
+REPORTED_TAG = "cs-fail-reported"
+DEFAULT_PENDING_TIMEOUT = 600.0  # the template's pod_watch_timeout_seconds: covers a node scale-up
+# An evicted pod's run can be marked Crashed by the observer just before the
+# supervisor's reschedule lands (Prefect allows Crashed -> Scheduled there):
+# wait this long before calling a crash final.
+DEFAULT_CRASH_GRACE = 60.0
+logger = logging.getLogger("prefect_cs.lost_runs")
+
+
+def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> list[FlowRun]:
+    """Simulate runs that are Crashed, Pending or Late, not yet reported (among `only` if given)."""
+    runs = client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=only) if only else None,
+            tags=FlowRunFilterTags(all_=[SIMULATE_TAG]),
+            state=FlowRunFilterState(
+                type=FlowRunFilterStateType(
+                    any_=[StateType.CRASHED, StateType.PENDING, StateType.SCHEDULED]
+                )
+            ),
+        ),
+        limit=200,
+    )
+    return [
+        run
+        for run in runs
+        if REPORTED_TAG not in run.tags
+        and run.state is not None
+        and (run.state.type != StateType.SCHEDULED or run.state.name == "Late")
+    ]
+
+
+def diagnosis(client: SyncPrefectClient, run: FlowRun) -> list[str]:
+    """Warnings and errors logged for the run, e.g. the observer's pod diagnoses."""
+    logs = client.read_logs(
+        LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=[run.id]),
+            level=LogFilterLevel(ge_=logging.WARNING),
+        ),
+        limit=20,
+    )
+    return list(dict.fromkeys(log.message for log in logs))
+
+
+def already_notified(client: SyncPrefectClient, run: FlowRun) -> bool:
+    """The flow ran far enough to PUT its own result: do not send a second one."""
+    tasks = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+        task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="notify-webapp")),
+    )
+    return any(t.state is not None and t.state.is_completed() for t in tasks)
+
+
+def stuck_for(run: FlowRun, now: datetime) -> float:
+    if run.state is None or run.state.timestamp is None:
+        return 0.0
+    return (now - run.state.timestamp).total_seconds()
+
+
+def reason_for(run: FlowRun, notes: list[str], pending: float | None) -> str:
+    """What the web app shows the user: what happened, and Kubernetes' own explanation."""
+    if pending is not None and run.state is not None and run.state.name == "Late":
+        head = (
+            f"The simulation was not picked up within {pending:.0f} seconds: no worker is"
+            " polling its work pool. The run was cancelled."
+        )
+    elif pending is not None:
+        head = (
+            f"The simulation did not start within {pending:.0f} seconds: Kubernetes never ran"
+            " its pod (not schedulable, or its image could not be pulled). The run was cancelled."
+        )
+    else:
+        message = run.state.message if run.state else ""
+        head = f"The simulation's job ended without a result (Crashed: {message})."
+    return "\n".join([head, *notes])
+
+
+def report(client: SyncPrefectClient, run: FlowRun, pending: float | None) -> dict[str, Any]:
+    """Deliver one FAIL for the run (kept on disk if the web app is down), then tag it reported."""
+    task_id = str(run.parameters.get("task_id", ""))
+    result: dict[str, Any] = {"flow_run_id": str(run.id), "task_id": task_id, "delivered": None}
+    if not already_notified(client, run) and task_id:
+        payload = fail_payload(task_id, reason_for(run, diagnosis(client, run), pending))
+        payload = scrub(run, payload)
+        result.update(deliver(OUTPUTS_PATH, payload), status="FAIL")
+    if pending is not None:
+        # Pending: a Job exists, and the worker deletes it on Cancelling. Late: nothing to delete.
+        late = run.state is not None and run.state.name == "Late"
+        final = Cancelled if late else Cancelling
+        client.set_flow_run_state(run.id, final(message="not started in time"), force=True)
+    client.update_flow_run(run.id, tags=[*run.tags, REPORTED_TAG])
+    return result
+
+
+def scrub(run: FlowRun, payload: dict[str, Any]) -> dict[str, Any]:
+    """Mask the model's secret values, as the simulate flow does, should a message quote one."""
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.flows.runtime.environment import scrubber_for
+
+    try:
+        model = ModelConfig.for_model(run.parameters["owner"], run.parameters["title"])
+        return scrubber_for(model)(payload)
+    except (KeyError, LookupError, ValueError):
+        return payload
+
+
+def scan_once(
+    pending_timeout: float = DEFAULT_PENDING_TIMEOUT,
+    only: list[UUID] | None = None,
+    crash_grace: float = DEFAULT_CRASH_GRACE,
+) -> list[dict[str, Any]]:
+    """One pass: report every Crashed run, and every run Pending or Late longer than `pending_timeout`."""
+    now = datetime.now(UTC)
+    reports = []
+    with get_client(sync_client=True) as client:
+        for run in candidates(client, only):
+            if run.state is not None and run.state.type == StateType.CRASHED:
+                if stuck_for(run, now) >= crash_grace:
+                    reports.append(report(client, run, None))
+            elif stuck_for(run, now) >= pending_timeout:
+                reports.append(report(client, run, pending_timeout))
+    for item in reports:
+        logger.info("reported flow run %s (task %s)", item["flow_run_id"], item["task_id"])
+    return reports
+
+
+def watch(pending_timeout: float = DEFAULT_PENDING_TIMEOUT, interval: float = 30.0) -> None:
+    """Scan forever; a failing pass is logged and retried, never fatal."""
+    while True:
+        try:
+            scan_once(pending_timeout)
+        except Exception:  # noqa: BLE001 - a watcher that dies reports nothing
+            logger.exception("scan failed; retrying in %ss", interval)
+        time.sleep(max(interval, 1.0))

@@ -1,0 +1,551 @@
+"""The GitHub webhook receiver: signed deliveries in, `cs.publish.requested` events out.
+
+It only decides *what* to publish and says so with a Prefect event; the
+publish deployment's trigger (deployments/triggers.py) starts the run.
+Order of checks, cheapest and safest first: body size (413), signature (401,
+nothing else happens), headers and JSON (400), then the event's meaning
+(202 with a reason when it asks for nothing), then at-most-once per
+`X-GitHub-Delivery` (a SQLite file under CS_HOME, so restarts remember).
+
+Mapping:
+- `push` of `refs/tags/T` or `release` published in a model's repository
+  → publish that model (found by repository URL in the registry) at T;
+- `pull_request` opened/synchronize/reopened in the publish repository
+  touching `config/OWNER/TITLE.yaml` → steps="stage" at the tag the PR's file names;
+- that pull request closed with merged=true → steps="promote".
+GitHub does not put a PR's changed files in the payload: they are read from
+`{CS_GITHUB_API_URL}/repos/{repo}/pulls/{n}/files`, and the file itself from
+`/contents/{path}?ref={sha}` (the stand-in in tests, api.github.com otherwise).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlparse
+
+import anyio
+import httpx
+import yaml
+from prefect_cs.core.errors import NotConfigured
+from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+logger = logging.getLogger("prefect_cs.webhook")
+
+CONFIG_PATH_RE = re.compile(r"^config/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})\.ya?ml$")
+DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+PR_STAGE_ACTIONS = {"opened", "synchronize", "reopened"}
+MAX_PR_FILE_PAGES = 30  # GitHub lists at most 3,000 files of a pull request
+
+
+class WebhookSettings(BaseSettings):
+    """The receiver's settings (prefix `CS_WEBHOOK_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_WEBHOOK_", extra="ignore")
+
+    secret_name: str = Field(
+        default="GITHUB_WEBHOOK_SECRET", description="Cluster-level secret holding the HMAC key."
+    )
+    publish_repo: str | None = Field(
+        default=None, description="owner/name of the repository holding config/OWNER/TITLE.yaml."
+    )
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    retention_days: float = Field(default=7.0, gt=0, description="How long delivery ids are kept.")
+    max_deliveries: int = Field(default=200_000, gt=0, description="Most delivery ids kept.")
+    models_cache_seconds: float = Field(default=10.0, ge=0)
+    request_window_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="One publish per model, tag and steps within this window (a release and its"
+        " tag push are two deliveries); 0 turns it off.",
+    )
+    db_path: Path | None = Field(
+        default=None, description="Default: $CS_HOME/webhook/deliveries.sqlite3"
+    )
+
+
+# ---- signature ------------------------------------------------------------------
+
+
+def signature(secret: str, body: bytes) -> str:
+    """GitHub's `X-Hub-Signature-256` value for `body`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
+    """Constant-time comparison; a missing header is simply wrong."""
+    if not header:
+        return False
+    return hmac.compare_digest(signature(secret, body).encode(), header.strip().encode())
+
+
+# ---- at-most-once per delivery -------------------------------------------------------
+
+
+class DeliveryStore:
+    """Delivery ids already acted on, in SQLite so a restarted receiver still refuses replays."""
+
+    def __init__(self, path: Path, retention_seconds: float, max_rows: int) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.retention, self.max_rows = path, retention_seconds, max_rows
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS deliveries (id TEXT PRIMARY KEY, at REAL NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, at REAL NOT NULL)"
+        )
+        self._claims = 0
+        self.prune()
+
+    def seen(self, delivery: str) -> bool:
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery,)).fetchone()
+        return row is not None
+
+    def claim(self, delivery: str) -> bool:
+        """Record the id; False when it was already there (atomic, so concurrent replays lose)."""
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT OR IGNORE INTO deliveries (id, at) VALUES (?, ?)", (delivery, time.time())
+            )
+            self._claims += 1
+        if self._claims % 1000 == 0:
+            self.prune()
+        return cursor.rowcount == 1
+
+    def fresh(self, keys: list[str], window: float) -> list[str]:
+        """The keys not requested within `window` seconds, now recorded as requested."""
+        if window <= 0:
+            return keys
+        now, fresh = time.time(), []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for key in keys:
+                    row = self._db.execute(
+                        "SELECT at FROM requests WHERE key = ?", (key,)
+                    ).fetchone()
+                    if row is None or row[0] < now - window:
+                        self._db.execute(
+                            "REPLACE INTO requests (key, at) VALUES (?, ?)", (key, now)
+                        )
+                        fresh.append(key)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return fresh
+
+    def release(self, delivery: str, keys: Sequence[str] = ()) -> None:
+        """Forget a claim whose event could not be sent, so GitHub's redelivery is acted on."""
+        with self._lock:
+            self._db.execute("DELETE FROM deliveries WHERE id = ?", (delivery,))
+            self._db.executemany("DELETE FROM requests WHERE key = ?", [(k,) for k in keys])
+
+    def prune(self) -> None:
+        """Bounded retention: drop ids older than the retention, then all but the newest max_rows."""
+        with self._lock:
+            self._db.execute("DELETE FROM deliveries WHERE at < ?", (time.time() - self.retention,))
+            self._db.execute("DELETE FROM requests WHERE at < ?", (time.time() - self.retention,))
+            self._db.execute(
+                "DELETE FROM deliveries WHERE id NOT IN"
+                " (SELECT id FROM deliveries ORDER BY at DESC LIMIT ?)",
+                (self.max_rows,),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+# ---- which model a repository is ----------------------------------------------------
+
+
+def normalize_repo_url(url: str) -> str:
+    """host/owner/name, lowercase: https, ssh (git@host:o/n), git:// and .git forms compare equal."""
+    url = url.strip()
+    scp = re.match(r"^[\w.-]+@([\w.-]+):(.+)$", url)
+    if scp:
+        host, path = scp.groups()
+    else:
+        parsed = urlparse(url if "://" in url else f"https://{url}")
+        host, path = parsed.hostname or "", parsed.path
+    path = path.strip("/").removesuffix(".git").strip("/")
+    return f"{host}/{path}".lower()
+
+
+def repository_urls(repository: dict[str, Any]) -> set[str]:
+    keys = ("clone_url", "ssh_url", "html_url", "git_url", "svn_url", "url")
+    return {normalize_repo_url(v) for k in keys if isinstance(v := repository.get(k), str) and v}
+
+
+class ModelIndex:
+    """Registered models by normalized repo URL, cached briefly; a miss refreshes (rate-limited)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._by_url: dict[str, list[tuple[str, str]]] = {}
+        self._loaded = float("-inf")
+        self._lock = anyio.Lock()
+
+    async def models_for(self, urls: set[str]) -> list[tuple[str, str]]:
+        found = self._lookup(urls)
+        if not found or time.monotonic() - self._loaded > self.ttl:
+            async with self._lock:
+                if time.monotonic() - self._loaded > min(self.ttl, 1.0):
+                    await self._refresh()
+            found = self._lookup(urls)
+        return found
+
+    def _lookup(self, urls: set[str]) -> list[tuple[str, str]]:
+        return sorted({m for url in urls for m in self._by_url.get(url, [])})
+
+    async def _refresh(self) -> None:
+        from prefect_cs.registry.configs import all_models
+
+        models = await anyio.to_thread.run_sync(all_models)
+        index: dict[str, list[tuple[str, str]]] = {}
+        for model in models:
+            index.setdefault(normalize_repo_url(model.repo_url), []).append(
+                (model.owner, model.title)
+            )
+        self._by_url, self._loaded = index, time.monotonic()
+
+
+# ---- what a delivery asks for ----------------------------------------------------------
+
+
+class Ignored(Exception):
+    """The delivery is valid but asks for nothing: answered 202 with this reason."""
+
+
+class BadDelivery(Exception):
+    """The delivery is signed but unusable: answered 400 with this reason."""
+
+
+class UpstreamError(Exception):
+    """GitHub's API could not tell us what we need: answered 502, nothing recorded."""
+
+
+def _dict(payload: dict[str, Any], key: str) -> dict[str, Any]:
+    value = payload.get(key)
+    if not isinstance(value, dict):
+        raise BadDelivery(f"payload has no {key!r} object")
+    return value
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise BadDelivery(f"payload has no {what}")
+    return value
+
+
+@dataclass
+class Planner:
+    """Turns one GitHub event into publish requests."""
+
+    settings: WebhookSettings
+    models: ModelIndex
+    github: GitHubAPI
+
+    async def plan(
+        self, event: str, payload: dict[str, Any], delivery: str
+    ) -> list[PublishRequest]:
+        if event == "push":
+            return await self._tag(
+                payload, delivery, self._push_tag(payload), self._push_sha(payload)
+            )
+        if event == "release":
+            if payload.get("action") != "published":
+                raise Ignored(f"release action {payload.get('action')!r} is not 'published'")
+            tag = _str(_dict(payload, "release").get("tag_name"), "release.tag_name")
+            return await self._tag(payload, delivery, tag, None)
+        if event == "pull_request":
+            return await self._pull_request(payload, delivery)
+        raise Ignored(f"event {event!r} is not acted on (push of a tag, release, pull_request)")
+
+    @staticmethod
+    def _push_tag(payload: dict[str, Any]) -> str:
+        ref = _str(payload.get("ref"), "ref")
+        if not ref.startswith("refs/tags/"):
+            raise Ignored(f"push to {ref} is not a tag")
+        if payload.get("deleted"):
+            raise Ignored(f"tag {ref} was deleted")
+        return ref.removeprefix("refs/tags/")
+
+    @staticmethod
+    def _push_sha(payload: dict[str, Any]) -> str | None:
+        head = payload.get("head_commit")
+        sha = head.get("id") if isinstance(head, dict) else payload.get("after")
+        return sha if isinstance(sha, str) and sha.strip("0") else None
+
+    async def _tag(
+        self, payload: dict[str, Any], delivery: str, tag: str, sha: str | None
+    ) -> list[PublishRequest]:
+        repository = _dict(payload, "repository")
+        models = await self.models.models_for(repository_urls(repository))
+        if not models:
+            raise Ignored(f"no registered model has repository {repository.get('html_url')!r}")
+        full_name = (
+            repository.get("full_name") if isinstance(repository.get("full_name"), str) else None
+        )
+        return [
+            PublishRequest(owner, title, tag, "all", delivery, sha=sha, repo=full_name)
+            for owner, title in models
+        ]
+
+    async def _pull_request(self, payload: dict[str, Any], delivery: str) -> list[PublishRequest]:
+        repository = _dict(payload, "repository")
+        full_name = _str(repository.get("full_name"), "repository.full_name")
+        if not self.settings.publish_repo:
+            raise Ignored("no publish repository configured (CS_WEBHOOK_PUBLISH_REPO)")
+        if full_name.lower() != self.settings.publish_repo.lower():
+            raise Ignored(f"pull request in {full_name}, not the publish repository")
+        pr = _dict(payload, "pull_request")
+        action = payload.get("action")
+        if action in PR_STAGE_ACTIONS:
+            steps, sha = "stage", _str(_dict(pr, "head").get("sha"), "pull_request.head.sha")
+        elif action == "closed" and pr.get("merged") is True:
+            steps, sha = (
+                "promote",
+                _str(pr.get("merge_commit_sha"), "pull_request.merge_commit_sha"),
+            )
+        else:
+            raise Ignored(f"pull request action {action!r} asks for nothing")
+        number = payload.get("number", pr.get("number"))
+        if not isinstance(number, int):
+            raise BadDelivery("payload has no pull request number")
+        paths = [
+            p for p in await self.github.pr_files(full_name, number) if CONFIG_PATH_RE.match(p)
+        ]
+        if not paths:
+            raise Ignored(f"pull request #{number} changes no config/OWNER/TITLE.yaml")
+        requests = []
+        for path in paths:
+            owner, title = CONFIG_PATH_RE.match(path).groups()  # type: ignore[union-attr]
+            tag = repo_tag_of(await self.github.file_at(full_name, path, sha), path)
+            requests.append(
+                PublishRequest(owner, title, tag, steps, delivery, sha=sha, repo=full_name)
+            )
+        return requests
+
+
+def repo_tag_of(text: str, path: str) -> str | None:
+    """The tag a config file names; None lets publish fall back to the registered repo_tag."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise Ignored(f"{path} is not valid YAML: {exc}") from exc
+    tag = data.get("repo_tag") if isinstance(data, dict) else None
+    return str(tag) if tag else None
+
+
+class GitHubAPI:
+    """The two GitHub API reads a pull request needs, with bounded timeouts."""
+
+    def __init__(self, api_url: str, token: str | None, timeout: float = 10.0) -> None:
+        from prefect_cs.core.github import api_headers
+
+        self.api_url = api_url.rstrip("/")
+        self.client = httpx.AsyncClient(headers=api_headers(token), timeout=timeout)
+
+    async def _get(self, path: str, params: dict[str, Any]) -> Any:
+        try:
+            response = await self.client.get(f"{self.api_url}{path}", params=params)
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"GitHub API {path}: {type(exc).__name__}") from exc
+        if response.status_code != 200:
+            raise UpstreamError(f"GitHub API {path}: HTTP {response.status_code}")
+        return response.json()
+
+    async def pr_files(self, repo: str, number: int) -> list[str]:
+        """Names of the files a pull request adds or changes (not removes)."""
+        names: list[str] = []
+        for page in range(1, MAX_PR_FILE_PAGES + 1):
+            batch = await self._get(
+                f"/repos/{repo}/pulls/{number}/files", {"per_page": 100, "page": page}
+            )
+            names += [f["filename"] for f in batch if f.get("status") != "removed"]
+            if len(batch) < 100:
+                break
+        return names
+
+    async def file_at(self, repo: str, path: str, ref: str) -> str:
+        data = await self._get(f"/repos/{repo}/contents/{quote(path)}", {"ref": ref})
+        try:
+            return base64.b64decode(data["content"]).decode()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UpstreamError(f"GitHub API contents of {path}: unexpected answer") from exc
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+# ---- the ASGI app ------------------------------------------------------------------------
+
+
+def answer(code: int, /, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it exceeds `limit` (never buffered past it)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@dataclass
+class Receiver:
+    secret: str
+    settings: WebhookSettings
+    store: DeliveryStore
+    planner: Planner
+
+    async def github(self, request: Request) -> JSONResponse:
+        body = await read_body(request, self.settings.max_body_bytes)
+        if body is None:
+            return answer(413, error=f"body larger than {self.settings.max_body_bytes} bytes")
+        if not signature_ok(self.secret, body, request.headers.get("x-hub-signature-256")):
+            return answer(401, error="missing or invalid X-Hub-Signature-256")
+        event = request.headers.get("x-github-event", "")
+        delivery = request.headers.get("x-github-delivery", "")
+        if not event or not DELIVERY_RE.match(delivery):
+            return answer(400, error="X-GitHub-Event and X-GitHub-Delivery headers are required")
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return answer(
+                400,
+                error=f"body is not JSON (set the webhook's content type to application/json): {exc}",
+            )
+        if not isinstance(payload, dict):
+            return answer(400, error="body must be a JSON object")
+        return await self.handle(event, delivery, payload)
+
+    async def handle(self, event: str, delivery: str, payload: dict[str, Any]) -> JSONResponse:
+        if event == "ping":
+            return answer(200, status="pong")
+        if self.store.seen(delivery):
+            return answer(202, status="ignored", reason="duplicate delivery", delivery=delivery)
+        try:
+            requests = await self.planner.plan(event, payload, delivery)
+        except Ignored as exc:
+            return answer(202, status="ignored", reason=str(exc), delivery=delivery)
+        except BadDelivery as exc:
+            return answer(400, error=str(exc), delivery=delivery)
+        except UpstreamError as exc:
+            logger.warning("delivery %s: %s", delivery, exc)
+            return answer(502, error=str(exc), delivery=delivery)
+        if not self.store.claim(delivery):
+            return answer(202, status="ignored", reason="duplicate delivery", delivery=delivery)
+        keys = self.store.fresh([r.key() for r in requests], self.settings.request_window_seconds)
+        requests = [r for r in requests if r.key() in keys]
+        if not requests:
+            return answer(
+                202,
+                status="ignored",
+                reason="already requested by another delivery (e.g. the release of a pushed tag)",
+                delivery=delivery,
+            )
+        try:
+            for publish in requests:
+                emit_publish_requested(publish)
+        except Exception as exc:
+            self.store.release(delivery, keys)
+            logger.error("delivery %s: event not sent: %s", delivery, type(exc).__name__)
+            return answer(503, error="could not send the publish event; redeliver later")
+        logger.info("delivery %s (%s): %d publish request(s)", delivery, event, len(requests))
+        return answer(
+            202,
+            status="accepted",
+            delivery=delivery,
+            publish=[
+                {"model": f"{r.owner}/{r.title}", "tag": r.tag, "steps": r.steps, "sha": r.sha}
+                for r in requests
+            ],
+        )
+
+
+def load_secret(settings: WebhookSettings) -> str:
+    """The HMAC key from the cluster's secrets store; a clear error when it is not set."""
+    from prefect_cs.security.secrets import SecretNotFound, get_backend
+
+    try:
+        return get_backend(None).get(settings.secret_name)
+    except SecretNotFound as exc:
+        raise NotConfigured(
+            f"the webhook secret is not set: `prefect-cs secrets set --name {settings.secret_name} --stdin`"
+        ) from exc
+
+
+def create_app(settings: WebhookSettings | None = None, secret: str | None = None) -> Starlette:
+    """The receiver app; the secret is read once here, so rotate it by restarting."""
+    from prefect_cs.core.github import get_github_settings, github_token
+    from prefect_cs.core.settings import get_settings
+
+    settings = settings or WebhookSettings()
+    secret = secret or load_secret(settings)
+    db_path = settings.db_path or get_settings().home / "webhook" / "deliveries.sqlite3"
+    store = DeliveryStore(db_path, settings.retention_days * 86400, settings.max_deliveries)
+    github = GitHubAPI(get_github_settings().api_url, github_token())
+    receiver = Receiver(
+        secret,
+        settings,
+        store,
+        Planner(settings, ModelIndex(settings.models_cache_seconds), github),
+    )
+
+    async def health(_: Request) -> JSONResponse:
+        return answer(200, status="ok")
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await github.close()
+        store.close()
+
+    return Starlette(
+        routes=[Route("/github", receiver.github, methods=["POST"]), Route("/health", health)],
+        lifespan=lifespan,
+    )
+
+
+def serve(host: str, port: int) -> None:
+    """uvicorn in the foreground; one log line per acted-on delivery (ids only, never payloads)."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(create_app(), host=host, port=port, log_level="info", access_log=False)

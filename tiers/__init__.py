@@ -1,0 +1,1 @@
+"""Runtime tiers (local virtualenv, Docker image, Kubernetes Job): one base class holds the build steps every tier shares; each tier overrides only what differs and declares its pool type and typed job variables."""

@@ -1,0 +1,142 @@
+"""The Kubernetes tier: the Docker tier's image, run as one Kubernetes Job per simulation.
+
+Building, testing and pushing the image is the Docker builder's work (imported
+lazily, so this module loads without it). What is this tier's own is
+`job_variables`: the model's resources, time limit, labels and secret
+references, which the work pool's base job template (work_pools/kubernetes.json)
+turns into a Job.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.tiers.base import Logger
+
+# activeDeadlineSeconds counts from the Job's start, before the pod is even
+# scheduled: leave room for a node scale-up from zero (~3-4 min on GKE/EKS), the
+# image pull, and, after the model's own time limit, storing outputs and
+# notifying the web app with retries.
+STARTUP_MARGIN_SECONDS = 300
+NOTIFY_MARGIN_SECONDS = 120
+DEADLINE_MARGIN_SECONDS = STARTUP_MARGIN_SECONDS + NOTIFY_MARGIN_SECONDS
+FINISHED_JOB_TTL_SECONDS = 600
+LABEL_PREFIX = "cs.compute.studio"
+_LABEL_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def label_value(value: str) -> str:
+    """A valid Kubernetes label value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    cleaned = _LABEL_INVALID.sub("-", value)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
+
+
+def cpu_quantity(cpu: float) -> str:
+    """1.0 -> "1", 0.5 -> "500m": the forms `kubectl describe` shows."""
+    millis = round(cpu * 1000)
+    return str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+
+
+def model_secret_name(model: ModelConfig) -> str:
+    """The Kubernetes Secret that holds a model's declared secrets (rendered by `prefect-cs k8s render`)."""
+    return f"cs-model-{model.slug}"[:253]
+
+
+def model_labels(model: ModelConfig, tag: str | None = None) -> dict[str, str]:
+    labels = {
+        f"{LABEL_PREFIX}/owner": label_value(model.owner),
+        f"{LABEL_PREFIX}/title": label_value(model.title),
+    }
+    if tag:
+        labels[f"{LABEL_PREFIX}/tag"] = label_value(tag)
+    return {k: v for k, v in labels.items() if v}
+
+
+def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
+    """One env entry per declared secret, by reference to the model's Secret: never a value."""
+    return [
+        {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
+        }
+        for name in model.secrets
+    ]
+
+
+def resources(model: ModelConfig) -> dict[str, str]:
+    """CPU limit = request (a simulation gets what it asked for); memory limit = request x factor."""
+    return {
+        "cpu_request": cpu_quantity(model.cpu),
+        "cpu_limit": cpu_quantity(model.cpu),
+        "memory_request": f"{model.memory_mib}Mi",
+        "memory_limit": f"{model.memory_limit_mib}Mi",
+    }
+
+
+def task_job_variables(model: ModelConfig, task_id: str) -> dict[str, Any]:
+    """Per-run job variables the submitter adds: the task id label, on the Kubernetes tier only.
+
+    A flow run's parameters are not visible to the base job template, so the
+    task id travels as a job variable of the run (`run_deployment(job_variables=…)`).
+    The deployment's pool follows the promoted tag (deploy_model), so its tier
+    decides; other tiers' pools do not declare the variable, so nothing is sent there.
+    """
+    try:
+        tier = model.published().tier
+    except LookupError:
+        return {}
+    return {"task_id": label_value(task_id)} if tier == "kubernetes" else {}
+
+
+class KubernetesBuilder:
+    tier = "kubernetes"
+    pool_type = "kubernetes"
+
+    @staticmethod
+    def _docker():
+        """The Docker tier builds, tests and pushes the very image Kubernetes runs."""
+        try:
+            from prefect_cs.tiers.docker import DockerBuilder
+        except ImportError as exc:
+            raise RuntimeError(
+                "the kubernetes tier builds images with the Docker builder"
+                " (prefect_cs.tiers.docker), which is not installed here"
+            ) from exc
+        return DockerBuilder()
+
+    def build(self, model: ModelConfig, source: Path, tag: str, logger: Logger) -> PublishedTag:
+        entry = self._docker().build(model, source, tag, logger)
+        return entry.model_copy(update={"tier": self.tier})
+
+    def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
+        self._docker().test(model, entry, source, logger)
+
+    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
+        return self._docker().model_version(entry, logger)
+
+    def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
+        pushed = self._docker().push(model, entry, logger)
+        return pushed.model_copy(update={"tier": self.tier})
+
+    def discard(self, entry: PublishedTag, logger: Logger) -> None:
+        self._docker().discard(entry, logger)
+
+    def job_variables(self, model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:
+        """What the simulate deployment tells work_pools/kubernetes.json for this model and tag."""
+        if not entry.image:
+            raise ValueError(
+                f"{model.owner}/{model.title}@{entry.tag} has no image: the kubernetes tier runs"
+                " the image the Docker builder pushed; publish the tag with CS_TIER=kubernetes"
+            )
+        return {
+            "image": entry.image,
+            **resources(model),
+            "active_deadline_seconds": model.time_limit + DEADLINE_MARGIN_SECONDS,
+            "finished_job_ttl": FINISHED_JOB_TTL_SECONDS,
+            "backoff_limit": 0,
+            "labels": model_labels(model, entry.tag),
+            "secret_env": secret_env(model),
+        }

@@ -1,0 +1,68 @@
+"""Runs a build or test command with its output streamed line by line to the logs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+from collections import deque
+from pathlib import Path
+
+from prefect_cs.core.errors import StepFailed
+
+
+def run_step(
+    name: str,
+    argv: list[str],
+    logger: logging.Logger | logging.LoggerAdapter,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 1800,
+    hint: str = "",
+) -> str:
+    """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or overruns."""
+    logger.info("%s: %s", name, " ".join(argv))
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    tail: deque[str] = deque(maxlen=60)
+    timer = _deadline(proc, timeout)
+    try:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            line = line.rstrip()
+            tail.append(line)
+            logger.info("[%s] %s", name, line)
+        code = proc.wait()
+    finally:
+        timer.cancel()
+    output = "\n".join(tail)
+    if code != 0:
+        why = "timed out" if code == -signal.SIGKILL else f"exited with {code}"
+        raise StepFailed(
+            f"{name} {why}.{' ' + hint if hint else ''}\n--- last output ---\n{output}"
+        )
+    return output
+
+
+def _deadline(proc: subprocess.Popen, timeout: float):
+    import threading
+
+    def kill() -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.daemon = True
+    timer.start()
+    return timer
