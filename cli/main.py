@@ -325,7 +325,7 @@ def inputs_serve(
     ),
 ) -> None:
     """Serve the inputs background tasks (a long-running task worker): every model's, or one's."""
-    from prefect_cs.flows.inputs import serve
+    from prefect_cs.services.inputs_server import serve
 
     if model:
         split_model(model)

@@ -15,7 +15,6 @@ import contextlib
 import functools
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +25,7 @@ from prefect.settings import (
     PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
     temporary_settings,
 )
-from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_name, slug
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, slug
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
 from prefect_cs.flows.runtime.warm import WarmModel
@@ -175,25 +174,6 @@ def route(background_task: Task, entry: PublishedTag, owner: str, title: str) ->
     return background_task if entry.tier == "local" else for_model(background_task, owner, title)
 
 
-def served_tasks(model: str | None = None) -> list[Task]:
-    """Every model's tasks (the shared worker), or one model's (CS_INPUTS_MODEL=OWNER/TITLE)."""
-    tasks = [version_task, defaults_task, parse_task]
-    if not model:
-        return tasks
-    owner, _, title = model.partition("/")
-    check_name("owner", owner)
-    check_name("title", title)
-    return [for_model(t, owner, title) for t in tasks]
-
-
-def serve(model: str | None = None) -> None:
-    """Run the inputs task worker until stopped: shared, or for one model."""
-    from prefect.task_worker import serve as serve_tasks
-
-    with task_storage():
-        serve_tasks(*served_tasks(model or os.environ.get("CS_INPUTS_MODEL")), limit=20)
-
-
 # ---- the caller's side: what a web app (or the CLI) calls -------------------
 
 
@@ -238,7 +218,3 @@ def parse(
     _, entry = _resolve(owner, title, tag)
     task = route(parse_task, entry, owner, title)
     return _run(task, owner, title, task_id, meta_param_dict, adjustment, entry.tag)
-
-
-if __name__ == "__main__":
-    serve()

@@ -69,7 +69,7 @@ def start_inputs_server(owner: str, title: str) -> str:
     limit = f"{model.memory_limit_mib}m"
     docker_client().containers.run(
         entry.image,
-        [f"{PLATFORM_VENV}/bin/python", "-m", "prefect_cs.flows.inputs"],
+        [f"{PLATFORM_VENV}/bin/python", "-m", "prefect_cs.services.inputs_server"],
         name=name,
         detach=True,
         network_mode="host",  # the API and the web app are on the host's loopback here

@@ -221,7 +221,7 @@ def process_worker(pool: str | None = None) -> Background:
 
 def inputs_worker() -> Background:
     """One task worker serving the inputs background tasks of every model."""
-    argv = [sys.executable, "-m", "prefect_cs.flows.inputs"]
+    argv = [sys.executable, "-m", "prefect_cs.services.inputs_server"]
     return Background("inputs-worker", argv, worker_environment(inputs_worker_env()))
 
 

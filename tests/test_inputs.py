@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from prefect_cs.flows import inputs
+from prefect_cs.services import inputs_server
 from prefect_cs.services.stack import inputs_worker
 
 
@@ -92,4 +93,4 @@ def test_container_tier_entries_are_routed_per_model():
     assert inputs.route(inputs.parse_task, local, "a", "b") is inputs.parse_task
     assert "__a-b" in inputs.route(inputs.parse_task, image, "a", "b").task_key
     with pytest.raises(ValueError, match="invalid owner"):
-        inputs.served_tasks("bad owner/x")
+        inputs_server.served_tasks("bad owner/x")
