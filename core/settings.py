@@ -74,3 +74,23 @@ class CSSettings(BaseSettings):
 def get_settings() -> CSSettings:
     """Read afresh each time: tests and the CLI change the environment between calls."""
     return CSSettings()
+
+
+# Settings a container job needs from the worker's side; TODO(settings tree): derive from field metadata.
+_FORWARDED = (
+    "CS_WEBAPP_BLOCK",
+    "CS_OUTPUTS_BLOCK",
+    "CS_NOTIFY_ATTEMPTS",
+    "CS_NOTIFY_BACKOFF_SECONDS",
+    "CS_NOTIFY_TIMEOUT_SECONDS",
+    "CS_SECRETS_BACKEND",
+    "CS_GCP_PROJECT",
+    "CS_GCP_CREDENTIALS_BLOCK",
+)
+
+
+def forwarded_environment() -> dict[str, str]:
+    """The CS_* variables set here that a job or inputs server on another tier must see too."""
+    import os
+
+    return {k: os.environ[k] for k in _FORWARDED if k in os.environ}

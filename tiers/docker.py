@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.settings import get_settings
+from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 from prefect_cs.tiers.base import Logger
@@ -47,17 +47,6 @@ BUILD_TIMEOUT = 1800
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("flows", "blocks", "deployments", "work_pools")
 # Non-secret settings the flow inside the container must agree on with the platform.
-FORWARDED_SETTINGS = (
-    "CS_WEBAPP_BLOCK",
-    "CS_OUTPUTS_BLOCK",
-    "CS_NOTIFY_ATTEMPTS",
-    "CS_NOTIFY_BACKOFF_SECONDS",
-    "CS_NOTIFY_TIMEOUT_SECONDS",
-    "CS_SECRETS_BACKEND",
-    "CS_GCP_PROJECT",
-    "CS_GCP_CREDENTIALS_BLOCK",
-)
-
 DOCKERFILE = """\
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
@@ -495,9 +484,8 @@ def registry_credentials_reference() -> str:
 
 def container_env(model: ModelConfig) -> dict[str, str]:
     """Settings the flow needs, and each declared secret as a reference the worker resolves at start."""
-    import os
 
-    env = {k: os.environ[k] for k in FORWARDED_SETTINGS if k in os.environ}
+    env = forwarded_environment()
     env["CS_HOME"] = str(get_settings().home)
     env["CS_MEMORY_BY_CONTAINER"] = "true"
     env["CS_MODEL_UID"] = str(MODEL_UID)
