@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect.blocks.core import Block
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
-from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.settings import get_settings
 
 OUTPUTS_PATH = "/outputs/api/"
@@ -23,13 +22,8 @@ TRACEBACK_LIMIT = 8000
 
 
 def load_webapp() -> WebApp:
-    name = get_settings().webapp_block
-    try:
-        return Block.load(name, _sync=True)  # type: ignore[return-value]
-    except ValueError as exc:
-        raise NotConfigured(
-            f"no web app block {name!r}: run `prefect-cs webapp set --url URL --token-stdin`"
-        ) from exc
+    fix = "run `prefect-cs webapp set --url URL --token-stdin`"
+    return load_named_block(get_settings().webapp_block, "web app block", fix)  # type: ignore[return-value]
 
 
 def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:

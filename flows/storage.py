@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from prefect.blocks.core import Block
-from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.settings import get_settings
 
 
 def load_outputs_storage() -> Block:
-    name = get_settings().outputs_block
-    try:
-        return Block.load(name, _sync=True)
-    except ValueError as exc:
-        raise NotConfigured(
-            f"no outputs storage block {name!r}: run `prefect-cs stack init` (local folder) or save a GcsBucket"
-        ) from exc
+    fix = "run `prefect-cs stack start` (a local folder) or save a GcsBucket under that name"
+    return load_named_block(get_settings().outputs_block, "outputs storage block", fix)
 
 
 def store_zips(zips: dict[str, bytes]) -> dict[str, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.settings import get_settings
 from prefect_cs.security.redis_acl import RedisConfig, get_job_inputs, put_job_inputs
@@ -27,12 +28,8 @@ def _block() -> RedisConfig:
         raise NotConfigured(
             "no Redis configured: set CS_REDIS_BLOCK to the name of a cs-redis block"
         )
-    try:
-        return RedisConfig.load(name, _sync=True)
-    except ValueError as exc:
-        raise NotConfigured(
-            f"no cs-redis block {name!r}: save one with `prefect-cs redis init-acl --save --block {name}`"
-        ) from exc
+    fix = f"save one with `prefect-cs redis init-acl --save --block {name}`"
+    return load_named_block(name, "cs-redis block", fix, RedisConfig)  # type: ignore[return-value]
 
 
 def executor_config() -> RedisConfig:
