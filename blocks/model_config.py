@@ -13,25 +13,10 @@ from typing import Literal
 
 from prefect.blocks.core import Block
 from prefect_cs.core.errors import NotFound
+from prefect_cs.core.names import check_name, slug
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-NAME_RULE = "letters, digits, '-' and '_' only (1 to 64 characters)"
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
-
-
-def check_name(kind: str, value: str) -> str:
-    """Refuse owner/title values that cannot be used in paths, image names and URLs."""
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(
-            f"invalid {kind} {value!r}: use {NAME_RULE}, e.g. 'PSLmodels' or 'Tax-Brain'"
-        )
-    return value
-
-
-def slug(owner: str, title: str) -> str:
-    """Block and deployment names allow only lowercase letters, digits and dashes."""
-    return f"{owner}-{title}".lower().replace("_", "-")
 
 
 class PublishedTag(BaseModel):

@@ -25,7 +25,8 @@ from prefect.settings import (
     PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
     temporary_settings,
 )
-from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, slug
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.names import slug
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
 from prefect_cs.flows.runtime.warm import WarmModel

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_cs.blocks.model_config import check_name, slug
 from prefect_cs.core.errors import SecretNotFound, SecretsError
+from prefect_cs.core.names import check_name, slug
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from prefect import Task
-from prefect_cs.blocks.model_config import check_name
+from prefect_cs.core.names import check_name
 from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, task_storage, version_task
 
 
