@@ -6,15 +6,16 @@ A result that cannot be delivered is never dropped: the caller keeps it (see
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 from prefect.blocks.core import Block
 from prefect_cs.core.errors import DeliveryError
+from prefect_cs.core.http import RequestFailed, Retry, request
 from pydantic import Field, SecretStr
 
-RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+MAX_BACKOFF_SECONDS = 60.0  # CS_NOTIFY_ATTEMPTS may be 20: never wait hours between tries
 
 
 class WebApp(Block):
@@ -38,18 +39,14 @@ class WebApp(Block):
         """PUT with exponential backoff on network errors and retryable statuses; raise DeliveryError at the end."""
         url = self.base_url.rstrip("/") + path
         headers = {"Authorization": f"Token {self.token.get_secret_value()}"}
-        last = "no attempt made"
-        for attempt in range(attempts):
-            if attempt:
-                time.sleep(backoff * 2 ** (attempt - 1))
-            try:
-                response = httpx.put(url, json=payload, headers=headers, timeout=timeout)
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code < 300:
-                return response
-            last = f"HTTP {response.status_code}: {response.text[:200]}"
-            if response.status_code not in RETRYABLE_STATUS:
-                break
-        raise DeliveryError(f"PUT {url} failed after {attempt + 1} attempt(s): {last}")
+        retry = Retry(
+            attempts=attempts,
+            backoff=backoff,
+            max_delay=MAX_BACKOFF_SECONDS,
+            timeout=timeout,
+            retry_on=RETRYABLE_STATUS.__contains__,
+        )
+        try:
+            return request("PUT", url, retry, json=payload, headers=headers)
+        except RequestFailed as exc:
+            raise DeliveryError(str(exc)) from exc

@@ -1,22 +1,31 @@
-"""Commit statuses on GitHub for publish runs started from a repository.
+"""The platform's one GitHub client, and the commit statuses publish runs report.
+
+Why one client: the webhook receiver (a pull request's files, a file at a
+commit) and publish (commit statuses) talk to the same API with the same
+token, base URL and headers; `GitHubClient` holds those once and sends every
+call through `prefect_cs.core.http.request`, so retries and error messages are
+the same everywhere. The token comes from a prefect-github `GitHubCredentials`
+block and is never logged.
 
 A publish started by a push or a pull request reports back where its author
 looks: the commit (pending → success/failure, linked to the flow run in the
-Prefect UI). Reporting is best effort: bounded attempts and timeouts, every
-failure logged, never raised, so GitHub being down never fails a publish.
-The token comes from a prefect-github `GitHubCredentials` block and is never
-logged.
+Prefect UI). `CommitStatus` reports best effort: bounded attempts and
+timeouts, every failure logged, never raised, so GitHub being down never
+fails a publish.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import re
-import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
 import httpx
+from prefect_cs.core.errors import CSError
+from prefect_cs.core.http import RequestFailed, Retry, request
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -24,6 +33,12 @@ State = Literal["pending", "success", "failure", "error"]
 REPO_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
 SHA_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
 MAX_DESCRIPTION = 140  # GitHub refuses longer descriptions
+MAX_PR_FILE_PAGES = 30  # GitHub lists at most 3,000 files of a pull request
+PR_FILES_PER_PAGE = 100
+# Reads answer a webhook delivery, which GitHub gives up on after 10 s: one try,
+# and GitHub's redelivery (the receiver answers 502 and forgets the delivery) is the retry.
+READS = Retry(attempts=1, timeout=10.0)
+STATUS_BACKOFF, STATUS_MAX_DELAY = 1.0, 2.0  # seconds before the 2nd try, and the cap after
 
 
 class GitHubSettings(BaseSettings):
@@ -65,6 +80,114 @@ def api_headers(token: str | None) -> dict[str, str]:
     return headers
 
 
+class GitHubError(CSError, RuntimeError):
+    """The GitHub API did not give an answer the platform can use; the message names the call."""
+
+
+class GitHubClient:
+    """The GitHub API calls the platform makes: commit statuses, a PR's files, a file at a ref."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str | None,
+        *,
+        writes: Retry,
+        reads: Retry = READS,
+        credentials_block: str = "cs-github",
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.api_url, self.token = api_url.rstrip("/"), token
+        self.writes, self.reads, self.credentials_block = writes, reads, credentials_block
+        self._http = httpx.Client(headers=api_headers(token), transport=transport)
+
+    @classmethod
+    def from_settings(cls, settings: GitHubSettings | None = None) -> GitHubClient:
+        """API base, retries and the token of the credentials block the settings name."""
+        settings = settings or get_github_settings()
+        writes = Retry(
+            attempts=settings.attempts,
+            backoff=STATUS_BACKOFF,
+            max_delay=STATUS_MAX_DELAY,
+            timeout=settings.timeout_seconds,
+        )
+        return cls(
+            settings.api_url,
+            github_token(settings),
+            writes=writes,
+            credentials_block=settings.credentials_block,
+        )
+
+    def post_status(
+        self,
+        repo: str,
+        sha: str,
+        state: State,
+        description: str,
+        context: str,
+        target_url: str | None = None,
+    ) -> None:
+        """POST /repos/{repo}/statuses/{sha}; RequestFailed when GitHub did not accept it."""
+        body = {"state": state, "description": description[:MAX_DESCRIPTION], "context": context}
+        if target_url:
+            body["target_url"] = target_url
+        url = f"{self.api_url}/repos/{repo}/statuses/{sha}"
+        request("POST", url, self.writes, client=self._http, json=body)
+
+    def pr_files(self, repo: str, number: int) -> list[str]:
+        """Names of the files a pull request adds or changes (not removes), MAX_PR_FILE_PAGES at most."""
+        names: list[str] = []
+        for page in range(1, MAX_PR_FILE_PAGES + 1):
+            batch = self._get_json(
+                f"/repos/{repo}/pulls/{number}/files",
+                {"per_page": PR_FILES_PER_PAGE, "page": page},
+            )
+            names += [f["filename"] for f in batch if f.get("status") != "removed"]
+            if len(batch) < PR_FILES_PER_PAGE:
+                break
+        return names
+
+    def file_at(self, repo: str, path: str, ref: str) -> str:
+        """The text of `path` at commit/branch/tag `ref`."""
+        data = self._get_json(f"/repos/{repo}/contents/{quote(path)}", {"ref": ref})
+        try:
+            return base64.b64decode(data["content"]).decode()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GitHubError(f"GitHub API contents of {path}: unexpected answer") from exc
+
+    def _get_json(self, path: str, params: dict[str, Any]) -> Any:
+        url = f"{self.api_url}{path}"
+        try:
+            response = request("GET", url, self.reads, client=self._http, params=params)
+        except RequestFailed as exc:
+            raise GitHubError(f"GitHub API {path}: {exc.reason}{self._hint(exc.status)}") from exc
+        if response.status_code != 200:
+            raise GitHubError(f"GitHub API {path}: HTTP {response.status_code}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise GitHubError(f"GitHub API {path}: answer is not JSON") from exc
+
+    def _hint(self, status: int | None) -> str:
+        if status in (401, 403, 404):
+            return (
+                f" (can the token of GitHubCredentials block {self.credentials_block!r}"
+                " read this repository?)"
+            )
+        if status is None:
+            return f" (is {self.api_url} reachable? CS_GITHUB_API_URL sets it)"
+        return ""
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> GitHubClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 @dataclass
 class CommitStatus:
     """The commit a publish reports to; inert when repo or sha is unknown."""
@@ -93,49 +216,30 @@ class CommitStatus:
 
     def _post(self, state: State, description: str) -> bool:
         settings = self.settings or get_github_settings()
-        if not REPO_RE.match(self.repo or "") or not SHA_RE.match(self.sha or ""):
+        repo, sha = self.repo or "", self.sha or ""
+        if not REPO_RE.match(repo) or not SHA_RE.match(sha):
             self.logger.warning(
                 "commit status not reported: repo %r / sha %r look wrong", self.repo, self.sha
             )
             return False
-        token = github_token(settings)
-        if token is None:
-            self.logger.warning(
-                "commit status not reported: no GitHubCredentials block %r with a token",
-                settings.credentials_block,
-            )
-            return False
-        body = {
-            "state": state,
-            "description": description[:MAX_DESCRIPTION],
-            "context": settings.status_context,
-        }
-        if self.target_url:
-            body["target_url"] = self.target_url
-        url = f"{settings.api_url.rstrip('/')}/repos/{self.repo}/statuses/{self.sha}"
-        last = "no attempt"
-        for attempt in range(settings.attempts):
-            if attempt:
-                time.sleep(min(2.0, 0.5 * 2**attempt))
+        with GitHubClient.from_settings(settings) as github:
+            if github.token is None:
+                self.logger.warning(
+                    "commit status not reported: no GitHubCredentials block %r with a token",
+                    settings.credentials_block,
+                )
+                return False
             try:
-                response = httpx.post(
-                    url, json=body, headers=api_headers(token), timeout=settings.timeout_seconds
+                github.post_status(
+                    repo, sha, state, description, settings.status_context, self.target_url
                 )
-            except httpx.HTTPError as exc:
-                last = _why(exc)
-                continue
-            if response.status_code < 300:
-                self.logger.info(
-                    "commit status %s reported on %s@%s", state, self.repo, self.sha[:12]
+            except RequestFailed as exc:
+                self.logger.warning(
+                    "commit status %s for %s@%s not reported: %s", state, repo, sha, exc
                 )
-                return True
-            last = f"HTTP {response.status_code}"
-            if response.status_code < 500 and response.status_code != 429:
-                break  # a 4xx will not get better by retrying
-        self.logger.warning(
-            "commit status %s for %s@%s not reported: %s", state, self.repo, self.sha, last
-        )
-        return False
+                return False
+        self.logger.info("commit status %s reported on %s@%s", state, repo, sha[:12])
+        return True
 
 
 def _why(exc: BaseException) -> str:

@@ -15,12 +15,13 @@ Mapping:
 - that pull request closed with merged=true → steps="promote".
 GitHub does not put a PR's changed files in the payload: they are read from
 `{CS_GITHUB_API_URL}/repos/{repo}/pulls/{n}/files`, and the file itself from
-`/contents/{path}?ref={sha}` (the stand-in in tests, api.github.com otherwise).
+`/contents/{path}?ref={sha}` (the stand-in in tests, api.github.com otherwise),
+through `prefect_cs.core.github.GitHubClient`; when GitHub cannot answer, the
+delivery gets 502 and is not remembered, so GitHub's redelivery is the retry.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -29,17 +30,17 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlparse
+from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import anyio
-import httpx
 import yaml
 from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.github import GitHubClient, GitHubError
 from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -49,11 +50,11 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 logger = logging.getLogger("prefect_cs.webhook")
+T = TypeVar("T")
 
 CONFIG_PATH_RE = re.compile(r"^config/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})\.ya?ml$")
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 PR_STAGE_ACTIONS = {"opened", "synchronize", "reopened"}
-MAX_PR_FILE_PAGES = 30  # GitHub lists at most 3,000 files of a pull request
 
 
 class WebhookSettings(BaseSettings):
@@ -269,7 +270,7 @@ class Planner:
 
     settings: WebhookSettings
     models: ModelIndex
-    github: GitHubAPI
+    github: GitHubClient
 
     async def plan(
         self, event: str, payload: dict[str, Any], delivery: str
@@ -338,19 +339,26 @@ class Planner:
         number = payload.get("number", pr.get("number"))
         if not isinstance(number, int):
             raise BadDelivery("payload has no pull request number")
-        paths = [
-            p for p in await self.github.pr_files(full_name, number) if CONFIG_PATH_RE.match(p)
-        ]
+        files = await self._github(self.github.pr_files, full_name, number)
+        paths = [p for p in files if CONFIG_PATH_RE.match(p)]
         if not paths:
             raise Ignored(f"pull request #{number} changes no config/OWNER/TITLE.yaml")
         requests = []
         for path in paths:
             owner, title = CONFIG_PATH_RE.match(path).groups()  # type: ignore[union-attr]
-            tag = repo_tag_of(await self.github.file_at(full_name, path, sha), path)
+            tag = repo_tag_of(await self._github(self.github.file_at, full_name, path, sha), path)
             requests.append(
                 PublishRequest(owner, title, tag, steps, delivery, sha=sha, repo=full_name)
             )
         return requests
+
+    @staticmethod
+    async def _github(call: Callable[..., T], *args: Any) -> T:
+        """A GitHub client call off the event loop; its failure becomes a 502 (UpstreamError)."""
+        try:
+            return await anyio.to_thread.run_sync(call, *args)
+        except GitHubError as exc:
+            raise UpstreamError(str(exc)) from exc
 
 
 def repo_tag_of(text: str, path: str) -> str | None:
@@ -361,47 +369,6 @@ def repo_tag_of(text: str, path: str) -> str | None:
         raise Ignored(f"{path} is not valid YAML: {exc}") from exc
     tag = data.get("repo_tag") if isinstance(data, dict) else None
     return str(tag) if tag else None
-
-
-class GitHubAPI:
-    """The two GitHub API reads a pull request needs, with bounded timeouts."""
-
-    def __init__(self, api_url: str, token: str | None, timeout: float = 10.0) -> None:
-        from prefect_cs.core.github import api_headers
-
-        self.api_url = api_url.rstrip("/")
-        self.client = httpx.AsyncClient(headers=api_headers(token), timeout=timeout)
-
-    async def _get(self, path: str, params: dict[str, Any]) -> Any:
-        try:
-            response = await self.client.get(f"{self.api_url}{path}", params=params)
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"GitHub API {path}: {type(exc).__name__}") from exc
-        if response.status_code != 200:
-            raise UpstreamError(f"GitHub API {path}: HTTP {response.status_code}")
-        return response.json()
-
-    async def pr_files(self, repo: str, number: int) -> list[str]:
-        """Names of the files a pull request adds or changes (not removes)."""
-        names: list[str] = []
-        for page in range(1, MAX_PR_FILE_PAGES + 1):
-            batch = await self._get(
-                f"/repos/{repo}/pulls/{number}/files", {"per_page": 100, "page": page}
-            )
-            names += [f["filename"] for f in batch if f.get("status") != "removed"]
-            if len(batch) < 100:
-                break
-        return names
-
-    async def file_at(self, repo: str, path: str, ref: str) -> str:
-        data = await self._get(f"/repos/{repo}/contents/{quote(path)}", {"ref": ref})
-        try:
-            return base64.b64decode(data["content"]).decode()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise UpstreamError(f"GitHub API contents of {path}: unexpected answer") from exc
-
-    async def close(self) -> None:
-        await self.client.aclose()
 
 
 # ---- the ASGI app ------------------------------------------------------------------------
@@ -511,14 +478,13 @@ def load_secret(settings: WebhookSettings) -> str:
 
 def create_app(settings: WebhookSettings | None = None, secret: str | None = None) -> Starlette:
     """The receiver app; the secret is read once here, so rotate it by restarting."""
-    from prefect_cs.core.github import get_github_settings, github_token
     from prefect_cs.core.settings import get_settings
 
     settings = settings or WebhookSettings()
     secret = secret or load_secret(settings)
     db_path = settings.db_path or get_settings().home / "webhook" / "deliveries.sqlite3"
     store = DeliveryStore(db_path, settings.retention_days * 86400, settings.max_deliveries)
-    github = GitHubAPI(get_github_settings().api_url, github_token())
+    github = GitHubClient.from_settings()
     receiver = Receiver(
         secret,
         settings,
@@ -532,7 +498,7 @@ def create_app(settings: WebhookSettings | None = None, secret: str | None = Non
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
-        await github.close()
+        github.close()
         store.close()
 
     return Starlette(
