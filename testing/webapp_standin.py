@@ -1,103 +1,74 @@
 """A real HTTP server standing in for the web app: it records what it receives.
 
-The tests assert on its records; `stack start` runs one for a first try.
+The tests assert on its records; `stack start` runs one for a first try
+(`python -m prefect_cs.testing.webapp_standin PORT LOGFILE [TOKEN]`) when no
+web app is configured, and its log shows exactly what a real one would receive.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from dataclasses import dataclass
+
+from prefect_cs.testing.standin import Recorded, Reply, StandIn
+
+__all__ = ["Recorded", "WebAppStub", "main"]
 
 
 @dataclass
-class Recorded:
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    received: float = field(default_factory=time.monotonic)
-
-
-@dataclass
-class WebAppStub:
+class WebAppStub(StandIn):
     token: str = "webapp-test-token"
     fail_next: int = 0  # answer 503 to this many requests before accepting
-    requests: list[Recorded] = field(default_factory=list)
     log_path: str | None = None  # append each request as a JSON line
 
-    def first_about(self, task_id: str, timeout: float) -> Recorded:
-        """The first request about `task_id`, as soon as it arrives (benchmarks time it)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for request in list(self.requests):
-                if isinstance(request.body, dict) and request.body.get("task_id") == task_id:
-                    return request
-            time.sleep(0.01)
-        raise TimeoutError(f"no request about task {task_id} within {timeout:g}s")
-
-    def start(self, port: int = 0) -> None:
-        stub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_PUT(self) -> None:  # noqa: N802
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                try:
-                    body = json.loads(raw)
-                except ValueError:
-                    body = raw.decode(errors="replace")
-                stub.record(Recorded("PUT", self.path, dict(self.headers), body))
-                if stub.fail_next > 0:
-                    stub.fail_next -= 1
-                    self.send_response(503)
-                elif self.headers.get("Authorization") != f"Token {stub.token}":
-                    self.send_response(401)
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    def answer(self, request: Recorded) -> Reply:
+        if request.method != "PUT":
+            return 405, {}
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return 503, {}
+        if request.headers.get("Authorization") != f"Token {self.token}":
+            return 401, {}
+        return 200, {}
 
     def record(self, request: Recorded) -> None:
-        self.requests.append(request)
+        super().record(request)
         if self.log_path:
             with open(self.log_path, "a") as f:
                 f.write(json.dumps({"path": request.path, "body": request.body}) + "\n")
 
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def first_about(self, task_id: str, timeout: float) -> Recorded:
+        """The first request about `task_id`, as soon as it arrives (benchmarks time it)."""
+        found = self.wait_until(lambda: self.about(task_id)[:1], 1, timeout)
+        if not found:
+            raise TimeoutError(f"no request about task {task_id} within {timeout:g}s")
+        return found[0]
+
+    def about(self, task_id: str) -> list[Recorded]:
+        return [
+            r
+            for r in list(self.requests)
+            if isinstance(r.body, dict) and r.body.get("task_id") == task_id
+        ]
 
     def accepted(self, path: str) -> list[Recorded]:
-        return [r for r in self.requests if r.path == path]
+        """The PUTs to `path` (accepted or not: `fail_next` and a wrong token still record)."""
+        return [r for r in list(self.requests) if r.method == "PUT" and r.path == path]
 
     def wait_for(self, path: str, count: int = 1, timeout: float = 60) -> list[Recorded]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.accepted(path)
-            if len(found) >= count:
-                return found
-            time.sleep(0.1)
-        raise AssertionError(f"web app got {len(self.accepted(path))} PUT {path}, wanted {count}")
+        found = self.wait_until(lambda: self.accepted(path), count, timeout)
+        if len(found) < count:
+            raise AssertionError(f"web app got {len(found)} PUT {path}, wanted {count}")
+        return found
 
 
 def main() -> None:
-    """`python -m prefect_cs.testing.webapp_standin PORT LOGFILE`: a local web app for trying the platform."""
-    import sys
-
+    """`python -m prefect_cs.testing.webapp_standin PORT LOGFILE [TOKEN]`: a local web app."""
     port, log = int(sys.argv[1]), sys.argv[2]
-    stub = WebAppStub(token=sys.argv[3] if len(sys.argv) > 3 else "local-demo-token", log_path=log)
-    stub.start(port)
+    token = sys.argv[3] if len(sys.argv) > 3 else "local-demo-token"
+    WebAppStub(token=token, log_path=log).start(port)
     threading.Event().wait()
 
 

@@ -125,7 +125,7 @@ def test_gcp_backend_set_get_list_delete(secret_manager):
     with pytest.raises(SecretNotFound):
         model.delete("API_KEY")
     assert ("POST", "/v1/projects/cs-test/secrets/" + model.id_for("API_KEY") + ":addVersion") in (
-        secret_manager.requests
+        secret_manager.calls()
     )
 
 
@@ -133,7 +133,7 @@ def test_gcp_backend_through_the_cli(secret_manager):
     assert invoke("secrets", "set", "--name", "TOKEN", "--stdin", stdin="gcp-value").exit_code == 0
     assert invoke("secrets", "get", "TOKEN").output == "gcp-value\n"
     assert "TOKEN" in invoke("secrets", "list").output
-    assert any(path.startswith("/v1/projects/cs-test/") for _, path in secret_manager.requests)
+    assert any(path.startswith("/v1/projects/cs-test/") for _, path in secret_manager.calls())
 
 
 def test_gcp_backend_unreachable_is_one_line(monkeypatch):
