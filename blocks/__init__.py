@@ -2,6 +2,6 @@
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.blocks.webapp import WebApp
-from prefect_cs.security.redis_acl import RedisConfig
+from prefect_cs.blocks.redis import RedisConfig
 
 __all__ = ["ModelConfig", "PublishedTag", "RedisConfig", "WebApp"]
