@@ -7,7 +7,6 @@ environment (see `from_env`).
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Literal
 
@@ -62,18 +61,18 @@ class RedisConfig(Block):
 
     @classmethod
     def from_env(cls, **overrides: Any) -> RedisConfig:
-        """CS_REDIS_URL / _HOST / _PORT / _DB and CS_REDIS_<ROLE>_USERNAME / _PASSWORD.
+        """CS_REDIS_URL / _HOST / _PORT / _DB and CS_REDIS_<ROLE>_USERNAME / _PASSWORD
+        (core/settings.py `RedisSettings`); what is not set keeps the block's default.
 
         A model job builds its config this way with only CS_REDIS_EXECUTOR_PASSWORD set.
         """
+        from prefect_cs.core.settings import get_settings
+
+        settings = get_settings().redis
         fields = ["url", "host", "port", "db"] + [
             f"{role}_{part}" for role in ROLES for part in ("username", "password")
         ]
-        values = {
-            f: os.environ[f"CS_REDIS_{f.upper()}"]
-            for f in fields
-            if f"CS_REDIS_{f.upper()}" in os.environ
-        }
+        values = {f: getattr(settings, f) for f in fields if getattr(settings, f) is not None}
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 

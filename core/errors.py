@@ -22,6 +22,10 @@ class ConfigError(CSError, ValueError):
     """A model config (file, block or web app project) that cannot be used, with what to fix."""
 
 
+class SettingsError(CSError, ValueError):
+    """A CS_* environment variable with a value the settings tree refuses; names the variable."""
+
+
 class StepFailed(CSError, RuntimeError):
     """A publish step failed; the message carries the step's own output."""
 

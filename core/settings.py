@@ -1,36 +1,162 @@
-"""Platform settings read from the environment (prefix `CS_`).
+"""Every `CS_*` environment variable the platform reads, in one tree.
 
 Settings that name blocks or pools live here rather than in a block so that a
 worker, a flow run and the CLI all agree on them without a server round trip.
+One tree, because what a job or an inputs server on another tier must inherit
+is decided field by field here (`json_schema_extra={"forward": True}`), not by
+lists kept by hand beside each launcher, which drift. Secrets are `SecretStr`
+and are never forwarded; only the Redis executor password (what a job holds)
+is marked `job_credential` and reaches the local workers.
+
+Nothing else reads `CS_*` from the environment (ruff TID251 and
+tests/test_settings.py check it): add a field here and read `get_settings()`.
 """
 
-from pathlib import Path
+from __future__ import annotations
 
-from pydantic import Field
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args
+
+from prefect_cs.core.errors import SettingsError
+from pydantic import Field, SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+FORWARD = {"forward": True}  # a job or inputs server on another tier gets it too
+JOB_CREDENTIAL = {"job_credential": True}  # a secret a model job may hold (local workers get it)
+
+
+class NotifySettings(BaseSettings):
+    """How hard a job tries to reach the web app (prefix `CS_NOTIFY_`); jobs inherit it."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_NOTIFY_", extra="ignore")
+
+    attempts: int = Field(default=5, ge=1, le=20, json_schema_extra=FORWARD)
+    backoff_seconds: float = Field(default=1.0, ge=0, json_schema_extra=FORWARD)
+    timeout_seconds: float = Field(default=10.0, gt=0, json_schema_extra=FORWARD)
+
+
+class RedisSettings(BaseSettings):
+    """Redis for job inputs (prefix `CS_REDIS_`): the block to use, or a connection by variables.
+
+    The connection fields (None: the cs-redis block's default) let a model job
+    build its config from CS_REDIS_EXECUTOR_PASSWORD alone, and the CLI create
+    the ACL before any block exists. Passwords are secrets: none is forwarded.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CS_REDIS_", extra="ignore")
+
+    block: str | None = Field(
+        default=None,
+        description="A cs-redis block: when set, simulation inputs travel through Redis, not parameters.",
+    )
+    inputs_ttl_seconds: int = Field(default=24 * 3600, gt=0)
+    url: str | None = Field(default=None, description="redis:// URL; overrides host, port and db.")
+    host: str | None = None
+    port: int | None = None
+    db: int | None = None
+    admin_username: str | None = None
+    admin_password: SecretStr | None = None
+    scheduler_username: str | None = None
+    scheduler_password: SecretStr | None = None
+    executor_username: str | None = None
+    executor_password: SecretStr | None = Field(
+        default=None,
+        description="The job's Redis identity: may only GET job-* keys.",
+        json_schema_extra=JOB_CREDENTIAL,
+    )
+    initial_password: SecretStr | None = Field(
+        default=None, description="The server's password before `redis init-acl` creates users."
+    )
+
+
+class SecretsSettings(BaseSettings):
+    """Which backend holds secrets and where a job takes them from (prefix `CS_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_", extra="ignore")
+
+    secrets_backend: str = Field(
+        default="prefect", description="prefect | gcp", json_schema_extra=FORWARD
+    )
+    secrets_source: str | None = Field(
+        default=None,
+        description="`env` in Kubernetes pods: declared secrets are in the environment (secretKeyRef).",
+    )
+    gcp_project: str | None = Field(default=None, json_schema_extra=FORWARD)
+    gcp_credentials_block: str | None = Field(default=None, json_schema_extra=FORWARD)
+    gcp_secrets_endpoint: str | None = Field(
+        default=None,
+        description="Secret Manager endpoint; an http:// one is an emulator (anonymous, REST).",
+        json_schema_extra=FORWARD,
+    )
+
+
+class GitHubSettings(BaseSettings):
+    """Where the GitHub API is and which credentials block holds the token (prefix `CS_GITHUB_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_GITHUB_", extra="ignore")
+
+    api_url: str = Field(
+        default="https://api.github.com", description="GitHub (Enterprise) API base."
+    )
+    credentials_block: str = Field(
+        default="cs-github", description="Name of a prefect-github GitHubCredentials block."
+    )
+    status_context: str = "prefect-cs/publish"
+    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    attempts: int = Field(default=2, ge=1, le=5)
+
+
+class WebhookSettings(BaseSettings):
+    """The webhook receiver's settings (prefix `CS_WEBHOOK_`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_WEBHOOK_", extra="ignore")
+
+    secret_name: str = Field(
+        default="GITHUB_WEBHOOK_SECRET", description="Cluster-level secret holding the HMAC key."
+    )
+    publish_repo: str | None = Field(
+        default=None, description="owner/name of the repository holding config/OWNER/TITLE.yaml."
+    )
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    retention_days: float = Field(default=7.0, gt=0, description="How long delivery ids are kept.")
+    max_deliveries: int = Field(default=200_000, gt=0, description="Most delivery ids kept.")
+    models_cache_seconds: float = Field(default=10.0, ge=0)
+    request_window_seconds: float = Field(
+        default=600.0,
+        ge=0,
+        description="One publish per model, tag and steps within this window (a release and its"
+        " tag push are two deliveries); 0 turns it off.",
+    )
+    db_path: Path | None = Field(
+        default=None, description="Default: $CS_HOME/webhook/deliveries.sqlite3"
+    )
 
 
 class CSSettings(BaseSettings):
+    """The root of the tree (prefix `CS_`): home, tier, blocks, pools, images, per-job switches."""
+
     model_config = SettingsConfigDict(env_prefix="CS_", extra="ignore")
 
     home: Path = Field(
         default=Path.home() / ".prefect-cs",
         description="Where virtualenvs, clones, undelivered results and logs live.",
+        json_schema_extra=FORWARD,
     )
     tier: str = Field(default="local", description="local | docker | kubernetes")
-    webapp_block: str = "cs-web-app/default"
+    webapp_block: str = Field(default="cs-web-app/default", json_schema_extra=FORWARD)
+    webapp_token: SecretStr | None = Field(
+        default=None, description="Read by `prefect-cs webapp set` only; saved in the block."
+    )
     outputs_block: str = Field(
         default="local-file-system/cs-outputs",
         description="A Prefect filesystem block (LocalFileSystem or GcsBucket) for output zips.",
+        json_schema_extra=FORWARD,
     )
     process_pool: str = "cs-process"
     docker_pool: str = "cs-docker"
     kubernetes_pool: str = "cs-kubernetes"
-    redis_block: str | None = Field(
-        default=None,
-        description="A cs-redis block: when set, simulation inputs travel through Redis, not parameters.",
-    )
-    redis_inputs_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     base_image: str = Field(
         default="python:3.11-slim",
         description="Image the docker tier builds on; `deployments/docker/build-base-image.sh`"
@@ -54,9 +180,14 @@ class CSSettings(BaseSettings):
         ge=1,
         description="Set in container jobs (which run as root): the uid model children run as.",
     )
-    notify_attempts: int = Field(default=5, ge=1, le=20)
-    notify_backoff_seconds: float = Field(default=1.0, ge=0)
-    notify_timeout_seconds: float = Field(default=10.0, gt=0)
+    inputs_model: str | None = Field(
+        default=None, description="OWNER/TITLE: set in a model's own inputs server container."
+    )
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    secrets: SecretsSettings = Field(default_factory=SecretsSettings)
+    github: GitHubSettings = Field(default_factory=GitHubSettings)
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @property
     def envs_dir(self) -> Path:
@@ -73,24 +204,94 @@ class CSSettings(BaseSettings):
 
 def get_settings() -> CSSettings:
     """Read afresh each time: tests and the CLI change the environment between calls."""
-    return CSSettings()
+    try:
+        return CSSettings()
+    except ValidationError as exc:
+        raise SettingsError(explain(exc)) from exc
 
 
-# Settings a container job needs from the worker's side; TODO(settings tree): derive from field metadata.
-_FORWARDED = (
-    "CS_WEBAPP_BLOCK",
-    "CS_OUTPUTS_BLOCK",
-    "CS_NOTIFY_ATTEMPTS",
-    "CS_NOTIFY_BACKOFF_SECONDS",
-    "CS_NOTIFY_TIMEOUT_SECONDS",
-    "CS_SECRETS_BACKEND",
-    "CS_GCP_PROJECT",
-    "CS_GCP_CREDENTIALS_BLOCK",
-)
+def explain(exc: ValidationError) -> str:
+    """Each invalid value by its variable name, so the message says what to change."""
+    prefix = next(
+        (c.model_config["env_prefix"] for c in _sections(CSSettings) if c.__name__ == exc.title),
+        "CS_",
+    )
+    fields, problems = setting_fields(), []
+    for error in exc.errors():
+        name = (prefix + "_".join(map(str, error["loc"]))).upper()
+        info = fields.get(name)
+        shown = "" if info is None or is_secret(info) else f"={error.get('input')!r}"
+        problems.append(f"{name}{shown}: {error['msg']}")
+    return "invalid setting " + "; ".join(problems) + ": fix or unset the variable"
+
+
+# ---- walking the tree -----------------------------------------------------------
+
+
+def _sections(cls: type[BaseSettings]) -> Iterator[type[BaseSettings]]:
+    """The root and every sub-settings class under it."""
+    yield cls
+    for info in cls.model_fields.values():
+        if isinstance(info.annotation, type) and issubclass(info.annotation, BaseSettings):
+            yield from _sections(info.annotation)
+
+
+def setting_fields(cls: type[BaseSettings] = CSSettings) -> dict[str, FieldInfo]:
+    """Every variable of the tree by its name (e.g. `CS_REDIS_BLOCK`), with its field."""
+    return {
+        (section.model_config["env_prefix"] + name).upper(): info
+        for section in _sections(cls)
+        for name, info in section.model_fields.items()
+        if not (isinstance(info.annotation, type) and issubclass(info.annotation, BaseSettings))
+    }
+
+
+def _set_values(settings: BaseSettings) -> Iterator[tuple[str, FieldInfo, Any]]:
+    """(variable, field, value) for each setting given in the environment, sub-settings included."""
+    prefix = settings.model_config["env_prefix"]
+    for name, info in type(settings).model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, BaseSettings):
+            yield from _set_values(value)
+        elif name in settings.model_fields_set and value is not None:
+            yield (prefix + name).upper(), info, value
+
+
+def _marked(info: FieldInfo, key: str) -> bool:
+    extra = info.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get(key))
+
+
+def is_secret(info: FieldInfo) -> bool:
+    return info.annotation is SecretStr or SecretStr in get_args(info.annotation)
+
+
+def as_env(value: Any) -> str:
+    """A setting's value as an environment variable (what the receiving side parses back)."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def forwarded_environment() -> dict[str, str]:
-    """The CS_* variables set here that a job or inputs server on another tier must see too."""
-    import os
+    """The settings marked `forward` that are set here: what a container job or inputs server
+    on another tier must see too. Never a secret."""
+    env = {}
+    for name, info, value in _set_values(get_settings()):
+        if _marked(info, "forward"):
+            if is_secret(info):
+                raise TypeError(f"{name} is a secret and must not be marked forward")
+            env[name] = as_env(value)
+    return env
 
-    return {k: os.environ[k] for k in _FORWARDED if k in os.environ}
+
+def worker_settings_environment() -> dict[str, str]:
+    """Every setting set here that a worker on this machine may pass to its jobs: no secret
+    but those a job holds (`job_credential`: the Redis executor password)."""
+    return {
+        name: as_env(value)
+        for name, info, value in _set_values(get_settings())
+        if not is_secret(info) or _marked(info, "job_credential")
+    }

@@ -33,9 +33,9 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
         load_webapp().put(
             path,
             payload,
-            attempts=settings.notify_attempts,
-            backoff=settings.notify_backoff_seconds,
-            timeout=settings.notify_timeout_seconds,
+            attempts=settings.notify.attempts,
+            backoff=settings.notify.backoff_seconds,
+            timeout=settings.notify.timeout_seconds,
         )
     except (DeliveryError, LookupError) as exc:
         kept = keep_undelivered(path, payload, str(exc))
@@ -68,9 +68,9 @@ def resend_undelivered() -> list[tuple[Path, str]]:
             webapp.put(
                 record["path"],
                 record["payload"],
-                attempts=settings.notify_attempts,
-                backoff=settings.notify_backoff_seconds,
-                timeout=settings.notify_timeout_seconds,
+                attempts=settings.notify.attempts,
+                backoff=settings.notify.backoff_seconds,
+                timeout=settings.notify.timeout_seconds,
             )
         except DeliveryError as exc:
             report.append((kept, f"still undelivered: {exc}"))

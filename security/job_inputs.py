@@ -9,7 +9,6 @@ them back as the `executor` user, which may only GET `job-*` keys.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prefect_cs.core.blocks import load_named_block
@@ -19,11 +18,11 @@ from prefect_cs.security.redis_acl import RedisConfig, get_job_inputs, put_job_i
 
 
 def redis_configured() -> bool:
-    return bool(get_settings().redis_block)
+    return bool(get_settings().redis.block)
 
 
 def _block() -> RedisConfig:
-    name = get_settings().redis_block
+    name = get_settings().redis.block
     if not name:
         raise NotConfigured(
             "no Redis configured: set CS_REDIS_BLOCK to the name of a cs-redis block"
@@ -34,7 +33,8 @@ def _block() -> RedisConfig:
 
 def executor_config() -> RedisConfig:
     """The job's identity: CS_REDIS_* variables when the job was given them, else the block."""
-    if os.environ.get("CS_REDIS_EXECUTOR_PASSWORD"):
+    password = get_settings().redis.executor_password
+    if password and password.get_secret_value():
         return RedisConfig.from_env()
     return _block()
 
@@ -42,7 +42,7 @@ def executor_config() -> RedisConfig:
 def stage_inputs(task_id: str, meta_param_dict: dict[str, Any], adjustment: dict[str, Any]) -> str:
     """As the scheduler: write the inputs under `job-<task id>`; returns the key."""
     inputs = {"meta_param_dict": meta_param_dict, "adjustment": adjustment}
-    return put_job_inputs(_block(), task_id, inputs, get_settings().redis_inputs_ttl_seconds)
+    return put_job_inputs(_block(), task_id, inputs, get_settings().redis.inputs_ttl_seconds)
 
 
 def load_inputs(task_id: str) -> tuple[dict[str, Any], dict[str, Any]]:

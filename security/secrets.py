@@ -19,24 +19,13 @@ from typing import Any
 
 from prefect_cs.core.errors import SecretNotFound, SecretsError
 from prefect_cs.core.names import check_name, slug
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from prefect_cs.core.settings import SecretsSettings, get_settings
 
 SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_NAME_RULE = "letters, digits, '_' and '-' only (1 to 64 characters)"
 MAX_VALUE_BYTES = 64 * 1024  # Google Secret Manager's payload limit, kept for both backends
 MAX_ID_LENGTH = 255  # Google Secret Manager's secret id limit
 BACKENDS = ("prefect", "gcp")
-
-
-class SecretsSettings(BaseSettings):
-    """Which backend holds secrets; read from the environment (prefix `CS_`)."""
-
-    model_config = SettingsConfigDict(env_prefix="CS_", extra="ignore")
-
-    secrets_backend: str = "prefect"
-    gcp_project: str | None = None
-    gcp_credentials_block: str | None = None
-    gcp_secrets_endpoint: str | None = None
 
 
 # ---- names and scopes -------------------------------------------------------
@@ -379,8 +368,8 @@ def gcp_client(settings: SecretsSettings) -> Any:
 
 
 def get_secrets_settings() -> SecretsSettings:
-    """Read afresh: tests and the CLI change the environment between calls."""
-    return SecretsSettings()
+    """The `secrets` branch of the settings tree, read afresh (tests change the environment)."""
+    return get_settings().secrets
 
 
 def get_backend(scope: str | None = None) -> SecretsBackend:

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import NotFound
+from prefect_cs.core.settings import forwarded_environment
 from prefect_cs.flows.inputs import TASK_STORAGE_BLOCK, task_storage_env
 from prefect_cs.tiers.docker import PLATFORM_VENV, docker_client
 
@@ -47,17 +48,15 @@ def task_storage_volume() -> dict[str, dict[str, str]]:
 
 
 def server_environment(model: ModelConfig) -> dict[str, str]:
-    """What the task worker needs: the API, the model it serves, the shared task storage."""
-    env = {
+    """What the task worker needs: the API, the model it serves, the shared task storage, and
+    the same forwarded settings as a job (core.settings.forwarded_environment)."""
+    return {
+        **forwarded_environment(),
         "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
         "CS_INPUTS_MODEL": f"{model.owner}/{model.title}",
         "CS_MEMORY_BY_CONTAINER": "true",
         **task_storage_env(),
     }
-    env.update(
-        {k: v for k, v in os.environ.items() if k in ("CS_SECRETS_BACKEND", "CS_WEBAPP_BLOCK")}
-    )
-    return env
 
 
 def start_inputs_server(owner: str, title: str) -> str:

@@ -9,10 +9,9 @@ Run it with `prefect-cs inputs serve [--model OWNER/TITLE]` or
 
 from __future__ import annotations
 
-import os
-
 from prefect import Task
 from prefect_cs.core.names import check_name
+from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, task_storage, version_task
 
 
@@ -32,7 +31,7 @@ def serve(model: str | None = None) -> None:
     from prefect.task_worker import serve as serve_tasks
 
     with task_storage():
-        serve_tasks(*served_tasks(model or os.environ.get("CS_INPUTS_MODEL")), limit=20)
+        serve_tasks(*served_tasks(model or get_settings().inputs_model), limit=20)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
-from prefect_cs.core.settings import get_settings
+from prefect_cs.core.settings import get_settings, worker_settings_environment
 
 # What a worker needs to reach the server; nothing else of the platform's
 # environment (database URL, API keys, web app tokens) is passed on, because
@@ -47,22 +47,15 @@ def stack_dir() -> Path:
     return path
 
 
-# Platform credentials a job must never hold (the job's Redis identity is the executor only).
-WORKER_ENV_DROP = (
-    "CS_WEBAPP_TOKEN",
-    "CS_REDIS_ADMIN_PASSWORD",
-    "CS_REDIS_SCHEDULER_PASSWORD",
-    "CS_REDIS_INITIAL_PASSWORD",
-)
-
-
 def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A minimal environment for workers: the API URL, the CS_* settings, fast polling."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if (k in WORKER_ENV_KEEP or k.startswith("CS_")) and k not in WORKER_ENV_DROP
-    }
+    """A minimal environment for workers: the API URL, the CS_* settings, fast polling.
+
+    The CS_* settings come from the settings tree, which leaves out the platform's
+    credentials (web app token, Redis admin, scheduler and initial passwords): a
+    job's Redis identity is the executor only.
+    """
+    env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
+    env.update(worker_settings_environment())
     env.update(FAST_POLLING)
     env["PREFECT_API_URL"] = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     if "PREFECT_HOME" in os.environ:
@@ -217,6 +210,15 @@ def pool_worker(pool: str, worker_type: str) -> Background:
 
 def process_worker(pool: str | None = None) -> Background:
     return pool_worker(pool or get_settings().process_pool, "process")
+
+
+def docker_worker(pool: str | None = None) -> Background:
+    """`prefect worker start --type docker` with the minimal worker environment.
+
+    Workers copy their PREFECT_* settings into every container they start, so
+    the worker gets only the API URL, CS_* settings and fast polling.
+    """
+    return pool_worker(pool or get_settings().docker_pool, "docker")
 
 
 def inputs_worker() -> Background:

@@ -28,7 +28,7 @@ def declared_secrets(model: ModelConfig) -> dict[str, str]:
         return {}
     found = {name: os.environ[name] for name in model.secrets if os.environ.get(name)}
     missing = [name for name in model.secrets if name not in found]
-    if missing and os.environ.get("CS_SECRETS_SOURCE") == "env":
+    if missing and _secrets_source() == "env":
         raise NotConfigured(
             f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
             " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
@@ -38,6 +38,13 @@ def declared_secrets(model: ModelConfig) -> dict[str, str]:
 
         found.update(model_secret_env(model.owner, model.title, missing))
     return found
+
+
+def _secrets_source() -> str | None:
+    """`env` in Kubernetes pods (work_pools/kubernetes.json): secrets come only as secretKeyRefs."""
+    from prefect_cs.core.settings import get_settings
+
+    return get_settings().secrets.secrets_source
 
 
 def memory_rlimit_mib(model: ModelConfig) -> int | None:
