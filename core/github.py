@@ -26,8 +26,7 @@ from urllib.parse import quote
 import httpx
 from prefect_cs.core.errors import CSError
 from prefect_cs.core.http import RequestFailed, Retry, request
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from prefect_cs.core.settings import GitHubSettings, get_settings
 
 State = Literal["pending", "success", "failure", "error"]
 REPO_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}/[A-Za-z0-9_.-]{1,100}$")
@@ -41,24 +40,9 @@ READS = Retry(attempts=1, timeout=10.0)
 STATUS_BACKOFF, STATUS_MAX_DELAY = 1.0, 2.0  # seconds before the 2nd try, and the cap after
 
 
-class GitHubSettings(BaseSettings):
-    """Where the GitHub API is and which credentials block holds the token (prefix `CS_GITHUB_`)."""
-
-    model_config = SettingsConfigDict(env_prefix="CS_GITHUB_", extra="ignore")
-
-    api_url: str = Field(
-        default="https://api.github.com", description="GitHub (Enterprise) API base."
-    )
-    credentials_block: str = Field(
-        default="cs-github", description="Name of a prefect-github GitHubCredentials block."
-    )
-    status_context: str = "prefect-cs/publish"
-    timeout_seconds: float = Field(default=5.0, gt=0, le=60)
-    attempts: int = Field(default=2, ge=1, le=5)
-
-
 def get_github_settings() -> GitHubSettings:
-    return GitHubSettings()
+    """The `github` branch of the settings tree (core/settings.py), read afresh."""
+    return get_settings().github
 
 
 def github_token(settings: GitHubSettings | None = None) -> str | None:

@@ -41,9 +41,8 @@ import anyio
 import yaml
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.github import GitHubClient, GitHubError
+from prefect_cs.core.settings import WebhookSettings, get_settings
 from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -55,32 +54,6 @@ T = TypeVar("T")
 CONFIG_PATH_RE = re.compile(r"^config/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})\.ya?ml$")
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 PR_STAGE_ACTIONS = {"opened", "synchronize", "reopened"}
-
-
-class WebhookSettings(BaseSettings):
-    """The receiver's settings (prefix `CS_WEBHOOK_`)."""
-
-    model_config = SettingsConfigDict(env_prefix="CS_WEBHOOK_", extra="ignore")
-
-    secret_name: str = Field(
-        default="GITHUB_WEBHOOK_SECRET", description="Cluster-level secret holding the HMAC key."
-    )
-    publish_repo: str | None = Field(
-        default=None, description="owner/name of the repository holding config/OWNER/TITLE.yaml."
-    )
-    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
-    retention_days: float = Field(default=7.0, gt=0, description="How long delivery ids are kept.")
-    max_deliveries: int = Field(default=200_000, gt=0, description="Most delivery ids kept.")
-    models_cache_seconds: float = Field(default=10.0, ge=0)
-    request_window_seconds: float = Field(
-        default=600.0,
-        ge=0,
-        description="One publish per model, tag and steps within this window (a release and its"
-        " tag push are two deliveries); 0 turns it off.",
-    )
-    db_path: Path | None = Field(
-        default=None, description="Default: $CS_HOME/webhook/deliveries.sqlite3"
-    )
 
 
 # ---- signature ------------------------------------------------------------------
@@ -478,11 +451,10 @@ def load_secret(settings: WebhookSettings) -> str:
 
 def create_app(settings: WebhookSettings | None = None, secret: str | None = None) -> Starlette:
     """The receiver app; the secret is read once here, so rotate it by restarting."""
-    from prefect_cs.core.settings import get_settings
-
-    settings = settings or WebhookSettings()
+    root = get_settings()
+    settings = settings or root.webhook
     secret = secret or load_secret(settings)
-    db_path = settings.db_path or get_settings().home / "webhook" / "deliveries.sqlite3"
+    db_path = settings.db_path or root.home / "webhook" / "deliveries.sqlite3"
     store = DeliveryStore(db_path, settings.retention_days * 86400, settings.max_deliveries)
     github = GitHubClient.from_settings()
     receiver = Receiver(
