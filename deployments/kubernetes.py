@@ -285,20 +285,6 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
     return config.job_manifest
 
 
-def validate(manifests: Iterable[Manifest], version: str = KUBERNETES_VERSION) -> int:
-    """Strict validation against the Kubernetes OpenAPI schema; the count validated.
-
-    kubernetes-validate is a test dependency: install `.[test]` to use this.
-    """
-    import kubernetes_validate
-
-    count = 0
-    for manifest in manifests:
-        kubernetes_validate.validate(manifest, version, strict=True)
-        count += 1
-    return count
-
-
 def pod_labels(task_id: str) -> str:
     """The label selector of one task's Job and pod: `kubectl get pods -l …`."""
     return f"{LABEL_PREFIX}/task-id={label_value(task_id)}"

@@ -21,7 +21,6 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import kubernetes_validate
 import pytest
 import yaml
 
@@ -126,8 +125,10 @@ def test_deploy_step_moves_the_model_to_the_kubernetes_pool(k8s_model):
 
 
 def test_rendered_job_is_valid_and_carries_the_model_config(rendered):
+    from prefect_cs.testing.manifests import validate
+
     task_id, run, job = rendered
-    assert kubernetes_validate.validate(job, VERSION, strict=True)
+    assert validate([job], VERSION) == 1
     spec = job["spec"]
     assert (spec["parallelism"], spec["completions"]) == (1, 1)
     assert "parallelism" not in spec["template"]["spec"]
@@ -217,7 +218,8 @@ def test_job_variables_need_an_image():
 
 
 def test_operator_manifests_are_valid(k8s_model):
-    from prefect_cs.deployments.kubernetes import operator_manifests, validate
+    from prefect_cs.deployments.kubernetes import operator_manifests
+    from prefect_cs.testing.manifests import validate
 
     manifests = operator_manifests(
         [k8s_model], "http://prefect-server.prefect:4200/api", platform_image="r/prefect-cs:1"
@@ -263,6 +265,8 @@ def test_operator_manifests_are_valid(k8s_model):
 
 
 def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
+    from prefect_cs.testing.manifests import validate
+
     out = tmp_path / "manifests"
     done = subprocess.run(
         [
@@ -287,8 +291,7 @@ def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
     assert not any("&id" in text for text in texts)  # plain YAML, no anchors
     manifests = [yaml.safe_load(text) for text in texts]
     assert len(manifests) == 8
-    for manifest in manifests:
-        kubernetes_validate.validate(manifest, VERSION, strict=True)
+    assert validate(manifests, VERSION) == 8
     secret_file = next(f for f, m in zip(files, manifests, strict=True) if m["kind"] == "Secret")
     assert secret_file.stat().st_mode & 0o777 == 0o600
 
