@@ -36,9 +36,9 @@ WORK = scratch_environment(
 
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
-from prefect_cs.cli.docker import docker_worker  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
 from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.services.stack import docker_worker  # noqa: E402
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker  # noqa: E402
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402

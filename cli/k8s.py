@@ -1,19 +1,26 @@
-"""`prefect-cs k8s …`: manifests for the operator, a flow run's Job, the crash watcher."""
+"""`prefect-cs k8s …`: what an operator applies to a cluster, and the Job a run would get.
+
+Rendered here rather than shipped as static YAML because the manifests depend on
+the registered models (their Secrets and inputs servers) and the platform's settings.
+The lost-run watcher is `prefect-cs watch` (cli/watch.py): it serves every tier.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import typer
 import yaml
+from prefect_cs.cli._utilities import CSTyper, exit_with_error, split_model
 
-k8s_app = typer.Typer(
-    help="Kubernetes: render manifests to apply, show a run's Job, report lost runs.",
-    no_args_is_help=True,
-)
+if TYPE_CHECKING:
+    from prefect_cs.blocks.model_config import ModelConfig
+
+k8s_app = CSTyper(help="Kubernetes: render manifests to apply, show a run's Job.")
 
 
 class _PlainDumper(yaml.SafeDumper):
@@ -23,12 +30,8 @@ class _PlainDumper(yaml.SafeDumper):
         return True
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(1)
-
-
-def _models(names: list[str]):
+def _models(names: list[str]) -> list[ModelConfig]:
+    """The named models, or every registered one (which needs the platform's API)."""
     from prefect_cs.blocks.model_config import ModelConfig
     from prefect_cs.registry.configs import all_models
 
@@ -39,19 +42,12 @@ def _models(names: list[str]):
         try:
             return all_models()
         except (PrefectHTTPStatusError, httpx.HTTPError) as exc:
-            _fail(
+            exit_with_error(
                 f"cannot read the model registry ({type(exc).__name__}): set PREFECT_API_URL to"
                 " the platform's server and register the blocks (`prefect block register -m"
                 " prefect_cs.blocks`)"
             )
-    models = []
-    for name in names:
-        owner, _, title = name.partition("/")
-        try:
-            models.append(ModelConfig.for_model(owner, title))
-        except (LookupError, ValueError) as exc:
-            _fail(str(exc))
-    return models
+    return [ModelConfig.for_model(*split_model(name)) for name in names]
 
 
 def _file_name(index: int, manifest: dict) -> str:
@@ -70,7 +66,7 @@ def render_cmd(
     out: Path = typer.Option(None, help="Write one file per manifest here instead of stdout"),
     no_secrets: bool = typer.Option(False, help="Leave out the model Secrets (no values read)"),
     platform_image: str = typer.Option(
-        None, help="The platform's image: adds the `prefect-cs k8s watch` Deployment"
+        None, help="The platform's image: adds the `prefect-cs watch` Deployment"
     ),
 ) -> None:
     """Namespaces, worker RBAC, model Secrets and inputs servers: `… | kubectl apply -f -`.
@@ -82,7 +78,7 @@ def render_cmd(
 
     url = api_url or PREFECT_API_URL.value()
     if not url:
-        _fail("no API URL: pass --api-url http://prefect-server.prefect:4200/api")
+        exit_with_error("no API URL: pass --api-url http://prefect-server.prefect:4200/api")
     manifests = operator_manifests(
         _models(model),
         url,
@@ -100,7 +96,7 @@ def render_cmd(
         path.write_text(yaml.dump(manifest, Dumper=_PlainDumper, sort_keys=False))
         if manifest["kind"] == "Secret":
             path.chmod(0o600)
-    typer.echo(f"{len(manifests)} manifests written to {out}", err=True)
+    typer.echo(f"{len(manifests)} manifests written to {out}", err=True)  # stdout stays YAML-only
 
 
 @k8s_app.command("job")
@@ -114,27 +110,5 @@ def job_cmd(
     """
     from prefect_cs.deployments.kubernetes import render_job
 
-    try:
-        manifest = asyncio.run(render_job(flow_run_id, worker_name))
-    except ValueError as exc:
-        _fail(str(exc))
+    manifest = asyncio.run(render_job(flow_run_id, worker_name))
     typer.echo(json.dumps(manifest, indent=2))
-
-
-@k8s_app.command("watch")
-def watch_cmd(
-    pending_timeout: float = typer.Option(600.0, help="Seconds a run may stay Pending"),
-    interval: float = typer.Option(30.0, help="Seconds between scans"),
-    once: bool = typer.Option(False, help="One scan, print what was reported, exit"),
-) -> None:
-    """Send a FAIL to the web app for simulate runs lost before their flow could report.
-
-    Crashed, or never started (Pending/Late): on Kubernetes, and the same on the
-    process and Docker tiers (a killed flow process, a container that never ran).
-    """
-    from prefect_cs.services.lost_runs import scan_once, watch
-
-    if once:
-        typer.echo(json.dumps(scan_once(pending_timeout), indent=2))
-        return
-    watch(pending_timeout, interval)

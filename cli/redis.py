@@ -2,7 +2,8 @@
 
 The target is a saved `cs-redis` block (--block), or --host/--port/--url with
 passwords from CS_REDIS_<ROLE>_PASSWORD environment variables, so no password
-is typed on a command line.
+is typed on a command line. Any failure talking to Redis (refused, unreachable,
+wrong password) is one error line: this runs in setup scripts.
 """
 
 from __future__ import annotations
@@ -10,41 +11,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
+from prefect_cs.cli._utilities import CSTyper, console, describe, exit_on_error, exit_with_error
 from rich.table import Table
 
 if TYPE_CHECKING:
     from prefect_cs.security.redis_acl import RedisConfig
 
-redis_app = typer.Typer(help="The Redis that hands job inputs to model jobs.", no_args_is_help=True)
-console = Console()
-err = Console(stderr=True)
+redis_app = CSTyper(help="The Redis that hands job inputs to model jobs.")
 
 
 @redis_app.callback()
 def redis_main() -> None:
     """The Redis that hands job inputs to model jobs (kept a group, for `redis init-acl`)."""
-
-
-def fail(message: str) -> None:
-    """One clear line and exit code 1: operators need the fix, not a traceback."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def one_line(exc: Exception) -> str:
-    """The first line of an error; pydantic errors reduced to field and message."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-        )
-    from prefect_cs.security.redis_acl import AclError
-
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    return first if isinstance(exc, AclError) else f"{type(exc).__name__}: {first}"
 
 
 def load_config(block: str, host: str | None, port: int | None, url: str | None) -> RedisConfig:
@@ -55,9 +33,9 @@ def load_config(block: str, host: str | None, port: int | None, url: str | None)
         if host or port or url:
             return RedisConfig.from_env(host=host, port=port, url=url)
         return RedisConfig.load(block, _sync=True)
-    except Exception as exc:
-        fail(
-            f"no usable Redis config ({one_line(exc)}): save a cs-redis block named {block!r},"
+    except Exception as exc:  # a missing block, a missing password, an unreachable API
+        exit_with_error(
+            f"no usable Redis config ({describe(exc)}): save a cs-redis block named {block!r},"
             " or give --host/--port or --url with CS_REDIS_ADMIN_PASSWORD,"
             " CS_REDIS_SCHEDULER_PASSWORD and CS_REDIS_EXECUTOR_PASSWORD set"
         )
@@ -85,18 +63,14 @@ def init_acl_cmd(
     from prefect_cs.security.redis_acl import init_acl
 
     config = load_config(block, host, port, url)
-    try:
+    with exit_on_error(catch=Exception):  # AclError, a refused or unreachable server
         result = init_acl(config, initial_username, initial_password)
-    except Exception as exc:  # AclError, a refused or unreachable server: one line each
-        fail(one_line(exc))
     table = Table("user", "rules", title="Redis ACL")
     for user, rules in sorted(result.users.items()):
         table.add_row(user, rules)
     console.print(table)
-    console.print(f"ACL {result.persisted}", highlight=False)
+    console.print(f"ACL {result.persisted}")
     if save:
-        try:
+        with exit_on_error("the ACL is set but the block was not saved: ", catch=Exception):
             config.save(block, overwrite=True, _sync=True)
-        except Exception as exc:
-            fail(f"the ACL is set but the block was not saved: {one_line(exc)}")
-        console.print(f"saved cs-redis block {block!r}", highlight=False)
+        console.print(f"saved cs-redis block {block!r}")

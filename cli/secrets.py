@@ -1,32 +1,25 @@
 """`prefect-cs secrets …` (cluster) and `prefect-cs models -n OWNER/TITLE secrets …` (one model).
 
 Values are read from stdin unless given with --value, so they stay out of
-shell history; `get` prints the bare value so it can be piped.
+shell history; `get` prints the bare value so it can be piped. Any backend
+failure (refused, unreachable) is one error line that never carries a value.
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
+from prefect_cs.cli._utilities import CSTyper, console, exit_on_error, exit_with_error
 from rich.table import Table
 
-secrets_app = typer.Typer(
+if TYPE_CHECKING:
+    from prefect_cs.security.secrets import SecretsBackend
+
+secrets_app = CSTyper(
     help="Set, get, list and delete secrets (of the cluster, or of one model with `models -n`).",
-    no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
-T = TypeVar("T")
-
-
-def fail(message: str) -> None:
-    """One clear line and exit code 1: operators need the fix, not a traceback."""
-    err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(1)
 
 
 def scope_of(ctx: typer.Context) -> str | None:
@@ -40,35 +33,23 @@ def scope_of(ctx: typer.Context) -> str | None:
     parent = ctx.parent
     while parent is not None:
         if parent.info_name == "models":
-            fail("give the model: `prefect-cs models -n OWNER/TITLE secrets …`")
+            exit_with_error("give the model: `prefect-cs models -n OWNER/TITLE secrets …`")
         parent = parent.parent
     return None
 
 
-def run(action: Callable[[], T]) -> T:
-    """Run a backend call, turning any failure into one line (never a value, never a traceback)."""
-    from prefect_cs.security.secrets import SecretNotFound, SecretsError
-
-    try:
-        return action()
-    except (ValueError, SecretNotFound, SecretsError) as exc:
-        fail(str(exc))
-    except Exception as exc:  # the backend could not be reached, etc.
-        fail(f"{type(exc).__name__}: {exc}")
-    raise AssertionError("unreachable")
-
-
-def backend(ctx: typer.Context):
+def backend(ctx: typer.Context) -> SecretsBackend:
     from prefect_cs.security.secrets import get_backend
 
     scope = scope_of(ctx)
-    return run(lambda: get_backend(scope))
+    with exit_on_error(catch=Exception):
+        return get_backend(scope)
 
 
 def read_value(value: str | None, stdin: bool) -> str:
     """--value, else stdin (a hidden prompt on a terminal); one trailing newline is dropped."""
     if value is not None and stdin:
-        fail("give either --value or --stdin, not both")
+        exit_with_error("give either --value or --stdin, not both")
     if value is not None:
         return value
     if not stdin and sys.stdin.isatty():
@@ -86,24 +67,27 @@ def set_cmd(
 ) -> None:
     """Create or replace a secret; the value comes from stdin unless --value is given."""
     store = backend(ctx)
-    run(lambda: store.id_for(name))  # refuse a bad name before reading the value
-    secret = read_value(value, stdin)
-    run(lambda: store.set(name, secret))
-    console.print(f"set secret [bold]{name}[/bold] for {store.where}", highlight=False)
+    with exit_on_error(catch=Exception):
+        store.id_for(name)  # refuse a bad name before reading the value
+        store.set(name, read_value(value, stdin))
+    console.print(f"set secret [bold]{name}[/bold] for {store.where}")
 
 
 @secrets_app.command("get")
 def get_cmd(ctx: typer.Context, name: str) -> None:
     """Print the value only (no markup), e.g. for a pipe."""
     store = backend(ctx)
-    typer.echo(run(lambda: store.get(name)))
+    with exit_on_error(catch=Exception):
+        value = store.get(name)
+    typer.echo(value)
 
 
 @secrets_app.command("list")
 def list_cmd(ctx: typer.Context) -> None:
     """Names of the scope's secrets; values are never shown."""
     store = backend(ctx)
-    names = run(store.list)
+    with exit_on_error(catch=Exception):
+        names = store.list()
     table = Table("name", title=f"secrets of {store.where}")
     for name in names:
         table.add_row(name)
@@ -114,5 +98,6 @@ def list_cmd(ctx: typer.Context) -> None:
 def delete_cmd(ctx: typer.Context, name: str) -> None:
     """Remove a secret of the scope."""
     store = backend(ctx)
-    run(lambda: store.delete(name))
-    console.print(f"deleted secret [bold]{name}[/bold] of {store.where}", highlight=False)
+    with exit_on_error(catch=Exception):
+        store.delete(name)
+    console.print(f"deleted secret [bold]{name}[/bold] of {store.where}")

@@ -1,17 +1,18 @@
-"""`prefect-cs webhook …`: serve the GitHub webhook receiver, show its trigger and Cloud template."""
+"""`prefect-cs webhook …`: serve the GitHub webhook receiver, show its trigger and Cloud template.
+
+Self-hosted Prefect has no webhook endpoint, so the receiver is ours to run;
+on Prefect Cloud its webhook does the same from the printed template.
+"""
 
 from __future__ import annotations
 
 import typer
 import yaml
-from rich.console import Console
+from prefect_cs.cli._utilities import CSTyper
 
-webhook_app = typer.Typer(
+webhook_app = CSTyper(
     help="The GitHub webhook receiver that turns pushes, releases and PRs into publish runs.",
-    no_args_is_help=True,
 )
-console = Console()
-err = Console(stderr=True)
 
 
 @webhook_app.command("serve")
@@ -22,11 +23,7 @@ def serve_cmd(
     """Serve POST /github (and GET /health) with uvicorn until interrupted."""
     from prefect_cs.services.webhook import serve
 
-    try:
-        serve(host, port)
-    except RuntimeError as exc:  # e.g. the webhook secret is not set
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    serve(host, port)  # a missing webhook secret is NotConfigured: one line, exit 1
 
 
 @webhook_app.command("triggers")
@@ -43,13 +40,9 @@ def cloud_template_cmd(
     title: str = typer.Argument(..., help="The model's title."),
 ) -> None:
     """A Prefect Cloud webhook template emitting the same event for one model's tag pushes."""
-    from prefect_cs.blocks.model_config import check_name
+    from prefect_cs.core.names import check_name
     from prefect_cs.deployments.triggers import cloud_webhook_template
 
-    try:
-        check_name("owner", owner)
-        check_name("title", title)
-    except ValueError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    check_name("owner", owner)
+    check_name("title", title)
     typer.echo(cloud_webhook_template(owner, title))

@@ -182,7 +182,7 @@ def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url
 
 
 def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Manifest:
-    """`prefect-cs k8s watch` beside the worker: reports runs Kubernetes lost as FAIL.
+    """`prefect-cs watch` beside the worker: reports runs Kubernetes lost as FAIL.
 
     It runs the platform image (not a model's): it reads the web app block, so it
     holds platform credentials and never runs model code. It needs no Kubernetes
@@ -194,7 +194,6 @@ def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Mani
         "image": image,
         "command": [
             "prefect-cs",
-            "k8s",
             "watch",
             "--pending-timeout",
             str(template_default("pod_watch_timeout_seconds")),

@@ -16,7 +16,7 @@ bounds nothing by itself). This watcher closes both gaps:
 
 Each run is reported once: it gets the tag `cs-fail-reported`. A run whose
 flow already delivered its own result (its notify task completed) is only tagged.
-Run it beside the worker: `prefect-cs k8s watch`.
+Run it beside the worker: `prefect-cs watch` (any tier; `stack start` starts it locally).
 """
 
 from __future__ import annotations

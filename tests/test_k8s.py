@@ -234,9 +234,8 @@ def test_operator_manifests_are_valid(k8s_model):
     assert base64.b64decode(secret["data"]["API_TOKEN"]).decode() == SECRET_VALUE
     watcher, inputs = by_kind["Deployment"]
     assert watcher["metadata"]["namespace"] == "prefect"
-    assert watcher["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+    assert watcher["spec"]["template"]["spec"]["containers"][0]["command"][:2] == [
         "prefect-cs",
-        "k8s",
         "watch",
     ]
     container = inputs["spec"]["template"]["spec"]["containers"][0]

@@ -1,0 +1,62 @@
+"""`prefect-cs inputs …`: the web app's light calls (version, defaults, parse), by hand.
+
+The same background tasks the web app calls, so an operator can check a model's
+inputs without the web app; `serve` runs the task worker that answers them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import typer
+from prefect_cs.cli._utilities import CSTyper, console, read_json, split_model
+
+inputs_app = CSTyper(help="The web app's light calls: version, defaults, parse.")
+
+
+@inputs_app.command("version")
+def inputs_version(name: str, tag: str = typer.Option(None)) -> None:
+    from prefect_cs.flows.inputs import get_version
+
+    console.print_json(data=get_version(*split_model(name), tag=tag))
+
+
+@inputs_app.command("defaults")
+def inputs_defaults(
+    name: str, meta: str = typer.Option(None, "--meta", "-m"), tag: str = typer.Option(None)
+) -> None:
+    from prefect_cs.flows.inputs import get_defaults
+
+    console.print_json(data=get_defaults(*split_model(name), read_json(meta), tag=tag))
+
+
+@inputs_app.command("parse")
+def inputs_parse(
+    name: str,
+    adjustment: str = typer.Option(..., "--adjustment", "-a"),
+    meta: str = typer.Option(None, "--meta", "-m"),
+    tag: str = typer.Option(None),
+) -> None:
+    from prefect_cs.flows.inputs import parse
+
+    task_id = str(uuid.uuid4())
+    console.print_json(
+        data=parse(*split_model(name), task_id, read_json(meta), read_json(adjustment), tag=tag)
+    )
+
+
+@inputs_app.command("serve")
+def inputs_serve(
+    model: str = typer.Option(
+        None,
+        "--model",
+        envvar="CS_INPUTS_MODEL",
+        help="OWNER/TITLE: serve only this model (its inputs server on a container tier).",
+    ),
+) -> None:
+    """Serve the inputs background tasks (a long-running task worker): every model's, or one's."""
+    from prefect_cs.services.inputs_server import serve
+
+    if model:
+        split_model(model)
+    serve(model)

@@ -1,0 +1,107 @@
+"""`prefect-cs models …`: the model registry an operator edits by hand.
+
+Register and publish are the operator's side of what the webhook automates;
+`models -n OWNER/TITLE` scopes the `secrets` group (mounted in cli/main.py) to one model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from prefect_cs.cli._utilities import (
+    CSTyper,
+    console,
+    exit_with_error,
+    exit_with_success,
+    split_model,
+)
+from rich.table import Table
+
+models_app = CSTyper(help="Register, list, publish and roll back models.")
+
+
+@models_app.callback()
+def models_main(
+    ctx: typer.Context,
+    name: str = typer.Option(
+        None, "-n", "--name", help="OWNER/TITLE, for `models -n OWNER/TITLE secrets …`"
+    ),
+) -> None:
+    ctx.obj = {"model": name} if name else {}
+
+
+@models_app.command("register")
+def models_register(
+    path: Path = typer.Argument(..., help="A model config YAML, e.g. config/OWNER/TITLE.yaml"),
+    repo_url: str = typer.Option(None, help="Override repo_url (a git URL or local path)."),
+    repo_tag: str = typer.Option(None, help="Override repo_tag."),
+) -> None:
+    """Register (or update) a model from its YAML config; its published tags are kept."""
+    from prefect_cs.registry.configs import read_config, register
+
+    model = register(read_config(path, {"repo_url": repo_url, "repo_tag": repo_tag}))
+    console.print(
+        f"registered [bold]{model.owner}/{model.title}[/bold] ({model.repo_url}@{model.repo_tag})"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """Every registered model with its promoted and published tags."""
+    from prefect_cs.registry.configs import all_models
+
+    table = Table(
+        "model", "repo", "promoted", "staged", "published tags", "cpu", "memory", "time limit"
+    )
+    for m in sorted(all_models(), key=lambda m: m.slug):
+        tags = ", ".join(f"{e.tag}({e.tier})" for e in m.published_tags) or "-"
+        table.add_row(
+            f"{m.owner}/{m.title}",
+            f"{m.repo_url}@{m.repo_tag}",
+            m.latest_tag or "-",
+            m.staging_tag or "-",
+            tags,
+            str(m.cpu),
+            m.memory,
+            f"{m.time_limit}s",
+        )
+    console.print(table)
+
+
+@models_app.command("show")
+def models_show(name: str) -> None:
+    """A model's full record as JSON."""
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    console.print_json(ModelConfig.for_model(*split_model(name)).model_dump_json())
+
+
+@models_app.command("publish")
+def models_publish(
+    name: str,
+    tag: str = typer.Option(None, help="Git tag to publish (default: the config's repo_tag)."),
+    steps: str = typer.Option("all", help="all | stage | promote"),
+) -> None:
+    """Publish a model: clone, build, test, push, stage, promote, deploy (a flow run you can watch in the UI)."""
+    from prefect_cs.flows.publish import publish
+
+    owner, title = split_model(name)
+    if steps not in ("all", "stage", "promote"):
+        exit_with_error("--steps must be all, stage or promote")
+    state = publish(owner, title, tag, steps, return_state=True)
+    if state.is_failed():
+        exit_with_error(f"publish of {name} failed: {state.message}")
+    exit_with_success(f"[green]published[/green] {name}: {state.result()}")
+
+
+@models_app.command("rollback")
+def models_rollback(name: str, tag: str) -> None:
+    """Promote an earlier published tag again; the model's deployment moves back to it."""
+    from prefect_cs.flows.publish import publish
+
+    owner, title = split_model(name)
+    state = publish(owner, title, tag, "promote", return_state=True)
+    if state.is_failed():
+        exit_with_error(f"rollback of {name} to {tag} failed: {state.message}")
+    exit_with_success(f"[green]rolled back[/green] {name} to {tag}")
