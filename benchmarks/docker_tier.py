@@ -42,7 +42,7 @@ from prefect_cs.services.stack import docker_worker  # noqa: E402
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker  # noqa: E402
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
-from prefect_cs.tiers.docker import DockerBuilder  # noqa: E402
+from prefect_cs.tiers.docker import DockerTier  # noqa: E402
 
 
 def timed_publish(title: str, tag: str) -> float:
@@ -105,11 +105,11 @@ def main() -> None:
 
         cold_repo = make_repo(args.app, WORK / "cold")
         register_model("bench", cold_title, cold_repo, repo_tag="v1", time_limit=60)
-        DockerBuilder.no_cache = not args.skip_cold
+        DockerTier.no_cache = not args.skip_cold
         try:
             cold = timed_publish(cold_title, "v1")
         finally:
-            DockerBuilder.no_cache = False
+            DockerTier.no_cache = False
 
         repo = make_repo(args.app, WORK / "repo")
         register_model("bench", title, repo, repo_tag="v1", time_limit=60, memory="1Gi")

@@ -1,7 +1,7 @@
 """Creates or updates each model's simulate deployment.
 
 The deployment is named after the model (`simulate/<owner>-<title>`); its work
-pool and job variables come from the tier's builder, so a publish or a
+pool and job variables come from the tier (prefect_cs.tiers), so a publish or a
 rollback only has to call `deploy_model` to move new runs to an environment.
 """
 
@@ -12,29 +12,20 @@ from uuid import UUID
 
 from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.settings import get_settings
-from prefect_cs.tiers.base import get_builder
+from prefect_cs.tiers import get_tier
 from prefect_cs.work_pools.pools import ensure_pool
 
 SIMULATE_ENTRYPOINT = "prefect_cs.flows.simulate:simulate"
-
-
-def pool_for(tier: str) -> tuple[str, str]:
-    settings = get_settings()
-    return {
-        "local": (settings.process_pool, "process"),
-        "docker": (settings.docker_pool, "docker"),
-        "kubernetes": (settings.kubernetes_pool, "kubernetes"),
-    }[tier]
 
 
 def deploy_model(model: ModelConfig, entry: PublishedTag) -> UUID:
     """Point the model's simulate deployment at `entry` on its tier's pool."""
     from prefect_cs.flows.simulate import simulate
 
-    pool, pool_type = pool_for(entry.tier)
-    ensure_pool(pool, pool_type)
-    job_variables: dict[str, Any] = get_builder(entry.tier).job_variables(model, entry)
+    tier = get_tier(entry.tier)
+    pool = tier.pool_name
+    ensure_pool(pool, tier.pool_type)
+    job_variables: dict[str, Any] = tier.job_variables(model, entry)
     with get_client(sync_client=True) as client:
         flow_id = client.create_flow(simulate)
         return client.create_deployment(
@@ -64,8 +55,9 @@ def deploy_publish() -> UUID:
     """
     from prefect_cs.flows.publish import publish
 
-    pool, pool_type = pool_for("local")
-    ensure_pool(pool, pool_type)
+    tier = get_tier("local")
+    pool = tier.pool_name
+    ensure_pool(pool, tier.pool_type)
     with get_client(sync_client=True) as client:
         deployment_id = client.create_deployment(
             flow_id=client.create_flow(publish),

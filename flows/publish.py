@@ -19,7 +19,7 @@ from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.github import CommitStatus
 from prefect_cs.core.settings import get_settings
-from prefect_cs.tiers.base import get_builder
+from prefect_cs.tiers import get_tier
 from prefect_cs.tiers.steps import StepFailed, run_step
 
 Steps = Literal["all", "stage", "promote"]
@@ -70,25 +70,25 @@ def _repos_dir() -> Path:
 
 @task(name="build-environment")
 def build_environment(model: ModelConfig, source: Path, tag: str) -> PublishedTag:
-    return get_builder(get_settings().tier).build(model, source, tag, get_run_logger())
+    return get_tier(get_settings().tier).build(model, source, tag, get_run_logger())
 
 
 @task(name="run-model-tests")
 def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> str | None:
     """The model's own test suite, then its version, both inside the new environment."""
-    builder = get_builder(entry.tier)
+    tier = get_tier(entry.tier)
     logger = get_run_logger()
     try:
-        builder.test(model, entry, source, logger)
+        tier.test(model, entry, source, logger)
     except StepFailed:
-        builder.discard(entry, logger)
+        tier.discard(entry, logger)
         raise
-    return builder.model_version(entry, logger)
+    return tier.model_version(entry, logger)
 
 
 @task(name="push")
 def push(model: ModelConfig, entry: PublishedTag) -> PublishedTag:
-    return get_builder(entry.tier).push(model, entry, get_run_logger())
+    return get_tier(entry.tier).push(model, entry, get_run_logger())
 
 
 @task(name="register")

@@ -1,4 +1,4 @@
-"""The Docker builder's names, context and errors (no engine needed; the end to end is in test_docker_tier)."""
+"""The Docker tier's names, context and errors (no engine needed; the end to end is in test_docker_tier)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.tiers.docker import (
-    DockerBuilder,
-    build_context,
+    DockerTier,
     image_repository,
     image_tag,
     resolve_registry,
@@ -61,17 +60,15 @@ def test_no_registry_is_a_clear_error(monkeypatch):
 
 def test_conda_install_script_is_refused_with_the_fix(tmp_path):
     with pytest.raises(StepFailed, match="install_override"):
-        build_context(model(), EXAMPLES / "conda-app", logging.getLogger("t"))
+        DockerTier().build(model(), EXAMPLES / "conda-app", "v1", logging.getLogger("t"))
 
 
 def test_context_layers_and_no_secrets(tmp_path, monkeypatch):
     """Dependencies and code are separate COPY steps; the context holds no platform secret."""
     monkeypatch.setenv("CS_WEBAPP_TOKEN", "never-in-an-image")
-    context = build_context(
-        model(install_override="paramtools==0.20.0"),
-        EXAMPLES / "misbehaving-app",
-        logging.getLogger("t"),
-    )
+    tier, config = DockerTier(), model(install_override="paramtools==0.20.0")
+    cs_config = tier.prepare(config, EXAMPLES / "misbehaving-app")
+    context = tier.build_context(config, cs_config, logging.getLogger("t"))
     dockerfile = (context / "Dockerfile").read_text()
     assert (
         dockerfile.index("COPY install/")
@@ -98,7 +95,7 @@ def test_job_variables_carry_limits(monkeypatch, platform):
     from prefect_cs.blocks.model_config import PublishedTag
 
     entry = PublishedTag(tag="v1", tier="docker", python="/opt/cs/model/bin/python", image="r/x:v1")
-    variables = DockerBuilder().job_variables(model(cpu=1.5, memory="1Gi"), entry)
+    variables = DockerTier().job_variables(model(cpu=1.5, memory="1Gi"), entry)
     assert variables["mem_limit"] == variables["memswap_limit"] == "1280m"
     assert variables["nano_cpus"] == 1_500_000_000
     assert variables["env"]["CS_MEMORY_BY_CONTAINER"] == "true"

@@ -206,12 +206,12 @@ def test_label_values_are_sanitized():
 
 def test_job_variables_need_an_image():
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-    from prefect_cs.tiers.kubernetes import KubernetesBuilder
+    from prefect_cs.tiers.kubernetes import KubernetesTier
 
     model = ModelConfig(owner="o", title="t", repo_url="/x", cpu=0.5, memory="512Mi")
     with pytest.raises(ValueError, match="no image"):
-        KubernetesBuilder().job_variables(model, PublishedTag(tag="v1", python="/p"))
-    variables = KubernetesBuilder().job_variables(
+        KubernetesTier().job_variables(model, PublishedTag(tag="v1", python="/p"))
+    variables = KubernetesTier().job_variables(
         model, PublishedTag(tag="v1", tier="kubernetes", python="/p", image="r/o_t:v1")
     )
     assert (variables["cpu_request"], variables["memory_limit"]) == ("500m", "640Mi")

@@ -1,50 +1,230 @@
-"""What every tier's environment builder does, so the publish flow stays one flow."""
+"""The one base class every runtime tier extends, so the publish flow stays one flow.
+
+A tier is where a model's environment lives and where its simulations run: a
+virtualenv on the process pool (local), an image on the Docker pool (docker),
+the same image as a Kubernetes Job (kubernetes). Like repo2docker's
+`buildpacks/base.py`, the base class below holds every build step the tiers
+share and documents the hooks; a tier overrides only what differs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import Any, ClassVar
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.settings import get_settings
+from prefect_cs.tiers.steps import StepFailed
+from pydantic import BaseModel, ConfigDict
 
 Logger = logging.Logger | logging.LoggerAdapter
 
+INSTALL_SCRIPT = "install.sh"
+OVERRIDE_REQUIREMENTS = "override-requirements.txt"
+NO_INSTALL_SCRIPT = "echo 'no install.sh: nothing to install before cs-config'\n"
 
-class EnvironmentBuilder(Protocol):
-    tier: str
-    pool_type: str
+
+class JobVariables(BaseModel):
+    """What a tier's deployments set in its work pool's base job template (typed, like
+    prefect-docker's DockerWorkerJobConfiguration). Field names are template variables
+    (tests/test_tiers.py checks them against work_pools/); unset fields are left out, so
+    the pool's defaults apply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def uses_conda(script: str) -> bool:
+    return any(line.strip().startswith(("conda ", "mamba ")) for line in script.splitlines())
+
+
+class Tier:
+    """A runtime tier: builds, tests and ships a model's environment; says how its pool runs it.
+
+    The publish flow calls, in order: `build`, `test`, `model_version`, `push`
+    (`discard` when the tests fail), then `job_variables` for the simulate
+    deployment on the pool named by `pool_name`.
+
+    Shared here, identical on every tier:
+
+    - the layout check: `cs_config_path` must hold the `cs_config` package;
+    - the tests check: a model must ship `cs_config/tests`;
+    - the install folder, and how install.sh runs (below);
+    - a failed `get_version()` discards the new environment.
+
+    **install.sh semantics (every tier).** The model's dependencies are installed
+    by running `bash -e ./install.sh` in a folder of its own that holds only that
+    script (and `override-requirements.txt` for a requirements override), with the
+    model's virtualenv activated (`pip` and `python` are the model's). The folder is
+    part of the environment and outlives the build (`<venv>/install` locally,
+    `/opt/cs/install` in an image), so the scripts real apps ship — install from an
+    index, or `git clone` a repository, `cd` into it and `pip install -e .` — keep
+    working after publish deletes the checkout. The script sees no other file of
+    the repository: on the Docker tier that is what lets a code-only change reuse the
+    dependency layer, and the local tier does the same so that an app that
+    publishes on one tier publishes on all. Compute Studio ran
+    `bash ./cs-config/install.sh` from the repository root with the whole checkout
+    around it; an install.sh that reads files beside it needs `install_override`
+    (pip requirements, one per line, or `run: <command>`), which is written into
+    the same folder and runs the same way. Conda lines are refused with that fix
+    where the tier has no conda.
+
+    Subclasses set `name`, `pool_type`, `pool_setting` and `variables_model`, and
+    implement `create`, `run_tests`, `get_version`, `discard` and `variables`;
+    `push` is a no-op unless the environment must travel to the workers.
+    """
+
+    name: ClassVar[str]
+    """The tier's name: CS_TIER and PublishedTag.tier."""
+    pool_type: ClassVar[str]
+    """The Prefect worker type whose pools run this tier's simulations."""
+    pool_setting: ClassVar[str]
+    """The settings field (core/settings.py) that names this tier's work pool."""
+    variables_model: ClassVar[type[JobVariables]] = JobVariables
+    """The typed job variables this tier sets; a subset of the pool template's variables."""
+    pip_install: ClassVar[str] = "pip install"
+    """How install.sh installs a requirements override (the model venv is active)."""
+
+    @property
+    def pool_name(self) -> str:
+        """The work pool this tier deploys to, from the settings (CS_PROCESS_POOL, …)."""
+        return str(getattr(get_settings(), self.pool_setting))
+
+    # ---- the publish steps (the flow calls these; tiers override the hooks below) ----
 
     def build(self, model: ModelConfig, source: Path, tag: str, logger: Logger) -> PublishedTag:
         """Create the model's isolated environment for `tag` from its checked-out source."""
+        return self.create(model, self.prepare(model, source), tag, logger)
 
     def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
         """Run the model's own tests inside the environment; raise StepFailed on failure."""
+        self.tests_folder(model, source)
+        self.run_tests(model, entry, source, logger)
 
     def model_version(self, entry: PublishedTag, logger: Logger) -> str:
-        """get_version() inside the new environment; raise StepFailed (and discard) on failure."""
+        """get_version() inside the new environment; a failure discards it, so it never serves."""
+        try:
+            return self.get_version(entry, logger)
+        except Exception:
+            self.discard(entry, logger)
+            raise
 
     def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
-        """Make the environment available to the tier's workers (a no-op for local virtualenvs)."""
+        """Make the environment available to the tier's workers (default: it already is)."""
+        logger.info(
+            "the %s tier needs no push: %s stays where it was built", self.name, entry.python
+        )
+        return entry
+
+    def job_variables(self, model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:
+        """The simulate deployment's job variables for this tier's work pool, as plain JSON."""
+        return self.variables(model, entry).model_dump(mode="json", exclude_none=True)
+
+    # ---- shared steps ---------------------------------------------------------------
+
+    def prepare(self, model: ModelConfig, source: Path) -> Path:
+        """The checks every tier makes before building; returns the cs-config folder."""
+        cs_config = source / model.cs_config_path
+        if not (cs_config / "cs_config").is_dir():
+            raise StepFailed(
+                f"no cs_config package at {model.cs_config_path}/cs_config in {model.repo_url}@{model.repo_tag}:"
+                " set cs_config_path in the model config to the folder holding install.sh and cs_config/"
+            )
+        self.check_install_script(model, cs_config)
+        return cs_config
+
+    def tests_folder(self, model: ModelConfig, source: Path) -> Path:
+        tests = source / model.cs_config_path / "cs_config" / "tests"
+        if not tests.is_dir():
+            raise StepFailed(
+                f"no tests at {model.cs_config_path}/cs_config/tests: a model must ship its test suite"
+            )
+        return tests
+
+    def check_install_script(self, model: ModelConfig, cs_config: Path) -> None:
+        """Refuse an install.sh that needs conda where there is none, naming the fix."""
+        script = cs_config / INSTALL_SCRIPT
+        if (model.install_override or "").strip() or not script.exists():
+            return
+        if uses_conda(script.read_text()) and not self.has_conda():
+            raise StepFailed(
+                f"{model.cs_config_path}/install.sh uses conda, which is not available on the {self.name} tier."
+                " Set install_override in the model config to the pip requirements it needs (one per line),"
+                " or to 'run: <command>'."
+            )
+
+    def write_install_folder(self, model: ModelConfig, cs_config: Path, dest: Path) -> Path:
+        """The folder install.sh runs in (see the class docstring): the script, nothing else."""
+        dest.mkdir(parents=True)
+        override = (model.install_override or "").strip()
+        script = cs_config / INSTALL_SCRIPT
+        if override.startswith("run:"):
+            (dest / INSTALL_SCRIPT).write_text(override[4:].strip() + "\n")
+        elif override:
+            (dest / OVERRIDE_REQUIREMENTS).write_text(override + "\n")
+            (dest / INSTALL_SCRIPT).write_text(f"{self.pip_install} -r {OVERRIDE_REQUIREMENTS}\n")
+        elif script.exists():
+            shutil.copy2(script, dest / INSTALL_SCRIPT)
+        else:
+            (dest / INSTALL_SCRIPT).write_text(NO_INSTALL_SCRIPT)
+        return dest
+
+    # ---- hooks: what differs between tiers ------------------------------------------
+
+    def has_conda(self) -> bool:
+        """Whether install.sh may call conda on this tier."""
+        return False
+
+    def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
+        """Make the environment: install folder run as documented above, then cs-config."""
+        raise NotImplementedError
+
+    def run_tests(
+        self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
+    ) -> None:
+        """The model's pytest suite inside the environment; StepFailed with its output if red."""
+        raise NotImplementedError
+
+    def get_version(self, entry: PublishedTag, logger: Logger) -> str:
+        """get_version() through the child runner simulations use; StepFailed on failure."""
+        raise NotImplementedError
 
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
-        """Remove an environment that failed its tests."""
+        """Remove an environment that failed: it must never serve."""
+        raise NotImplementedError
 
-    def job_variables(self, model: ModelConfig, entry: PublishedTag) -> dict:
-        """The simulate deployment's job variables for this tier's work pool."""
+    def variables(self, model: ModelConfig, entry: PublishedTag) -> JobVariables:
+        """This tier's typed job variables for `entry`."""
+        return self.variables_model()
 
 
-def get_builder(tier: str) -> EnvironmentBuilder:
-    if tier == "local":
-        from prefect_cs.tiers.local import VenvBuilder
+# The tiers by name, imported on first use (the Docker and Kubernetes ones need their SDKs only then).
+TIERS = {
+    "local": "prefect_cs.tiers.local:LocalTier",
+    "docker": "prefect_cs.tiers.docker:DockerTier",
+    "kubernetes": "prefect_cs.tiers.kubernetes:KubernetesTier",
+}
 
-        return VenvBuilder()
-    if tier == "docker":
-        from prefect_cs.tiers.docker import DockerBuilder
 
-        return DockerBuilder()
-    if tier == "kubernetes":
-        from prefect_cs.tiers.kubernetes import KubernetesBuilder
+def _tier_class(name: str) -> type[Tier]:
+    module, _, cls = TIERS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
-        return KubernetesBuilder()
-    raise ValueError(f"unknown tier {tier!r}: use local, docker or kubernetes")
+
+def get_tier(name: str) -> Tier:
+    """The tier called `name` (CS_TIER, PublishedTag.tier)."""
+    if name not in TIERS:
+        raise ValueError(f"unknown tier {name!r}: use one of {', '.join(TIERS)} (CS_TIER)")
+    return _tier_class(name)()
+
+
+def tier_for_pool_type(pool_type: str) -> Tier:
+    """The tier whose simulations run on pools of `pool_type` (process, docker, kubernetes)."""
+    for name in TIERS:
+        cls = _tier_class(name)
+        if cls.pool_type == pool_type:
+            return cls()
+    types = ", ".join(_tier_class(name).pool_type for name in TIERS)
+    raise ValueError(f"unknown pool type {pool_type!r}: use one of {types}")

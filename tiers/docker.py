@@ -1,14 +1,16 @@
-"""The Docker tier's environment: one image per model and tag, pushed to a registry.
+"""The Docker tier: one image per model and tag, pushed to a registry, run by the Docker pool.
 
-Layers go from what every model shares to what changes most, so the Docker
-build cache does the work of a re-publish:
+The image is built from tiers/Dockerfile (package data). Layers go from what
+every model shares to what changes most, so the Docker build cache does the
+work of a re-publish:
 
 1. the base image (`CS_BASE_IMAGE`) and the host's CA bundle;
 2. the platform venv `/opt/cs/platform` with the project's pinned dependencies
    (Prefect and its collections; the flow runs there, the Docker worker
    starting it with `python -m prefect.engine`);
 3. the model venv `/opt/cs/model` with cs-kit and pytest (same for every model);
-4. the model's dependencies: its `install.sh` alone (or the install override);
+4. the model's dependencies: its `install.sh` alone (or the install override),
+   run as on every tier (tiers/base.py);
 5. the platform's own wheel (small; a platform change keeps layers 1-4);
 6. the model's code (`cs-config`) and the child runner.
 
@@ -19,7 +21,6 @@ and pushed, so a failing build never replaces the image a deployment uses.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -27,16 +28,18 @@ import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
-from prefect_cs.tiers.base import Logger
-from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS, uses_conda, uv
+from prefect_cs.tiers.base import JobVariables, Logger, Tier
+from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS
 from prefect_cs.tiers.steps import StepFailed, run_step
+from prefect_cs.tiers.wheel import platform_requirements, platform_wheel
 
 PLATFORM_VENV = "/opt/cs/platform"
 MODEL_VENV = "/opt/cs/model"
@@ -44,36 +47,7 @@ MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
 MODEL_UID = 10001  # model children in containers: not root, not the flow's user
 BUILD_TIMEOUT = 1800
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("flows", "blocks", "deployments", "work_pools")
-# Non-secret settings the flow inside the container must agree on with the platform.
-DOCKERFILE = """\
-ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
-ENV LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 \\
-    PIP_ROOT_USER_ACTION=ignore PIP_PROGRESS_BAR=off
-# The host's CA bundle: pip and the platform trust a TLS-intercepting proxy like the host does.
-COPY ca-certificates.crt /opt/cs/ca-certificates.crt
-ENV PIP_CERT=/opt/cs/ca-certificates.crt SSL_CERT_FILE=/opt/cs/ca-certificates.crt \\
-    REQUESTS_CA_BUNDLE=/opt/cs/ca-certificates.crt
-# 1. The platform's pinned dependencies (shared by every model; its wheel comes after the model's).
-COPY platform/requirements.txt /opt/cs/platform-requirements.txt
-RUN python3 -m venv {platform} && {platform}/bin/pip install -r /opt/cs/platform-requirements.txt
-# 2. The model's venv with its test tools (shared by every model).
-RUN python3 -m venv {model} && {model}/bin/pip install {test_requirements}
-# 3. The model's dependencies: only install.sh (or the override), so code changes keep this layer.
-COPY install/ /opt/cs/install/
-RUN cd /opt/cs/install && . {model}/bin/activate && bash -e ./install.sh
-# 4. The platform's own code (small: a platform upgrade does not reinstall any model's dependencies).
-COPY platform/wheels/ /opt/cs/wheels/
-RUN {platform}/bin/pip install --no-deps --force-reinstall /opt/cs/wheels/*.whl
-# 5. The model's code and the child runner.
-COPY cs-config/ {src}/
-RUN {model}/bin/pip install {src}
-COPY child.py {model}/{runtime}/child.py
-ENV PATH={platform}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-WORKDIR {src}
-"""
+INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kept in the image
 
 
 def image_component(text: str) -> str:
@@ -158,116 +132,17 @@ def docker_client(timeout: int = BUILD_TIMEOUT):
 # ---- the build context --------------------------------------------------------------
 
 
-def platform_requirements() -> list[str]:
-    """This project's own pinned dependencies (not its test extras)."""
-    from importlib.metadata import requires
-
-    return [r for r in requires("prefect-cs") or [] if "extra ==" not in r]
-
-
-def source_digest() -> str:
-    """A hash of the project's sources, so the wheel is rebuilt only when the platform changes."""
-    digest = hashlib.sha256()
-    for package in PACKAGES:
-        for path in sorted((PROJECT_ROOT / package).rglob("*")):
-            if path.suffix in {".py", ".json", ".sh", ".yml"} and "__pycache__" not in path.parts:
-                digest.update(str(path.relative_to(PROJECT_ROOT)).encode())
-                digest.update(path.read_bytes())
-    digest.update((PROJECT_ROOT / "pyproject.toml").read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def platform_wheel(logger: Logger) -> Path:
-    """A wheel of this project, built once per version of its sources and kept under CS_HOME."""
-    if not (PROJECT_ROOT / "pyproject.toml").exists():
-        raise StepFailed(
-            f"the platform's sources are not at {PROJECT_ROOT}: the docker tier builds its wheel"
-            " into each image, so install prefect-cs from a checkout (pip install -e .)"
-        )
-    folder = get_settings().home / "wheels" / source_digest()
-    wheels = sorted(folder.glob("*.whl"))
-    if wheels:
-        return wheels[0]
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="building-", dir=folder.parent))
-    try:
-        run_step(
-            "platform-wheel",
-            [
-                *uv(),
-                "build",
-                "--wheel",
-                "--quiet",
-                "--out-dir",
-                str(work),
-                str(PROJECT_ROOT),
-            ],
-            logger,
-            timeout=300,
-        )
-        if not folder.exists():
-            work.rename(folder)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return sorted(folder.glob("*.whl"))[0]
-
-
-def install_files(model: ModelConfig, cs_config: Path, dest: Path) -> None:
-    """install/install.sh: the model's own, or one made from the model config's install override."""
-    dest.mkdir()
-    override = (model.install_override or "").strip()
-    script = cs_config / "install.sh"
-    if override.startswith("run:"):
-        (dest / "install.sh").write_text(override[4:].strip() + "\n")
-    elif override:
-        (dest / "override-requirements.txt").write_text(override + "\n")
-        (dest / "install.sh").write_text("pip install -r override-requirements.txt\n")
-    elif script.exists():
-        if uses_conda(script.read_text()):
-            raise StepFailed(
-                f"{model.cs_config_path}/install.sh uses conda, which the docker tier's images do not have."
-                " Set install_override in the model config to the pip requirements it needs (one per line),"
-                " or to 'run: <command>'."
-            )
-        shutil.copy2(script, dest / "install.sh")
-    else:
-        (dest / "install.sh").write_text(
-            "echo 'no install.sh: nothing to install before cs-config'\n"
-        )
-
-
-def build_context(model: ModelConfig, source: Path, logger: Logger) -> Path:
-    """A folder with the Dockerfile and exactly what its COPY lines need (never a secret)."""
-    cs_config = source / model.cs_config_path
-    if not (cs_config / "cs_config").is_dir():
-        raise StepFailed(
-            f"no cs_config package at {model.cs_config_path}/cs_config in {model.repo_url}:"
-            " set cs_config_path in the model config to the folder holding install.sh and cs_config/"
-        )
-    context = Path(tempfile.mkdtemp(prefix=f"{model.slug}-context-"))
-    ca = Path(CA_BUNDLE)
-    (context / "ca-certificates.crt").write_bytes(ca.read_bytes() if ca.exists() else b"")
-    (context / "platform" / "wheels").mkdir(parents=True)
-    (context / "platform" / "requirements.txt").write_text(
-        "\n".join(platform_requirements()) + "\n"
-    )
-    shutil.copy2(platform_wheel(logger), context / "platform" / "wheels")
-    install_files(model, cs_config, context / "install")
-    shutil.copytree(
-        cs_config,
-        context / "cs-config",
-        ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"),
-    )
-    shutil.copy2(CHILD_SCRIPT, context / "child.py")
-    (context / "Dockerfile").write_text(
-        DOCKERFILE.replace("{platform}", PLATFORM_VENV)
+def dockerfile() -> str:
+    """tiers/Dockerfile with this module's paths filled in."""
+    template = resources.files("prefect_cs.tiers").joinpath("Dockerfile").read_text()
+    return (
+        template.replace("{platform}", PLATFORM_VENV)
         .replace("{model}", MODEL_VENV)
         .replace("{src}", MODEL_SRC)
+        .replace("{install}", INSTALL_DIR)
         .replace("{runtime}", RUNTIME_DIR)
         .replace("{test_requirements}", " ".join(TEST_REQUIREMENTS))
     )
-    (context / ".dockerignore").write_text("**/.git\n**/__pycache__\n")
-    return context
 
 
 # ---- build, test, push -----------------------------------------------------------------
@@ -361,18 +236,40 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
     return digest
 
 
-class DockerBuilder:
-    """Builds, tests and pushes a model's image; deploys it on the Docker pool."""
+class DockerJobVariables(JobVariables):
+    """What a model's deployment sets in work_pools/docker.json; the pool's defaults do the rest
+    (auto_remove, stream_output, no privileges, the container's name and labels)."""
 
-    tier = "docker"
+    image: str
+    command: str
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"]
+    mem_limit: str
+    memswap_limit: str
+    nano_cpus: int
+    env: dict[str, str]
+    volumes: list[str]
+    registry_credentials: str | None = None
+
+
+class DockerTier(Tier):
+    """Builds, tests and pushes a model's image; deploys it on the Docker pool.
+
+    Its own: the environment is an image built under a throw-away tag (never
+    pushed before its tests pass), tests and get_version() run in `docker run
+    --rm --network none`, push tags and pushes it, discard drops the build tag.
+    """
+
+    name = "docker"
     pool_type = "docker"
+    pool_setting = "docker_pool"
+    variables_model = DockerJobVariables
     no_cache = False  # the benchmark's cold publish sets it; publishes use the build cache
 
-    def build(self, model: ModelConfig, source: Path, tag: str, logger: Logger) -> PublishedTag:
+    def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         registry = resolve_registry()
         repository = image_repository(registry.host, model)
         build_tag = f"{repository}:build-{uuid.uuid4().hex[:12]}"
-        context = build_context(model, source, logger)
+        context = self.build_context(model, cs_config, logger)
         try:
             stream_build(context, build_tag, get_settings().base_image, logger, self.no_cache)
         finally:
@@ -383,13 +280,36 @@ class DockerBuilder:
             repository,
             image_tag(tag),
         )
-        return PublishedTag(tag=tag, tier=self.tier, python=MODEL_PYTHON, image=build_tag)
+        return PublishedTag(tag=tag, tier=self.name, python=MODEL_PYTHON, image=build_tag)
 
-    def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
-        if not (source / model.cs_config_path / "cs_config" / "tests").is_dir():
-            raise StepFailed(
-                f"no tests at {model.cs_config_path}/cs_config/tests: a model must ship its test suite"
+    def build_context(self, model: ModelConfig, cs_config: Path, logger: Logger) -> Path:
+        """A folder with the Dockerfile and exactly what its COPY lines need (never a secret)."""
+        context = Path(tempfile.mkdtemp(prefix=f"{model.slug}-context-"))
+        try:
+            self.write_install_folder(model, cs_config, context / "install")
+            ca = Path(CA_BUNDLE)
+            (context / "ca-certificates.crt").write_bytes(ca.read_bytes() if ca.exists() else b"")
+            (context / "platform" / "wheels").mkdir(parents=True)
+            (context / "platform" / "requirements.txt").write_text(
+                "\n".join(platform_requirements()) + "\n"
             )
+            shutil.copy2(platform_wheel(logger), context / "platform" / "wheels")
+            shutil.copytree(
+                cs_config,
+                context / "cs-config",
+                ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"),
+            )
+            shutil.copy2(CHILD_SCRIPT, context / "child.py")
+            (context / "Dockerfile").write_text(dockerfile())
+            (context / ".dockerignore").write_text("**/.git\n**/__pycache__\n")
+        except BaseException:
+            shutil.rmtree(context, ignore_errors=True)
+            raise
+        return context
+
+    def run_tests(
+        self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
+    ) -> None:
         run_in_image(
             "model-tests",
             entry.image or "",
@@ -399,7 +319,7 @@ class DockerBuilder:
             hint="The model's own tests failed inside its new image; nothing was pushed and the previous tag keeps serving.",
         )
 
-    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
+    def get_version(self, entry: PublishedTag, logger: Logger) -> str:
         """get_version() through the same child runner simulations use, inside the image."""
         probe = (
             "import json; from prefect_cs.flows.runtime.model_process import call_model; "
@@ -418,11 +338,9 @@ class DockerBuilder:
             (ln for ln in reversed(output.splitlines()) if ln.startswith("CS-VERSION ")), ""
         )
         if not line:
-            self.discard(entry, logger)
             raise StepFailed(f"get_version() printed no result in the new image:\n{output}")
         answer = json.loads(line.removeprefix("CS-VERSION "))
         if not answer["ok"]:
-            self.discard(entry, logger)
             raise StepFailed(f"get_version() failed in the new image: {answer['error']}")
         return str(answer["result"])
 
@@ -452,24 +370,32 @@ class DockerBuilder:
         except docker.errors.DockerException:
             pass
 
-    def job_variables(self, model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:
+    def image_of(self, model: ModelConfig, entry: PublishedTag) -> str:
+        if not entry.image:
+            raise ValueError(
+                f"{model.owner}/{model.title}@{entry.tag} has no image: the {self.name} tier runs"
+                f" the image publish pushed; publish the tag with CS_TIER={self.name}"
+            )
+        return entry.image
+
+    def variables(self, model: ModelConfig, entry: PublishedTag) -> DockerJobVariables:
         """The image, cpu and memory limits, mounts, and secrets as block references (never values)."""
         limit = f"{model.memory_limit_mib}m"
-        variables: dict[str, Any] = {
-            "image": entry.image,
+        return DockerJobVariables(
+            image=self.image_of(model, entry),
             # The engine itself rather than `prefect flow-run execute`, which starts the CLI and
             # then the engine in a second interpreter: one Python start-up less per simulation.
-            "command": f"{PLATFORM_VENV}/bin/python -m prefect.engine",
-            "image_pull_policy": "IfNotPresent",
-            "mem_limit": limit,
-            "memswap_limit": limit,
-            "nano_cpus": int(model.cpu * 1_000_000_000),
-            "env": container_env(model),
-            "volumes": container_volumes(),
-        }
-        if get_settings().registry_block:
-            variables["registry_credentials"] = registry_credentials_reference()
-        return variables
+            command=f"{PLATFORM_VENV}/bin/python -m prefect.engine",
+            image_pull_policy="IfNotPresent",
+            mem_limit=limit,
+            memswap_limit=limit,
+            nano_cpus=int(model.cpu * 1_000_000_000),
+            env=container_env(model),
+            volumes=container_volumes(),
+            registry_credentials=(
+                registry_credentials_reference() if get_settings().registry_block else None
+            ),
+        )
 
 
 def registry_credentials_reference() -> str:

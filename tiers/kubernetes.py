@@ -1,20 +1,19 @@
 """The Kubernetes tier: the Docker tier's image, run as one Kubernetes Job per simulation.
 
-Building, testing and pushing the image is the Docker builder's work (imported
-lazily, so this module loads without it). What is this tier's own is
-`job_variables`: the model's resources, time limit, labels and secret
-references, which the work pool's base job template (work_pools/kubernetes.json)
-turns into a Job.
+Building, testing and pushing the image is the Docker tier's work, inherited
+unchanged. What is this tier's own is its pool and its job variables: the
+model's resources, time limit, labels and secret references, which the work
+pool's base job template (work_pools/kubernetes.json) turns into a Job.
 """
 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.tiers.base import Logger
+from prefect_cs.tiers.base import JobVariables
+from prefect_cs.tiers.docker import DockerTier
 
 # activeDeadlineSeconds counts from the Job's start, before the pod is even
 # scheduled: leave room for a node scale-up from zero (~3-4 min on GKE/EKS), the
@@ -91,52 +90,39 @@ def task_job_variables(model: ModelConfig, task_id: str) -> dict[str, Any]:
     return {"task_id": label_value(task_id)} if tier == "kubernetes" else {}
 
 
-class KubernetesBuilder:
-    tier = "kubernetes"
+class KubernetesJobVariables(JobVariables):
+    """What a model's deployment sets in work_pools/kubernetes.json. The pool sets the rest
+    (namespace, service account, node selector, tolerations, pull secrets, env); task_id is
+    set per flow run by the submitter (task_job_variables)."""
+
+    image: str
+    cpu_request: str
+    cpu_limit: str
+    memory_request: str
+    memory_limit: str
+    active_deadline_seconds: int
+    finished_job_ttl: int
+    backoff_limit: int
+    labels: dict[str, str]
+    secret_env: list[dict[str, Any]]
+
+
+class KubernetesTier(DockerTier):
+    """The Docker tier's image and publish steps; a Kubernetes Job per simulation."""
+
+    name = "kubernetes"
     pool_type = "kubernetes"
+    pool_setting = "kubernetes_pool"
+    variables_model = KubernetesJobVariables
 
-    @staticmethod
-    def _docker():
-        """The Docker tier builds, tests and pushes the very image Kubernetes runs."""
-        try:
-            from prefect_cs.tiers.docker import DockerBuilder
-        except ImportError as exc:
-            raise RuntimeError(
-                "the kubernetes tier builds images with the Docker builder"
-                " (prefect_cs.tiers.docker), which is not installed here"
-            ) from exc
-        return DockerBuilder()
-
-    def build(self, model: ModelConfig, source: Path, tag: str, logger: Logger) -> PublishedTag:
-        entry = self._docker().build(model, source, tag, logger)
-        return entry.model_copy(update={"tier": self.tier})
-
-    def test(self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger) -> None:
-        self._docker().test(model, entry, source, logger)
-
-    def model_version(self, entry: PublishedTag, logger: Logger) -> str:
-        return self._docker().model_version(entry, logger)
-
-    def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
-        pushed = self._docker().push(model, entry, logger)
-        return pushed.model_copy(update={"tier": self.tier})
-
-    def discard(self, entry: PublishedTag, logger: Logger) -> None:
-        self._docker().discard(entry, logger)
-
-    def job_variables(self, model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:
+    def variables(self, model: ModelConfig, entry: PublishedTag) -> KubernetesJobVariables:
         """What the simulate deployment tells work_pools/kubernetes.json for this model and tag."""
-        if not entry.image:
-            raise ValueError(
-                f"{model.owner}/{model.title}@{entry.tag} has no image: the kubernetes tier runs"
-                " the image the Docker builder pushed; publish the tag with CS_TIER=kubernetes"
-            )
-        return {
-            "image": entry.image,
+        return KubernetesJobVariables(
+            image=self.image_of(model, entry),
             **resources(model),
-            "active_deadline_seconds": model.time_limit + DEADLINE_MARGIN_SECONDS,
-            "finished_job_ttl": FINISHED_JOB_TTL_SECONDS,
-            "backoff_limit": 0,
-            "labels": model_labels(model, entry.tag),
-            "secret_env": secret_env(model),
-        }
+            active_deadline_seconds=model.time_limit + DEADLINE_MARGIN_SECONDS,
+            finished_job_ttl=FINISHED_JOB_TTL_SECONDS,
+            backoff_limit=0,
+            labels=model_labels(model, entry.tag),
+            secret_env=secret_env(model),
+        )
