@@ -4,8 +4,8 @@ Operators read one line that names the fix, never a traceback, so every error
 leaves through `exit_with_error` and every command runs inside
 `with_cli_exception_handling` (added by `CSTyper.command`, as PrefectTyper did
 in Prefect's typer-era CLI): the platform's `CSError`s and bad input
-(LookupError, ValueError, pydantic's ValidationError) become `error: …` on
-stderr and exit code 1. Anything else is a bug and keeps its traceback, except
+(LookupError, ValueError, pydantic's ValidationError) and an unreachable
+server (httpx.TransportError) become `error: …` on stderr and exit code 1. Anything else is a bug and keeps its traceback, except
 where a command talks to an outside backend and opts in with
 `exit_on_error(catch=Exception)`.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
+import httpx
 import typer
 from prefect_cs.core.errors import CSError
 from pydantic import ValidationError
@@ -34,8 +35,14 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 """Errors only: stderr, never wrapped, so one error is one line a script can grep."""
 
-EXPECTED: tuple[type[Exception], ...] = (CSError, LookupError, ValueError, ValidationError)
-"""Errors whose message is written for the operator: shown as they are, exit 1."""
+EXPECTED: tuple[type[Exception], ...] = (
+    CSError,
+    LookupError,
+    ValueError,
+    ValidationError,
+    httpx.TransportError,
+)
+"""Errors an operator can fix from the message: one line, exit 1."""
 
 _CLICK_EXITS = (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
 
@@ -64,11 +71,31 @@ def describe(exc: BaseException) -> str:
         return "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
         )
+    if isinstance(exc, httpx.TransportError):
+        return unreachable(exc)
     text = str(exc).strip()
     if isinstance(exc, EXPECTED) and text:
         return text
     first = text.splitlines()[0] if text else "(no message)"
     return f"{type(exc).__name__}: {first}"
+
+
+def unreachable(exc: httpx.TransportError) -> str:
+    """A server that did not answer; for the Prefect API, how to start or point at it."""
+    from prefect.settings import PREFECT_API_URL
+
+    try:
+        url = str(exc.request.url)
+    except RuntimeError:  # no request attached
+        url = "the server"
+    first = (str(exc).strip().splitlines() or ["no answer"])[0]
+    api = PREFECT_API_URL.value() or ""
+    if api and url.startswith(api):
+        return (
+            f"cannot reach the Prefect API at {api} ({type(exc).__name__}: {first}):"
+            " start it with `prefect-cs stack start`, or set PREFECT_API_URL to the platform's server"
+        )
+    return f"cannot reach {url} ({type(exc).__name__}: {first})"
 
 
 @contextmanager
