@@ -33,7 +33,7 @@ from prefect_cs.tiers.steps import StepFailed, run_step
 
 DIST_NAME = "prefect-cs"
 # Files an installer writes into .dist-info itself; a wheel must not carry them.
-INSTALLER_FILES = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json"}
+INSTALLER_FILES = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_cache.json"}
 
 
 def platform_distribution() -> Distribution:
