@@ -3,11 +3,12 @@
 Operators read one line that names the fix, never a traceback, so every error
 leaves through `exit_with_error` and every command runs inside
 `with_cli_exception_handling` (added by `CSTyper.command`, as PrefectTyper did
-in Prefect's typer-era CLI): the platform's `CSError`s and bad input
+in Prefect's typer-era CLI): the platform's `CSError`s, bad input
 (LookupError, ValueError, pydantic's ValidationError) and an unreachable
-server (httpx.TransportError) become `error: …` on stderr and exit code 1. Anything else is a bug and keeps its traceback, except
-where a command talks to an outside backend and opts in with
-`exit_on_error(catch=Exception)`.
+server (httpx.TransportError) become `error: …` on stderr and exit code 1.
+Anything else is a bug and keeps its traceback (without local variables),
+except where a command talks to an outside backend (Redis, a secrets store)
+and opts in with `exit_on_error(catch=Exception)`.
 """
 
 from __future__ import annotations
