@@ -2,8 +2,8 @@
 
 What is its own (the rest is the base class's): the venv is a new folder per
 build, so a re-publish of a tag never disturbs the one serving; install.sh runs
-with the host's conda if there is one; a requirements override installs with uv
-(fast, and the venv has no other installer to trust); nothing is pushed; the
+with the host's conda if there is one; a requirements override installs with uv,
+like the rest of the venv (the Docker tier's images use pip); nothing is pushed; the
 process pool needs no job variables, because the flow finds the model's venv
 from its model config when the run starts.
 """
