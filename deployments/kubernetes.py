@@ -148,7 +148,7 @@ def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url
         "name": "inputs",
         "image": entry.image,
         "imagePullPolicy": template_default("image_pull_policy"),
-        "command": [PLATFORM_PYTHON, "-m", "prefect_cs.flows.inputs"],
+        "command": [PLATFORM_PYTHON, "-m", "prefect_cs.services.inputs_server"],
         "env": env,
         "resources": {
             "requests": {"cpu": "100m", "memory": res["memory_request"]},

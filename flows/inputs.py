@@ -1,6 +1,6 @@
 """The web app's light calls — version, defaults, parse — as Prefect background tasks.
 
-A task worker (`python -m prefect_cs.flows.inputs`, started by `prefect-cs
+A task worker (`python -m prefect_cs.services.inputs_server`, started by `prefect-cs
 stack start`) serves them with warm model processes. The caller-side functions
 answer a cached `defaults` straight from storage, without a task round trip.
 

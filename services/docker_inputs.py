@@ -3,7 +3,7 @@
 On the container tiers a model's environment exists only in its image, so the
 web app's light calls (version, defaults, parse) are answered by a long-running
 container of that image, subscribed to the model's own task keys
-(CS_INPUTS_MODEL, see flows/inputs.py). It shares the task storage folder with
+(CS_INPUTS_MODEL, see services/inputs_server.py). It shares the task storage folder with
 the callers, as background tasks require. On Kubernetes the same server is a
 Deployment (`prefect-cs k8s render`).
 """

@@ -11,6 +11,7 @@ started) are reported to a real web app stand-in.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import logging
 import os
@@ -240,7 +241,10 @@ def test_operator_manifests_are_valid(k8s_model):
     ]
     container = inputs["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == IMAGE
-    assert container["command"][-2:] == ["-m", "prefect_cs.flows.inputs"]
+    assert container["command"][-2:] == ["-m", "prefect_cs.services.inputs_server"]
+    # the module the pod runs exists and is runnable (it once pointed at a module with no __main__)
+    spec = importlib.util.find_spec(container["command"][-1])
+    assert spec and 'if __name__ == "__main__":' in Path(spec.origin).read_text()
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
     assert {
         "name": "API_TOKEN",
