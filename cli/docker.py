@@ -65,7 +65,7 @@ def inputs_server(
     name: str = typer.Argument(..., help="OWNER/TITLE"),
 ) -> None:
     """A model's inputs server: a container of its promoted image answering version/defaults/parse."""
-    from prefect_cs.services import docker_inputs
+    from prefect_cs.deployments import docker_inputs
 
     check_action(action)
     owner, title = split_model(name)

@@ -46,7 +46,7 @@ def show_outputs(task_id: str) -> None:
         f"  outputs: {task_id}_renderable.zip, {task_id}_downloadable.zip in block {storage}"
     )
     try:
-        from prefect_cs.flows.storage import load_outputs_storage
+        from prefect_cs.core.blocks import load_outputs_storage
 
         block = load_outputs_storage()
         basepath = getattr(block, "basepath", None) or getattr(block, "bucket", None)

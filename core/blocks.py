@@ -16,3 +16,11 @@ def load_named_block(name: str, what: str, fix: str, block_class: type[Block] = 
         return block_class.load(name, _sync=True)
     except ValueError as exc:
         raise NotConfigured(f"no {what} {name!r}: {fix}") from exc
+
+
+def load_outputs_storage() -> Block:
+    """The filesystem block output zips go to (CS_OUTPUTS_BLOCK): a local folder or a GcsBucket."""
+    from prefect_cs.core.settings import get_settings
+
+    fix = "run `prefect-cs stack start` (a local folder) or save a GcsBucket under that name"
+    return load_named_block(get_settings().outputs_block, "outputs storage block", fix)

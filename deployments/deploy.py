@@ -11,36 +11,51 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.flows import load_flow_from_entrypoint
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.tiers import get_tier
 from prefect_cs.work_pools.pools import ensure_pool
 
 SIMULATE_ENTRYPOINT = "prefect_cs.flows.simulate:simulate"
+PUBLISH_ENTRYPOINT = "prefect_cs.flows.publish:publish"
+
+
+def create_flow_deployment(
+    client: Any, entrypoint: str, name: str, pool: str, **fields: Any
+) -> UUID:
+    """Create or update a deployment of the flow at `entrypoint` on `pool`.
+
+    Flows are named by entrypoint, as `prefect deploy` does, so this room never
+    imports prefect_cs.flows (the publish flow imports it to deploy models).
+    """
+    flow = load_flow_from_entrypoint(entrypoint)
+    return client.create_deployment(
+        flow_id=client.create_flow(flow),
+        name=name,
+        entrypoint=entrypoint,
+        work_pool_name=pool,
+        parameter_openapi_schema=flow.parameters.model_dump(mode="json"),
+        enforce_parameter_schema=True,
+        pull_steps=[],
+        **fields,
+    )
 
 
 def deploy_model(model: ModelConfig, entry: PublishedTag) -> UUID:
     """Point the model's simulate deployment at `entry` on its tier's pool."""
-    from prefect_cs.flows.simulate import simulate
-
     tier = get_tier(entry.tier)
-    pool = tier.pool_name
-    ensure_pool(pool, tier.pool_type)
-    job_variables: dict[str, Any] = tier.job_variables(model, entry)
+    ensure_pool(tier.pool_name, tier.pool_type)
     with get_client(sync_client=True) as client:
-        flow_id = client.create_flow(simulate)
-        return client.create_deployment(
-            flow_id=flow_id,
-            name=model.slug,
+        return create_flow_deployment(
+            client,
+            SIMULATE_ENTRYPOINT,
+            model.slug,
+            tier.pool_name,
             version=entry.tag,
-            entrypoint=SIMULATE_ENTRYPOINT,
-            work_pool_name=pool,
             parameters={"owner": model.owner, "title": model.title},
-            parameter_openapi_schema=simulate.parameters.model_dump(mode="json"),
-            enforce_parameter_schema=True,
-            job_variables=job_variables,
+            job_variables=tier.job_variables(model, entry),
             tags=["cs-simulate", f"model:{model.owner}/{model.title}", f"tag:{entry.tag}"],
             description=f"Simulations of {model.owner}/{model.title}; serving tag {entry.tag}.",
-            pull_steps=[],
         )
 
 
@@ -53,22 +68,16 @@ def deploy_publish() -> UUID:
 
     prefect.yaml declares the same deployment and triggers (`PUBLISH_TRIGGERS`).
     """
-    from prefect_cs.flows.publish import publish
-
     tier = get_tier("local")
-    pool = tier.pool_name
-    ensure_pool(pool, tier.pool_type)
+    ensure_pool(tier.pool_name, tier.pool_type)
     with get_client(sync_client=True) as client:
-        deployment_id = client.create_deployment(
-            flow_id=client.create_flow(publish),
-            name="publish",
-            entrypoint="prefect_cs.flows.publish:publish",
-            work_pool_name=pool,
-            parameter_openapi_schema=publish.parameters.model_dump(mode="json"),
-            enforce_parameter_schema=True,
+        deployment_id = create_flow_deployment(
+            client,
+            PUBLISH_ENTRYPOINT,
+            "publish",
+            tier.pool_name,
             tags=["cs-publish"],
             description="Publish a model: clone, build, test, push, stage, promote, deploy.",
-            pull_steps=[],
         )
         set_publish_triggers(client, deployment_id)
         return deployment_id

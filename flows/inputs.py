@@ -15,44 +15,19 @@ import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Iterator
 from typing import Any
 
 from prefect import Task, task
 from prefect.blocks.core import Block
-from prefect.settings import (
-    PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK,
-    PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK,
-    temporary_settings,
-)
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import slug
+from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
 from prefect_cs.flows.runtime.warm import WarmModel
 
-TASK_STORAGE_BLOCK = "local-file-system/cs-task-storage"
 LIGHT_CALL_LIMIT = 30.0
 _warm: dict[tuple[str, str], WarmModel] = {}
-
-
-def task_storage_env() -> dict[str, str]:
-    return {
-        "PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK": TASK_STORAGE_BLOCK,
-        "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": TASK_STORAGE_BLOCK,
-        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
-    }
-
-
-@contextlib.contextmanager
-def task_storage() -> Iterator[None]:
-    with temporary_settings(
-        updates={
-            PREFECT_TASKS_SCHEDULING_DEFAULT_STORAGE_BLOCK: TASK_STORAGE_BLOCK,
-            PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK: TASK_STORAGE_BLOCK,
-        }
-    ):
-        yield
 
 
 @functools.cache

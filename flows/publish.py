@@ -127,7 +127,7 @@ def deploy(owner: str, title: str, entry: PublishedTag) -> str:
         "deployment %s (%s) now serves %s", deployment_name(model), deployment_id, entry.tag
     )
     if entry.tier == "docker":
-        from prefect_cs.services.docker_inputs import refresh_if_running
+        from prefect_cs.deployments.docker_inputs import refresh_if_running
 
         if refresh_if_running(model):
             get_run_logger().info("inputs server of %s/%s moved to %s", owner, title, entry.image)

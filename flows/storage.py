@@ -2,14 +2,7 @@
 
 from __future__ import annotations
 
-from prefect.blocks.core import Block
-from prefect_cs.core.blocks import load_named_block
-from prefect_cs.core.settings import get_settings
-
-
-def load_outputs_storage() -> Block:
-    fix = "run `prefect-cs stack start` (a local folder) or save a GcsBucket under that name"
-    return load_named_block(get_settings().outputs_block, "outputs storage block", fix)
+from prefect_cs.core.blocks import load_outputs_storage
 
 
 def store_zips(zips: dict[str, bytes]) -> dict[str, str]:

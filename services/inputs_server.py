@@ -12,7 +12,8 @@ from __future__ import annotations
 from prefect import Task
 from prefect_cs.core.names import check_name
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, task_storage, version_task
+from prefect_cs.core.task_storage import task_storage
+from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, version_task
 
 
 def served_tasks(model: str | None = None) -> list[Task]:

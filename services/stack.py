@@ -228,7 +228,7 @@ def inputs_worker() -> Background:
 
 
 def inputs_worker_env() -> dict[str, str]:
-    from prefect_cs.flows.inputs import task_storage_env
+    from prefect_cs.core.task_storage import task_storage_env
 
     return task_storage_env()
 
@@ -274,7 +274,7 @@ def ensure_storage_blocks() -> list[str]:
     """Local folders for outputs and task storage, unless blocks of those names exist (e.g. a GcsBucket)."""
     from prefect.blocks.core import Block
     from prefect.filesystems import LocalFileSystem
-    from prefect_cs.flows.inputs import TASK_STORAGE_BLOCK
+    from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK
 
     settings = get_settings()
     made = []

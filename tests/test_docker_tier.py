@@ -319,8 +319,8 @@ def test_registry_credentials_block_push_and_worker_pull(
 
 def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):
     """version, defaults and parse answered by a container of the model's own image."""
+    from prefect_cs.deployments import docker_inputs
     from prefect_cs.flows import inputs
-    from prefect_cs.services import docker_inputs
 
     name = docker_inputs.start_inputs_server(OWNER, TITLE)
     try:

@@ -155,7 +155,7 @@ def test_forwarded_environment_leaves_out_what_is_not_set(monkeypatch):
 
 def test_docker_inputs_server_gets_what_jobs_get(everything_set):
     from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.services.docker_inputs import server_environment
+    from prefect_cs.deployments.docker_inputs import server_environment
 
     model = ModelConfig(owner="acme", title="Calc", repo_url="/nowhere")
     env = server_environment(model)

@@ -452,7 +452,7 @@ def secret_references(model: ModelConfig) -> dict[str, str]:
 def container_volumes() -> list[str]:
     """Host folders the flow in the container writes: a LocalFileSystem outputs block, kept results."""
     from prefect.filesystems import LocalFileSystem
-    from prefect_cs.flows.storage import load_outputs_storage
+    from prefect_cs.core.blocks import load_outputs_storage
 
     settings = get_settings()
     folders = [settings.undelivered_dir]

@@ -16,7 +16,7 @@ from typing import Any
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import NotFound
 from prefect_cs.core.settings import forwarded_environment
-from prefect_cs.flows.inputs import TASK_STORAGE_BLOCK, task_storage_env
+from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage_env
 from prefect_cs.tiers.docker import PLATFORM_VENV, docker_client
 
 LABEL = "cs.compute.studio/inputs-server"
