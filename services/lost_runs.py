@@ -1,5 +1,7 @@
-"""Turns simulate runs that Kubernetes lost into a FAIL the web app receives.
+"""The lost-run watcher: simulate runs lost before they could report become a FAIL the web app receives.
 
+It serves every tier (a process worker's flow killed mid-run, a Docker
+container whose image is missing, a Kubernetes Job that never started).
 A simulation that never ran its flow cannot notify anyone itself: its pod was
 never scheduled, its image could not be pulled, it was evicted or OOM-killed,
 or its Job hit activeDeadlineSeconds. prefect-kubernetes' observer marks such

@@ -66,7 +66,7 @@ def model_env(model: ModelConfig) -> dict[str, str]:
 
 def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
     """Masks the model's secret values in anything leaving the job (payloads, logs, outputs)."""
-    from prefect_cs.security.secrets import Scrubber
+    from prefect_cs.security.scrubber import Scrubber
 
     try:
         return Scrubber(declared_secrets(model).values())
