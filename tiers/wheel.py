@@ -187,8 +187,10 @@ def cached_wheel(digest: str, make: Callable[[Path], None]) -> Path:
     work = Path(tempfile.mkdtemp(prefix="building-", dir=folder.parent))
     try:
         make(work)
-        if not folder.exists():
+        try:
             work.rename(folder)
+        except OSError:
+            pass  # a concurrent publish made it first: use theirs
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return sorted(folder.glob("*.whl"))[0]
