@@ -25,3 +25,24 @@ def check_name(kind: str, value: str) -> str:
 def slug(owner: str, title: str) -> str:
     """Block and deployment names allow only lowercase letters, digits and dashes."""
     return f"{owner}-{title}".lower().replace("_", "-")
+
+
+def image_component(text: str) -> str:
+    """Lowercase letters, digits and single dashes: valid in every registry's repository names."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return cleaned or "x"
+
+
+def image_tag(tag: str) -> str:
+    """A Docker tag: [A-Za-z0-9_.-], at most 128 characters, starting with a letter, digit or _."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag).lstrip(".-")
+    return (cleaned or "untagged")[:128]
+
+
+LABEL_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def label_value(value: str) -> str:
+    """A valid Kubernetes label value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
+    cleaned = LABEL_INVALID.sub("-", value)[:63]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)

@@ -17,9 +17,9 @@ from typing import Any
 from uuid import UUID
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.names import label_value
 from prefect_cs.tiers.kubernetes import (
     LABEL_PREFIX,
-    label_value,
     model_labels,
     model_secret_name,
     secret_env,

@@ -17,10 +17,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.github import CommitStatus
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers import get_tier
-from prefect_cs.tiers.steps import StepFailed, run_step
+from prefect_cs.tiers.steps import run_step
 
 Steps = Literal["all", "stage", "promote"]
 

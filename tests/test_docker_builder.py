@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
-from prefect_cs.tiers.docker import (
-    DockerTier,
-    image_repository,
-    image_tag,
-    resolve_registry,
-)
-from prefect_cs.tiers.steps import StepFailed
+from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.names import image_tag
+from prefect_cs.tiers.docker import DockerTier, image_repository, resolve_registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # The distribution spec's repository path component and tag grammars.

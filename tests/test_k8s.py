@@ -196,7 +196,7 @@ def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
 
 
 def test_label_values_are_sanitized():
-    from prefect_cs.tiers.kubernetes import label_value
+    from prefect_cs.core.names import label_value
 
     for raw in ["-_Tax-Brain_-", "v1.2+build/7", "x" * 80, "ünïcode tag", "__", "1.0"]:
         value = label_value(raw)

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.settings import get_settings
-from prefect_cs.tiers.steps import StepFailed
 from pydantic import BaseModel, ConfigDict
 
 Logger = logging.Logger | logging.LoggerAdapter

@@ -33,12 +33,14 @@ from pathlib import Path
 from typing import Literal
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.names import image_component, image_tag
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 from prefect_cs.tiers.base import JobVariables, Logger, Tier
 from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS
-from prefect_cs.tiers.steps import StepFailed, run_step
+from prefect_cs.tiers.steps import run_step
 from prefect_cs.tiers.wheel import platform_requirements, platform_wheel
 
 PLATFORM_VENV = "/opt/cs/platform"
@@ -48,18 +50,6 @@ MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
 MODEL_UID = 10001  # model children in containers: not root, not the flow's user
 BUILD_TIMEOUT = 1800
 INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kept in the image
-
-
-def image_component(text: str) -> str:
-    """Lowercase letters, digits and single dashes: valid in every registry's repository names."""
-    cleaned = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-    return cleaned or "x"
-
-
-def image_tag(tag: str) -> str:
-    """A Docker tag: [A-Za-z0-9_.-], at most 128 characters, starting with a letter, digit or _."""
-    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", tag).lstrip(".-")
-    return (cleaned or "untagged")[:128]
 
 
 def image_repository(registry: str, model: ModelConfig) -> str:

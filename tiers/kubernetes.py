@@ -8,10 +8,10 @@ pool's base job template (work_pools/kubernetes.json) turns into a Job.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.names import label_value
 from prefect_cs.tiers.base import JobVariables
 from prefect_cs.tiers.docker import DockerTier
 
@@ -24,13 +24,6 @@ NOTIFY_MARGIN_SECONDS = 120
 DEADLINE_MARGIN_SECONDS = STARTUP_MARGIN_SECONDS + NOTIFY_MARGIN_SECONDS
 FINISHED_JOB_TTL_SECONDS = 600
 LABEL_PREFIX = "cs.compute.studio"
-_LABEL_INVALID = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def label_value(value: str) -> str:
-    """A valid Kubernetes label value: at most 63 of [A-Za-z0-9_.-], alphanumeric at both ends."""
-    cleaned = _LABEL_INVALID.sub("-", value)[:63]
-    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", cleaned)
 
 
 def cpu_quantity(cpu: float) -> str:

@@ -18,11 +18,12 @@ import uuid
 from pathlib import Path
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier
-from prefect_cs.tiers.steps import StepFailed, run_step
+from prefect_cs.tiers.steps import run_step
 
 TEST_REQUIREMENTS = ["cs-kit==1.16.9", "pytest==9.0.3"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"

@@ -27,9 +27,10 @@ from importlib.metadata import Distribution, distributions
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers.base import Logger
-from prefect_cs.tiers.steps import StepFailed, run_step
+from prefect_cs.tiers.steps import run_step
 
 DIST_NAME = "prefect-cs"
 # Files an installer writes into .dist-info itself; a wheel must not carry them.
