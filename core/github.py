@@ -79,11 +79,10 @@ class GitHubClient:
         writes: Retry,
         reads: Retry = READS,
         credentials_block: str = "cs-github",
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.api_url, self.token = api_url.rstrip("/"), token
         self.writes, self.reads, self.credentials_block = writes, reads, credentials_block
-        self._http = httpx.Client(headers=api_headers(token), transport=transport)
+        self._http = httpx.Client(headers=api_headers(token))
 
     @classmethod
     def from_settings(cls, settings: GitHubSettings | None = None) -> GitHubClient:
