@@ -13,7 +13,13 @@ from typing import Literal
 
 from prefect.blocks.core import Block
 from prefect_cs.core.errors import NotFound
-from prefect_cs.core.names import check_name, slug
+from prefect_cs.core.names import (
+    check_declared_secret,
+    check_name,
+    check_repo_url,
+    check_tag,
+    slug,
+)
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
@@ -80,6 +86,21 @@ class ModelConfig(Block):
     @classmethod
     def _title(cls, value: str) -> str:
         return check_name("title", value)
+
+    @field_validator("repo_url")
+    @classmethod
+    def _repo_url(cls, value: str) -> str:
+        return check_repo_url(value)
+
+    @field_validator("repo_tag")
+    @classmethod
+    def _repo_tag(cls, value: str) -> str:
+        return check_tag(value)
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets(cls, value: list[str]) -> list[str]:
+        return [check_declared_secret(name) for name in value]
 
     @field_validator("memory")
     @classmethod

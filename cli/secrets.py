@@ -61,14 +61,21 @@ def read_value(value: str | None, stdin: bool) -> str:
 @secrets_app.command("set")
 def set_cmd(
     ctx: typer.Context,
-    name: str = typer.Option(..., "--name", help="Letters, digits, '_' and '-'."),
+    name: str = typer.Option(
+        ...,
+        "--name",
+        help="Letters, digits, '_' and '-'; not PREFECT_*, CS_* or another platform variable.",
+    ),
     value: str = typer.Option(None, "--value", help="Avoid: it lands in shell history."),
     stdin: bool = typer.Option(False, "--stdin", help="Read the value from stdin."),
 ) -> None:
     """Create or replace a secret; the value comes from stdin unless --value is given."""
+    from prefect_cs.security.secrets import check_secret_name
+
     store = backend(ctx)
     with exit_on_error(catch=Exception):
-        store.id_for(name)  # refuse a bad name before reading the value
+        check_secret_name(name)  # refuse a bad or platform name before reading the value
+        store.id_for(name)
         store.set(name, read_value(value, stdin))
     console.print(f"set secret [bold]{name}[/bold] for {store.where}")
 

@@ -8,6 +8,7 @@ from typing import Any
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.core.names import check_task_id
 from prefect_cs.deployments.deploy import deployment_name
 from prefect_cs.security.job_inputs import redis_configured, stage_inputs
 from prefect_cs.tiers.kubernetes import task_job_variables
@@ -27,11 +28,12 @@ def submit_simulation(
 
     With Redis configured the inputs go to `job-<task id>` and the run gets only the task id.
     """
+    task_id = check_task_id(task_id) if task_id is not None else str(uuid.uuid4())
     model = ModelConfig.for_model(owner, title)
     parameters = {
         "owner": owner,
         "title": title,
-        "task_id": task_id or str(uuid.uuid4()),
+        "task_id": task_id,
         "meta_param_dict": meta_param_dict or {},
         "adjustment": adjustment or {},
         "tag": tag,

@@ -20,7 +20,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.blocks.core import Block
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import slug
+from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
@@ -191,6 +191,7 @@ def parse(
     adjustment: dict[str, Any],
     tag: str | None = None,
 ) -> dict[str, Any]:
+    check_task_id(task_id)  # the web app's ids are UUIDs; nothing else names a kept file
     _, entry = _resolve(owner, title, tag)
     task = route(parse_task, entry, owner, title)
     return _run(task, owner, title, task_id, meta_param_dict, adjustment, entry.tag)

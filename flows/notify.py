@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
+from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
 
 OUTPUTS_PATH = "/outputs/api/"
@@ -46,10 +47,19 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
 def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
     folder = get_settings().undelivered_dir
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{payload.get('task_id', 'unknown')}-{path.strip('/').replace('/', '_')}-{time.time_ns()}.json"
+    name = f"{task_file_stem(payload.get('task_id'))}-{path.strip('/').replace('/', '_')}-{time.time_ns()}.json"
     target = folder / name
     target.write_text(json.dumps({"path": path, "payload": payload, "error": error}))
     return target
+
+
+def task_file_stem(task_id: object) -> str:
+    """The task id where it is a UUID; anything else (`../../x`) never becomes part of a path,
+    and the result is still kept."""
+    try:
+        return check_task_id(task_id)
+    except ValueError:
+        return "invalid-task-id"
 
 
 def undelivered() -> list[Path]:

@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.github import CommitStatus
+from prefect_cs.core.names import check_repo_url, check_tag, path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers import get_tier
 from prefect_cs.tiers.steps import run_step
@@ -32,23 +33,31 @@ def git_source(repo_url: str) -> str:
     return path.resolve().as_uri() if path.exists() else repo_url
 
 
+def clone_command(repo_url: str, tag: str, dest: Path) -> list[str]:
+    """`git clone` of one tag; `--` ends the options, so a URL starting with '-' stays a URL."""
+    source = git_source(check_repo_url(repo_url))
+    return [
+        "git",
+        "clone",
+        "--quiet",
+        "--depth",
+        "1",
+        "--branch",
+        check_tag(tag),
+        "--",
+        source,
+        str(dest),
+    ]
+
+
 @task(name="clone")
 def clone(model: ModelConfig, tag: str) -> Path:
     logger = get_run_logger()
-    dest = Path(tempfile.mkdtemp(prefix=f"{model.slug}-{tag}-", dir=_repos_dir()))
+    prefix = f"{model.slug}-{path_component(tag)}-"
+    dest = Path(tempfile.mkdtemp(prefix=prefix, dir=_repos_dir()))
     run_step(
         "git-clone",
-        [
-            "git",
-            "clone",
-            "--quiet",
-            "--depth",
-            "1",
-            "--branch",
-            tag,
-            git_source(model.repo_url),
-            str(dest),
-        ],
+        clone_command(model.repo_url, tag, dest),
         logger,
         timeout=600,
         hint=f"Check that {model.repo_url} is reachable and has the tag {tag!r}.",
@@ -168,7 +177,7 @@ def publish(
 
 def _publish(owner: str, title: str, tag: str | None, steps: Steps, status: CommitStatus) -> dict:
     model = ModelConfig.for_model(owner, title)
-    tag = tag or model.repo_tag
+    tag = check_tag(tag or model.repo_tag)
     if steps != "promote":
         source = clone(model, tag)
         try:

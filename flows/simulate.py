@@ -15,6 +15,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.names import check_task_id
 from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.runtime.environment import (
@@ -169,6 +170,7 @@ def simulate(
     With inputs_in_redis, meta_param_dict and adjustment are read from Redis
     under `job-<task_id>` (see flows/job_inputs.py) instead of these parameters.
     """
+    check_task_id(task_id)  # before it names a file, a Redis key or a label: a UUID only
     started = time.perf_counter()
     scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
     try:

@@ -9,6 +9,7 @@ import yaml
 from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import ConfigError
+from prefect_cs.core.names import image_name
 from pydantic import ValidationError
 
 # Fields a YAML file may set; the rest (published tags, staging/latest) is the platform's record.
@@ -53,8 +54,21 @@ def register(config: ModelConfig) -> ModelConfig:
         config.published_tags = existing.published_tags
         config.staging_tag = existing.staging_tag
         config.latest_tag = existing.latest_tag
+    check_image_name(config)
     config.save_model()
     return config
+
+
+def check_image_name(config: ModelConfig) -> None:
+    """Refuse a model whose image repository another registered model already has: one
+    model's build would overwrite the other's promoted image."""
+    mine = image_name(config.owner, config.title)
+    for other in all_models():
+        if other.slug != config.slug and image_name(other.owner, other.title) == mine:
+            raise ConfigError(
+                f"{config.owner}/{config.title} would share the image repository {mine!r} with"
+                f" registered {other.owner}/{other.title}: choose another owner or title"
+            )
 
 
 def all_models() -> list[ModelConfig]:

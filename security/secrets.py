@@ -11,18 +11,22 @@ or an artifact.
 from __future__ import annotations
 
 import json
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from prefect_cs.core.errors import SecretNotFound, SecretsError
-from prefect_cs.core.names import check_name, slug
+from prefect_cs.core.names import (
+    SECRET_NAME_RE,
+    SECRET_NAME_RULE,
+    check_declared_secret,
+    check_name,
+    check_secret_name,
+    slug,
+)
 from prefect_cs.core.settings import SecretsSettings, get_settings
 
-SECRET_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-SECRET_NAME_RULE = "letters, digits, '_' and '-' only (1 to 64 characters)"
 MAX_VALUE_BYTES = 64 * 1024  # Google Secret Manager's payload limit, kept for both backends
 MAX_ID_LENGTH = 255  # Google Secret Manager's secret id limit
 BACKENDS = ("prefect", "gcp")
@@ -31,9 +35,10 @@ BACKENDS = ("prefect", "gcp")
 # ---- names and scopes -------------------------------------------------------
 
 
-def check_secret_name(name: str) -> str:
-    """Names become environment variable names in jobs and ids in the backends."""
-    if not isinstance(name, str) or not SECRET_NAME_RE.match(name):
+def check_stored_name(name: str) -> str:
+    """The format alone: get/list/delete still reach a secret stored before names were checked
+    against the platform's variables (`check_secret_name`, core/names.py, guards `set`)."""
+    if not isinstance(name, str) or not SECRET_NAME_RE.fullmatch(name):
         raise ValueError(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
     return name
 
@@ -87,7 +92,7 @@ def scope_prefix(model: tuple[str, str] | None) -> str:
 
 def secret_id(model: tuple[str, str] | None, name: str) -> str:
     """`cs-cluster--<name>` or `cs-model--<owner>--<title>--<name>`, each part encoded."""
-    ident = scope_prefix(model) + encode(check_secret_name(name))
+    ident = scope_prefix(model) + encode(check_stored_name(name))
     if len(ident) > MAX_ID_LENGTH:
         raise ValueError(
             f"secret name {name!r} is too long for this scope: the stored id would have"
@@ -103,7 +108,7 @@ def name_from_id(model: tuple[str, str] | None, ident: str) -> str | None:
         return None
     rest = ident[len(prefix) :]
     name = decode(rest)
-    if "--" in rest or encode(name) != rest or not SECRET_NAME_RE.match(name):
+    if "--" in rest or encode(name) != rest or not SECRET_NAME_RE.fullmatch(name):
         return None
     return name
 
@@ -166,6 +171,7 @@ class PrefectSecretsBackend(SecretsBackend):
     def set(self, name: str, value: str) -> None:
         from prefect.blocks.system import Secret
 
+        check_secret_name(name)
         Secret(value=check_value(value)).save(self.id_for(name), overwrite=True, _sync=True)
 
     def get(self, name: str) -> str:
@@ -259,6 +265,7 @@ class GcpSecretsBackend(SecretsBackend):
         from google.api_core import exceptions
 
         data = check_value(value).encode()
+        check_secret_name(name)
         secret = {
             "replication": {"automatic": {}},
             "labels": self.labels(),
@@ -390,7 +397,7 @@ def model_secret_env(owner: str, title: str, names: Iterable[str]) -> dict[str, 
     model = get_backend(f"{owner}/{title}")
     cluster = get_backend(None)
     env = {}
-    for name in names:
+    for name in map(check_declared_secret, names):
         try:
             env[name] = model.get(name)
         except SecretNotFound:

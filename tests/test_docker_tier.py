@@ -173,7 +173,10 @@ def test_publish_pushes_image_and_deploys_on_docker_pool(docker_repo):
     assert variables["image"] == entry.image
     assert variables["mem_limit"] == variables["memswap_limit"] == "640m"
     assert variables["nano_cpus"] == 1_000_000_000
-    assert variables["env"]["MODEL_TOKEN"].startswith("{{ prefect.blocks.secret.cs-model--")
+    assert variables["env"]["CS_SECRET_MODEL_TOKEN"].startswith(
+        "{{ prefect.blocks.secret.cs-model--"
+    )
+    assert "MODEL_TOKEN" not in variables["env"] and variables["env"]["CS_SECRETS_SOURCE"] == "env"
     assert SECRET_VALUE not in json.dumps(dep.model_dump(mode="json"))
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool("cs-docker")
@@ -231,7 +234,7 @@ def test_hang_container_limits_env_and_cleanup(worker, webapp):
     container = wait_for_container(label)
     config = container.attrs["Config"]
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["MODEL_TOKEN"] == SECRET_VALUE, "the worker resolves the secret block at start"
+    assert env["CS_SECRET_MODEL_TOKEN"] == SECRET_VALUE, "the worker resolves the block at start"
     assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
     assert "PREFECT_API_KEY" not in env
     host = container.attrs["HostConfig"]

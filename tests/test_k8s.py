@@ -118,7 +118,7 @@ def test_deploy_step_moves_the_model_to_the_kubernetes_pool(k8s_model):
     assert (variables["cpu_request"], variables["memory_request"]) == ("2", "4096Mi")
     assert variables["secret_env"] == [
         {
-            "name": "API_TOKEN",
+            "name": "CS_SECRET_API_TOKEN",
             "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
         }
     ]
@@ -167,8 +167,9 @@ def test_labels_carry_owner_title_tag_task_and_flow_run(rendered):
 def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
     _, run, job = rendered
     env = {e["name"]: e for e in container_of(job)["env"]}
-    assert env["API_TOKEN"] == {
-        "name": "API_TOKEN",
+    assert "API_TOKEN" not in env  # only under the platform's prefix (flows/runtime/environment)
+    assert env["CS_SECRET_API_TOKEN"] == {
+        "name": "CS_SECRET_API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
     }
     assert env["CS_SECRETS_SOURCE"]["value"] == "env"
@@ -247,7 +248,7 @@ def test_operator_manifests_are_valid(k8s_model):
     assert spec and 'if __name__ == "__main__":' in Path(spec.origin).read_text()
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
     assert {
-        "name": "API_TOKEN",
+        "name": "CS_SECRET_API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
     } in container["env"]
     assert SECRET_VALUE not in json.dumps(inputs)
@@ -316,7 +317,7 @@ def test_container_spec_becomes_a_docker_run(rendered):
     assert argv[argv.index("--memory") + 1] == str(5120 * 1024 * 1024)
     image_at = argv.index(IMAGE)
     assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
-    assert env["API_TOKEN"] == SECRET_VALUE and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
+    assert env["CS_SECRET_API_TOKEN"] == SECRET_VALUE and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
     assert SECRET_VALUE not in " ".join(argv)
     assert {argv[i + 1] for i, a in enumerate(argv) if a == "-e"} == set(env)
 
@@ -519,7 +520,7 @@ def job_process(flow_run_id, log: Path) -> subprocess.Popen:
 
     container = container_of(render(flow_run_id))
     env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))
-    assert secret_names == {"API_TOKEN"}
+    assert secret_names == {"CS_SECRET_API_TOKEN"}
     env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
     env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
     argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig
@@ -107,3 +110,67 @@ def test_cli_register_reports_bad_config(platform, tmp_path):
     result = CliRunner().invoke(app, ["models", "register", str(config)])
     assert result.exit_code == 1
     assert "title" in result.output and "memory" in result.output
+
+
+# ---- names and environments at publish (issue 10) --------------------------------
+
+SLASH_TAG = "release/1.0"
+OPERATOR_SECRET = "fake-operator-key-" + "5e1f"
+ENV_DUMP_TEST = """
+import os
+import pathlib
+
+
+def test_dump_environment():
+    dump = "\\n".join(f"{k}={v}" for k, v in os.environ.items())
+    pathlib.Path(os.environ["VIRTUAL_ENV"], "tests-env.txt").write_text(dump)
+"""
+
+
+def dump_environments(repo):
+    """install.sh and the model's tests each write down the environment they were given."""
+    install = repo / "cs-config/install.sh"
+    install.write_text(install.read_text() + 'env > "$VIRTUAL_ENV/install-env.txt"\n')
+    (repo / "cs-config/cs_config/tests/test_env_dump.py").write_text(ENV_DUMP_TEST)
+
+
+@pytest.fixture(scope="module")
+def slash_tag_model(platform, repos):
+    """An app published at `release/1.0` while the operator's environment holds credentials."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("AWS_SECRET_ACCESS_KEY", OPERATOR_SECRET)
+    mp.setenv("SSH_AUTH_SOCK", "/tmp/operator-agent.sock")
+    try:
+        repo = make_repo("misbehaving-app", repos / "slash-tag-app", tag="v0")
+        add_tag(repo, SLASH_TAG, "dump environments", dump_environments)
+        register_model("tests", "SlashTag", repo, repo_tag=SLASH_TAG, time_limit=10)
+        state = publish_model("tests", "SlashTag")
+    finally:
+        mp.undo()
+    assert state.is_completed(), state.message
+    return ModelConfig.for_model("tests", "SlashTag")
+
+
+def test_tag_with_a_slash_publishes(slash_tag_model, cs_home):
+    from prefect_cs.core.names import path_component
+
+    assert slash_tag_model.latest_tag == SLASH_TAG
+    venv = Path(slash_tag_model.published(SLASH_TAG).python).parents[1]
+    assert venv.parent == cs_home / "envs" / "tests" / "SlashTag" / path_component(SLASH_TAG)
+    assert read_deployment("simulate/tests-slashtag").version == SLASH_TAG
+
+
+def read_env(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if "=" in line]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def test_install_and_model_tests_get_no_operator_variable(slash_tag_model):
+    venv = Path(slash_tag_model.published(SLASH_TAG).python).parents[1]
+    for dump in ("install-env.txt", "tests-env.txt"):
+        env = read_env(venv / dump)
+        assert env["VIRTUAL_ENV"] == str(venv), dump  # the probe ran in the model's environment
+        assert OPERATOR_SECRET not in (venv / dump).read_text(), dump
+        assert "SSH_AUTH_SOCK" not in env and "AWS_SECRET_ACCESS_KEY" not in env, dump
+        assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))], dump
+        assert env["HOME"] != os.environ.get("HOME") and env["HOME"].startswith(str(venv)), dump

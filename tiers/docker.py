@@ -34,7 +34,7 @@ from typing import Literal
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
-from prefect_cs.core.names import image_component, image_tag
+from prefect_cs.core.names import image_name, image_tag, secret_env_name
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
@@ -53,9 +53,8 @@ INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kep
 
 
 def image_repository(registry: str, model: ModelConfig) -> str:
-    """`<registry>/<owner>_<title>`, cleaned to what registries accept."""
-    name = f"{image_component(model.owner)}_{image_component(model.title)}"
-    return f"{registry.rstrip('/')}/{name}"
+    """`<registry>/<owner>_<title>`, cleaned to what registries accept, one per model (core/names.py)."""
+    return f"{registry.rstrip('/')}/{image_name(model.owner, model.title)}"
 
 
 @dataclass
@@ -405,12 +404,16 @@ def container_env(model: ModelConfig) -> dict[str, str]:
     env["CS_HOME"] = str(get_settings().home)
     env["CS_MEMORY_BY_CONTAINER"] = "true"
     env["CS_MODEL_UID"] = str(MODEL_UID)
-    env.update(secret_references(model))
+    references = secret_references(model)
+    if references:  # the flow then reads declared secrets only from these (runtime.environment)
+        env["CS_SECRETS_SOURCE"] = "env"
+    env.update(references)
     return env
 
 
 def secret_references(model: ModelConfig) -> dict[str, str]:
-    """`{{ prefect.blocks.secret.<id> }}` per declared secret: the model's own, else the cluster's."""
+    """`CS_SECRET_<name>: {{ prefect.blocks.secret.<id> }}` per declared secret: the model's own,
+    else the cluster's."""
     if not model.secrets:
         return {}
     from prefect_cs.security.secrets import (
@@ -435,7 +438,7 @@ def secret_references(model: ModelConfig) -> dict[str, str]:
                 f"model {scope} declares secret {name!r}, which is set neither for the model nor"
                 f" for the cluster: run `prefect-cs models -n {scope} secrets set --name {name}`"
             )
-        refs[name] = "{{ prefect.blocks.secret." + ident + " }}"
+        refs[secret_env_name(name)] = "{{ prefect.blocks.secret." + ident + " }}"
     return refs
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
@@ -39,19 +40,40 @@ def base_python() -> str:
     return getattr(sys, "_base_executable", sys.executable)
 
 
+INSTALL_ENV = frozenset(
+    "LANG LANGUAGE TZ SSL_CERT_FILE SSL_CERT_DIR REQUESTS_CA_BUNDLE CURL_CA_BUNDLE"
+    " PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_FIND_LINKS PIP_TRUSTED_HOST PIP_CERT PIP_NO_INDEX"
+    " PIP_DEFAULT_TIMEOUT PIP_CONFIG_FILE PIP_CONSTRAINT UV_INDEX UV_INDEX_URL UV_DEFAULT_INDEX"
+    " UV_EXTRA_INDEX_URL UV_FIND_LINKS UV_NATIVE_TLS UV_INDEX_STRATEGY"
+    " HTTP_PROXY HTTPS_PROXY NO_PROXY http_proxy https_proxy no_proxy".split()
+)
+"""What install.sh and the model's tests may see of the operator's environment: locale, time
+zone, CA bundle, package index and proxy settings. Never credentials (cloud keys,
+SSH_AUTH_SOCK, tokens), never PREFECT_*/CS_*."""
+
+
+def package_cache() -> str:
+    """The platform's own uv cache, so a publish reuses downloads (packages only, no credentials)."""
+    return os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
+
+
 def venv_environment(venv: Path) -> dict[str, str]:
-    """An activated-virtualenv environment for install scripts, trusting the host's CA bundle."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CS_"))}
+    """An activated-virtualenv environment for install scripts and model tests, built from an
+    allowlist (INSTALL_ENV), with a scratch HOME of the model's own (`<venv>/home`)."""
+    env = {k: v for k, v in os.environ.items() if k in INSTALL_ENV or k.startswith("LC_")}
+    home = venv / "home"
+    home.mkdir(parents=True, exist_ok=True)
     env.update(
         VIRTUAL_ENV=str(venv),
-        PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}",
+        HOME=str(home),
+        PATH=f"{venv / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        UV_CACHE_DIR=package_cache(),
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         PIP_NO_INPUT="1",
     )
     if Path(CA_BUNDLE).exists():
         env.setdefault("PIP_CERT", CA_BUNDLE)
         env.setdefault("SSL_CERT_FILE", CA_BUNDLE)
-    env.pop("PYTHONHOME", None)
     return env
 
 
@@ -74,7 +96,8 @@ class LocalTier(Tier):
 
     def env_dir(self, model: ModelConfig, tag: str) -> Path:
         """A new folder per build, so a re-publish of a tag never disturbs the one serving."""
-        return get_settings().envs_dir / model.owner / model.title / tag / uuid.uuid4().hex[:12]
+        folder = get_settings().envs_dir / model.owner / model.title / path_component(tag)
+        return folder / uuid.uuid4().hex[:12]
 
     def has_conda(self) -> bool:
         return shutil.which("conda") is not None

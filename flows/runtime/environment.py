@@ -9,6 +9,7 @@ from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core.names import secret_env_name
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 
 RUNTIME_DIR = "cs-runtime"
@@ -21,22 +22,24 @@ def runner_for(python: str) -> str:
 
 
 def declared_secrets(model: ModelConfig) -> dict[str, str]:
-    """The model's declared secrets: from this process's environment when the job was started
-    with them (Docker: block references resolved at container start; Kubernetes: secretKeyRef),
-    else from the secrets backend."""
+    """The model's declared secrets, never from the flow's own environment (on the process tier
+    that is the operator's): from the secrets backend, or in a container job started with them
+    by reference (Docker: block references resolved at container start; Kubernetes:
+    secretKeyRef) from the `CS_SECRET_<name>` variables the job carries, which nothing else sets."""
     if not model.secrets:
         return {}
-    found = {name: os.environ[name] for name in model.secrets if os.environ.get(name)}
-    missing = [name for name in model.secrets if name not in found]
-    if missing and _secrets_source() == "env":
-        raise NotConfigured(
-            f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
-            " environment: apply the model's Secret (`prefect-cs k8s render`) and re-run"
-        )
-    if missing:
+    if _secrets_source() != "env":
         from prefect_cs.security.secrets import model_secret_env
 
-        found.update(model_secret_env(model.owner, model.title, missing))
+        return model_secret_env(model.owner, model.title, model.secrets)
+    found = {name: os.environ.get(secret_env_name(name), "") for name in model.secrets}
+    missing = [name for name, value in found.items() if not value]
+    if missing:
+        raise NotConfigured(
+            f"secrets {', '.join(missing)} of {model.owner}/{model.title} are not in the job's"
+            " environment: apply the model's Secret (`prefect-cs k8s render`) or re-deploy the"
+            " model (`prefect-cs models publish --steps promote`), and re-run"
+        )
     return found
 
 
