@@ -37,6 +37,41 @@ class NotifySettings(BaseSettings):
     timeout_seconds: float = Field(default=10.0, gt=0, json_schema_extra=FORWARD)
 
 
+class LimitsSettings(BaseSettings):
+    """Size caps on what model code hands the platform (prefix `CS_LIMITS_`); jobs inherit them.
+
+    Without them one model's output, result or prints grows the flow (or the shared
+    inputs worker) without bound; a run over a cap ends in a FAIL naming the variable.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CS_LIMITS_", extra="ignore")
+
+    output_bytes: int = Field(
+        default=100 * 1024 * 1024,
+        gt=0,
+        description="Largest single output (decoded bytes) run_model may return.",
+        json_schema_extra=FORWARD,
+    )
+    result_bytes: int = Field(
+        default=300 * 1024 * 1024,
+        gt=0,
+        description="Largest whole run_model result (its JSON, as the child writes it).",
+        json_schema_extra=FORWARD,
+    )
+    light_answer_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        gt=0,
+        description="Largest answer of version / defaults / parse (its JSON line).",
+        json_schema_extra=FORWARD,
+    )
+    stdout_tail_bytes: int = Field(
+        default=64 * 1024,
+        gt=0,
+        description="How much of a model's last printed output is kept (logged); the rest is read and dropped.",
+        json_schema_extra=FORWARD,
+    )
+
+
 class RedisSettings(BaseSettings):
     """Redis for job inputs (prefix `CS_REDIS_`): the block to use, or a connection by variables.
 
@@ -184,6 +219,7 @@ class CSSettings(BaseSettings):
         default=None, description="OWNER/TITLE: set in a model's own inputs server container."
     )
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)

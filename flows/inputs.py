@@ -22,7 +22,7 @@ from prefect.blocks.core import Block
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
-from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver
+from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
 from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
 from prefect_cs.flows.runtime.warm import WarmModel
 
@@ -56,6 +56,12 @@ def answer(call, result: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def failed(exc: Exception) -> dict[str, Any]:
+    """A light call that broke before or around the model: a FAIL answer, never an exception."""
+    reason = f"{type(exc).__name__}: {exc}"
+    return {"status": "FAIL", "traceback": cut_traceback(reason), "meta": {"task_times": [0.0]}}
+
+
 def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list[Any]):
     key = (model.slug, entry.python)
     if key not in _warm:
@@ -73,21 +79,31 @@ def _resolve(owner: str, title: str, tag: str | None) -> tuple[ModelConfig, Publ
 
 @task(name="inputs-version", persist_result=True)
 def version_task(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
-    model, entry = _resolve(owner, title, tag)
-    call = warm_call(model, entry, "get_version", [])
-    return scrubber_for(model)(answer(call, {"version": str(call.result)} if call.ok else None))
+    """Any failure is a FAIL answer; the answer is strict JSON (see notify.sendable)."""
+    try:
+        model, entry = _resolve(owner, title, tag)
+        call = warm_call(model, entry, "get_version", [])
+        version = {"version": str(call.result)} if call.ok else None
+        return sendable(scrubber_for(model)(answer(call, version)))
+    except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a failed task
+        return failed(exc)
 
 
 @task(name="inputs-defaults", persist_result=True)
 def defaults_task(
     owner: str, title: str, meta_param_dict: dict[str, Any], tag: str | None = None
 ) -> dict[str, Any]:
-    model, entry = _resolve(owner, title, tag)
-    result = scrubber_for(model)(answer(warm_call(model, entry, "get_inputs", [meta_param_dict])))
+    try:
+        model, entry = _resolve(owner, title, tag)
+        call = warm_call(model, entry, "get_inputs", [meta_param_dict])
+        result = sendable(scrubber_for(model)(answer(call)))
+    except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a failed task
+        return failed(exc)
     if result["status"] == "SUCCESS":
-        _storage().write_path(
-            cache_path(model, entry.tag, meta_param_dict), json.dumps(result).encode()
-        )
+        with contextlib.suppress(Exception):  # an unwritable cache costs speed, not the answer
+            _storage().write_path(
+                cache_path(model, entry.tag, meta_param_dict), json.dumps(result).encode()
+            )
     return result
 
 
@@ -100,7 +116,23 @@ def parse_task(
     adjustment: dict[str, Any],
     tag: str | None = None,
 ) -> dict[str, Any]:
-    """validate_inputs, then PUT to /inputs/api/ in the outputs envelope."""
+    """validate_inputs, then PUT to /inputs/api/ in the outputs envelope: always exactly one PUT."""
+    try:
+        payload = parse_payload(owner, title, task_id, meta_param_dict, adjustment, tag)
+    except Exception as exc:  # noqa: BLE001 - a parse that breaks is still answered
+        payload = {"task_id": task_id, **failed(exc)}
+    payload["delivery"] = deliver(INPUTS_PATH, payload)
+    return payload
+
+
+def parse_payload(
+    owner: str,
+    title: str,
+    task_id: str,
+    meta_param_dict: dict[str, Any],
+    adjustment: dict[str, Any],
+    tag: str | None,
+) -> dict[str, Any]:
     model, entry = _resolve(owner, title, tag)
     inputs = warm_call(model, entry, "get_inputs", [meta_param_dict])
     if not inputs.ok:
@@ -120,9 +152,7 @@ def parse_task(
             payload.update(status="SUCCESS", outputs=call.result)
         else:
             payload.update(status="FAIL", traceback=cut_traceback(call.error or ""))
-    payload = scrubber_for(model)(payload)
-    payload["delivery"] = deliver(INPUTS_PATH, payload)
-    return payload
+    return sendable(scrubber_for(model)(payload))
 
 
 # ---- routing: one shared worker on the embedded tier, one per model on container tiers ----

@@ -2,7 +2,10 @@
 
 A result the web app did not accept after every bounded retry is written to
 `$CS_HOME/undelivered/` with where it was going, and `prefect-cs results
-resend` delivers it later. Nothing is dropped.
+resend` delivers it later. Nothing is dropped. Every payload is made strict
+JSON first (`sendable`): NaN/Infinity become null, lone surrogates U+FFFD, and
+the payload says what was replaced — a result the HTTP client cannot encode
+would otherwise be neither sent nor kept.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
+from prefect_cs.core.jsonsafe import json_safe
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
 
@@ -27,9 +31,24 @@ def load_webapp() -> WebApp:
     return load_named_block(get_settings().webapp_block, "web app block", fix)  # type: ignore[return-value]
 
 
+def sendable(payload: dict[str, Any]) -> dict[str, Any]:
+    """Strict JSON; what was replaced is said in the traceback of a FAIL, in meta["replaced"] otherwise."""
+    safe, notes = json_safe(payload)
+    if not notes:
+        return safe
+    note = "replaced before sending (not valid JSON): " + "; ".join(notes)
+    if safe.get("status") == "FAIL":
+        safe["traceback"] = cut_traceback(f"{safe.get('traceback') or ''}\n({note})")
+    else:
+        meta = safe["meta"] if isinstance(safe.get("meta"), dict) else {}
+        safe["meta"] = {**meta, "replaced": notes}
+    return safe
+
+
 def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
     """PUT the payload with bounded retries; on failure keep it and say where."""
     settings = get_settings()
+    payload = sendable(payload)
     try:
         load_webapp().put(
             path,
@@ -38,8 +57,8 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
             backoff=settings.notify.backoff_seconds,
             timeout=settings.notify.timeout_seconds,
         )
-    except (DeliveryError, LookupError) as exc:
-        kept = keep_undelivered(path, payload, str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, the result is kept
+        kept = keep_undelivered(path, payload, f"{type(exc).__name__}: {exc}")
         return {"delivered": False, "error": str(exc), "kept": str(kept)}
     return {"delivered": True}
 

@@ -2,6 +2,11 @@
 
 `<task_id>_renderable.zip` and `<task_id>_downloadable.zip`, one file per
 output named title + extension, so the web app's existing readers work.
+A title is the model's text, not a path: the member name is derived from it
+(separators, `..`, NUL and control characters replaced, empty titles and
+duplicates numbered, long names cut), while the description sent to the web
+app keeps the title as the model gave it. Each output and the whole result
+are size-capped (`CS_LIMITS_*`).
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ import base64
 import binascii
 import io
 import json
+import re
 import uuid
 import zipfile
 from typing import Any
 
 from prefect_cs.core.errors import MalformedOutputs
+from prefect_cs.core.jsonsafe import json_safe, replace_surrogates
+from prefect_cs.core.settings import get_settings
 
 TEXT_TYPES = {"table": "html", "CSV": "csv", "Markdown": "md", "Text": "txt"}
 BINARY_TYPES = {
@@ -27,6 +35,8 @@ BINARY_TYPES = {
 }
 EXTENSIONS = {"bokeh": "json", **TEXT_TYPES, **BINARY_TYPES}
 CATEGORIES = ("renderable", "downloadable")
+MEMBER_BYTES = 200  # a member name's UTF-8 bytes, extension included (zip allows 65,535; disks 255)
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 
 
 def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:
@@ -63,8 +73,6 @@ def _check_output(where: str, output: Any) -> None:
         raise MalformedOutputs(
             f"output {where} ({title!r}) has media_type {media_type!r}; allowed: {', '.join(EXTENSIONS)}"
         )
-    if not isinstance(title, str) or not title.strip():
-        raise MalformedOutputs(f"output {where} has an empty or non-string title")
     if media_type == "bokeh" and not isinstance(data, (dict, list)):
         raise MalformedOutputs(
             f"output {where} ({title!r}) is bokeh but its data is not a JSON object"
@@ -75,6 +83,18 @@ def _check_output(where: str, output: Any) -> None:
         )
     if media_type in BINARY_TYPES:
         _check_base64(where, title, media_type, data)
+    _check_size(where, title, data)
+
+
+def _check_size(where: str, title: Any, data: Any) -> None:
+    """Text and base64 by their length; bokeh by the JSON it becomes."""
+    cap = get_settings().limits.output_bytes
+    size = len(data) if isinstance(data, str) else len(json.dumps(data, default=str))
+    if size > cap:
+        raise MalformedOutputs(
+            f"output {where} ({str(title)[:80]!r}) is {size:,} bytes, over the cap of {cap:,} bytes"
+            " per output: return less, or raise CS_LIMITS_OUTPUT_BYTES on the cluster"
+        )
 
 
 def _check_base64(where: str, title: str, media_type: str, data: Any) -> None:
@@ -91,18 +111,45 @@ def _check_base64(where: str, title: str, media_type: str, data: Any) -> None:
 
 
 def _as_bytes(output: dict[str, Any]) -> bytes:
+    """Strict JSON for bokeh (NaN → null), UTF-8 for text (a lone surrogate → U+FFFD)."""
     media_type, data = output["media_type"], output["data"]
     if media_type == "bokeh":
-        return json.dumps(data).encode()
+        return json.dumps(json_safe(data)[0], allow_nan=False).encode()
     if media_type in BINARY_TYPES:
         return base64.b64decode(data.encode())
-    return data.encode()
+    return replace_surrogates(data).encode()
 
 
-def filename(output: dict[str, Any]) -> str:
-    extension = EXTENSIONS[output["media_type"]]
-    title = output["title"]
-    return title if title.endswith(f".{extension}") else f"{title}.{extension}"
+def safe_member(title: Any, extension: str, number: int) -> str:
+    """A zip member name from a title: one flat file name, never a path; `output-N` if empty."""
+    text = "" if title is None else str(title)
+    text = replace_surrogates(text)
+    stem = _UNSAFE.sub("_", text).replace("..", "_").strip().strip(".")
+    suffix = f".{extension}"
+    if stem.endswith(suffix):
+        stem = stem[: -len(suffix)]
+    return _cut(stem or f"output-{number}", suffix)
+
+
+def _cut(stem: str, suffix: str) -> str:
+    budget = MEMBER_BYTES - len(suffix.encode())
+    return stem.encode()[:budget].decode("utf-8", "ignore") + suffix
+
+
+def member_names(outputs: list[dict[str, Any]]) -> list[str]:
+    """One distinct member name per output, in order: a repeated name gets ` (2)`, ` (3)`…"""
+    names: list[str] = []
+    seen: set[str] = set()
+    for number, output in enumerate(outputs, start=1):
+        extension = EXTENSIONS[output["media_type"]]
+        name = safe_member(output.get("title"), extension, number)
+        stem, copy = name[: -len(extension) - 1], 1
+        while name.lower() in seen:
+            copy += 1
+            name = _cut(stem, f" ({copy}).{extension}")
+        seen.add(name.lower())
+        names.append(name)
+    return names
 
 
 def build_zips(
@@ -116,8 +163,9 @@ def build_zips(
         buffer = io.BytesIO()
         entries = []
         with zipfile.ZipFile(buffer, mode="w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for output in outputs[category]:
-                name = filename(output)
+            for output, name in zip(
+                outputs[category], member_names(outputs[category]), strict=True
+            ):
                 archive.writestr(name, _as_bytes(output))
                 entries.append(
                     {

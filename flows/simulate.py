@@ -1,8 +1,10 @@
 """The simulate flow: one simulation, one ephemeral job, on every tier.
 
 The model runs in a child process of its own environment; whatever happens
-there (a result, an exception, a hang, a crash, malformed outputs), the web
-app receives exactly one payload for the task, SUCCESS or FAIL.
+there (a result, an exception, a hang, a crash, malformed outputs) or in the
+flow itself once it has started (a storage error, a bug), the web app receives
+exactly one payload for the task, SUCCESS or FAIL. A run killed from outside
+(cancelled, its process or pod gone) is reported by the lost-run watcher.
 """
 
 from __future__ import annotations
@@ -13,10 +15,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import check_task_id
-from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver
+from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.runtime.environment import (
     child_user,
@@ -80,11 +83,12 @@ def run_model_task(
 
 
 @task(name="store-outputs")
-def store_outputs_task(task_id: str, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    description, zips = build_zips(task_id, outputs)
+def store_outputs_task(task_id: str, zips: dict[str, bytes]) -> dict[str, str]:
+    """Takes the zips, not the outputs: Prefect walks a task's parameters recursively, and a
+    model's outputs may nest deeper than the recursion limit."""
     where = store_zips(zips)
-    get_run_logger().info("outputs stored: %s", ", ".join(where.values()))
-    return {"description": description, "where": where}
+    get_run_logger().info("outputs of %s stored: %s", task_id, ", ".join(where.values()))
+    return where
 
 
 @task(name="notify-webapp", retries=0)
@@ -143,7 +147,8 @@ def run_and_collect(
         outputs = validate_outputs(scrub(call.result))
     except MalformedOutputs as exc:
         return fail_payload(task_id, f"malformed outputs: {exc}", call.seconds), None
-    stored = store_outputs_task(task_id, outputs)
+    description, zips = build_zips(task_id, outputs)
+    stored = {"description": description, "where": store_outputs_task(task_id, zips)}
     return success_payload(task_id, call, stored["description"]), stored
 
 
@@ -153,6 +158,49 @@ def resolve_inputs(
     if in_redis:
         return read_inputs_task(task_id)
     return meta or {}, adjustment or {}
+
+
+def platform_fault(exc: BaseException) -> str:
+    """The FAIL text for an error of the platform (not the model) after the flow started."""
+    return (
+        f"the platform failed while handling this run ({type(exc).__name__}: {exc});"
+        " the flow run's logs have the details. Run the simulation again, and report it if it repeats."
+    )
+
+
+def outcome(
+    owner: str,
+    title: str,
+    task_id: str,
+    given: tuple[dict | None, dict | None, bool],
+    tag: str | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None, Callable[[Any], Any]]:
+    """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an exception."""
+    scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
+    try:
+        model = ModelConfig.for_model(owner, title)
+        entry = model.published(tag)
+        scrub = scrubber_for(model)
+        meta, adjust = resolve_inputs(task_id, *given)
+    except (LookupError, ValueError, RedisError) as exc:
+        return fail_payload(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
+    try:
+        payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
+    except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL
+        get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
+        return fail_payload(task_id, platform_fault(exc)), None, scrub
+    return payload, stored, scrub
+
+
+def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with secrets masked; if masking itself fails, a FAIL that quotes nothing."""
+    try:
+        return scrub(payload)
+    except Exception as exc:  # noqa: BLE001 - never send unscrubbed text, never send nothing
+        reason = (
+            f"the result could not be checked for secrets ({type(exc).__name__}) and was withheld"
+        )
+        return fail_payload(str(payload.get("task_id")), reason)
 
 
 @flow(name="simulate", log_prints=True)
@@ -172,20 +220,15 @@ def simulate(
     """
     check_task_id(task_id)  # before it names a file, a Redis key or a label: a UUID only
     started = time.perf_counter()
-    scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
-    try:
-        model = ModelConfig.for_model(owner, title)
-        entry = model.published(tag)
-        scrub = scrubber_for(model)
-        meta, adjust = resolve_inputs(task_id, meta_param_dict, adjustment, inputs_in_redis)
-    except (LookupError, ValueError, RedisError) as exc:
-        payload, stored = fail_payload(task_id, f"{type(exc).__name__}: {exc}"), None
-    else:
-        payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
-    payload = scrub(payload)
+    given = (meta_param_dict, adjustment, inputs_in_redis)
+    payload, stored, scrub = outcome(owner, title, task_id, given, tag)
+    payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
     if stored:
-        _outputs_artifact(task_id, stored)
+        try:
+            _outputs_artifact(task_id, stored)
+        except Exception:  # noqa: BLE001 - the artifact is a convenience; the result is delivered
+            get_run_logger().exception("could not create the outputs artifact")
     elapsed = time.perf_counter() - started
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":

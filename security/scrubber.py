@@ -41,13 +41,40 @@ class Scrubber:
         return self.scrub(data)
 
     def scrub(self, data: Any) -> Any:
-        """The same shape with secrets masked in every string, dict keys included."""
+        """The same shape with secrets masked in every string, dict keys included.
+
+        Walks with an explicit stack, not recursion: a model's output may be nested
+        deeper than Python's recursion limit, and a scrubber that raises loses the result.
+        """
         if self._pattern is None:
             return data
-        if isinstance(data, str):
-            return self._pattern.sub(self.mask, data)
-        if isinstance(data, dict):
-            return {self.scrub(k): self.scrub(v) for k, v in data.items()}
-        if isinstance(data, list | tuple | set):
-            return type(data)(self.scrub(v) for v in data)
-        return data
+        root: list[Any] = [None]
+        # (source container, where its copy goes: (parent, key)); copies are built bottom-up.
+        pending: list[tuple[Any, list[Any] | dict[Any, Any], Any]] = [(data, root, 0)]
+        finish: list[tuple[Any, Any, Any, Any]] = []
+        while pending:
+            source, parent, key = pending.pop()
+            if not isinstance(source, dict | list | tuple | set):
+                parent[key] = self._scalar(source)
+                continue
+            items = list(source.items()) if isinstance(source, dict) else list(source)
+            slots: list[Any] = [None] * len(items)
+            finish.append((source, slots, parent, key))
+            for index, item in enumerate(items):
+                if isinstance(source, dict):
+                    slots[index] = [self._scalar(item[0]), None]
+                    pending.append((item[1], slots[index], 1))
+                else:
+                    pending.append((item, slots, index))
+        for source, slots, parent, key in reversed(finish):
+            parent[key] = self._rebuild(source, slots)
+        return root[0]
+
+    def _scalar(self, value: Any) -> Any:
+        return self._pattern.sub(self.mask, value) if isinstance(value, str) else value  # type: ignore[union-attr]
+
+    @staticmethod
+    def _rebuild(source: Any, slots: list[Any]) -> Any:
+        if isinstance(source, dict):
+            return {k: v for k, v in slots}
+        return type(source)(slots)

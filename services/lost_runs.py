@@ -15,6 +15,10 @@ bounds nothing by itself). This watcher closes both gaps:
   then set the run Cancelling, so the worker deletes its Job (and the pod).
 - Runs Late for longer than `pending_timeout` (no worker took them): the same,
   so the web app is not left waiting on a worker that is down.
+- Failed and Cancelled simulate runs whose notify step did not complete (a run
+  cancelled from the UI or API is killed mid-flow; a flow that failed before
+  notifying): a FAIL with the state's message. Those ended within
+  `FINISHED_LOOKBACK` are looked at.
 
 Each run is reported once: it gets the tag `cs-fail-reported`. A run whose
 flow already delivered its own result (its notify task completed) is only tagged.
@@ -25,13 +29,14 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
+    FlowRunFilterEndTime,
     FlowRunFilterId,
     FlowRunFilterState,
     FlowRunFilterStateType,
@@ -54,23 +59,19 @@ DEFAULT_PENDING_TIMEOUT = 600.0  # the template's pod_watch_timeout_seconds: cov
 # supervisor's reschedule lands (Prefect allows Crashed -> Scheduled there):
 # wait this long before calling a crash final.
 DEFAULT_CRASH_GRACE = 60.0
+FINISHED_LOOKBACK = timedelta(days=2)  # Failed/Cancelled runs older than this are not re-read
+PAGE = 200
+FINISHED = (StateType.FAILED, StateType.CANCELLED)  # final: no grace needed
 logger = logging.getLogger("prefect_cs.lost_runs")
 
 
 def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> list[FlowRun]:
-    """Simulate runs that are Crashed, Pending or Late, not yet reported (among `only` if given)."""
-    runs = client.read_flow_runs(
-        flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=only) if only else None,
-            tags=FlowRunFilterTags(all_=[SIMULATE_TAG]),
-            state=FlowRunFilterState(
-                type=FlowRunFilterStateType(
-                    any_=[StateType.CRASHED, StateType.PENDING, StateType.SCHEDULED]
-                )
-            ),
-        ),
-        limit=200,
-    )
+    """Simulate runs Crashed, Pending, Late, or recently Failed or Cancelled, not yet reported
+    (among `only` if given)."""
+    waiting = [StateType.CRASHED, StateType.PENDING, StateType.SCHEDULED]
+    finished = list(FINISHED)
+    since = datetime.now(UTC) - FINISHED_LOOKBACK
+    runs = _read_all(client, only, waiting, None) + _read_all(client, only, finished, since)
     return [
         run
         for run in runs
@@ -78,6 +79,28 @@ def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> lis
         and run.state is not None
         and (run.state.type != StateType.SCHEDULED or run.state.name == "Late")
     ]
+
+
+def _read_all(
+    client: SyncPrefectClient,
+    only: list[UUID] | None,
+    types: list[StateType],
+    ended_after: datetime | None,
+) -> list[FlowRun]:
+    """Every matching simulate run, page by page: reported runs still match the filter,
+    so one page could be full of them and hide a run that needs a report."""
+    run_filter = FlowRunFilter(
+        id=FlowRunFilterId(any_=only) if only else None,
+        tags=FlowRunFilterTags(all_=[SIMULATE_TAG]),
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=types)),
+        end_time=FlowRunFilterEndTime(after_=ended_after) if ended_after else None,
+    )
+    runs: list[FlowRun] = []
+    while True:
+        page = client.read_flow_runs(flow_run_filter=run_filter, limit=PAGE, offset=len(runs))
+        runs += page
+        if len(page) < PAGE:
+            return runs
 
 
 def diagnosis(client: SyncPrefectClient, run: FlowRun) -> list[str]:
@@ -121,7 +144,8 @@ def reason_for(run: FlowRun, notes: list[str], pending: float | None) -> str:
         )
     else:
         message = run.state.message if run.state else ""
-        head = f"The simulation's job ended without a result (Crashed: {message})."
+        kind = run.state.name if run.state else "Crashed"
+        head = f"The simulation's job ended without a result ({kind}: {message})."
     return "\n".join([head, *notes])
 
 
@@ -159,12 +183,15 @@ def scan_once(
     only: list[UUID] | None = None,
     crash_grace: float = DEFAULT_CRASH_GRACE,
 ) -> list[dict[str, Any]]:
-    """One pass: report every Crashed run, and every run Pending or Late longer than `pending_timeout`."""
+    """One pass: report every Failed, Cancelled or Crashed run that did not notify, and every
+    run Pending or Late longer than `pending_timeout`."""
     now = datetime.now(UTC)
     reports = []
     with get_client(sync_client=True) as client:
         for run in candidates(client, only):
-            if run.state is not None and run.state.type == StateType.CRASHED:
+            if run.state is not None and run.state.type in FINISHED:
+                reports.append(report(client, run, None))
+            elif run.state is not None and run.state.type == StateType.CRASHED:
                 if stuck_for(run, now) >= crash_grace:
                     reports.append(report(client, run, None))
             elif stuck_for(run, now) >= pending_timeout:

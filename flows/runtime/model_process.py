@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import os
 import resource
+import select
 import signal
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
-OUTPUT_TAIL = 4000
+DRAIN_SECONDS = 1.0  # after the child ends: what it printed last, not what a grandchild holds open
 SAFE_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
 
 
@@ -120,18 +122,52 @@ def call_model(
             preexec_fn=_prepare_child(memory_limit_mib, run_as),
         )
         try:
-            output, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            output, _ = proc.communicate()
+            finished, output = read_tail(proc, timeout)
+        finally:
+            _kill_group(proc.pid)
+            proc.wait()
+            proc.stdout.close()  # type: ignore[union-attr]
+        if not finished:
             return ModelCall(
                 ok=False,
                 error=f"the model did not finish within its time limit of {timeout:g} seconds and was stopped",
-                output=_tail(output),
+                output=output,
             )
-        finally:
-            _kill_group(proc.pid)
-        return _read_response(response, proc.returncode, memory_limit_mib, _tail(output))
+        return _read_response(response, proc.returncode, memory_limit_mib, output)
+
+
+def read_tail(proc: subprocess.Popen, timeout: float) -> tuple[bool, str]:
+    """Read the child's output until it exits or the deadline passes, keeping a bounded tail.
+
+    Returns (exited in time, tail). Whatever the model prints beyond
+    CS_LIMITS_STDOUT_TAIL_BYTES is read and dropped, so a flood does not grow the
+    flow; a grandchild that keeps the pipe open cannot hold the call past the
+    child's exit (plus DRAIN_SECONDS) or the deadline.
+    """
+    from prefect_cs.core.settings import get_settings
+
+    cap = get_settings().limits.stdout_tail_bytes
+    tail, deadline, stop_at = bytearray(), time.monotonic() + timeout, None
+    fd = proc.stdout.fileno()  # type: ignore[union-attr]
+    while (now := time.monotonic()) < (stop_at or deadline):
+        if stop_at is None and proc.poll() is not None:
+            stop_at = min(now + DRAIN_SECONDS, deadline)
+        if not select.select([fd], [], [], min((stop_at or deadline) - now, 0.2))[0]:
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:  # every writer closed its end: only the exit is left to wait for
+            _wait(proc, deadline - now)
+            break
+        tail += chunk
+        del tail[:-cap]
+    return proc.poll() is not None, tail.decode(errors="replace")
+
+
+def _wait(proc: subprocess.Popen, seconds: float) -> None:
+    try:
+        proc.wait(timeout=max(seconds, 0.0))
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _read_response(
@@ -139,6 +175,9 @@ def _read_response(
 ) -> ModelCall:
     if not path.exists():
         return ModelCall(ok=False, error=describe_exit(returncode, memory_limit_mib), output=output)
+    cap_error = _over_result_cap(path)
+    if cap_error:
+        return ModelCall(ok=False, error=cap_error, output=output)
     data = json.loads(path.read_text())
     if not data["ok"]:
         reason = data["traceback"]
@@ -162,6 +201,13 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _tail(output: bytes | None) -> str:
-    text = (output or b"").decode(errors="replace")
-    return text[-OUTPUT_TAIL:]
+def _over_result_cap(path: Path) -> str | None:
+    from prefect_cs.core.settings import get_settings
+
+    cap, size = get_settings().limits.result_bytes, path.stat().st_size
+    if size <= cap:
+        return None
+    return (
+        f"the model's result is {size:,} bytes of JSON, over the cap of {cap:,} bytes per result:"
+        " return less, or raise CS_LIMITS_RESULT_BYTES on the cluster"
+    )

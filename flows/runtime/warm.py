@@ -2,8 +2,9 @@
 
 Importing a model (ParamTools, pandas, the model itself) takes longer than the
 call; a long-running child per model and tag, talking over a private pipe,
-pays that once. A call that overruns its limit kills the child; the next call
-starts a fresh one.
+pays that once. A call that overruns its limit, answers more than
+CS_LIMITS_LIGHT_ANSWER_BYTES, dies or answers garbage kills the child and comes
+back as a failed ModelCall (never an exception); the next call starts a fresh one.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ import os
 import select
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.model_process import ModelCall, _kill_group, child_environment
+
+
+class _NoAnswer(Exception):
+    """The warm child gave no usable answer; the message says why."""
 
 
 @dataclass
@@ -45,35 +52,49 @@ class WarmModel:
 
     def call(self, function: str, args: list[Any], timeout: float) -> ModelCall:
         with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self._start()
-            os.write(
-                self._to_child, (json.dumps({"function": function, "args": args}) + "\n").encode()
-            )
-            line = self._read_line(timeout)
-            if line is None:
+            try:
+                data = self._ask(function, args, timeout)
+            except (_NoAnswer, OSError, ValueError) as exc:
                 self.stop()
-                return ModelCall(
-                    ok=False, error=f"{function} did not answer within {timeout:g} seconds"
-                )
-            data = json.loads(line)
-            if not data["ok"]:
-                return ModelCall(ok=False, error=data["traceback"])
-            return ModelCall(ok=True, result=data["result"], seconds=data["seconds"])
+                return ModelCall(ok=False, error=str(exc) or f"{function} gave no answer")
+            if not data.get("ok"):
+                return ModelCall(ok=False, error=str(data.get("traceback")))
+            return ModelCall(ok=True, result=data.get("result"), seconds=data.get("seconds", 0.0))
 
-    def _read_line(self, timeout: float) -> bytes | None:
-        import time
+    def _ask(self, function: str, args: list[Any], timeout: float) -> dict[str, Any]:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        request = json.dumps({"function": function, "args": args}) + "\n"
+        os.write(self._to_child, request.encode())
+        line = self._read_line(function, timeout, get_settings().limits.light_answer_bytes)
+        data = json.loads(line)
+        if not isinstance(data, dict):
+            raise _NoAnswer(f"{function} answered something that is not a JSON object")
+        return data
 
+    def _read_line(self, function: str, timeout: float, cap: int) -> bytes:
         deadline = time.monotonic() + timeout
         while b"\n" not in self._buffer:
+            if len(self._buffer) > cap:
+                raise _NoAnswer(
+                    f"{function}'s answer is over the cap of {cap:,} bytes: return less, or raise"
+                    " CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
+                )
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self._from_child], [], [], left)[0]:
-                return None
+                raise _NoAnswer(f"{function} did not answer within {timeout:g} seconds")
             chunk = os.read(self._from_child, 1 << 20)
             if not chunk:
-                return None
+                raise _NoAnswer(
+                    f"the model's process exited while {function} ran, without answering"
+                )
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
+        if len(line) > cap:
+            raise _NoAnswer(
+                f"{function}'s answer is {len(line):,} bytes, over the cap of {cap:,} bytes: return"
+                " less, or raise CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
+            )
         return line
 
     def stop(self) -> None:

@@ -1,6 +1,7 @@
 """A model that misbehaves on request, for the platform's failure paths.
 
-The adjustment's `control.behavior` chooses what run_model does.
+The adjustment's `control.behavior` chooses what run_model (and validate_inputs)
+does; the meta parameter dict's `behavior` key chooses what get_inputs does.
 """
 
 import os
@@ -21,6 +22,16 @@ BEHAVIORS = [
     "print_noise",
     "leak_secret",
     "leak_secret_raise",
+    "long_title",
+    "surrogate_raise",
+    "nan",
+    "deep_nested",
+    "unsafe_titles",
+    "big_output",
+    "flood_stdout",
+    "parse_nan",
+    "parse_surrogate",
+    "parse_raise",
 ]
 
 
@@ -42,10 +53,34 @@ def get_version():
 
 
 def get_inputs(meta_param_dict):
-    return {"meta_parameters": {}, "model_parameters": {"control": Control().dump()}}
+    behavior = (meta_param_dict or {}).get("behavior")
+    if behavior == "raise":
+        raise RuntimeError("get_inputs exploded on purpose \udc80")
+    inputs = {"meta_parameters": {}, "model_parameters": {"control": Control().dump()}}
+    if behavior == "nan":
+        inputs["meta_parameters"]["score"] = {"value": float("nan"), "title": "bad \udc80"}
+    if behavior == "huge":
+        inputs["meta_parameters"]["padding"] = {"value": "x" * int(meta_param_dict["size"])}
+    return inputs
+
+
+def _requested(adjustment):
+    """The behavior asked for, read raw: validate_inputs misbehaves before ParamTools checks it."""
+    try:
+        return adjustment["control"]["behavior"][0]["value"]
+    except (KeyError, IndexError, TypeError):
+        return None
 
 
 def validate_inputs(meta_param_dict, adjustment, errors_warnings):
+    requested = _requested(adjustment)
+    if requested == "parse_raise":
+        raise RuntimeError("validate_inputs exploded on purpose")
+    if requested == "parse_nan":
+        return {"errors_warnings": errors_warnings, "custom_adjustment": {"x": float("nan")}}
+    if requested == "parse_surrogate":
+        errors_warnings["control"]["warnings"]["behavior"] = ["odd byte \udc80 here"]
+        return {"errors_warnings": errors_warnings}
     control = Control()
     control.adjust(adjustment.get("control", {}), raise_errors=False)
     errors_warnings["control"]["errors"].update(control.errors)
@@ -82,7 +117,10 @@ def run_model(meta_param_dict, adjustment):
     secret = os.environ.get("DEMO_TOKEN", "")
     if behavior == "leak_secret_raise":
         raise RuntimeError(f"cannot log in with token {secret}")
+    if behavior == "surrogate_raise":
+        raise ValueError("cannot decode \udc80 in the input")
     result = good_result()
+    misbehave(behavior, result)
     if behavior == "leak_secret":
         print(f"my token is {secret}")
         result["renderable"][0]["data"] += f"\n\ntoken: {secret}"
@@ -99,3 +137,33 @@ def run_model(meta_param_dict, adjustment):
         for i in range(10000):
             print(f'{{"renderable": "noise line {i}"}}')
     return result
+
+
+def nested(depth):
+    data = {"leaf": "deep"}
+    for _ in range(depth):
+        data = {"child": data}
+    return data
+
+
+def misbehave(behavior, result):
+    """Outputs the platform must survive: odd titles, NaN, deep nesting, size, a flood of prints."""
+    renderable, downloadable = result["renderable"], result["downloadable"]
+    if behavior == "long_title":
+        renderable[0]["title"] = "t" * 70_000
+    if behavior == "nan":
+        renderable.append(
+            {"media_type": "bokeh", "title": "plot", "data": {"y": [1.0, float("nan")]}}
+        )
+        renderable[0]["title"] = float("nan")
+    if behavior == "deep_nested":
+        renderable.append({"media_type": "bokeh", "title": "deep", "data": nested(600)})
+    if behavior == "unsafe_titles":
+        for title in ("../../escape", "/etc/passwd", "nul\x00byte", "", "", "notes", "a\\b"):
+            downloadable.append({"media_type": "Text", "title": title, "data": title})
+    if behavior == "big_output":
+        downloadable.append({"media_type": "Text", "title": "big", "data": "x" * 3_000_000})
+    if behavior == "flood_stdout":
+        line = "y" * 1023
+        for _ in range(20 * 1024):
+            print(line)

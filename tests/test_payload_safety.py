@@ -1,0 +1,208 @@
+"""Units of the zero-lost-results guarantees: JSON-safe payloads, the iterative scrubber,
+zip member names, the size caps and the bounded stdout tail."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import zipfile
+
+import pytest
+from prefect_cs.core.errors import MalformedOutputs
+from prefect_cs.core.jsonsafe import json_safe
+from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.outputs import build_zips, member_names, safe_member, validate_outputs
+from prefect_cs.security.scrubber import Scrubber
+
+
+def deep(depth: int, leaf: object) -> dict:
+    data: object = leaf
+    for _ in range(depth):
+        data = {"k": [data]}
+    return data  # type: ignore[return-value]
+
+
+# ---- JSON-safe ---------------------------------------------------------------------------
+
+
+def test_json_safe_replaces_nan_infinity_and_surrogates_and_says_so():
+    data = {
+        "a": float("nan"),
+        "b": [float("inf"), -float("inf"), 1.5, ("x", "bad\udc80")],
+        "k\ud800": {"ok": True, "n": None, "i": 3},
+    }
+    safe, notes = json_safe(data)
+    assert safe == {
+        "a": None,
+        "b": [None, None, 1.5, ["x", "bad\ufffd"]],
+        "k\ufffd": data["k\ud800"],
+    }
+    json.dumps(safe, allow_nan=False, ensure_ascii=False).encode("utf-8")
+    assert notes == [
+        "3 NaN/Infinity number(s) by null replaced",
+        "2 string(s) with a lone surrogate (by U+FFFD) replaced",
+    ]
+
+
+def test_json_safe_leaves_clean_data_alone_and_is_iterative():
+    clean = {"x": [1, 2.5, "é", {"y": None, "z": False}]}
+    assert json_safe(clean) == (clean, [])
+    assert json_safe(float("nan")) == (None, ["1 NaN/Infinity number(s) by null replaced"])
+    safe, notes = json_safe(deep(20_000, float("nan")))
+    assert notes == ["1 NaN/Infinity number(s) by null replaced"]
+    for _ in range(20_000):
+        safe = safe["k"][0]
+    assert safe is None
+
+
+# ---- the scrubber -------------------------------------------------------------------------
+
+
+def test_scrubber_masks_any_depth_without_recursion():
+    scrub = Scrubber(["s3cr3t"])
+    masked = scrub(deep(50_000, "token s3cr3t"))
+    for _ in range(50_000):
+        masked = masked["k"][0]
+    assert masked == "token ***"
+
+
+def test_scrubber_keeps_shapes_and_masks_keys_and_escaped_forms():
+    scrub = Scrubber(['p"w\\d'])
+    data = {'p"w\\d': ("a", {'x p"w\\d'}), "j": json.dumps({"v": 'p"w\\d'}), "n": 1.0}
+    assert scrub(data) == {"***": ("a", {"x ***"}), "j": '{"v": "***"}', "n": 1.0}
+    assert Scrubber([])(data) is data
+
+
+# ---- zip member names ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("title", "name"),
+    [
+        ("Summary", "Summary.md"),
+        ("notes.md", "notes.md"),
+        ("../../x", "____x.md"),
+        ("/etc/passwd", "_etc_passwd.md"),
+        ("a\\b", "a_b.md"),
+        ("nul\x00byte\n", "nul_byte_.md"),
+        ("..", "_.md"),
+        ("bad\udc80", "bad\ufffd.md"),
+        ("   ", "output-1.md"),
+        ("", "output-1.md"),
+        (None, "output-1.md"),
+        (float("nan"), "nan.md"),
+    ],
+)
+def test_safe_member(title, name):
+    assert safe_member(title, "md", 1) == name
+
+
+def test_member_names_number_duplicates_and_cut_long_titles():
+    outputs = [
+        {"title": t, "media_type": "Text"} for t in ("", "", "a", "a", "a.txt", "x" * 70_000)
+    ]
+    names = member_names(outputs)
+    assert names[:5] == ["output-1.txt", "output-2.txt", "a.txt", "a (2).txt", "a (3).txt"]
+    assert len(set(names)) == len(names)
+    assert names[5].endswith(".txt") and len(names[5].encode()) <= 200
+
+
+def test_zips_keep_titles_as_given_and_open_everywhere():
+    titles = ["../../x", "", "", "t" * 70_000, "é" * 300]
+    outputs = {
+        "renderable": [{"media_type": "Text", "title": t, "data": t} for t in titles],
+        "downloadable": [],
+    }
+    description, zips = build_zips("tid", outputs)
+    entries = description["renderable"]["outputs"]
+    assert [e["title"] for e in entries] == titles
+    with zipfile.ZipFile(io.BytesIO(zips["tid_renderable.zip"])) as archive:
+        assert archive.namelist() == [e["filename"] for e in entries]
+        assert archive.read(entries[0]["filename"]) == b"../../x"
+
+
+# ---- caps ---------------------------------------------------------------------------------
+
+
+def test_caps_are_settings_with_defaults(monkeypatch):
+    limits = get_settings().limits
+    assert limits.output_bytes < limits.result_bytes
+    assert limits.light_answer_bytes > 0 and limits.stdout_tail_bytes > 0
+    monkeypatch.setenv("CS_LIMITS_OUTPUT_BYTES", "10")
+    assert get_settings().limits.output_bytes == 10
+
+
+def test_output_over_the_cap_names_the_setting(monkeypatch):
+    monkeypatch.setenv("CS_LIMITS_OUTPUT_BYTES", "10")
+    small = {"media_type": "Text", "title": "", "data": "0123456789"}
+    big = {"media_type": "Text", "title": "big", "data": "0123456789!"}
+    assert validate_outputs({"renderable": [small], "downloadable": []})
+    with pytest.raises(MalformedOutputs, match="CS_LIMITS_OUTPUT_BYTES"):
+        validate_outputs({"renderable": [small], "downloadable": [big]})
+
+
+def test_result_over_the_cap_names_the_setting(tmp_path, monkeypatch):
+    from prefect_cs.flows.runtime.model_process import call_model
+
+    monkeypatch.setenv("CS_LIMITS_RESULT_BYTES", "1000")
+    runner = tmp_path / "big.py"
+    runner.write_text(
+        "import json, sys\n"
+        "json.dump({'ok': True, 'result': 'x' * 5000, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+    )
+    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    assert not call.ok and "CS_LIMITS_RESULT_BYTES" in (call.error or "")
+
+
+def test_stdout_tail_is_bounded_while_reading(tmp_path, monkeypatch):
+    from prefect_cs.flows.runtime.model_process import call_model
+
+    monkeypatch.setenv("CS_LIMITS_STDOUT_TAIL_BYTES", "1000")
+    runner = tmp_path / "loud.py"
+    runner.write_text(
+        "import json, sys\n"
+        "for i in range(100_000): print('line', i)\n"
+        "json.dump({'ok': True, 'result': 1, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+    )
+    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    assert call.ok and len(call.output.encode()) <= 1000
+    assert call.output.rstrip().endswith("line 99999")
+
+
+def test_grandchild_holding_stdout_does_not_hold_the_call(tmp_path):
+    from prefect_cs.flows.runtime.model_process import call_model
+
+    runner = tmp_path / "fork.py"
+    runner.write_text(
+        "import json, subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "json.dump({'ok': True, 'result': 1, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+    )
+    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    assert call.ok
+
+
+def test_light_answer_over_the_cap_names_the_setting(tmp_path, monkeypatch):
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+    from prefect_cs.flows.runtime.warm import WarmModel
+
+    monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "100000")
+    package = tmp_path / "cs_config"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "functions.py").write_text("def get_version():\n    return 'v' * 200_000\n")
+    # -I ignores PYTHONPATH: the runner puts the package on the path itself
+    runner = tmp_path / "runner.py"
+    runner.write_text(
+        f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
+        f"runpy.run_path({str(CHILD_SCRIPT)!r}, run_name='__main__')\n"
+    )
+    warm = WarmModel(sys.executable, str(runner))
+    try:
+        call = warm.call("get_version", [], timeout=30)
+        assert not call.ok and "CS_LIMITS_LIGHT_ANSWER_BYTES" in (call.error or "")
+        monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "1000000")
+        assert warm.call("get_version", [], timeout=30).ok  # a fresh child after the kill
+    finally:
+        warm.stop()
