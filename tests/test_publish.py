@@ -143,7 +143,9 @@ def slash_tag_model(platform, repos):
     try:
         repo = make_repo("misbehaving-app", repos / "slash-tag-app", tag="v0")
         add_tag(repo, SLASH_TAG, "dump environments", dump_environments)
-        register_model("tests", "SlashTag", repo, repo_tag=SLASH_TAG, time_limit=10)
+        register_model(
+            "tests", "SlashTag", repo, repo_tag=SLASH_TAG, time_limit=10, expected_task_time=1
+        )
         state = publish_model("tests", "SlashTag")
     finally:
         mp.undo()
