@@ -183,26 +183,45 @@ def test_grandchild_holding_stdout_does_not_hold_the_call(tmp_path):
     assert call.ok
 
 
-def test_light_answer_over_the_cap_names_the_setting(tmp_path, monkeypatch):
+def warm_model(tmp_path, functions: str):
+    """A warm model whose cs_config.functions is `functions`, run by the platform's child.py."""
     from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
     from prefect_cs.flows.runtime.warm import WarmModel
 
-    monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "100000")
     package = tmp_path / "cs_config"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "functions.py").write_text("def get_version():\n    return 'v' * 200_000\n")
-    # -I ignores PYTHONPATH: the runner puts the package on the path itself
-    runner = tmp_path / "runner.py"
+    (package / "functions.py").write_text(functions)
+    runner = (
+        tmp_path / "runner.py"
+    )  # -I ignores PYTHONPATH: the runner puts the package on the path
     runner.write_text(
         f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
         f"runpy.run_path({str(CHILD_SCRIPT)!r}, run_name='__main__')\n"
     )
-    warm = WarmModel(sys.executable, str(runner))
+    return WarmModel(sys.executable, str(runner))
+
+
+def test_light_answer_over_the_cap_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "100000")
+    warm = warm_model(tmp_path, "def get_version():\n    return 'v' * 200_000\n")
     try:
         call = warm.call("get_version", [], timeout=30)
         assert not call.ok and "CS_LIMITS_LIGHT_ANSWER_BYTES" in (call.error or "")
         monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "1000000")
         assert warm.call("get_version", [], timeout=30).ok  # a fresh child after the kill
+    finally:
+        warm.stop()
+
+
+def test_light_answer_reading_stops_at_the_cap(tmp_path, monkeypatch):
+    """An answer that never ends is cut at the cap, not read on until the time limit."""
+    monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "100000")
+    functions = "import os, sys, time\ndef get_version():\n"
+    functions += "    os.write(int(sys.argv[3]), b'v' * 300_000)\n    time.sleep(60)\n"
+    warm = warm_model(tmp_path, functions)
+    try:
+        call = warm.call("get_version", [], timeout=20)
+        assert not call.ok and "CS_LIMITS_LIGHT_ANSWER_BYTES" in (call.error or "")
     finally:
         warm.stop()
