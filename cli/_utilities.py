@@ -30,8 +30,8 @@ from rich.text import Text
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console(highlight=False)
-"""Everything a command reports on stdout (tables, JSON, progress lines)."""
+console = Console(highlight=False, soft_wrap=True)
+"""Everything a command reports on stdout (tables, JSON, progress lines); lines never wrap, so paths stay whole."""
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 """Errors only: stderr, never wrapped, so one error is one line a script can grep."""
