@@ -113,7 +113,7 @@ def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_ho
     assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker:")
     refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
     assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs] == [
-        ("DEMO_TOKEN", "DEMO_TOKEN")
+        ("CS_SECRET_DEMO_TOKEN", "DEMO_TOKEN")
     ]
     assert SECRET_VALUE not in json.dumps(job)
 
