@@ -98,3 +98,14 @@ def paramtools(platform, repos):
     state = publish_model("tests", "ParamTools")
     assert state.is_completed(), state.message
     return model
+
+
+@pytest.fixture(scope="module")
+def task_worker(platform):
+    """The inputs task worker as `stack start` runs it, for the tests of version/defaults/parse."""
+    from prefect_cs.services.stack import inputs_worker
+
+    bg = inputs_worker()
+    bg.start()
+    yield bg
+    bg.stop()

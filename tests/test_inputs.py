@@ -11,14 +11,6 @@ from prefect_cs.services import inputs_server
 from prefect_cs.services.stack import inputs_worker
 
 
-@pytest.fixture(scope="module")
-def task_worker(platform):
-    bg = inputs_worker()
-    bg.start()
-    yield bg
-    bg.stop()
-
-
 def test_version(misbehaving, task_worker):
     answer = inputs.get_version("tests", "Misbehaving")
     assert answer["status"] == "SUCCESS"
@@ -59,7 +51,7 @@ def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
 @pytest.fixture
 def per_model_worker(misbehaving):
     """An inputs server for one model only, as each model's image runs on the container tiers."""
-    from prefect_cs.services.stack import Background, inputs_worker
+    from prefect_cs.services.stack import Background
 
     shared = inputs_worker()
     bg = Background(

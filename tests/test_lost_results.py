@@ -15,7 +15,6 @@ import zipfile
 import pytest
 from prefect_cs.flows import inputs
 from prefect_cs.flows.simulate import simulate
-from prefect_cs.services.stack import inputs_worker
 
 FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
 
@@ -201,14 +200,6 @@ def test_watcher_leaves_a_failed_run_that_notified_itself(misbehaving, webapp):
 
 
 # ---- inputs: parse / defaults / version ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def task_worker(platform):
-    bg = inputs_worker()
-    bg.start()
-    yield bg
-    bg.stop()
 
 
 @pytest.mark.parametrize(
