@@ -71,6 +71,11 @@ class ModelConfig(Block):
     secrets: list[str] = Field(
         default_factory=list, description="Names of model secrets given to its jobs."
     )
+    internet: bool = Field(
+        default=False,
+        description="The model's code needs the internet when it runs (downloads data): its"
+        " sandbox then has network, still without the platform's credentials.",
+    )
     staging_tag: str | None = None
     latest_tag: str | None = Field(
         default=None, description="The promoted tag: what simulations use by default."

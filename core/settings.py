@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from prefect_cs.core.errors import SettingsError
 from pydantic import Field, SecretStr, ValidationError
@@ -213,7 +213,18 @@ class CSSettings(BaseSettings):
     model_uid: int | None = Field(
         default=None,
         ge=1,
-        description="Set in container jobs (which run as root): the uid model children run as.",
+        description="The uid model code runs as when the flow is root (default 10001 under"
+        " bubblewrap; container jobs set it).",
+    )
+    sandbox: Literal["bwrap", "uid", "none"] = Field(
+        default="bwrap",
+        description="How model code is confined (flows/runtime/sandbox.py): bwrap on the process"
+        " tier, uid in container jobs, none for development only (every call warns).",
+    )
+    model_python: Path | None = Field(
+        default=None,
+        description="The Python model virtualenvs are made from (default: the platform's, or the"
+        " system's when the model user cannot reach the platform's).",
     )
     inputs_model: str | None = Field(
         default=None, description="OWNER/TITLE: set in a model's own inputs server container."

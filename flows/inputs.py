@@ -23,7 +23,12 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
-from prefect_cs.flows.runtime.environment import model_env, runner_for, scrubber_for
+from prefect_cs.flows.runtime.environment import (
+    memory_rlimit_mib,
+    model_env,
+    runner_for,
+    scrubber_for,
+)
 from prefect_cs.flows.runtime.warm import WarmModel
 
 LIGHT_CALL_LIMIT = 30.0
@@ -63,10 +68,31 @@ def failed(exc: Exception) -> dict[str, Any]:
 
 
 def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list[Any]):
+    """The call on the model's warm process, restarted first if what it was started with
+    (environment and secrets, memory, network) has changed since."""
     key = (model.slug, entry.python)
-    if key not in _warm:
-        _warm[key] = WarmModel(entry.python, runner_for(entry.python), model_env(model))
-    return _warm[key].call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
+    env, limit = model_env(model), memory_rlimit_mib(model)
+    fingerprint = _fingerprint(env, limit, model.internet)
+    warm = _warm.get(key)
+    if warm is not None and warm.fingerprint != fingerprint:
+        warm.stop()
+        warm = None
+    if warm is None:
+        warm = _warm[key] = WarmModel(
+            entry.python,
+            runner_for(entry.python),
+            env,
+            network=model.internet,
+            memory_limit_mib=limit,
+            fingerprint=fingerprint,
+        )
+    return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
+
+
+def _fingerprint(env: dict[str, str], limit: int | None, internet: bool) -> str:
+    """A digest, not the values: the secrets it covers are not kept in memory twice."""
+    text = json.dumps([sorted(env.items()), limit, internet])
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _resolve(owner: str, title: str, tag: str | None) -> tuple[ModelConfig, PublishedTag]:

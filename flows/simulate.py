@@ -22,13 +22,13 @@ from prefect_cs.core.names import check_task_id
 from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.runtime.environment import (
-    child_user,
     memory_rlimit_mib,
     model_env,
     runner_for,
     scrubber_for,
 )
 from prefect_cs.flows.runtime.model_process import ModelCall, call_model
+from prefect_cs.flows.runtime.sandbox import UNSANDBOXED, model_sandbox
 from prefect_cs.flows.storage import store_zips
 from redis.exceptions import RedisError
 
@@ -58,15 +58,19 @@ def fail_payload(task_id: str, reason: str, seconds: float = 0.0) -> dict[str, A
 def run_model_task(
     model: ModelConfig, entry: PublishedTag, meta_param_dict: dict, adjustment: dict
 ) -> ModelCall:
-    """The model's own run, time-limited, in a clean child process."""
+    """The model's own run, time-limited, in a clean child process inside the model sandbox."""
     logger = get_run_logger()
-    logger.info(
-        "running %s/%s@%s (time limit %ss)", model.owner, model.title, entry.tag, model.time_limit
-    )
     try:
         env = model_env(model)
-    except LookupError as exc:  # a declared secret that is not set: the run cannot start
+        sandbox = model_sandbox()
+    except LookupError as exc:  # a declared secret that is not set, no sandbox: cannot start
         return ModelCall(ok=False, error=str(exc))
+    logger.info(
+        "running %s/%s@%s (time limit %ss, sandbox %s)",
+        *(model.owner, model.title, entry.tag, model.time_limit, sandbox.mode),
+    )
+    if sandbox.mode == "none":
+        logger.warning(UNSANDBOXED)
     call = call_model(
         entry.python,
         "run_model",
@@ -75,7 +79,8 @@ def run_model_task(
         env=env,
         memory_limit_mib=memory_rlimit_mib(model),
         runner=runner_for(entry.python),
-        run_as=child_user(),
+        network=model.internet,
+        sandbox=sandbox,
     )
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))

@@ -21,6 +21,7 @@ def free_port() -> int:
 def scratch_environment(prefix: str, **extra: str) -> Path:
     """Point PREFECT_* and CS_HOME at a new temporary folder and a free API port; returns the folder."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o711)  # the model sandbox's uid must reach CS_HOME's venvs (not list the folder)
     os.environ.update(
         PREFECT_HOME=str(work / "prefect"),
         PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",

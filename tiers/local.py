@@ -11,7 +11,6 @@ from its model config when the run starts.
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import sys
 import uuid
@@ -23,6 +22,12 @@ from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
+from prefect_cs.flows.runtime.sandbox import (
+    Sandbox,
+    interpreter_paths,
+    model_interpreter,
+    model_sandbox,
+)
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier
 from prefect_cs.tiers.steps import run_step
 
@@ -77,6 +82,25 @@ def venv_environment(venv: Path) -> dict[str, str]:
     return env
 
 
+def conda_paths() -> list[Path]:
+    """The host's conda, read-only, for install scripts that call it (none here: nothing)."""
+    conda = shutil.which("conda")
+    return [Path(conda).resolve().parent.parent] if conda else []
+
+
+def check_reachable(sandbox: Sandbox, venv: Path) -> None:
+    """The model's uid must be able to reach its venv (bubblewrap binds as that uid)."""
+    if sandbox.mode != "bwrap" or sandbox.run_as() is None:
+        return
+    blocked = [str(p) for p in reversed(venv.parents) if not os.stat(p).st_mode & 0o001]
+    if blocked:
+        raise StepFailed(
+            f"the model user (uid {sandbox.uid}) cannot reach {venv}: {blocked[0]} is not"
+            " searchable by other users. Put CS_HOME where others can traverse (e.g."
+            f" /var/lib/prefect-cs), or `chmod o+x {blocked[0]}`"
+        )
+
+
 def venv_of(entry: PublishedTag) -> Path:
     return Path(entry.python).parent.parent
 
@@ -92,7 +116,7 @@ class LocalTier(Tier):
     pool_type = "process"
     pool_setting = "process_pool"
     variables_model = LocalJobVariables
-    pip_install = f'{shlex.join(uv())} pip install --python "$VIRTUAL_ENV/bin/python"'
+    pip_install = "pip install"  # the venv's own pip: install.sh runs sandboxed, without uv
 
     def env_dir(self, model: ModelConfig, tag: str) -> Path:
         """A new folder per build, so a re-publish of a tag never disturbs the one serving."""
@@ -113,43 +137,89 @@ class LocalTier(Tier):
         return PublishedTag(tag=tag, tier=self.name, python=str(venv / "bin" / "python"))
 
     def _create(self, model: ModelConfig, cs_config: Path, venv: Path, logger: Logger) -> None:
+        """The platform makes the venv and adds its test tools; the model's own steps (install.sh,
+        building cs_config) run in the model sandbox, with network, writing only the venv."""
+        python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
+        run_step("create-venv", uv() + ["venv", "--seed", "--python", python, str(venv)], logger)
+        env_python = str(venv / "bin" / "python")
         run_step(
-            "create-venv", uv() + ["venv", "--seed", "--python", base_python(), str(venv)], logger
-        )
-        install = self.write_install_folder(model, cs_config, venv / INSTALL_DIR)
-        run_step(
-            "install.sh",
-            ["bash", "-e", f"./{INSTALL_SCRIPT}"],
-            logger,
-            cwd=install,
-            env=venv_environment(venv),
-            hint="This is the model's own install.sh; fix it or set install_override in the model config.",
-        )
-        python = str(venv / "bin" / "python")
-        run_step(
-            "install-cs-config",
-            uv() + ["pip", "install", "--python", python, str(cs_config), *TEST_REQUIREMENTS],
+            "install-test-tools",
+            uv() + ["pip", "install", "--python", env_python, *TEST_REQUIREMENTS],
             logger,
             env=venv_environment(venv),
         )
         runtime = venv / RUNTIME_DIR
         runtime.mkdir()
         shutil.copy2(CHILD_SCRIPT, runtime / CHILD_SCRIPT.name)
+        install = self.write_install_folder(model, cs_config, venv / INSTALL_DIR)
+        venv_environment(venv)  # makes <venv>/home before the venv is handed to the model's uid
+        self.model_step(
+            "install.sh",
+            ["bash", "-e", f"./{INSTALL_SCRIPT}"],
+            logger,
+            venv=venv,
+            cwd=install,
+            writable=[venv],
+            network=True,
+            hint="This is the model's own install.sh; fix it or set install_override in the model config.",
+        )
+        self.model_step(
+            "install-cs-config",
+            [env_python, "-m", "pip", "install", "-q", "--no-build-isolation", str(cs_config)],
+            logger,
+            venv=venv,
+            cwd=cs_config,
+            writable=[venv, cs_config],
+            network=True,
+        )
+
+    def model_step(
+        self,
+        name: str,
+        argv: list[str],
+        logger: Logger,
+        *,
+        venv: Path,
+        cwd: Path,
+        writable: list[Path],
+        network: bool,
+        timeout: float = 1800,
+        hint: str = "",
+    ) -> None:
+        """A step that runs the model's code: in its sandbox, as its uid, writing only `writable`."""
+        sandbox = model_sandbox()
+        check_reachable(sandbox, venv)
+        sandbox.prepare(*writable)
+        readable = [*interpreter_paths(str(venv / "bin" / "python")), *conda_paths()]
+        run_step(
+            name,
+            sandbox.wrap(argv, work=cwd, readable=readable, writable=writable, network=network),
+            logger,
+            cwd=cwd,
+            env=venv_environment(venv),
+            timeout=timeout,
+            hint=hint,
+            user=sandbox.run_as(),
+        )
 
     def run_tests(
         self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
     ) -> None:
-        run_step(
+        venv, cs_config = venv_of(entry), source / model.cs_config_path
+        self.model_step(
             "model-tests",
             [entry.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "cs_config/tests"],
             logger,
-            cwd=source / model.cs_config_path,
-            env=venv_environment(venv_of(entry)),
+            venv=venv,
+            cwd=cs_config,
+            writable=[cs_config, venv / "home"],
+            network=model.internet,
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new environment; the previous tag keeps serving.",
         )
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
+        """In the model sandbox like every call of the model's code."""
         call = call_model(
             entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python)
         )

@@ -10,6 +10,7 @@ from collections import deque
 from pathlib import Path
 
 from prefect_cs.core.errors import StepFailed
+from prefect_cs.flows.runtime.sandbox import switch_user
 
 
 def run_step(
@@ -20,8 +21,12 @@ def run_step(
     env: dict[str, str] | None = None,
     timeout: float = 1800,
     hint: str = "",
+    user: int | None = None,
 ) -> str:
-    """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or overruns."""
+    """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or overruns.
+
+    user: a uid to run it as (a model's step in its sandbox, when the flow is root).
+    """
     logger.info("%s: %s", name, " ".join(argv))
     proc = subprocess.Popen(
         argv,
@@ -33,6 +38,7 @@ def run_step(
         text=True,
         errors="replace",
         start_new_session=True,
+        preexec_fn=switch_user(user) if user is not None else None,
     )
     tail: deque[str] = deque(maxlen=60)
     timer = _deadline(proc, timeout)

@@ -75,10 +75,3 @@ def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
         return Scrubber(declared_secrets(model).values())
     except LookupError:  # a secret that is not set never reached the model: nothing to mask
         return Scrubber([])
-
-
-def child_user() -> int | None:
-    """The uid model children run as (container tiers set CS_MODEL_UID; None: the flow's own)."""
-    from prefect_cs.core.settings import get_settings
-
-    return get_settings().model_uid

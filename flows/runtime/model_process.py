@@ -1,8 +1,10 @@
 """Calls a model function in a child process of the model's environment.
 
-The child gets a clean environment (no Prefect API key, no web app token, no
-secret the model did not declare), its own process group so a hang is killed
-whole, a time limit, and on the process tier an address-space limit.
+The child runs in the model sandbox (flows/runtime/sandbox.py) with a clean
+environment (no Prefect API key, no web app token, no secret the model did not
+declare), a time limit, output read with a deadline into a bounded tail, and on
+the process tier an address-space limit. Its result comes back in a file of its
+private work folder, read without following links.
 """
 
 from __future__ import annotations
@@ -12,12 +14,15 @@ import os
 import resource
 import select
 import signal
+import stat
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from prefect_cs.flows.runtime.sandbox import Sandbox, interpreter_paths, model_sandbox
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 DRAIN_SECONDS = 1.0  # after the child ends: what it printed last, not what a grandchild holds open
@@ -51,7 +56,8 @@ def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[
 
 
 def _prepare_child(limit_mib: int | None, run_as: int | None):
-    """Runs in the child before exec: OOM score, memory limit, then (as root only) the uid switch.
+    """Runs in the child before exec: OOM score, memory limit, then (as root only) the uid switch
+    (before bubblewrap starts, so the sandbox's user namespace belongs to the model's uid).
 
     The OOM score is raised first: after a uid switch /proc/self belongs to root and the
     child could no longer write it.
@@ -97,20 +103,24 @@ def call_model(
     env: dict[str, str] | None = None,
     memory_limit_mib: int | None = None,
     runner: str | None = None,
-    run_as: int | None = None,
+    network: bool = False,
+    sandbox: Sandbox | None = None,
 ) -> ModelCall:
-    """Run `cs_config.functions.<function>(*args)` with `python` and report how it went.
-
-    run_as: a uid for the child when this process is root (containers), so the model cannot
-    read the flow's environment through /proc or write outside its work folder and /tmp.
-    """
-    run_as = run_as if run_as is not None and os.geteuid() == 0 else None
+    """Run `cs_config.functions.<function>(*args)` with `python`, in the model sandbox, and
+    report how it went (flows/runtime/sandbox.py says what the sandbox guarantees)."""
+    sandbox = sandbox or model_sandbox()
+    runner = runner or str(CHILD_SCRIPT)
     with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
         request, response = Path(work, "request.json"), Path(work, "response.json")
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
-        if run_as is not None:
-            os.chown(work, run_as, run_as)
-        argv = [python, "-I", runner or str(CHILD_SCRIPT), str(request), str(response)]
+        sandbox.prepare(Path(work))
+        readable = [*interpreter_paths(python), Path(runner).parent]
+        argv = sandbox.wrap(
+            [python, "-I", runner, str(request), str(response)],
+            work=Path(work),
+            readable=readable,
+            network=network,
+        )
         proc = subprocess.Popen(
             argv,
             cwd=work,
@@ -119,7 +129,7 @@ def call_model(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_prepare_child(memory_limit_mib, run_as),
+            preexec_fn=_prepare_child(memory_limit_mib, sandbox.run_as()),
         )
         try:
             finished, output = read_tail(proc, timeout)
@@ -127,6 +137,7 @@ def call_model(
             _kill_group(proc.pid)
             proc.wait()
             proc.stdout.close()  # type: ignore[union-attr]
+            sandbox.end()
         if not finished:
             return ModelCall(
                 ok=False,
@@ -173,12 +184,15 @@ def _wait(proc: subprocess.Popen, seconds: float) -> None:
 def _read_response(
     path: Path, returncode: int, memory_limit_mib: int | None, output: str
 ) -> ModelCall:
-    if not path.exists():
-        return ModelCall(ok=False, error=describe_exit(returncode, memory_limit_mib), output=output)
-    cap_error = _over_result_cap(path)
-    if cap_error:
-        return ModelCall(ok=False, error=cap_error, output=output)
-    data = json.loads(path.read_text())
+    text, problem = _read_own_file(path)
+    if text is None:
+        reason = problem or describe_exit(returncode, memory_limit_mib)
+        return ModelCall(ok=False, error=reason, output=output)
+    try:
+        data = json.loads(text)
+        data["ok"]  # noqa: B018 - a dict with the child's keys, or the model wrote it itself
+    except (ValueError, TypeError, KeyError):
+        data = {"ok": False, "traceback": "the model's response file is not the runner's JSON"}
     if not data["ok"]:
         reason = data["traceback"]
         if "MemoryError" in reason and memory_limit_mib:
@@ -201,10 +215,30 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _over_result_cap(path: Path) -> str | None:
+def _read_own_file(path: Path) -> tuple[str | None, str | None]:
+    """The response file as text, or (None, why not). The model's uid can write its work folder,
+    so the file is opened without following links and must be a regular file under the cap: a
+    link to the platform's credentials must not come back as the model's result."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"the model's response file could not be read safely: {exc.strerror}"
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return None, "the model's response file is not a regular file"
+        cap_error = _over_result_cap(info.st_size)
+        if cap_error:
+            return None, cap_error
+        return f.read().decode(errors="replace"), None
+
+
+def _over_result_cap(size: int) -> str | None:
     from prefect_cs.core.settings import get_settings
 
-    cap, size = get_settings().limits.result_bytes, path.stat().st_size
+    cap = get_settings().limits.result_bytes
     if size <= cap:
         return None
     return (

@@ -5,6 +5,9 @@ call; a long-running child per model and tag, talking over a private pipe,
 pays that once. A call that overruns its limit, answers more than
 CS_LIMITS_LIGHT_ANSWER_BYTES, dies or answers garbage kills the child and comes
 back as a failed ModelCall (never an exception); the next call starts a fresh one.
+Warm processes run in the model sandbox like the simulate child; `fingerprint`
+names what they were started with (environment, secrets, limits), so a caller
+restarts one whose model config or secrets changed.
 """
 
 from __future__ import annotations
@@ -12,14 +15,23 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.model_process import ModelCall, _kill_group, child_environment
+from prefect_cs.flows.runtime.model_process import (
+    ModelCall,
+    _kill_group,
+    _prepare_child,
+    child_environment,
+)
+from prefect_cs.flows.runtime.sandbox import interpreter_paths, model_sandbox
 
 
 class _NoAnswer(Exception):
@@ -31,20 +43,35 @@ class WarmModel:
     python: str
     runner: str
     env: dict[str, str] = field(default_factory=dict)
+    network: bool = False
+    memory_limit_mib: int | None = None
+    fingerprint: str = ""
     proc: subprocess.Popen | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    work: str | None = None
 
     def _start(self) -> None:
+        sandbox = model_sandbox()
+        self.work = tempfile.mkdtemp(prefix="cs-warm-")
+        sandbox.prepare(Path(self.work))
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
-        self.proc = subprocess.Popen(
+        argv = sandbox.wrap(
             [self.python, "-I", self.runner, "--serve", str(to_child_r), str(from_child_w)],
+            work=Path(self.work),
+            readable=[*interpreter_paths(self.python), Path(self.runner).parent],
+            network=self.network,
+        )
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=self.work,
             pass_fds=(to_child_r, from_child_w),
             env=child_environment(self.python, self.env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_prepare_child(self.memory_limit_mib, sandbox.run_as()),
         )
         os.close(to_child_r)
         os.close(from_child_w)
@@ -81,13 +108,15 @@ class WarmModel:
                     " CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
                 )
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self._from_child], [], [], left)[0]:
+            if left <= 0:
                 raise _NoAnswer(f"{function} did not answer within {timeout:g} seconds")
+            if not select.select([self._from_child], [], [], min(left, 0.5))[0]:
+                self._check_alive(function)
+                continue
             chunk = os.read(self._from_child, 1 << 20)
             if not chunk:
-                raise _NoAnswer(
-                    f"the model's process exited while {function} ran, without answering"
-                )
+                self._check_alive(function, wait=1.0)
+                raise _NoAnswer(f"the model's process closed its answer pipe while {function} ran")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         if len(line) > cap:
@@ -96,6 +125,19 @@ class WarmModel:
                 " less, or raise CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
             )
         return line
+
+    def _check_alive(self, function: str, wait: float = 0.0) -> None:
+        """A model process that exited is reported as such, not as a timeout."""
+        assert self.proc is not None
+        try:
+            code = self.proc.wait(timeout=wait) if wait else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            return
+        if code is not None:
+            raise _NoAnswer(
+                f"the model's process exited with code {code} while {function} ran, without"
+                " answering"
+            )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -106,4 +148,6 @@ class WarmModel:
                     os.close(fd)
                 except OSError:
                     pass
-        self.proc = None
+        if self.work:
+            shutil.rmtree(self.work, ignore_errors=True)
+        self.proc, self.work = None, None

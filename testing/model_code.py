@@ -1,0 +1,55 @@
+"""Small model apps written by a test, runnable in the model sandbox without a publish.
+
+The sandbox's uid must reach what it runs (bubblewrap binds as that uid), and pytest's
+own tmp_path lives under a folder only root can enter: these folders live under CS_HOME
+(reachable, see testing.scratch), and run on an interpreter the model uid can start.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+
+from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+from prefect_cs.flows.runtime.sandbox import model_interpreter
+
+
+def model_python() -> str:
+    """An interpreter the model sandbox can start (stdlib only: the child needs nothing else)."""
+    version = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    return model_interpreter(version, getattr(sys, "_base_executable", sys.executable))
+
+
+def model_folder() -> Path:
+    folder = get_settings().home / "test-models" / uuid.uuid4().hex[:12]
+    folder.mkdir(parents=True)
+    for path in (folder, *folder.parents):
+        if path == get_settings().home.parent:
+            break
+        path.chmod(path.stat().st_mode | 0o011)
+    return folder
+
+
+def functions_runner(functions: str) -> str:
+    """A runner whose cs_config.functions is `functions`, run by the platform's child.py."""
+    folder = model_folder()
+    package = folder / "cs_config"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "functions.py").write_text(functions)
+    (folder / "child.py").write_text(CHILD_SCRIPT.read_text())
+    runner = folder / "runner.py"  # -I ignores PYTHONPATH: the runner puts the package on the path
+    runner.write_text(
+        f"import runpy, sys\nsys.path.insert(0, {str(folder)!r})\n"
+        f"runpy.run_path({str(folder / 'child.py')!r}, run_name='__main__')\n"
+    )
+    return str(runner)
+
+
+def script_runner(source: str) -> str:
+    """A runner that is `source` itself (argv: request, response), for calls that skip child.py."""
+    runner = model_folder() / "runner.py"
+    runner.write_text(source)
+    return str(runner)
