@@ -55,6 +55,7 @@ def clone(model: ModelConfig, tag: str) -> Path:
     logger = get_run_logger()
     prefix = f"{model.slug}-{path_component(tag)}-"
     dest = Path(tempfile.mkdtemp(prefix=prefix, dir=_repos_dir()))
+    dest.chmod(0o711)  # the model's sandboxed steps (its uid) build and test in this checkout
     run_step(
         "git-clone",
         clone_command(model.repo_url, tag, dest),

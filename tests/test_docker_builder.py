@@ -11,6 +11,7 @@ import pytest
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.names import image_tag
+from prefect_cs.testing.model_code import model_python, script_runner
 from prefect_cs.tiers.docker import DockerTier, image_repository, resolve_registry
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -100,16 +101,14 @@ def test_job_variables_carry_limits(monkeypatch, platform):
 
 def test_model_child_is_the_oom_killers_first_choice(tmp_path):
     """In a container out of memory the model must die, not the flow that reports it."""
-    import sys
 
     from prefect_cs.flows.runtime.model_process import call_model
 
-    runner = tmp_path / "score.py"
-    runner.write_text(
+    runner = script_runner(
         "import json, sys\n"
         "score = open('/proc/self/oom_score_adj').read().strip()\n"
         "json.dump({'ok': True, 'result': score, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
-    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    call = call_model(model_python(), "run_model", [], timeout=30, runner=runner)
     assert call.ok and call.result == "1000"
     assert open("/proc/self/oom_score_adj").read().strip() != "1000"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 import zipfile
 
 import pytest
@@ -14,6 +13,7 @@ from prefect_cs.core.jsonsafe import json_safe
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.outputs import build_zips, member_names, safe_member, validate_outputs
 from prefect_cs.security.scrubber import Scrubber
+from prefect_cs.testing.model_code import functions_runner, model_python, script_runner
 
 
 def deep(depth: int, leaf: object) -> dict:
@@ -146,12 +146,11 @@ def test_result_over_the_cap_names_the_setting(tmp_path, monkeypatch):
     from prefect_cs.flows.runtime.model_process import call_model
 
     monkeypatch.setenv("CS_LIMITS_RESULT_BYTES", "1000")
-    runner = tmp_path / "big.py"
-    runner.write_text(
+    runner = script_runner(
         "import json, sys\n"
         "json.dump({'ok': True, 'result': 'x' * 5000, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
-    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    call = call_model(model_python(), "run_model", [], timeout=30, runner=runner)
     assert not call.ok and "CS_LIMITS_RESULT_BYTES" in (call.error or "")
 
 
@@ -159,13 +158,12 @@ def test_stdout_tail_is_bounded_while_reading(tmp_path, monkeypatch):
     from prefect_cs.flows.runtime.model_process import call_model
 
     monkeypatch.setenv("CS_LIMITS_STDOUT_TAIL_BYTES", "1000")
-    runner = tmp_path / "loud.py"
-    runner.write_text(
+    runner = script_runner(
         "import json, sys\n"
         "for i in range(100_000): print('line', i)\n"
         "json.dump({'ok': True, 'result': 1, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
-    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    call = call_model(model_python(), "run_model", [], timeout=30, runner=runner)
     assert call.ok and len(call.output.encode()) <= 1000
     assert call.output.rstrip().endswith("line 99999")
 
@@ -173,33 +171,20 @@ def test_stdout_tail_is_bounded_while_reading(tmp_path, monkeypatch):
 def test_grandchild_holding_stdout_does_not_hold_the_call(tmp_path):
     from prefect_cs.flows.runtime.model_process import call_model
 
-    runner = tmp_path / "fork.py"
-    runner.write_text(
+    runner = script_runner(
         "import json, subprocess, sys\n"
         "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
         "json.dump({'ok': True, 'result': 1, 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
-    call = call_model(sys.executable, "run_model", [], timeout=30, runner=str(runner))
+    call = call_model(model_python(), "run_model", [], timeout=30, runner=runner)
     assert call.ok
 
 
 def warm_model(tmp_path, functions: str):
     """A warm model whose cs_config.functions is `functions`, run by the platform's child.py."""
-    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
     from prefect_cs.flows.runtime.warm import WarmModel
 
-    package = tmp_path / "cs_config"
-    package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "functions.py").write_text(functions)
-    runner = (
-        tmp_path / "runner.py"
-    )  # -I ignores PYTHONPATH: the runner puts the package on the path
-    runner.write_text(
-        f"import runpy, sys\nsys.path.insert(0, {str(tmp_path)!r})\n"
-        f"runpy.run_path({str(CHILD_SCRIPT)!r}, run_name='__main__')\n"
-    )
-    return WarmModel(sys.executable, str(runner))
+    return WarmModel(model_python(), functions_runner(functions))
 
 
 def test_light_answer_over_the_cap_names_the_setting(tmp_path, monkeypatch):

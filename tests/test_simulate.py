@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import uuid
 import zipfile
 from pathlib import Path
 
 import pytest
 from prefect_cs.flows.simulate import simulate
+from prefect_cs.testing.model_code import model_python, script_runner
 
 SUCCESS_KEYS = {"task_id", "status", "model_version", "meta", "outputs", "version"}
 FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
@@ -122,13 +122,12 @@ def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_platform_key")
     monkeypatch.setenv("CS_WEBAPP_TOKEN", "webapp-token-value")
-    runner = tmp_path / "dump_env.py"
-    runner.write_text(
+    runner = script_runner(
         "import json, os, sys\n"
         "json.dump({'ok': True, 'result': dict(os.environ), 'seconds': 0}, open(sys.argv[2], 'w'))\n"
     )
     call = call_model(
-        sys.executable, "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=str(runner)
+        model_python(), "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=runner
     )
     assert call.ok
     assert call.result["MODEL_SECRET"] == "x"
