@@ -6,6 +6,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 export CS_HOME="${CS_HOME:-$PWD/.cs-home}"
+# As root, model code runs as uid 10001 (the sandbox's own user), which must reach CS_HOME's
+# model environments: a clone under a private home (/root) gets a CS_HOME it can reach.
+if [ "$(id -u)" = 0 ] && ! setpriv --reuid 10001 --regid 10001 --clear-groups test -x "$(dirname "$CS_HOME")" 2>/dev/null; then
+  export CS_HOME="/var/lib/prefect-cs/$(basename "$PWD")"
+  echo "CS_HOME=$CS_HOME (the model user cannot reach $PWD)"
+fi
 export PREFECT_HOME="${PREFECT_HOME:-$CS_HOME/prefect}"
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
@@ -13,7 +19,15 @@ mkdir -p "$PREFECT_HOME"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "install (virtualenv .venv)"
+step "install (virtualenv .venv; bubblewrap, the model sandbox)"
+if ! command -v bwrap >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y -qq bubblewrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+  else
+    echo "model code runs in a bubblewrap sandbox: install it (sudo apt-get install bubblewrap) and re-run" >&2
+    exit 1
+  fi
+fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e ".[test]"
 cs=.venv/bin/prefect-cs

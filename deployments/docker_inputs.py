@@ -17,7 +17,7 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import NotFound
 from prefect_cs.core.settings import forwarded_environment
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage_env
-from prefect_cs.tiers.docker import PLATFORM_VENV, docker_client
+from prefect_cs.tiers.docker import MODEL_UID, PLATFORM_VENV, docker_client
 
 LABEL = "cs.compute.studio/inputs-server"
 
@@ -55,6 +55,8 @@ def server_environment(model: ModelConfig) -> dict[str, str]:
         "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
         "CS_INPUTS_MODEL": f"{model.owner}/{model.title}",
         "CS_MEMORY_BY_CONTAINER": "true",
+        "CS_SANDBOX": "uid",  # warm model processes run as CS_MODEL_UID, not as the server
+        "CS_MODEL_UID": str(MODEL_UID),
         **task_storage_env(),
     }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.testing.model_code import model_folder
 from prefect_cs.tiers import Tier, get_tier, tier_for_pool_type
 from prefect_cs.tiers.docker import INSTALL_DIR, MODEL_VENV
 from prefect_cs.tiers.local import INSTALL_DIR as LOCAL_INSTALL_DIR
@@ -127,7 +128,8 @@ def expected(venv: str, install_dir: str) -> dict[str, str]:
 
 def test_install_sh_semantics_on_the_local_tier(tmp_path, cs_home):
     tier = get_tier("local")
-    entry = tier.build(model(), recording_app(tmp_path / "app"), "v1", LOG)
+    # the model's sandboxed steps need a checkout its uid can reach, as the clone step makes
+    entry = tier.build(model(), recording_app(model_folder() / "app"), "v1", LOG)
     venv = Path(entry.python).parent.parent
     try:
         assert seen((venv / "install-seen.txt").read_text()) == expected(

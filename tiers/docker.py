@@ -404,6 +404,7 @@ def container_env(model: ModelConfig) -> dict[str, str]:
     env["CS_HOME"] = str(get_settings().home)
     env["CS_MEMORY_BY_CONTAINER"] = "true"
     env["CS_MODEL_UID"] = str(MODEL_UID)
+    env["CS_SANDBOX"] = "uid"  # Docker's seccomp profile forbids bubblewrap's namespaces
     references = secret_references(model)
     if references:  # the flow then reads declared secrets only from these (runtime.environment)
         env["CS_SECRETS_SOURCE"] = "env"

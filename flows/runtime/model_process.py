@@ -144,7 +144,13 @@ def call_model(
                 error=f"the model did not finish within its time limit of {timeout:g} seconds and was stopped",
                 output=output,
             )
-        return _read_response(response, proc.returncode, memory_limit_mib, output)
+        return _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
+
+
+def _exit_status(proc: subprocess.Popen, sandbox: Sandbox) -> int:
+    """The model's own exit status: bubblewrap reports a child killed by signal N as 128+N."""
+    code = proc.returncode
+    return 128 - code if sandbox.mode == "bwrap" and code > 128 else code
 
 
 def read_tail(proc: subprocess.Popen, timeout: float) -> tuple[bool, str]:

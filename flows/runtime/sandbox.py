@@ -69,6 +69,8 @@ class Sandbox:
             return
         for folder in folders:
             chown_tree(folder, self.uid)
+            # the flow reads the model's answer there, and in a pod it has no CAP_DAC_OVERRIDE
+            folder.chmod(folder.stat().st_mode | 0o011)
 
     def run_as(self) -> int | None:
         """The uid to switch to before exec (None: stay the flow's user)."""

