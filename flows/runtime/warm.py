@@ -56,8 +56,11 @@ class WarmModel:
         sandbox.prepare(Path(self.work))
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
+        serve = [self.python, "-I", self.runner, "--serve", str(to_child_r), str(from_child_w)]
+        if sandbox.mode == "bwrap":  # its own pid namespace: reap what each call started
+            serve.append("--reap")
         argv = sandbox.wrap(
-            [self.python, "-I", self.runner, "--serve", str(to_child_r), str(from_child_w)],
+            serve,
             work=Path(self.work),
             readable=[*interpreter_paths(self.python), Path(self.runner).parent],
             network=self.network,
@@ -66,7 +69,7 @@ class WarmModel:
             argv,
             cwd=self.work,
             pass_fds=(to_child_r, from_child_w),
-            env=child_environment(self.python, self.env),
+            env=child_environment(self.python, self.env, home=self.work),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

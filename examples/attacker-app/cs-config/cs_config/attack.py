@@ -117,12 +117,19 @@ def proc_cmdline(t: dict) -> dict:
     return _blocked(f"{seen} other command lines readable, no secret on them")
 
 
+def _own(path: str) -> bool:
+    """A folder on the way to the model's own venv or work folder (the sandbox shows those)."""
+    return any(mine.startswith(path.rstrip("/") + "/") for mine in (sys.prefix, os.getcwd()))
+
+
 def _read_any(paths: list[str]) -> list[str]:
     got = []
     for path in paths:
         try:
             if os.path.isdir(path):
-                got.append(f"{path}: {sorted(os.listdir(path))[:5]}")
+                entries = [e for e in os.listdir(path) if not _own(os.path.join(path, e))]
+                if entries:
+                    got.append(f"{path}: {sorted(entries)[:5]}")
             else:
                 with open(path, "rb") as f:
                     got.append(f"{path}: {f.read(16)!r}")
