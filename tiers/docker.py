@@ -310,7 +310,8 @@ class DockerTier(Tier):
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
         """get_version() through the same child runner simulations use, inside the image."""
-        probe = (
+        probe = (  # confined as in a job: the model's uid, not root (no bubblewrap in images)
+            f"import os; os.environ.update(CS_SANDBOX='uid', CS_MODEL_UID='{MODEL_UID}'); "
             "import json; from prefect_cs.flows.runtime.model_process import call_model; "
             f"c = call_model({MODEL_PYTHON!r}, 'get_version', [], timeout=120, "
             f"runner={MODEL_VENV + '/' + RUNTIME_DIR + '/child.py'!r}); "
