@@ -7,9 +7,15 @@ a clean exit) is in cli/_utilities.py. This module only decides the tree.
 
 from __future__ import annotations
 
+import sys
+
+from prefect_cs.core.errors import CSError
 from prefect_cs.services.stack import load_local_api_auth
 
-load_local_api_auth()  # before anything imports Prefect, which reads its settings once
+try:
+    load_local_api_auth()  # before anything imports Prefect, which reads its settings once
+except CSError as exc:  # e.g. a login file others can read: one line naming the fix
+    sys.exit(f"error: {exc}")
 
 from prefect_cs.cli._utilities import CSTyper  # noqa: E402
 from prefect_cs.cli.docker import docker_app  # noqa: E402
