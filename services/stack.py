@@ -322,6 +322,7 @@ def lost_run_watcher() -> Background:
 
 STANDIN_PORT = 8765
 STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+STANDIN_TOKEN_ENV = "WEBAPP_STANDIN_TOKEN"  # what testing/webapp_standin.py reads its token from
 
 
 def webapp_standin(token: str | None = None) -> Background:
@@ -329,13 +330,11 @@ def webapp_standin(token: str | None = None) -> Background:
 
     Its token travels in its environment (WEBAPP_STANDIN_TOKEN), not its argv.
     """
-    from prefect_cs.testing.webapp_standin import TOKEN_ENV
-
     log = stack_dir() / "webapp-requests.jsonl"
     argv = [sys.executable, "-m", "prefect_cs.testing.webapp_standin", str(STANDIN_PORT), str(log)]
     env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
     if token:
-        env[TOKEN_ENV] = token
+        env[STANDIN_TOKEN_ENV] = token
     return Background("webapp-standin", argv, env)
 
 

@@ -15,11 +15,12 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from prefect_cs.services.stack import STANDIN_TOKEN_ENV
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
 __all__ = ["TOKEN_ENV", "Recorded", "WebAppStub", "main"]
 
-TOKEN_ENV = "WEBAPP_STANDIN_TOKEN"
+TOKEN_ENV = STANDIN_TOKEN_ENV  # set by services/stack.py, which starts it
 
 
 @dataclass
