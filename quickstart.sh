@@ -34,6 +34,9 @@ cs=.venv/bin/prefect-cs
 
 step "start the local stack (Prefect server, process worker, inputs worker, web app stand-in)"
 $cs stack start
+# The server asks for a login (made by the first `stack start`, mode 0600); `prefect …` commands
+# below send it from the environment. `$(<file)` is bash's own read: no process gets it on argv.
+export PREFECT_API_AUTH_STRING="${PREFECT_API_AUTH_STRING:-$(<"$CS_HOME/prefect-auth")}"
 
 step "make a git repository of the sample app, tag v1"
 repo="$CS_HOME/sample-repos/paramtools-app"
@@ -61,5 +64,6 @@ echo "outputs:        $CS_HOME/outputs/${task_id}_renderable.zip"
 echo "                $CS_HOME/outputs/${task_id}_downloadable.zip"
 unzip -l "$CS_HOME/outputs/${task_id}_renderable.zip" | sed 's/^/                /'
 echo "web app got:    $(grep -c "$task_id" "$CS_HOME/stack/webapp-requests.jsonl") PUT /outputs/api/ for task $task_id (log: $CS_HOME/stack/webapp-requests.jsonl)"
-echo "Prefect UI:     ${PREFECT_API_URL%/api}"
+echo "Prefect UI:     ${PREFECT_API_URL%/api} (password: the whole line in $CS_HOME/prefect-auth, admin:…)"
+echo "prefect CLI:    export PREFECT_API_AUTH_STRING=\"\$(<$CS_HOME/prefect-auth)\"  (prefect-cs reads the file itself)"
 echo "stop the stack: CS_HOME=$CS_HOME PREFECT_API_URL=$PREFECT_API_URL $cs stack stop"

@@ -7,20 +7,30 @@ a clean exit) is in cli/_utilities.py. This module only decides the tree.
 
 from __future__ import annotations
 
-from prefect_cs.cli._utilities import CSTyper
-from prefect_cs.cli.docker import docker_app
-from prefect_cs.cli.inputs import inputs_app
-from prefect_cs.cli.k8s import k8s_app
-from prefect_cs.cli.models import models_app
-from prefect_cs.cli.pool import pool_cmd
-from prefect_cs.cli.redis import redis_app
-from prefect_cs.cli.results import results_app
-from prefect_cs.cli.secrets import secrets_app
-from prefect_cs.cli.simulate import simulate_cmd
-from prefect_cs.cli.stack import stack_app
-from prefect_cs.cli.watch import watch_cmd
-from prefect_cs.cli.webapp import webapp_app
-from prefect_cs.cli.webhook import webhook_app
+import sys
+
+from prefect_cs.core.errors import CSError
+from prefect_cs.services.stack import load_local_api_auth
+
+try:
+    load_local_api_auth()  # before anything imports Prefect, which reads its settings once
+except CSError as exc:  # e.g. a login file others can read: one line naming the fix
+    sys.exit(f"error: {exc}")
+
+from prefect_cs.cli._utilities import CSTyper  # noqa: E402
+from prefect_cs.cli.docker import docker_app  # noqa: E402
+from prefect_cs.cli.inputs import inputs_app  # noqa: E402
+from prefect_cs.cli.k8s import k8s_app  # noqa: E402
+from prefect_cs.cli.models import models_app  # noqa: E402
+from prefect_cs.cli.pool import pool_cmd  # noqa: E402
+from prefect_cs.cli.redis import redis_app  # noqa: E402
+from prefect_cs.cli.results import results_app  # noqa: E402
+from prefect_cs.cli.secrets import secrets_app  # noqa: E402
+from prefect_cs.cli.simulate import simulate_cmd  # noqa: E402
+from prefect_cs.cli.stack import stack_app  # noqa: E402
+from prefect_cs.cli.watch import watch_cmd  # noqa: E402
+from prefect_cs.cli.webapp import webapp_app  # noqa: E402
+from prefect_cs.cli.webhook import webhook_app  # noqa: E402
 
 app = CSTyper(
     name="prefect-cs",

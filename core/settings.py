@@ -248,6 +248,11 @@ class CSSettings(BaseSettings):
     def undelivered_dir(self) -> Path:
         return self.home / "undelivered"
 
+    @property
+    def auth_file(self) -> Path:
+        """The local stack's Prefect API login (`user:password`, mode 0600), made at its first start."""
+        return self.home / "prefect-auth"
+
 
 def get_settings() -> CSSettings:
     """Read afresh each time: tests and the CLI change the environment between calls."""

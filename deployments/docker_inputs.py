@@ -48,11 +48,13 @@ def task_storage_volume() -> dict[str, dict[str, str]]:
 
 
 def server_environment(model: ModelConfig) -> dict[str, str]:
-    """What the task worker needs: the API, the model it serves, the shared task storage, and
-    the same forwarded settings as a job (core.settings.forwarded_environment)."""
+    """What the task worker needs: the API and its login, the model it serves, the shared task
+    storage, and the same forwarded settings as a job (core.settings.forwarded_environment)."""
+    auth = os.environ.get("PREFECT_API_AUTH_STRING")
     return {
         **forwarded_environment(),
         "PREFECT_API_URL": os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api"),
+        **({"PREFECT_API_AUTH_STRING": auth} if auth else {}),
         "CS_INPUTS_MODEL": f"{model.owner}/{model.title}",
         "CS_MEMORY_BY_CONTAINER": "true",
         "CS_SANDBOX": "uid",  # warm model processes run as CS_MODEL_UID, not as the server

@@ -7,6 +7,10 @@ Two kinds of output:
   secret values appear (base64, in the operator's output only, never logged).
 - `render_job`: a flow run's Job exactly as prefect-kubernetes' worker builds it
   (its own `resolve_for_flow_run`), for tests and for `prefect-cs k8s job`.
+
+The Prefect API always asks for a login; every container here gets it as a
+`secretKeyRef` to a Secret the operator creates (`prefect-auth`, key
+`auth-string`, in both namespaces; docs/production.md), never as a value.
 """
 
 from __future__ import annotations
@@ -30,7 +34,57 @@ KUBERNETES_VERSION = "1.37.0"
 WORKER_NAMESPACE = "prefect"
 WORKER_SERVICE_ACCOUNT = "prefect-worker"
 PLATFORM_PYTHON = "/opt/cs/platform/bin/python"
+# The Secrets (name, key) the API credentials come from, unless the worker's own
+# PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_{AUTH_STRING,KEY}_SECRET_{NAME,KEY} say otherwise.
+API_AUTH_SECRET = ("prefect-auth", "auth-string")
+API_KEY_SECRET = ("prefect-api-key", "api-key")
 Manifest = dict[str, Any]
+
+
+def secret_ref(variable: str, secret: tuple[str, str]) -> dict[str, Any]:
+    return {"name": variable, "valueFrom": {"secretKeyRef": {"name": secret[0], "key": secret[1]}}}
+
+
+def api_login_env() -> list[dict[str, Any]]:
+    """The API login of a platform container (watcher, inputs server): a reference, never a value."""
+    return [
+        secret_ref("PREFECT_API_AUTH_STRING", api_credential_secrets()["PREFECT_API_AUTH_STRING"])
+    ]
+
+
+def api_credential_secrets() -> dict[str, tuple[str, str]]:
+    """Where a Job's API credentials come from: the worker's prefect-kubernetes settings, else ours."""
+    from prefect_kubernetes.settings import KubernetesSettings
+
+    worker = KubernetesSettings().worker
+    return {
+        "PREFECT_API_AUTH_STRING": (
+            worker.api_auth_string_secret_name or API_AUTH_SECRET[0],
+            worker.api_auth_string_secret_key or API_AUTH_SECRET[1],
+        ),
+        "PREFECT_API_KEY": (
+            worker.api_key_secret_name or API_KEY_SECRET[0],
+            worker.api_key_secret_key or API_KEY_SECRET[1],
+        ),
+    }
+
+
+def credentials_by_reference(manifest: Manifest) -> Manifest:
+    """Replace the API credentials the worker copied into the Job by secretKeyRefs.
+
+    What the worker's `_create_job` does when its *_SECRET_NAME settings are set
+    (docs/production.md sets them); done here too so that a rendered Job never
+    holds a credential, whatever the rendering process was started with.
+    """
+    secrets = api_credential_secrets()
+    container = manifest["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [
+        secret_ref(e["name"], secrets[e["name"]])
+        if e.get("name") in secrets and "value" in e
+        else e
+        for e in container.get("env", [])
+    ]
+    return manifest
 
 
 def template_default(variable: str) -> Any:
@@ -142,6 +196,7 @@ def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url
         {"name": "PREFECT_API_URL", "value": api_url},
         {"name": "CS_SECRETS_SOURCE", "value": "env"},
         {"name": "CS_INPUTS_MODEL", "value": f"{model.owner}/{model.title}"},
+        *api_login_env(),
         *secret_env(model),
     ]
     container = {
@@ -198,7 +253,7 @@ def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Mani
             "--pending-timeout",
             str(template_default("pod_watch_timeout_seconds")),
         ],
-        "env": [{"name": "PREFECT_API_URL", "value": api_url}],
+        "env": [{"name": "PREFECT_API_URL", "value": api_url}, *api_login_env()],
         "resources": {
             "requests": {"cpu": "50m", "memory": "256Mi"},
             "limits": {"cpu": "500m", "memory": "512Mi"},
@@ -262,7 +317,8 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
     and the run's job variables over the pool's base job template, then
     `prepare_for_flow_run` adds the worker's environment and Prefect's labels.
     Run it with the worker's (minimal) environment: it copies this process's
-    PREFECT_* settings into the Job, as the worker does.
+    PREFECT_* settings into the Job, as the worker does; the API credentials
+    among them become secretKeyRefs, as the worker configured by docs/production.md makes them.
     """
     from prefect.client.orchestration import get_client
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
@@ -281,7 +337,7 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
         config = await KubernetesWorkerJobConfiguration.resolve_for_flow_run(
             flow_run, client=client, work_pool=pool, worker_name=worker_name, deployment=deployment
         )
-    return config.job_manifest
+    return credentials_by_reference(config.job_manifest)
 
 
 def pod_labels(task_id: str) -> str:

@@ -3,20 +3,31 @@
 Each part is a background process with a pid file and a log under
 `$CS_HOME/stack/`, so `prefect-cs stack start` and `stack stop` work across
 shells and the tests start exactly what an operator starts.
+
+The server always requires a login (`PREFECT_SERVER_API_AUTH_STRING`): without
+one, anything that reaches the port (model code included) reads every block
+with its secrets. The `user:password` string is made at the first start, kept
+0600 in `$CS_HOME/prefect-auth` and reused; workers, the CLI and jobs send it
+as `PREFECT_API_AUTH_STRING`. Secrets reach processes through their
+environment, never their command line (`/proc/<pid>/cmdline` is world-readable).
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+from prefect_cs.core.errors import SettingsError
 from prefect_cs.core.settings import get_settings, worker_settings_environment
 
 # What a worker needs to reach the server; nothing else of the platform's
@@ -41,14 +52,82 @@ FAST_POLLING = {
 }
 
 
+AUTH_USER = "admin"
+AUTH_ENV = "PREFECT_API_AUTH_STRING"
+
+
 def stack_dir() -> Path:
     path = get_settings().home / "stack"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
+def auth_file() -> Path:
+    return get_settings().auth_file
+
+
+def ensure_auth_file() -> Path:
+    """Make `$CS_HOME/prefect-auth` (`admin:<random>`, mode 0600) unless it exists."""
+    path = auth_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{AUTH_USER}:{secrets.token_urlsafe(32)}\n")
+    return path
+
+
+def read_auth_file(path: Path) -> str:
+    """The auth string in `path`, refused if others may read it or it is not `user:password`."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SettingsError(
+            f"{path} holds the Prefect API password but has mode {mode:o}: run chmod 600 {path}"
+        )
+    value = path.read_text().strip()
+    if ":" not in value or value.startswith(":") or value.endswith(":"):
+        raise SettingsError(
+            f"{path} must hold one line user:password: delete it and run `prefect-cs stack start`"
+            " to make a new one (then restart the stack)"
+        )
+    return value
+
+
+def api_auth_string() -> str:
+    """What this machine's server requires and its clients send.
+
+    `PREFECT_API_AUTH_STRING` when the operator set it, else the stack's file (made on first use).
+    """
+    return os.environ.get(AUTH_ENV) or read_auth_file(ensure_auth_file())
+
+
+def auth_source() -> str:
+    """Where the UI login comes from, for the line that prints the stack's URL."""
+    path = auth_file()
+    if path.exists() and read_auth_file(path) == api_auth_string():
+        return f"the whole line in {path} ({AUTH_USER}:<password>)"
+    return f"the value of {AUTH_ENV} (user:password)"
+
+
+def load_local_api_auth() -> None:
+    """Let this process (the CLI) authenticate to the local stack's server, before Prefect is imported.
+
+    Only when no credential is set (`PREFECT_API_AUTH_STRING`, `PREFECT_API_KEY`),
+    the API is on this machine and the stack has made its file: the local
+    password is never sent to another server.
+    """
+    if os.environ.get(AUTH_ENV) or os.environ.get("PREFECT_API_KEY"):
+        return
+    if urlparse(api_url()).hostname not in ("127.0.0.1", "localhost", "::1"):
+        return
+    if auth_file().exists():
+        os.environ[AUTH_ENV] = read_auth_file(auth_file())
+
+
 def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A minimal environment for workers: the API URL, the CS_* settings, fast polling.
+    """A minimal environment for workers: the API URL and login, the CS_* settings, fast polling.
 
     The CS_* settings come from the settings tree, which leaves out the platform's
     credentials (web app token, Redis admin, scheduler and initial passwords): a
@@ -58,6 +137,7 @@ def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update(worker_settings_environment())
     env.update(FAST_POLLING)
     env["PREFECT_API_URL"] = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    env[AUTH_ENV] = api_auth_string()
     if "PREFECT_HOME" in os.environ:
         env["PREFECT_HOME"] = os.environ["PREFECT_HOME"]
     env.update(extra or {})
@@ -149,14 +229,15 @@ def prefect_cli() -> list[str]:
 
 @dataclass
 class PrefectServer:
-    """`prefect server start` on SQLite, in the background, on the API URL's port."""
+    """`prefect server start` on SQLite, in the background, on the API URL's port, login required."""
 
     api_url: str
     home: Path | None = None
 
     def background(self) -> Background:
         url = urlparse(self.api_url)
-        env = {**os.environ, **FAST_POLLING}
+        auth = api_auth_string()
+        env = {**os.environ, **FAST_POLLING, "PREFECT_SERVER_API_AUTH_STRING": auth, AUTH_ENV: auth}
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
         argv = prefect_cli() + [
@@ -240,21 +321,21 @@ def lost_run_watcher() -> Background:
 
 
 STANDIN_PORT = 8765
-STANDIN_TOKEN = "local-demo-token"
+STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+STANDIN_TOKEN_ENV = "WEBAPP_STANDIN_TOKEN"  # what testing/webapp_standin.py reads its token from
 
 
-def webapp_standin() -> Background:
-    """A recording web app for a first try; its log shows exactly what a real one would receive."""
+def webapp_standin(token: str | None = None) -> Background:
+    """A recording web app for a first try; its log shows exactly what a real one would receive.
+
+    Its token travels in its environment (WEBAPP_STANDIN_TOKEN), not its argv.
+    """
     log = stack_dir() / "webapp-requests.jsonl"
-    argv = [
-        sys.executable,
-        "-m",
-        "prefect_cs.testing.webapp_standin",
-        str(STANDIN_PORT),
-        str(log),
-        STANDIN_TOKEN,
-    ]
-    return Background("webapp-standin", argv, {**os.environ})
+    argv = [sys.executable, "-m", "prefect_cs.testing.webapp_standin", str(STANDIN_PORT), str(log)]
+    env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
+    if token:
+        env[STANDIN_TOKEN_ENV] = token
+    return Background("webapp-standin", argv, env)
 
 
 def api_url() -> str:
@@ -292,33 +373,52 @@ def ensure_storage_blocks() -> list[str]:
 
 
 def ensure_webapp() -> str:
-    """Keep a saved web app block; without one, point at the local stand-in."""
+    """Keep a saved web app block; without one, point at the local stand-in (a random token).
+
+    A block that already points at the stand-in (a restart) starts it again with its token.
+    """
     from prefect.blocks.core import Block
     from prefect_cs.blocks.webapp import WebApp
 
     name = get_settings().webapp_block
     try:
-        return f"web app: {Block.load(name, _sync=True).base_url}"
+        block = Block.load(name, _sync=True)
     except ValueError:
-        pass
-    standin = webapp_standin()
-    standin.start()
-    url = f"http://127.0.0.1:{STANDIN_PORT}"
-    WebApp(base_url=url, token=STANDIN_TOKEN).save(
-        name.split("/", 1)[1], overwrite=True, _sync=True
-    )
-    return (
-        f"web app: local stand-in {url}, requests logged to {stack_dir() / 'webapp-requests.jsonl'}"
-    )
+        block = WebApp(base_url=STANDIN_URL, token=secrets.token_urlsafe(24))
+        block.save(name.split("/", 1)[1], overwrite=True, _sync=True)
+    if block.base_url.rstrip("/") != STANDIN_URL:
+        return f"web app: {block.base_url}"
+    webapp_standin(block.token.get_secret_value()).start()
+    log = stack_dir() / "webapp-requests.jsonl"
+    return f"web app: local stand-in {STANDIN_URL}, requests logged to {log}"
 
 
 def start_stack() -> list[str]:
+    with client_auth(api_auth_string()):
+        return _start_stack()
+
+
+@contextmanager
+def client_auth(auth: str) -> Iterator[None]:
+    """This process sends `auth` to the API, even if Prefect was imported before the file existed
+    (the first `stack start`): Prefect reads its settings once, at import."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+
+    os.environ[AUTH_ENV] = auth
+    with temporary_settings(updates={PREFECT_API_AUTH_STRING: auth}):
+        yield
+
+
+def _start_stack() -> list[str]:
     from prefect_cs.deployments.deploy import deploy_publish
     from prefect_cs.work_pools.pools import ensure_pool
 
     server = PrefectServer(api_url=api_url())
     server.start()
-    lines = [f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')})"]
+    lines = [
+        f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')}; it asks for a"
+        f" password: paste {auth_source()})"
+    ]
     register_blocks()
     lines += ensure_storage_blocks()
     lines.append(ensure_webapp())

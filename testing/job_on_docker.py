@@ -10,6 +10,7 @@ appears in the command line or a process listing.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -99,10 +100,14 @@ def docker_run_args(
 
 
 def backend_resolver(owner: str, title: str) -> SecretResolver:
-    """Resolve a model Secret's keys from the secrets backend (model scope first, then cluster)."""
+    """Resolve a model Secret's keys from the secrets backend (model scope first, then cluster),
+    and the API login's Secret from this machine's login (what the operator put in it)."""
+    from prefect_cs.deployments.kubernetes import api_credential_secrets
     from prefect_cs.security.secrets import model_secret_env
 
-    def resolve(_secret_name: str, key: str) -> str:
+    def resolve(secret_name: str, key: str) -> str:
+        if (secret_name, key) == api_credential_secrets()["PREFECT_API_AUTH_STRING"]:
+            return os.environ["PREFECT_API_AUTH_STRING"]
         return model_secret_env(owner, title, [key])[key]
 
     return resolve

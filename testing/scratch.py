@@ -30,4 +30,8 @@ def scratch_environment(prefix: str, **extra: str) -> Path:
         CS_HOME=str(work / "cs-home"),
         **extra,
     )
+    # The server requires a login, as the stack's does; this process and all it starts send it.
+    from prefect_cs.services.stack import api_auth_string
+
+    os.environ["PREFECT_API_AUTH_STRING"] = api_auth_string()
     return work

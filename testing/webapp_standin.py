@@ -1,20 +1,26 @@
 """A real HTTP server standing in for the web app: it records what it receives.
 
 The tests assert on its records; `stack start` runs one for a first try
-(`python -m prefect_cs.testing.webapp_standin PORT LOGFILE [TOKEN]`) when no
-web app is configured, and its log shows exactly what a real one would receive.
+(`WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE`)
+when no web app is configured, and its log shows exactly what a real one would
+receive. The token comes from the environment, never argv: any local user (and
+model code) can read a process's command line.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from dataclasses import dataclass
 
+from prefect_cs.services.stack import STANDIN_TOKEN_ENV
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
-__all__ = ["Recorded", "WebAppStub", "main"]
+__all__ = ["TOKEN_ENV", "Recorded", "WebAppStub", "main"]
+
+TOKEN_ENV = STANDIN_TOKEN_ENV  # set by services/stack.py, which starts it
 
 
 @dataclass
@@ -65,9 +71,15 @@ class WebAppStub(StandIn):
 
 
 def main() -> None:
-    """`python -m prefect_cs.testing.webapp_standin PORT LOGFILE [TOKEN]`: a local web app."""
+    """`WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE`."""
+    if len(sys.argv) != 3:
+        sys.exit(
+            "usage: WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE"
+        )
+    token = os.environ.get(TOKEN_ENV)
+    if not token:
+        sys.exit(f"set {TOKEN_ENV} to the token the web app block sends (never pass it on argv)")
     port, log = int(sys.argv[1]), sys.argv[2]
-    token = sys.argv[3] if len(sys.argv) > 3 else "local-demo-token"
     WebAppStub(token=token, log_path=log).start(port)
     threading.Event().wait()
 

@@ -75,6 +75,7 @@ def worker_like_env() -> dict[str, str]:
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/tmp"),
         "PREFECT_API_URL": os.environ["PREFECT_API_URL"],
+        "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"],
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": DB_URL,
         "PREFECT_API_KEY": "pnu_not-for-jobs-31",
@@ -182,6 +183,12 @@ def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
     text = json.dumps(job)
     assert SECRET_VALUE not in text and "db-password-77" not in text
     assert "pnu_not-for-jobs-31" not in text
+    # The worker holds the API login; the Job gets it by reference to the operator's Secret.
+    assert env["PREFECT_API_AUTH_STRING"] == {
+        "name": "PREFECT_API_AUTH_STRING",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-auth", "key": "auth-string"}},
+    }
+    assert os.environ["PREFECT_API_AUTH_STRING"] not in text
 
 
 def test_task_id_label_is_only_sent_to_kubernetes_pools(k8s_model):
@@ -251,6 +258,13 @@ def test_operator_manifests_are_valid(k8s_model):
         "name": "CS_SECRET_API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
     } in container["env"]
+    login = {
+        "name": "PREFECT_API_AUTH_STRING",
+        "valueFrom": {"secretKeyRef": {"name": "prefect-auth", "key": "auth-string"}},
+    }
+    for deployment in (watcher, inputs):
+        assert login in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(manifests)
     assert SECRET_VALUE not in json.dumps(inputs)
     role = next(m for m in by_kind["Role"])
     verbs = {r["resources"][0]: set(r["verbs"]) for r in role["rules"]}
@@ -311,7 +325,10 @@ def test_container_spec_becomes_a_docker_run(rendered):
         return SECRET_VALUE
 
     argv, env = docker_run_args(job, resolve, name="sim")
-    assert resolved == [("cs-model-tests-k8s-demo", "API_TOKEN")]
+    assert sorted(resolved) == [
+        ("cs-model-tests-k8s-demo", "API_TOKEN"),
+        ("prefect-auth", "auth-string"),
+    ]
     assert argv[:5] == ["docker", "run", "--rm", "--name", "sim"]
     assert argv[argv.index("--cpus") + 1] == "2"
     assert argv[argv.index("--memory") + 1] == str(5120 * 1024 * 1024)
@@ -520,7 +537,7 @@ def job_process(flow_run_id, log: Path) -> subprocess.Popen:
 
     container = container_of(render(flow_run_id))
     env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))
-    assert secret_names == {"CS_SECRET_API_TOKEN"}
+    assert secret_names == {"CS_SECRET_API_TOKEN", "PREFECT_API_AUTH_STRING"}
     env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
     env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
     argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]

@@ -57,6 +57,7 @@ def render_job(flow_run_id) -> dict:
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", "/tmp"),
         "PREFECT_API_URL": os.environ["PREFECT_API_URL"],
+        "PREFECT_API_AUTH_STRING": os.environ["PREFECT_API_AUTH_STRING"],
         "PREFECT_HOME": os.environ["PREFECT_HOME"],
     }
     done = subprocess.run(
@@ -112,10 +113,12 @@ def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_ho
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker:")
     refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-    assert [(e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs] == [
-        ("CS_SECRET_DEMO_TOKEN", "DEMO_TOKEN")
+    assert sorted((e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs) == [
+        ("CS_SECRET_DEMO_TOKEN", "DEMO_TOKEN"),
+        ("PREFECT_API_AUTH_STRING", "auth-string"),
     ]
     assert SECRET_VALUE not in json.dumps(job)
+    assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(job)
 
     name = f"cs-job-{task_id[:8]}"
     argv, env = docker_run_args(job, backend_resolver(OWNER, TITLE), name=name)

@@ -13,13 +13,42 @@ import pytest
 from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack import process_worker
 
+# What an operator's shell may hold when it starts the stack: none of it may reach a worker or a job.
+PLANTED = {
+    "AWS_SECRET_ACCESS_KEY": "planted-aws-secret",
+    "SSH_AUTH_SOCK": "/tmp/planted-ssh-agent.sock",
+    "PREFECT_API_KEY": "planted-prefect-api-key",
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////tmp/planted-nowhere.db",
+    "CS_WEBAPP_TOKEN": "planted-cs-webapp-token",
+    "CS_REDIS_ADMIN_PASSWORD": "planted-redis-admin",
+}
+
 
 @pytest.fixture(scope="module")
 def worker(platform):
-    bg = process_worker()
-    bg.start()
+    """The process worker, started from an environment holding the planted variables."""
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in PLANTED.items():
+            env.setenv(name, value)
+        bg = process_worker()
+        bg.start()
     yield bg
     bg.stop()
+
+
+def environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def command_lines() -> dict[int, bytes]:
+    lines = {}
+    for path in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            lines[int(path.parent.name)] = path.read_bytes()
+        except OSError:
+            continue
+    return lines
 
 
 def test_deployment_run_on_process_worker(misbehaving, webapp, worker):
@@ -37,11 +66,37 @@ def test_deployment_run_on_process_worker(misbehaving, webapp, worker):
     assert len(puts) == 1 and puts[0]["status"] == "SUCCESS"
 
 
-def test_worker_passes_no_database_url_to_jobs(worker):
-    env = worker.env
-    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
-    assert not any(k in env for k in ("PREFECT_API_KEY", "CS_WEBAPP_TOKEN"))
+def test_worker_gets_the_login_and_nothing_planted(worker):
+    env = environ(worker.pid())
+    assert env["PREFECT_API_AUTH_STRING"] == os.environ["PREFECT_API_AUTH_STRING"]
+    assert not set(PLANTED) & set(env), f"worker got {sorted(set(PLANTED) & set(env))}"
     assert json.dumps(env).count("PREFECT_API_URL") == 1
+
+
+def test_job_gets_the_login_and_nothing_planted(misbehaving, webapp, worker):
+    """A flow run's process holds the API login (it reports its states) and none of the planted
+    variables; neither the login nor the web app token is on any process's command line."""
+    task_id = str(uuid.uuid4())
+    run = submit_simulation(
+        "tests",
+        "Misbehaving",
+        {},
+        {"control": {"behavior": [{"value": "hang"}]}},
+        task_id=task_id,
+        wait_seconds=0,
+    )
+    pid = wait_for_flow_process(run.id)
+    try:
+        env = environ(pid)
+        lines = command_lines()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert env["PREFECT_API_AUTH_STRING"] == os.environ["PREFECT_API_AUTH_STRING"]
+    assert not set(PLANTED) & set(env), f"job got {sorted(set(PLANTED) & set(env))}"
+    assert b"prefect" in lines[pid] and b"worker" in lines[worker.pid()], "the scan reads them"
+    for secret in (os.environ["PREFECT_API_AUTH_STRING"], webapp.token):
+        leaks = [p for p, line in lines.items() if secret.encode() in line]
+        assert not leaks, f"a secret is on the command line of pids {leaks}"
 
 
 def flow_process(flow_run_id) -> int | None:
@@ -54,6 +109,14 @@ def flow_process(flow_run_id) -> int | None:
         except OSError:
             continue
     return None
+
+
+def wait_for_flow_process(flow_run_id, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    while (pid := flow_process(flow_run_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert pid is not None, "the worker never started the flow run"
+    return pid
 
 
 def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, worker):
@@ -71,9 +134,7 @@ def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, wor
         wait_seconds=0,
     )
     deadline = time.monotonic() + 60
-    while (pid := flow_process(run.id)) is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert pid is not None, "the worker never started the flow run"
+    pid = wait_for_flow_process(run.id)
     time.sleep(1.5)
     os.kill(pid, signal.SIGKILL)
     with get_client(sync_client=True) as client:
