@@ -456,4 +456,5 @@ def container_volumes() -> list[str]:
         folders.append(Path(storage.basepath))
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)  # the flow (root) writes there; the model's uid may not even list it
     return [f"{folder}:{folder}" for folder in folders]

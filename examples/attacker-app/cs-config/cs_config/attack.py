@@ -122,12 +122,17 @@ def _own(path: str) -> bool:
     return any(mine.startswith(path.rstrip("/") + "/") for mine in (sys.prefix, os.getcwd()))
 
 
+def _theirs(path: str) -> bool:
+    """An entry worth reporting: readable, and not a folder on the way to the model's own."""
+    return os.access(path, os.R_OK) and not _own(path)
+
+
 def _read_any(paths: list[str]) -> list[str]:
     got = []
     for path in paths:
         try:
             if os.path.isdir(path):
-                entries = [e for e in os.listdir(path) if not _own(os.path.join(path, e))]
+                entries = [e for e in os.listdir(path) if _theirs(os.path.join(path, e))]
                 if entries:
                     got.append(f"{path}: {sorted(entries)[:5]}")
             else:
