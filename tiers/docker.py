@@ -186,15 +186,30 @@ def docker_cli() -> str:
     return path
 
 
+CONFINED = [
+    *("--user", f"{MODEL_UID}:{MODEL_UID}", "--read-only", "--tmpfs", "/tmp", "-e", "HOME=/tmp"),
+    *("--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
+]
+"""`docker run` options for the model's own code at publish (its tests): its uid, no
+capabilities, a read-only image with a scratch /tmp, and (for every run here) no network."""
+
+
 def run_in_image(
-    name: str, image: str, argv: list[str], logger: Logger, timeout: float, hint: str = ""
+    name: str,
+    image: str,
+    argv: list[str],
+    logger: Logger,
+    timeout: float,
+    hint: str = "",
+    confined: bool = False,
 ) -> str:
     """`docker run --rm` with its output streamed; the container is removed even on a timeout."""
     container = f"cs-{name}-{uuid.uuid4().hex[:10]}"
+    options = ["--rm", "--name", container, "--network", "none", *(CONFINED if confined else [])]
     try:
         return run_step(
             name,
-            [docker_cli(), "run", "--rm", "--name", container, "--network", "none", image, *argv],
+            [docker_cli(), "run", *options, image, *argv],
             logger,
             timeout=timeout,
             hint=hint,
@@ -306,6 +321,7 @@ class DockerTier(Tier):
             logger,
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new image; nothing was pushed and the previous tag keeps serving.",
+            confined=True,
         )
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
