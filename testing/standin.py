@@ -71,7 +71,7 @@ class StandIn:
 
     def start(self, port: int = 0) -> Self:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler_for(self))
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     @property
