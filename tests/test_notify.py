@@ -20,8 +20,9 @@ DOWN = "http://127.0.0.1:9"  # nothing listens on the discard port
 
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("CS_HOME", str(tmp_path))
-    return tmp_path
+    """A CS_HOME that does not exist yet: keeping a result creates what it needs."""
+    monkeypatch.setenv("CS_HOME", str(tmp_path / "new" / "home"))
+    return tmp_path / "new" / "home"
 
 
 @pytest.fixture

@@ -245,3 +245,32 @@ def test_binary_outputs_must_be_valid_base64(media_type):
     ]:
         with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] \\('b'\\).*{said}"):
             validate_outputs(one({**good, "data": data}))
+
+
+def test_missing_keys_and_bokeh_data_are_named():
+    for key in ("media_type", "title", "data"):
+        output = {"media_type": "Text", "title": "t", "data": "d"}
+        del output[key]
+        with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] .*has no '{key}'"):
+            validate_outputs(one(output))
+    plot = {"media_type": "bokeh", "title": "plot", "data": {"doc": []}}
+    assert validate_outputs(one(plot)) == one(plot)
+    assert validate_outputs(one({**plot, "data": [1]}))
+    with pytest.raises(MalformedOutputs, match="is bokeh but its data is not a JSON object"):
+        validate_outputs(one({**plot, "data": "not json"}))
+
+
+def test_bokeh_member_is_strict_json():
+    plot = {"media_type": "bokeh", "title": "plot", "data": {"y": [1.0, float("nan")]}}
+    _, zips = build_zips("tid", {"renderable": [plot], "downloadable": []})
+    with zipfile.ZipFile(io.BytesIO(zips["tid_renderable.zip"])) as archive:
+        assert archive.read("plot.json") == b'{"y": [1.0, null]}'
+
+
+def test_long_names_use_the_whole_budget_and_cap_errors_quote_80_characters(monkeypatch):
+    (name,) = member_names([{"title": "x" * 300, "media_type": "Text"}])
+    assert len(name.encode()) == 200 and name.endswith(".txt")
+    monkeypatch.setenv("CS_LIMITS_OUTPUT_BYTES", "1")
+    with pytest.raises(MalformedOutputs) as raised:
+        validate_outputs(one({"media_type": "Text", "title": "t" * 100, "data": "xx"}))
+    assert repr("t" * 80) in str(raised.value)

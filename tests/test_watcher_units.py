@@ -74,7 +74,12 @@ class FakeClient:
 @pytest.fixture
 def client(monkeypatch):
     fake = FakeClient()
-    monkeypatch.setattr(lost_runs, "get_client", lambda sync_client: contextlib.nullcontext(fake))
+
+    def get_client(sync_client: bool = False):
+        assert sync_client, "the watcher's calls are synchronous"
+        return contextlib.nullcontext(fake)
+
+    monkeypatch.setattr(lost_runs, "get_client", get_client)
     monkeypatch.setattr(lost_runs, "scrub", lambda run, payload: payload)
     return fake
 
@@ -97,7 +102,8 @@ def notify_task(state) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("final", [Failed, Cancelled])
-def test_a_run_that_never_notified_is_reported_exactly_once(client, sent, final):
+def test_a_run_that_never_notified_is_reported_exactly_once(client, sent, final, caplog):
+    caplog.set_level("INFO", logger="prefect_cs.lost_runs")
     run = client.add(final(message="stopped"))
     client.logs[run.id] = ["pod evicted", "pod evicted", "node gone"]
     (report,) = scan_once(pending_timeout=3600)
@@ -113,6 +119,7 @@ def test_a_run_that_never_notified_is_reported_exactly_once(client, sent, final)
         f"The simulation's job ended without a result ({final().name}: stopped).\npod evicted\nnode gone"
     )
     assert REPORTED_TAG in run.tags and SIMULATE_TAG in run.tags
+    assert f"reported flow run {run.id}" in caplog.text  # the operator's record of it
     assert scan_once(pending_timeout=3600) == [] and len(sent) == 1  # the second pass sends nothing
     assert client.states == []  # a finished run's state is left alone
 
