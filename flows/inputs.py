@@ -67,6 +67,19 @@ def failed(exc: Exception) -> dict[str, Any]:
     return {"status": "FAIL", "traceback": cut_traceback(reason), "meta": {"task_times": [0.0]}}
 
 
+def checked(function: str, result: Any, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The model's answer if it has the contract's shape; else a ValueError saying what is wrong
+    (a string or a dict without these keys would otherwise reach the web app as a SUCCESS)."""
+    if not isinstance(result, dict):
+        raise ValueError(
+            f"{function} must return a dict with {list(keys)}, got {type(result).__name__}"
+        )
+    missing = [key for key in keys if key not in result]
+    if missing:
+        raise ValueError(f"{function} returned a dict without {missing}: it needs {list(keys)}")
+    return result
+
+
 def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list[Any]):
     """The call on the model's warm process, restarted first if what it was started with
     (environment and secrets, memory, network) has changed since."""
@@ -122,6 +135,8 @@ def defaults_task(
     try:
         model, entry = _resolve(owner, title, tag)
         call = warm_call(model, entry, "get_inputs", [meta_param_dict])
+        if call.ok:
+            checked("get_inputs", call.result, ("meta_parameters", "model_parameters"))
         result = sendable(scrubber_for(model)(answer(call)))
     except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a failed task
         return failed(exc)
@@ -169,14 +184,14 @@ def parse_payload(
             "meta": {"task_times": [0.0]},
         }
     else:
-        template = {
-            section: {"errors": {}, "warnings": {}} for section in inputs.result["model_parameters"]
-        }
+        sections = checked("get_inputs", inputs.result, ("model_parameters",))["model_parameters"]
+        template = {section: {"errors": {}, "warnings": {}} for section in sections}
         call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, template])
-        payload = {"task_id": task_id, "meta": {"task_times": [call.seconds]}, "version": "v1"}
+        payload = {"task_id": task_id, "meta": {"task_times": [call.seconds]}}
         if call.ok:
-            payload.update(status="SUCCESS", outputs=call.result)
-        else:
+            outputs = checked("validate_inputs", call.result, ("errors_warnings",))
+            payload.update(status="SUCCESS", outputs=outputs, version="v1")
+        else:  # on FAIL the web app reads task_id, status, meta and traceback only
             payload.update(status="FAIL", traceback=cut_traceback(call.error or ""))
     return sendable(scrubber_for(model)(payload))
 

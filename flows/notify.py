@@ -32,14 +32,18 @@ def load_webapp() -> WebApp:
 
 
 def sendable(payload: dict[str, Any]) -> dict[str, Any]:
-    """Strict JSON; what was replaced is said in the traceback of a FAIL, in meta["replaced"] otherwise."""
+    """Strict JSON; what was replaced is said in the traceback of a FAIL, in meta["replaced"] otherwise.
+
+    A FAIL's traceback is cut to what the web app stores and is never empty (the web app
+    refuses an empty one), whichever path built the payload.
+    """
     safe, notes = json_safe(payload)
-    if not notes:
-        return safe
-    note = "replaced before sending (not valid JSON): " + "; ".join(notes)
     if safe.get("status") == "FAIL":
-        safe["traceback"] = cut_traceback(f"{safe.get('traceback') or ''}\n({note})")
-    else:
+        traceback = str(safe.get("traceback") or "")
+        if notes:
+            traceback += "\n(replaced before sending (not valid JSON): " + "; ".join(notes) + ")"
+        safe["traceback"] = cut_traceback(traceback)
+    elif notes:
         meta = safe["meta"] if isinstance(safe.get("meta"), dict) else {}
         safe["meta"] = {**meta, "replaced": notes}
     return safe
@@ -110,5 +114,8 @@ def resend_undelivered() -> list[tuple[Path, str]]:
 
 
 def cut_traceback(text: str) -> str:
-    """The web app keeps 8,000 characters: keep the end, where the error is."""
+    """The web app keeps 8,000 characters: keep the end, where the error is. Never empty:
+    the web app refuses an empty traceback, and the user would be told nothing."""
+    if not text.strip():
+        return "(no traceback: the failure gave no message; the flow run's logs may say more)"
     return text if len(text) <= TRACEBACK_LIMIT else "…" + text[-(TRACEBACK_LIMIT - 1) :]

@@ -30,6 +30,7 @@ class Recorded:
     headers: dict[str, str]
     body: Any
     received: float = field(default_factory=time.monotonic)
+    status: int | None = None  # what the stand-in answered; None while it is being answered
 
     @property
     def route(self) -> str:
@@ -56,7 +57,8 @@ class StandIn:
 
     `start(port=0)` picks a free port and returns the stand-in, `url` is its
     base URL, `stop()` shuts it down, `requests` holds every request received
-    (recorded before it is answered, through `record`, which subclasses may extend).
+    (recorded before it is answered, through `record`, which subclasses may extend;
+    each record's `status` is what it was answered).
     """
 
     requests: list[Recorded] = field(default_factory=list, kw_only=True)
@@ -69,7 +71,7 @@ class StandIn:
 
     def start(self, port: int = 0) -> Self:
         self.server = ThreadingHTTPServer(("127.0.0.1", port), handler_for(self))
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     @property
@@ -103,6 +105,7 @@ def handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             request = Recorded(self.command, self.path, dict(self.headers), parse_body(raw))
             standin.record(request)
             status, body = standin.answer(request)
+            request.status = status  # set before the reply leaves: a client that has it sees it
             data = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

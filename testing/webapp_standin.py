@@ -59,9 +59,22 @@ class WebAppStub(StandIn):
             if isinstance(r.body, dict) and r.body.get("task_id") == task_id
         ]
 
-    def accepted(self, path: str) -> list[Recorded]:
-        """The PUTs to `path` (accepted or not: `fail_next` and a wrong token still record)."""
+    def received(self, path: str) -> list[Recorded]:
+        """Every PUT to `path`, whatever it was answered (`fail_next`'s 503s, a wrong token's 401s)."""
         return [r for r in list(self.requests) if r.method == "PUT" and r.path == path]
+
+    def accepted(self, path: str) -> list[Recorded]:
+        """The PUTs to `path` answered 2xx: what a real web app would have stored."""
+        return [r for r in self.received(path) if r.status is not None and 200 <= r.status < 300]
+
+    def only_put(self, task_id: str, path: str = "/outputs/api/") -> dict:
+        """The body of the one PUT about `task_id` to `path`: sent exactly once, and accepted."""
+        puts = [r for r in self.about(task_id) if r.method == "PUT" and r.path == path]
+        if len(puts) != 1:
+            raise AssertionError(f"expected exactly one PUT {path} for {task_id}, got {len(puts)}")
+        if puts[0].status != 200:
+            raise AssertionError(f"the PUT {path} for {task_id} was answered {puts[0].status}")
+        return puts[0].body
 
     def wait_for(self, path: str, count: int = 1, timeout: float = 60) -> list[Recorded]:
         found = self.wait_until(lambda: self.accepted(path), count, timeout)

@@ -2,8 +2,8 @@
 made with debootstrap, a real `prefect worker start --type docker`, the web app stand-in.
 
 Publish builds, tests and pushes an image; simulations run in containers the
-worker starts and removes. The tests are ordered: the re-publish and the
-failing publish come last because they move the model's promoted tag.
+worker starts and removes. The re-publish comes last because it moves the
+model's promoted tag; each test still stands alone (`-k` runs any one of them).
 """
 
 from __future__ import annotations
@@ -361,7 +361,7 @@ def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
     deploy_model(model, entry)
     task_id, run = simulate_on_worker("ok", title="Ghost-Docker")
     assert run.state.is_crashed(), run.state
-    assert not [r for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]
+    assert not [r for r in webapp.received("/outputs/api/") if r.body["task_id"] == task_id]
     reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
     assert [r["task_id"] for r in reports] == [task_id]
     body = only_put(webapp, task_id)
@@ -385,7 +385,15 @@ def test_code_only_republish_reuses_dependency_layer(docker_repo):
     assert deployment().job_variables["image"] == v2
 
 
-def test_failing_model_tests_stop_publish(docker_repo, worker, webapp):
+@pytest.fixture
+def serving(docker_repo) -> tuple[str, str]:
+    """(promoted tag, deployment image) before the test: v1 alone, or v2 after the re-publish,
+    so the failing publish checks "the previous tag keeps serving" whatever ran before it."""
+    model = ModelConfig.for_model(OWNER, TITLE)
+    return model.latest_tag, deployment().job_variables["image"]
+
+
+def test_failing_model_tests_stop_publish(docker_repo, worker, webapp, serving):
     def break_tests(repo: Path) -> None:
         tests = repo / "cs-config" / "cs_config" / "tests" / "test_functions.py"
         tests.write_text(
@@ -402,8 +410,7 @@ def test_failing_model_tests_stop_publish(docker_repo, worker, webapp):
     assert any(m.startswith("[model-tests]") and "broken on purpose" in m for m in logs)
     assert "v3" not in registry_tags(REPOSITORY)
     model = ModelConfig.for_model(OWNER, TITLE)
-    assert model.latest_tag == "v2"
-    assert deployment().job_variables["image"].endswith(":v2")
+    assert (model.latest_tag, deployment().job_variables["image"]) == serving
     assert build_tags(image_repository(REGISTRY, model)) == []
     task_id, run = simulate_on_worker("ok")
     assert run.state.is_completed(), run.state.message

@@ -30,9 +30,7 @@ def run(adjustment: dict, task_id: str | None = None):
 
 
 def only_put(webapp, task_id: str, path: str = "/outputs/api/") -> dict:
-    puts = [r for r in webapp.accepted(path) if r.body.get("task_id") == task_id]
-    assert len(puts) == 1, f"expected exactly one PUT {path} for {task_id}, got {len(puts)}"
-    return puts[0].body
+    return webapp.only_put(task_id, path)
 
 
 def nothing_kept(cs_home, task_id: str) -> bool:
@@ -191,8 +189,9 @@ def test_watcher_leaves_a_failed_run_that_notified_itself(misbehaving, webapp):
         task_id, state = run(behave("raise"))
     assert state.is_failed()
     reports = scan_once(pending_timeout=3600, only=[state.state_details.flow_run_id])
-    assert reports and reports[0].get("status") is None  # only tagged
-    assert only_put(webapp, task_id)["status"] == "FAIL"
+    assert reports and reports[0].get("status") is None  # only tagged: already_notified
+    assert scan_once(pending_timeout=3600, only=[state.state_details.flow_run_id]) == []
+    assert only_put(webapp, task_id)["status"] == "FAIL"  # the flow's own, after two scans
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -245,3 +244,53 @@ def test_unknown_tag_in_parse_is_a_fail_put(misbehaving, task_worker, webapp):
     answer = inputs._run(inputs.parse_task, "tests", "Misbehaving", task_id, {}, {}, "v999")
     assert answer["status"] == "FAIL"
     assert "v999" in only_put(webapp, task_id, "/inputs/api/")["traceback"]
+
+
+# ---- what the model answers, delivered as exactly one FAIL ---------------------------------
+
+
+@pytest.fixture
+def model_answers(misbehaving, monkeypatch):
+    """The model's run answers `call` (set it): the flow's checks of an answer, without a child."""
+    from prefect_cs.flows import simulate as module
+    from prefect_cs.flows.runtime.model_process import ModelCall
+
+    answer = {"call": ModelCall(ok=True)}
+    monkeypatch.setattr(module, "run_model_task", lambda *args, **kwargs: answer["call"])
+    return answer
+
+
+def test_invalid_base64_is_one_fail_naming_the_output(model_answers, webapp, cs_home):
+    from prefect_cs.flows.runtime.model_process import ModelCall
+
+    chart = {"media_type": "PNG", "title": "chart", "data": "not base64!"}
+    result = {"renderable": [chart], "downloadable": []}
+    model_answers["call"] = ModelCall(ok=True, result=result, seconds=0.1, version="1")
+    task_id, state = run(behave("ok"))
+    assert state.is_failed()
+    body = only_put(webapp, task_id)
+    assert set(body) == FAIL_KEYS and body["status"] == "FAIL"
+    assert "renderable[0] ('chart') is PNG but not valid base64" in body["traceback"]
+    assert not list((cs_home / "outputs").glob(f"{task_id}_*"))
+    assert nothing_kept(cs_home, task_id)
+
+
+def test_huge_traceback_is_cut_keeping_its_end(model_answers, webapp):
+    from prefect_cs.flows.runtime.model_process import ModelCall
+
+    error = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: the end"
+    model_answers["call"] = ModelCall(ok=False, error=error, seconds=0.1)
+    task_id, state = run(behave("ok"))
+    assert state.is_failed()
+    traceback = only_put(webapp, task_id)["traceback"]
+    assert len(traceback) == 8000 and traceback.endswith("ValueError: the end")
+
+
+@pytest.mark.parametrize("error", ["", None])
+def test_fail_traceback_is_never_empty(model_answers, webapp, error):
+    from prefect_cs.flows.runtime.model_process import ModelCall
+
+    model_answers["call"] = ModelCall(ok=False, error=error)
+    task_id, state = run(behave("ok"))
+    assert state.is_failed()
+    assert only_put(webapp, task_id)["traceback"].strip()

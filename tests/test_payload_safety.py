@@ -13,7 +13,8 @@ from prefect_cs.core.jsonsafe import json_safe
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.outputs import build_zips, member_names, safe_member, validate_outputs
 from prefect_cs.security.scrubber import Scrubber
-from prefect_cs.testing.model_code import functions_runner, model_python, script_runner
+from prefect_cs.testing.model_code import model_python, script_runner
+from prefect_cs.testing.warm_models import warm_model
 
 
 def deep(depth: int, leaf: object) -> dict:
@@ -72,6 +73,23 @@ def test_scrubber_keeps_shapes_and_masks_keys_and_escaped_forms():
     data = {'p"w\\d': ("a", {'x p"w\\d'}), "j": json.dumps({"v": 'p"w\\d'}), "n": 1.0}
     assert scrub(data) == {"***": ("a", {"x ***"}), "j": '{"v": "***"}', "n": 1.0}
     assert Scrubber([])(data) is data
+
+
+@pytest.mark.parametrize("secret", ['pw"1', "pw\\1", "p\u00e4ss", 'a"b\\c\n'])
+def test_scrubber_masks_a_secret_inside_serialized_json(secret):
+    """A model's output or message may hold JSON it serialized itself: the secret is escaped there."""
+    scrub = Scrubber([secret])
+    document = json.dumps({"token": secret, "list": [f"x{secret}y"]})
+    assert secret not in document  # only the escaped form is in it
+    masked = scrub({"csv": document, "raw": f"t={secret}"})
+    assert json.loads(masked["csv"]) == {"token": "***", "list": ["x***y"]}
+    assert masked["raw"] == "t=***"
+
+
+def test_scrubber_masks_the_longest_secret_first():
+    scrub = Scrubber(["abc", "abcdef", ""])
+    assert scrub("xabcdefx abc") == "x***x ***"
+    assert scrub(["abcdef", ("abc",)]) == ["***", ("***",)]
 
 
 # ---- zip member names ---------------------------------------------------------------------
@@ -180,13 +198,6 @@ def test_grandchild_holding_stdout_does_not_hold_the_call(tmp_path):
     assert call.ok
 
 
-def warm_model(tmp_path, functions: str):
-    """A warm model whose cs_config.functions is `functions`, run by the platform's child.py."""
-    from prefect_cs.flows.runtime.warm import WarmModel
-
-    return WarmModel(model_python(), functions_runner(functions))
-
-
 def test_light_answer_over_the_cap_names_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("CS_LIMITS_LIGHT_ANSWER_BYTES", "100000")
     warm = warm_model(tmp_path, "def get_version():\n    return 'v' * 200_000\n")
@@ -210,3 +221,53 @@ def test_light_answer_reading_stops_at_the_cap(tmp_path, monkeypatch):
         assert not call.ok and "CS_LIMITS_LIGHT_ANSWER_BYTES" in (call.error or "")
     finally:
         warm.stop()
+
+
+# ---- output validation --------------------------------------------------------------------
+
+
+def one(output: dict) -> dict:
+    return {"renderable": [], "downloadable": [output]}
+
+
+@pytest.mark.parametrize("media_type", ["PNG", "JPEG", "MP3", "MP4", "HDF5", "PDF"])
+def test_binary_outputs_must_be_valid_base64(media_type):
+    good = {"media_type": media_type, "title": "b", "data": "aGVsbG8="}
+    assert validate_outputs(one(good)) == one(good)
+    for data, said in [
+        ("aGVsbG8", "not valid base64"),  # padding
+        ("aGVs bG8=", "not valid base64"),  # a character outside the alphabet
+        (b"hello", "must be a base64 string"),
+        (None, "must be a base64 string"),
+    ]:
+        with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] \\('b'\\).*{said}"):
+            validate_outputs(one({**good, "data": data}))
+
+
+def test_missing_keys_and_bokeh_data_are_named():
+    for key in ("media_type", "title", "data"):
+        output = {"media_type": "Text", "title": "t", "data": "d"}
+        del output[key]
+        with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] .*has no '{key}'"):
+            validate_outputs(one(output))
+    plot = {"media_type": "bokeh", "title": "plot", "data": {"doc": []}}
+    assert validate_outputs(one(plot)) == one(plot)
+    assert validate_outputs(one({**plot, "data": [1]}))
+    with pytest.raises(MalformedOutputs, match="is bokeh but its data is not a JSON object"):
+        validate_outputs(one({**plot, "data": "not json"}))
+
+
+def test_bokeh_member_is_strict_json():
+    plot = {"media_type": "bokeh", "title": "plot", "data": {"y": [1.0, float("nan")]}}
+    _, zips = build_zips("tid", {"renderable": [plot], "downloadable": []})
+    with zipfile.ZipFile(io.BytesIO(zips["tid_renderable.zip"])) as archive:
+        assert archive.read("plot.json") == b'{"y": [1.0, null]}'
+
+
+def test_long_names_use_the_whole_budget_and_cap_errors_quote_80_characters(monkeypatch):
+    (name,) = member_names([{"title": "x" * 300, "media_type": "Text"}])
+    assert len(name.encode()) == 200 and name.endswith(".txt")
+    monkeypatch.setenv("CS_LIMITS_OUTPUT_BYTES", "1")
+    with pytest.raises(MalformedOutputs) as raised:
+        validate_outputs(one({"media_type": "Text", "title": "t" * 100, "data": "xx"}))
+    assert repr("t" * 80) in str(raised.value)
