@@ -141,7 +141,7 @@ def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, wor
         while not client.read_flow_run(run.id).state.is_final() and time.monotonic() < deadline:
             time.sleep(0.3)
         assert client.read_flow_run(run.id).state.is_crashed()
-    assert not [r for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]
+    assert not [r for r in webapp.received("/outputs/api/") if r.body["task_id"] == task_id]
     reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
     assert [r["task_id"] for r in reports] == [task_id]
     (body,) = [r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]
