@@ -359,3 +359,42 @@ def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
         stub.stop()
     assert out.returncode == 0, out.stderr
     assert ModelConfig.for_model("synced", title).memory == "6Gi"
+
+
+# ---- payloads the real web app accepts (issue 11, Deliver 2) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("reported", "published", "sent"),
+    [
+        (None, "0.3.0", "0.3.0"),  # get_version raised at run time: the version publish recorded
+        (None, None, "unknown"),  # nothing known: a placeholder, never null (null → 400)
+        ("  ", None, "unknown"),
+        ("1.2.3", "0.3.0", "1.2.3"),
+    ],
+)
+def test_model_version_is_never_null(reported, published, sent):
+    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.flows.simulate import success_payload
+
+    call = ModelCall(ok=True, result={}, seconds=1.0, version=reported)
+    assert success_payload(str(uuid.uuid4()), call, {}, published)["model_version"] == sent
+
+
+def test_model_version_is_at_most_50_characters():
+    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.flows.simulate import success_payload
+
+    call = ModelCall(ok=True, result={}, version="1.0.0+" + "g" * 80)
+    sent = success_payload(str(uuid.uuid4()), call, {})["model_version"]
+    assert len(sent) == 50 and sent.startswith("1.0.0+ggg")
+
+
+@pytest.mark.parametrize("reason", ["", "   \n", "x" * 20_000], ids=["empty", "blank", "long"])
+def test_fail_traceback_is_never_empty_and_at_most_8000(reason):
+    from prefect_cs.flows.simulate import fail_payload
+
+    sent = fail_payload(str(uuid.uuid4()), reason, 2.5)["traceback"]
+    assert sent.strip() and len(sent) <= 8000
+    if reason.strip():
+        assert sent.endswith("x" * 100)  # the end, where the error is, is kept
