@@ -408,6 +408,7 @@ def serve(host: str, port: int, auth: bool = True) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prefect API call
     app = create_app(auth=auth)
     if not auth:
         logger.warning(NO_AUTH_WARNING)
