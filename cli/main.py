@@ -18,6 +18,7 @@ except CSError as exc:  # e.g. a login file others can read: one line naming the
     sys.exit(f"error: {exc}")
 
 from prefect_cs.cli._utilities import CSTyper  # noqa: E402
+from prefect_cs.cli.api import api_app, sync_cmd  # noqa: E402
 from prefect_cs.cli.docker import docker_app  # noqa: E402
 from prefect_cs.cli.inputs import inputs_app  # noqa: E402
 from prefect_cs.cli.k8s import k8s_app  # noqa: E402
@@ -50,6 +51,8 @@ app.add_typer(secrets_app, name="secrets")  # the cluster's secrets …
 models_app.add_typer(secrets_app, name="secrets")  # … and one model's: `models -n OWNER/TITLE`
 app.add_typer(redis_app, name="redis")
 app.add_typer(webhook_app, name="webhook")
+app.add_typer(api_app, name="api")
+models_app.command("sync")(sync_cmd)  # the web app's projects list → the registry (cli/api.py)
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(docker_app, name="docker")
 

@@ -102,7 +102,8 @@ RESERVED_NAMES = frozenset(
     " CURL_CA_BUNDLE HTTP_PROXY HTTPS_PROXY NO_PROXY ALL_PROXY FTP_PROXY MPLBACKEND"
     " PERL5LIB PERLLIB RUBYLIB NODE_OPTIONS NODE_PATH JAVA_TOOL_OPTIONS".split()
 )
-PLATFORM_SECRETS = frozenset({"GITHUB_WEBHOOK_SECRET"})  # cluster secrets the platform reads itself
+# cluster secrets the platform reads itself (the webhook key, the cluster API token)
+PLATFORM_SECRETS = frozenset({"GITHUB_WEBHOOK_SECRET", "CLUSTER_API_TOKEN"})
 SECRET_NAME_RULE = "letters, digits, '_' and '-' only (1 to 64 characters)"
 RESERVED_RULE = (
     "secret names may not be platform variables: PREFECT_*, CS_*, LD_*, PYTHON*, PIP_*, UV_*,"

@@ -169,6 +169,24 @@ class WebhookSettings(BaseSettings):
     )
 
 
+class ApiSettings(BaseSettings):
+    """The cluster API the web app calls (prefix `CS_API_`): where it listens, its caps, its key."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_API_", extra="ignore")
+
+    host: str = Field(
+        default="127.0.0.1", description="Interface `prefect-cs api serve` listens on."
+    )
+    port: int = Field(default=8790, gt=0, lt=65536, description="Its port (`stack start` too).")
+    secret_name: str = Field(
+        default="CLUSTER_API_TOKEN",
+        description="Cluster secret holding the bearer token the web app sends.",
+    )
+    max_body_bytes: int = Field(
+        default=4 * 1024 * 1024, gt=0, description="Largest request body; larger ones get 413."
+    )
+
+
 class CSSettings(BaseSettings):
     """The root of the tree (prefix `CS_`): home, tier, blocks, pools, images, per-job switches."""
 
@@ -235,6 +253,7 @@ class CSSettings(BaseSettings):
     secrets: SecretsSettings = Field(default_factory=SecretsSettings)
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property
     def envs_dir(self) -> Path:

@@ -27,6 +27,8 @@ def submit_simulation(
     """Create a flow run of `simulate/<owner>-<title>`; wait up to `wait_seconds` for it to finish.
 
     With Redis configured the inputs go to `job-<task id>` and the run gets only the task id.
+    The task id is the run's idempotency key: submitting the same id again (a web app's
+    retried POST) returns the run made the first time instead of creating a second one.
     """
     task_id = check_task_id(task_id) if task_id is not None else str(uuid.uuid4())
     model = ModelConfig.for_model(owner, title)
@@ -50,4 +52,5 @@ def submit_simulation(
         timeout=wait_seconds,
         poll_interval=poll_interval,
         tags=[f"task:{parameters['task_id']}"],
+        idempotency_key=f"task:{parameters['task_id']}",
     )

@@ -19,8 +19,9 @@ from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import check_task_id
-from prefect_cs.flows.notify import OUTPUTS_PATH, cut_traceback, deliver, sendable
+from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
+from prefect_cs.flows.payload_rules import fail_traceback, model_version
 from prefect_cs.flows.runtime.environment import (
     memory_rlimit_mib,
     model_env,
@@ -33,11 +34,13 @@ from prefect_cs.flows.storage import store_zips
 from redis.exceptions import RedisError
 
 
-def success_payload(task_id: str, call: ModelCall, outputs: dict[str, Any]) -> dict[str, Any]:
+def success_payload(
+    task_id: str, call: ModelCall, outputs: dict[str, Any], published_version: str | None = None
+) -> dict[str, Any]:
     return {
         "task_id": task_id,
         "status": "SUCCESS",
-        "model_version": call.version,
+        "model_version": model_version(call.version, published_version),
         "meta": {"task_times": [call.seconds]},
         "outputs": outputs,
         "version": "v1",
@@ -50,7 +53,7 @@ def fail_payload(task_id: str, reason: str, seconds: float = 0.0) -> dict[str, A
         "task_id": task_id,
         "status": "FAIL",
         "meta": {"task_times": [seconds]},
-        "traceback": cut_traceback(reason),
+        "traceback": fail_traceback(reason),
     }
 
 
@@ -154,7 +157,7 @@ def run_and_collect(
         return fail_payload(task_id, f"malformed outputs: {exc}", call.seconds), None
     description, zips = build_zips(task_id, outputs)
     stored = {"description": description, "where": store_outputs_task(task_id, zips)}
-    return success_payload(task_id, call, stored["description"]), stored
+    return success_payload(task_id, call, stored["description"], entry.version), stored
 
 
 def resolve_inputs(

@@ -320,6 +320,61 @@ def lost_run_watcher() -> Background:
     return Background("lost-run-watcher", argv, worker_environment())
 
 
+def api_server(port: int | None = None) -> Background:
+    """The cluster API the web app calls (`prefect-cs api serve`, services/api.py).
+
+    A platform process like the CLI (it submits runs and may stage inputs in Redis
+    as the scheduler), so it keeps the operator's environment plus the API login.
+    """
+    settings = get_settings().api
+    argv = [sys.executable, "-m", "prefect_cs.cli.main", "api", "serve"]
+    argv += ["--host", settings.host, "--port", str(port or settings.port)]
+    return Background("cluster-api", argv, {**os.environ, AUTH_ENV: api_auth_string()})
+
+
+def api_base_url(port: int | None = None) -> str:
+    settings = get_settings().api
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
+    return f"http://{host}:{port or settings.port}"
+
+
+def wait_healthy(url: str, bg: Background, timeout: float = 60) -> bool:
+    """Poll `url/health` until it answers 200, the process dies or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        if bg.pid() is None:
+            return False
+        time.sleep(0.2)
+    return False
+
+
+def ensure_api_token() -> str:
+    """A random cluster API token unless one is set: a first try is authenticated too."""
+    from prefect_cs.security.secrets import SecretNotFound, get_backend
+
+    name = get_settings().api.secret_name
+    backend = get_backend(None)
+    try:
+        backend.get(name)
+        return f"cluster API token: the cluster secret {name}"
+    except SecretNotFound:
+        backend.set(name, secrets.token_urlsafe(32))
+        return f"cluster API token: made; read it with `prefect-cs secrets get {name}`"
+
+
+def start_api() -> list[str]:
+    lines = [ensure_api_token()]
+    bg, url = api_server(), api_base_url()
+    pid = bg.start()
+    state = "up" if wait_healthy(url, bg, timeout=60) else "NOT answering yet"
+    return lines + [f"{bg.name}: pid {pid}, {url} ({state}), log {bg.log_file}"]
+
+
 STANDIN_PORT = 8765
 STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
 STANDIN_TOKEN_ENV = "WEBAPP_STANDIN_TOKEN"  # what testing/webapp_standin.py reads its token from
@@ -427,11 +482,12 @@ def _start_stack() -> list[str]:
     lines.append("deployment publish/publish on pool " + get_settings().process_pool)
     for bg in (process_worker(), inputs_worker(), lost_run_watcher()):
         lines.append(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
-    return lines
+    return lines + start_api()
 
 
 def stop_stack() -> list[str]:
     parts = [
+        api_server(),
         lost_run_watcher(),
         inputs_worker(),
         process_worker(),
@@ -448,6 +504,7 @@ def stack_status() -> list[str]:
         inputs_worker(),
         lost_run_watcher(),
         webapp_standin(),
+        api_server(),
     ]
     return [
         f"{bg.name}: {'running, pid ' + str(bg.pid()) if bg.pid() else 'stopped'}" for bg in parts

@@ -1,0 +1,48 @@
+"""`prefect-cs api …`: serve the cluster API the web app calls; `models sync` feeds the registry.
+
+The API is the web app's only door (services/api.py); `models sync --from URL`
+is the pull side of the same projects list, for a web app that publishes it at
+`URL/publish/api/` (C/S 1.6) rather than posting it to `/sync/`.
+"""
+
+from __future__ import annotations
+
+import typer
+from prefect_cs.cli._utilities import CSTyper, console, err_console
+
+api_app = CSTyper(help="The cluster API a Compute Studio web app calls (POST /{owner}/{title}/).")
+
+
+@api_app.command("serve")
+def serve_cmd(
+    host: str = typer.Option(None, help="Interface to listen on (default CS_API_HOST)."),
+    port: int = typer.Option(None, help="Port to listen on (default CS_API_PORT, 8790)."),
+    no_auth: bool = typer.Option(
+        False,
+        "--no-auth",
+        help="No bearer token: for 1.6/1.7 web apps that send none. Private networks only.",
+    ),
+) -> None:
+    """Serve the cluster API with uvicorn until interrupted."""
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.services.api import NO_AUTH_WARNING, serve
+
+    settings = get_settings().api
+    if no_auth:
+        err_console.print(NO_AUTH_WARNING, style="yellow")
+    serve(host or settings.host, port or settings.port, auth=not no_auth)
+
+
+def sync_cmd(
+    from_url: str = typer.Option(
+        ..., "--from", help="The web app's base URL; its projects are read from URL/publish/api/."
+    ),
+) -> None:
+    """Upsert model configs from the web app's projects list (idempotent; published tags kept)."""
+    import httpx
+    from prefect_cs.registry.sync import sync_projects
+
+    url = from_url.rstrip("/") + "/publish/api/"
+    response = httpx.get(url, timeout=30, follow_redirects=True)
+    response.raise_for_status()
+    console.print_json(data=sync_projects(response.json()).as_dict())

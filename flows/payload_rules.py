@@ -1,0 +1,34 @@
+"""What Compute Studio's web app stores, as rules on the payloads we send it.
+
+Checked against C/S 1.6's serializers and models (DESIGN, "What the web app
+receives"): a `model_version` of null is refused (400), so a finished SUCCESS
+would never be recorded; one over 50 characters breaks the web app (500); a FAIL
+`traceback` must not be empty and is kept in 8,000 characters. The rules live
+here, as small functions, so every payload builder applies the same ones.
+"""
+
+from __future__ import annotations
+
+MODEL_VERSION_LIMIT = 50
+TRACEBACK_LIMIT = 8000
+UNKNOWN_VERSION = "unknown"
+EMPTY_TRACEBACK = "the model failed without a message (no traceback was produced)"
+
+
+def model_version(reported: object, published: str | None = None) -> str:
+    """The version to send: what get_version said at run time, else what it said at publish,
+    else "unknown"; never null, at most 50 characters (the web app's column)."""
+    for candidate in (reported, published):
+        text = str(candidate).strip() if candidate is not None else ""
+        if text:
+            return (
+                text if len(text) <= MODEL_VERSION_LIMIT else text[: MODEL_VERSION_LIMIT - 1] + "…"
+            )
+    return UNKNOWN_VERSION
+
+
+def fail_traceback(text: str | None) -> str:
+    """Never empty; the end kept (where the error is) within the web app's 8,000 characters."""
+    if not text or not text.strip():
+        return EMPTY_TRACEBACK
+    return text if len(text) <= TRACEBACK_LIMIT else "…" + text[-(TRACEBACK_LIMIT - 1) :]

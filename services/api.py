@@ -1,0 +1,415 @@
+"""The cluster API: the HTTP door Compute Studio's web app calls (DESIGN, "Cluster API").
+
+Without it a web app needs this package, a shared storage block and Prefect's
+client; with it, it needs a URL and a token. It speaks C/S 1.6's scheduler
+contract: `POST /{owner}/{title}/` with a task_name, `POST /sync/` with the
+projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
+`GET /openapi.json`.
+
+- `version` / `defaults` are answered in the body (200, FAIL included) by the
+  caller-side functions of flows/inputs.py, in a thread (they block);
+- `parse` and `sim` answer `{"task_id"}` once the work exists (the task run,
+  the flow run) and never wait for it; the result reaches the web app by PUT.
+  A caller's task_id is idempotent: for `sim` it is the flow run's idempotency
+  key (Prefect returns the first run), for `parse` this process remembers it.
+
+C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
+anything but 200 as failed; errors here are therefore plain 4xx with a reason
+the operator can act on. Auth is a bearer token (the cluster secret named by
+CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
+web apps that send no header and belongs on a private network only.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+from prefect_cs.core.errors import ConfigError, NotConfigured, NotFound
+from prefect_cs.core.names import check_name, check_task_id
+from prefect_cs.core.settings import ApiSettings, get_settings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+logger = logging.getLogger("prefect_cs.api")
+
+TASK_NAMES = ("version", "defaults", "parse", "sim")
+Handler = Callable[[Request], Awaitable[JSONResponse]]
+
+
+class Refused(Exception):
+    """A request answered with `status` and this reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def answer(code: int, /, **body: Any) -> JSONResponse:
+    return JSONResponse(body, status_code=code)
+
+
+# ---- the body -------------------------------------------------------------------------
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Refused(413, f"body larger than {limit} bytes (CS_API_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(413, f"body larger than {limit} bytes (CS_API_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Refused(400, f"body is not JSON: {exc}") from exc
+
+
+def task_request(body: Any) -> dict[str, Any]:
+    """The checked fields of a task request; 400 naming the field, 404 for an unknown task_name."""
+    if not isinstance(body, dict):
+        raise Refused(400, "body must be a JSON object with task_name, tag, task_kwargs")
+    name = body.get("task_name")
+    if not isinstance(name, str):
+        raise Refused(400, f"task_name must be one of {', '.join(TASK_NAMES)}")
+    if name not in TASK_NAMES:
+        raise Refused(404, f"unknown task_name {name!r}: use one of {', '.join(TASK_NAMES)}")
+    tag = body.get("tag")
+    if tag is not None and (not isinstance(tag, str) or not tag):
+        raise Refused(400, "tag must be a non-empty string or null (the promoted tag)")
+    kwargs = body.get("task_kwargs")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, dict):
+        raise Refused(400, "task_kwargs must be a JSON object")
+    for key in ("meta_param_dict", "adjustment"):
+        if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
+            raise Refused(400, f"task_kwargs.{key} must be a JSON object")
+    task_id = body.get("task_id")
+    if task_id is not None:
+        try:
+            task_id = check_task_id(task_id).lower()
+        except ValueError as exc:
+            raise Refused(400, str(exc)) from exc
+    return {"task_name": name, "tag": tag, "kwargs": kwargs, "task_id": task_id}
+
+
+def model_names(request: Request) -> tuple[str, str]:
+    owner, title = request.path_params["owner"], request.path_params["title"]
+    try:
+        return check_name("owner", owner), check_name("title", title)
+    except ValueError as exc:
+        raise Refused(404, f"unknown model {owner}/{title}: {exc}") from exc
+
+
+# ---- the calls (blocking; run in threads) --------------------------------------------
+
+
+def call_version(owner: str, title: str, tag: str | None, _: dict[str, Any]) -> dict[str, Any]:
+    from prefect_cs.flows.inputs import get_version
+
+    return get_version(owner, title, tag)
+
+
+def call_defaults(owner: str, title: str, tag: str | None, kw: dict[str, Any]) -> dict[str, Any]:
+    from prefect_cs.flows.inputs import get_defaults
+
+    return get_defaults(owner, title, kw.get("meta_param_dict") or {}, tag)
+
+
+def published_entry(owner: str, title: str, tag: str | None):
+    """The model and its published tag, or NotFound naming what is missing."""
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    model = ModelConfig.for_model(owner, title)
+    return model, model.published(tag)
+
+
+def start_parse(owner: str, title: str, tag: str | None, kw: dict[str, Any], task_id: str) -> None:
+    """The parse background task, submitted without waiting (its PUT /inputs/api/ comes later)."""
+    from prefect_cs.core.task_storage import task_storage
+    from prefect_cs.flows.inputs import parse_task, route
+
+    _, entry = published_entry(owner, title, tag)
+    args = (kw.get("meta_param_dict") or {}, kw.get("adjustment") or {})
+    with task_storage():
+        route(parse_task, entry, owner, title).delay(owner, title, task_id, *args, entry.tag)
+
+
+def start_sim(owner: str, title: str, tag: str | None, kw: dict[str, Any], task_id: str) -> None:
+    """The simulate flow run, created (not awaited) once the model and tag are known published."""
+    from prefect_cs.deployments.submit import submit_simulation
+
+    published_entry(owner, title, tag)
+    submit_simulation(
+        owner,
+        title,
+        kw.get("meta_param_dict") or {},
+        kw.get("adjustment") or {},
+        tag=tag,
+        task_id=task_id,
+        wait_seconds=0,
+    )
+
+
+class Seen:
+    """Task ids this process already accepted for `parse` (bounded): a retried POST is a no-op."""
+
+    def __init__(self, size: int = 100_000) -> None:
+        self.size, self._ids, self._lock = size, OrderedDict[str, None](), threading.Lock()
+
+    def claim(self, task_id: str) -> bool:
+        with self._lock:
+            if task_id in self._ids:
+                return False
+            self._ids[task_id] = None
+            while len(self._ids) > self.size:
+                self._ids.popitem(last=False)
+            return True
+
+    def release(self, task_id: str) -> None:
+        with self._lock:
+            self._ids.pop(task_id, None)
+
+
+# ---- run status ------------------------------------------------------------------------
+
+
+def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
+    """The simulate run of a task: its state, what it sent the web app, where its outputs are."""
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"task:{task_id}"]))
+        )
+    runs = [
+        r for r in runs if (r.parameters.get("owner"), r.parameters.get("title")) == (owner, title)
+    ]
+    if not runs:
+        raise NotFound(f"no simulation {task_id} of {owner}/{title}")
+    run = runs[0]
+    message = (run.state.message or "") if run.state else ""
+    artifact = Artifact.get(f"outputs-{task_id}".lower()[:100], _sync=True) if run.state else None
+    return {
+        "task_id": task_id,
+        "flow_run_id": str(run.id),
+        "state": run.state.type.value if run.state else None,
+        "state_name": run.state.name if run.state else None,
+        "message": message,
+        "status": next((s for s in ("SUCCESS", "FAIL") if message.startswith(s)), None),
+        "delivered": None if not message else "web app notified" in message,
+        "outputs": json.loads(artifact.data)
+        if artifact and isinstance(artifact.data, str)
+        else None,
+    }
+
+
+# ---- the app --------------------------------------------------------------------------
+
+
+class ClusterApi:
+    def __init__(self, settings: ApiSettings, token: str | None) -> None:
+        self.settings, self.token, self.parses = settings, token, Seen()
+
+    def authorized(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), self.token.encode()
+        )
+
+    def guarded(self, handler: Handler) -> Handler:
+        """401 before anything else; Refused and the platform's errors as 4xx answers."""
+
+        async def guarded(request: Request) -> JSONResponse:
+            if not self.authorized(request):
+                return JSONResponse(
+                    {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+            try:
+                return await handler(request)
+            except Refused as exc:
+                return answer(exc.status, error=str(exc))
+            except NotFound as exc:
+                return answer(404, error=str(exc))
+
+        return guarded
+
+    async def task(self, request: Request) -> JSONResponse:
+        owner, title = model_names(request)
+        req = task_request(await read_json(request, self.settings.max_body_bytes))
+        name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
+        if name in ("version", "defaults"):
+            call = call_version if name == "version" else call_defaults
+            return answer(200, **await self.light(call, owner, title, tag, kw))
+        task_id = req["task_id"] or str(uuid.uuid4())
+        if name == "sim":
+            await anyio.to_thread.run_sync(start_sim, owner, title, tag, kw, task_id)
+        elif self.parses.claim(task_id):
+            try:
+                await anyio.to_thread.run_sync(start_parse, owner, title, tag, kw, task_id)
+            except BaseException:
+                self.parses.release(task_id)
+                raise
+        return answer(200, task_id=task_id)
+
+    @staticmethod
+    async def light(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        """version/defaults: NotFound is a 404; anything else the model or worker did is a FAIL."""
+        try:
+            return await anyio.to_thread.run_sync(call, *args)
+        except NotFound:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the web app reads a FAIL, not a 500
+            reason = f"{type(exc).__name__}: {exc}"
+            return {"status": "FAIL", "traceback": reason, "meta": {"task_times": [0.0]}}
+
+    async def runs(self, request: Request) -> JSONResponse:
+        owner, title = model_names(request)
+        try:
+            task_id = check_task_id(request.path_params["task_id"]).lower()
+        except ValueError as exc:
+            raise Refused(400, str(exc)) from exc
+        return answer(200, **await anyio.to_thread.run_sync(run_status, owner, title, task_id))
+
+    async def sync(self, request: Request) -> JSONResponse:
+        from prefect_cs.registry.sync import SyncRefused, sync_projects
+
+        body = await read_json(request, self.settings.max_body_bytes)
+        try:
+            report = await anyio.to_thread.run_sync(sync_projects, body)
+        except SyncRefused as exc:
+            return answer(400, error=str(exc), refused=exc.problems)
+        except ConfigError as exc:
+            raise Refused(400, str(exc)) from exc
+        return answer(200, **report.as_dict())
+
+
+async def health(_: Request) -> JSONResponse:
+    return answer(200, status="ok")
+
+
+def openapi() -> Handler:
+    """A small static schema: the paths, their methods and what they answer."""
+    schema = {
+        "openapi": "3.0.3",
+        "info": {"title": "prefect-cs cluster API", "version": "1"},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearer": []}],
+        "paths": OPENAPI_PATHS,
+    }
+
+    async def page(_: Request) -> JSONResponse:
+        return JSONResponse(schema)
+
+    return page
+
+
+TASK_BODY = {
+    "type": "object",
+    "required": ["task_name"],
+    "properties": {
+        "task_name": {"type": "string", "enum": list(TASK_NAMES)},
+        "tag": {"type": "string", "nullable": True},
+        "task_kwargs": {
+            "type": "object",
+            "description": "meta_param_dict; adjustment (parse, sim); errors_warnings (parse)",
+        },
+        "task_id": {"type": "string", "format": "uuid"},
+    },
+}
+OPENAPI_PATHS = {
+    "/{owner}/{title}/": {
+        "post": {
+            "summary": "version/defaults answered in the body; parse/sim answer {task_id}",
+            "requestBody": {"content": {"application/json": {"schema": TASK_BODY}}},
+            "responses": {
+                code: {"description": why}
+                for code, why in {
+                    "200": "the answer (status SUCCESS or FAIL), or {task_id}",
+                    "400": "malformed body (the reason says which field)",
+                    "401": "missing or wrong bearer token",
+                    "404": "unknown model, tag or task_name",
+                    "413": "body over CS_API_MAX_BODY_BYTES",
+                }.items()
+            },
+        }
+    },
+    "/{owner}/{title}/runs/{task_id}": {
+        "get": {"summary": "a simulation's state, delivered status and outputs"}
+    },
+    "/sync/": {
+        "post": {
+            "summary": "upsert model configs from the web app's projects list",
+            "responses": {"200": {"description": "created/updated/unchanged/skipped"}},
+        }
+    },
+    "/health": {"get": {"summary": "liveness", "security": []}},
+}
+
+
+def load_token(settings: ApiSettings) -> str:
+    """The bearer token from the cluster's secrets store; a clear error when it is not set."""
+    from prefect_cs.security.secrets import SecretNotFound, get_backend
+
+    try:
+        return get_backend(None).get(settings.secret_name)
+    except SecretNotFound as exc:
+        raise NotConfigured(
+            f"the cluster API token is not set: `prefect-cs secrets set --name {settings.secret_name}"
+            " --stdin` (or serve with --no-auth on a private network only)"
+        ) from exc
+
+
+def create_app(
+    settings: ApiSettings | None = None, token: str | None = None, auth: bool = True
+) -> Starlette:
+    """The app; the token is read once here, so rotate it by restarting."""
+    settings = settings or get_settings().api
+    api = ClusterApi(settings, (token or load_token(settings)) if auth else None)
+    routes = [
+        Route("/health", health),
+        Route("/sync/", api.guarded(api.sync), methods=["POST"]),
+        Route("/{owner}/{title}/", api.guarded(api.task), methods=["POST"]),
+        Route("/{owner}/{title}/runs/{task_id}", api.guarded(api.runs), methods=["GET"]),
+    ]
+    return Starlette(routes=[*routes, Route("/openapi.json", openapi())])
+
+
+NO_AUTH_WARNING = (
+    "WARNING: the cluster API is serving WITHOUT authentication (--no-auth): anyone who reaches"
+    " this port can run simulations and rewrite the model registry. Use it only on a private"
+    " network, for a Compute Studio 1.6/1.7 web app that sends no token."
+)
+
+
+def serve(host: str, port: int, auth: bool = True) -> None:
+    """uvicorn in the foreground, with the task storage the inputs worker shares."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prefect API call
+    app = create_app(auth=auth)
+    if not auth:
+        logger.warning(NO_AUTH_WARNING)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

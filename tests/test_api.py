@@ -1,0 +1,400 @@
+"""The cluster API as its own process (`prefect-cs api serve`), called the way Compute Studio does.
+
+Real parts: the session's Prefect server, the published sample apps, the inputs
+task worker, a process worker and the web app stand-in. The client is httpx with
+C/S's own bodies; the server is the command an operator runs, with its token
+read from the cluster's secrets store.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prefect_cs.services.stack import Background, api_server, process_worker, wait_healthy
+
+TOKEN = "cluster-api-test-token"
+BEHAVE_OK = {"control": {"behavior": [{"value": "ok"}]}}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `check` until it returns something truthy, or fail naming `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:g}s")
+
+
+@pytest.fixture(scope="module")
+def api(platform) -> Iterator[str]:
+    """`prefect-cs api serve` on a free port; its token is the cluster secret CLUSTER_API_TOKEN."""
+    from prefect_cs.security.secrets import get_backend
+
+    get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
+    port = free_port()
+    bg = api_server(port)
+    bg = Background("cluster-api-tests", bg.argv, bg.env)
+    bg.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_healthy(url, bg, timeout=90), f"API did not start; see {bg.log_file}"
+        yield url
+    finally:
+        bg.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(platform) -> Iterator[Background]:
+    bg = process_worker()
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+@pytest.fixture
+def client(api) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=api, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30) as c:
+        yield c
+
+
+def task(name: str, tag: str | None = None, task_id: str | None = None, **kwargs: Any) -> dict:
+    """The body C/S's compute.py sends."""
+    body: dict[str, Any] = {"task_name": name, "tag": tag, "task_kwargs": kwargs}
+    if task_id:
+        body["task_id"] = task_id
+    return body
+
+
+# ---- auth and the open pages ----------------------------------------------------------
+
+
+def test_health_and_openapi_need_no_token(api):
+    assert httpx.get(f"{api}/health").json() == {"status": "ok"}
+    schema = httpx.get(f"{api}/openapi.json").json()
+    assert "/{owner}/{title}/" in schema["paths"] and "/sync/" in schema["paths"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong-token", f"Token {TOKEN}", TOKEN])
+def test_without_the_bearer_token_401(api, misbehaving, header):
+    headers = {"Authorization": header} if header else {}
+    for method, path, body in [
+        ("POST", "/tests/Misbehaving/", task("version")),
+        ("POST", "/sync/", []),
+        ("GET", f"/tests/Misbehaving/runs/{uuid.uuid4()}", None),
+    ]:
+        r = httpx.request(method, api + path, json=body, headers=headers)
+        assert r.status_code == 401, (path, r.text)
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+# ---- version and defaults: in the body ---------------------------------------------------
+
+
+def test_version_and_defaults_answered_in_the_body(client, misbehaving, task_worker):
+    r = client.post("/tests/Misbehaving/", json=task("version"))
+    assert r.status_code == 200, r.text
+    assert r.json()["version"] == "0.3.0" and r.json()["status"] == "SUCCESS"
+    assert len(r.json()["meta"]["task_times"]) == 1
+    r = client.post("/tests/Misbehaving/", json=task("defaults", "v1", meta_param_dict={}))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["status"] == "SUCCESS" and "control" in body["model_parameters"]
+    assert body["meta_parameters"] == {}
+
+
+def test_a_failing_get_inputs_is_a_fail_answered_200(client, misbehaving, task_worker):
+    r = client.post(
+        "/tests/Misbehaving/", json=task("defaults", meta_param_dict={"behavior": "raise"})
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "FAIL" and "exploded on purpose" in r.json()["traceback"]
+
+
+# ---- sim: acknowledged at once, one run per task id, one PUT -------------------------
+
+
+def runs_of(task_id: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
+    with get_client(sync_client=True) as c:
+        return c.read_flow_runs(
+            flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[f"task:{task_id}"]))
+        )
+
+
+def test_sim_retried_with_its_task_id_makes_one_run_and_one_put(
+    client, misbehaving, webapp, worker
+):
+    task_id = str(uuid.uuid4())
+    body = task("sim", "v1", task_id, meta_param_dict={}, adjustment=BEHAVE_OK)
+    for _ in range(3):  # C/S retries a POST it did not see answered in time
+        r = client.post("/tests/Misbehaving/", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json() == {"task_id": task_id}
+    assert len(runs_of(task_id)) == 1
+    webapp.first_about(task_id, timeout=120)
+    status = until(
+        lambda: (
+            (s := client.get(f"/tests/Misbehaving/runs/{task_id}").json())["state"]
+            in ("COMPLETED", "FAILED", "CRASHED")
+            and s
+        ),
+        60,
+        "the run's final state",
+    )
+    assert status["state"] == "COMPLETED", status
+    assert status["status"] == "SUCCESS" and status["delivered"] is True
+    assert {o["category"] for o in status["outputs"]} == {"renderable", "downloadable"}
+    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
+    assert len(puts) == 1 and puts[0].body["status"] == "SUCCESS"
+    assert len(runs_of(task_id)) == 1
+
+
+def test_sim_without_task_id_gets_a_new_one(client, misbehaving):
+    r = client.post("/tests/Misbehaving/", json=task("sim", adjustment=BEHAVE_OK))
+    assert r.status_code == 200, r.text
+    task_id = r.json()["task_id"]
+    assert str(uuid.UUID(task_id)) == task_id and len(runs_of(task_id)) == 1
+
+
+def parse_task_runs() -> set:
+    """The newest parse task runs (a delay() creates one at once)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+    from prefect.client.schemas.sorting import TaskRunSort
+
+    with get_client(sync_client=True) as c:
+        found = c.read_task_runs(
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="inputs-parse")),
+            sort=TaskRunSort.EXPECTED_START_TIME_DESC,
+            limit=50,
+        )
+    return {r.id for r in found}
+
+
+def test_parse_acknowledged_then_put_to_inputs_api(client, paramtools, task_worker, webapp):
+    task_id = str(uuid.uuid4())
+    before = parse_task_runs()
+    body = task(
+        "parse",
+        task_id=task_id,
+        meta_param_dict={},
+        adjustment={"params": {"a": [{"value": 3}]}},
+        errors_warnings={"GUI": {"errors": {}, "warnings": {}}},
+    )
+    for _ in range(2):
+        r = client.post("/tests/ParamTools/", json=body)
+        assert r.status_code == 200 and r.json() == {"task_id": task_id}, r.text
+    put = webapp.first_about(task_id, timeout=60)
+    assert put.path == "/inputs/api/" and put.body["status"] == "SUCCESS"
+    assert "errors_warnings" in put.body["outputs"]
+    assert len(parse_task_runs() - before) == 1  # the retried POST made no second parse
+
+
+# ---- refusals -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/tests/NoSuchModel/", task("sim", adjustment=BEHAVE_OK), "not registered"),
+        ("/tests/NoSuchModel/", task("version"), "not registered"),
+        ("/tests/Misbehaving/", task("sim", "v9", adjustment=BEHAVE_OK), "no published tag 'v9'"),
+        ("/tests/Misbehaving/", task("defaults", "v9"), "no published tag 'v9'"),
+        ("/tests/Misbehaving/", task("explode"), "unknown task_name 'explode'"),
+        ("/tests/bad.name/", task("version"), "unknown model"),
+    ],
+)
+def test_unknown_model_tag_or_task_name_404(client, misbehaving, path, body, reason):
+    r = client.post(path, json=body)
+    assert r.status_code == 404, r.text
+    assert reason in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"{not json", "body is not JSON"),
+        (b"[]", "body must be a JSON object"),
+        (b'{"tag": null}', "task_name must be one of"),
+        (b'{"task_name": "sim", "task_kwargs": []}', "task_kwargs must be a JSON object"),
+        (b'{"task_name": "sim", "task_kwargs": {"adjustment": 3}}', "task_kwargs.adjustment"),
+        (b'{"task_name": "sim", "tag": 1}', "tag must be"),
+        (b'{"task_name": "sim", "task_id": "../../x"}', "invalid task_id"),
+    ],
+)
+def test_malformed_body_400_naming_the_problem(client, misbehaving, body, reason):
+    r = client.post(
+        "/tests/Misbehaving/", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400, r.text
+    assert reason in r.json()["error"]
+
+
+def test_body_over_the_cap_413(client, misbehaving):
+    big = task("sim", adjustment={"x": ["y" * (5 * 1024 * 1024)]})
+    r = client.post("/tests/Misbehaving/", json=big)
+    assert r.status_code == 413 and "CS_API_MAX_BODY_BYTES" in r.json()["error"]
+
+
+# ---- sync: the web app's projects into the registry -----------------------------------
+
+
+def project(title: str, **fields: Any) -> dict[str, Any]:
+    """A project as C/S's projects list carries it (unknown fields included)."""
+    return {
+        "owner": "synced",
+        "title": title,
+        "oneliner": "a model",
+        "description": "…",
+        "repo_url": "https://github.com/PSLmodels/Tax-Cruncher",
+        "repo_tag": "v1",
+        "latest_tag": "v1",
+        "exp_task_time": 12,
+        "server_cost": 0.1,
+        "cpu": 2,
+        "memory": 6,
+        "listed": True,
+        "cluster_type": "single-core",
+        "status": "live",
+        **fields,
+    }
+
+
+def test_sync_upserts_and_is_idempotent(client, platform):
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    title = f"Cruncher-{uuid.uuid4().hex[:6]}"
+    r = client.post("/sync/", json=[project(title)])
+    assert r.status_code == 200, r.text
+    assert r.json()["created"] == [f"synced/{title}"]
+    model = ModelConfig.for_model("synced", title)
+    assert (model.cpu, model.memory, model.expected_task_time) == (2.0, "6Gi", 12)
+    assert (
+        model.repo_tag == "v1" and model.latest_tag is None
+    )  # the web app's wish is not a promotion
+    r = client.post("/sync/", json=[project(title)])
+    assert r.json()["unchanged"] == [f"synced/{title}"] and not r.json()["updated"]
+    r = client.post("/sync/", json={"projects": [project(title, memory=0.5, exp_task_time=900)]})
+    assert r.json()["updated"] == [f"synced/{title}"]
+    model = ModelConfig.for_model("synced", title)
+    assert (model.memory, model.expected_task_time, model.time_limit) == ("0.5Gi", 900, 900)
+
+
+def test_sync_keeps_published_tags_and_what_projects_do_not_carry(client, misbehaving):
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.registry.configs import register
+
+    before = ModelConfig.for_model("tests", "Misbehaving")
+    changed = {"owner": "tests", "title": "Misbehaving", "repo_url": before.repo_url, "cpu": 1.5}
+    try:
+        r = client.post("/sync/", json=[{**changed, "latest_tag": "v7", "repo_tag": ""}])
+        assert r.status_code == 200 and r.json()["updated"] == ["tests/Misbehaving"], r.text
+        after = ModelConfig.for_model("tests", "Misbehaving")
+        assert after.cpu == 1.5
+        assert after.published_tags == before.published_tags and after.latest_tag == "v1"
+        assert (after.repo_tag, after.time_limit, after.memory) == ("v1", 8, "512Mi")
+    finally:
+        register(before)
+
+
+def test_sync_refuses_invalid_names_listing_them_and_writes_nothing(client, platform):
+    from prefect_cs.registry.configs import all_models
+
+    good = f"Good-{uuid.uuid4().hex[:6]}"
+    projects = [
+        project(good),
+        project("bad title"),
+        project("x", owner="../etc"),
+        project("m", memory="lots"),
+    ]
+    r = client.post("/sync/", json=projects)
+    assert r.status_code == 400, r.text
+    assert set(r.json()["refused"]) == {"synced/bad title", "../etc/x", "synced/m"}
+    assert "invalid title 'bad title'" in r.json()["refused"]["synced/bad title"]
+    assert good not in {m.title for m in all_models()}
+
+
+def test_sync_skips_a_project_without_a_repository_yet(client, platform):
+    title = f"Draft-{uuid.uuid4().hex[:6]}"
+    r = client.post("/sync/", json=[project(title, repo_url="")])
+    assert r.status_code == 200 and f"synced/{title}" in r.json()["skipped"], r.text
+
+
+def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
+    """`prefect-cs models sync --from URL` reads URL/publish/api/ the same way."""
+    import subprocess
+    import sys
+
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.testing.standin import StandIn
+
+    title = f"Pulled-{uuid.uuid4().hex[:6]}"
+
+    class Projects(StandIn):
+        def answer(self, request):
+            return (200, [project(title)]) if request.path == "/publish/api/" else (404, {})
+
+    stub = Projects()
+    stub.start()
+    try:
+        cmd = [sys.executable, "-m", "prefect_cs.cli.main", "models", "sync", "--from", stub.url]
+        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ, timeout=120)
+    finally:
+        stub.stop()
+    assert out.returncode == 0, out.stderr
+    assert ModelConfig.for_model("synced", title).memory == "6Gi"
+
+
+# ---- payloads the real web app accepts (issue 11, Deliver 2) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("reported", "published", "sent"),
+    [
+        (None, "0.3.0", "0.3.0"),  # get_version raised at run time: the version publish recorded
+        (None, None, "unknown"),  # nothing known: a placeholder, never null (null → 400)
+        ("  ", None, "unknown"),
+        ("1.2.3", "0.3.0", "1.2.3"),
+    ],
+)
+def test_model_version_is_never_null(reported, published, sent):
+    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.flows.simulate import success_payload
+
+    call = ModelCall(ok=True, result={}, seconds=1.0, version=reported)
+    assert success_payload(str(uuid.uuid4()), call, {}, published)["model_version"] == sent
+
+
+def test_model_version_is_at_most_50_characters():
+    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.flows.simulate import success_payload
+
+    call = ModelCall(ok=True, result={}, version="1.0.0+" + "g" * 80)
+    sent = success_payload(str(uuid.uuid4()), call, {})["model_version"]
+    assert len(sent) == 50 and sent.startswith("1.0.0+ggg")
+
+
+@pytest.mark.parametrize("reason", ["", "   \n", "x" * 20_000], ids=["empty", "blank", "long"])
+def test_fail_traceback_is_never_empty_and_at_most_8000(reason):
+    from prefect_cs.flows.simulate import fail_payload
+
+    sent = fail_payload(str(uuid.uuid4()), reason, 2.5)["traceback"]
+    assert sent.strip() and len(sent) <= 8000
+    if reason.strip():
+        assert sent.endswith("x" * 100)  # the end, where the error is, is kept
