@@ -34,7 +34,7 @@ from typing import Literal
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
-from prefect_cs.core.names import image_name, image_tag, secret_env_name
+from prefect_cs.core.names import image_name, image_tag, model_code_secrets, secret_env_name
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
@@ -414,7 +414,8 @@ def container_env(model: ModelConfig) -> dict[str, str]:
 def secret_references(model: ModelConfig) -> dict[str, str]:
     """`CS_SECRET_<name>: {{ prefect.blocks.secret.<id> }}` per declared secret: the model's own,
     else the cluster's."""
-    if not model.secrets:
+    names = model_code_secrets(model.secrets)  # the webhook key a model may declare stays out
+    if not names:
         return {}
     from prefect_cs.security.secrets import (
         PrefectSecretsBackend,
@@ -428,7 +429,7 @@ def secret_references(model: ModelConfig) -> dict[str, str]:
         return {}  # other backends: the flow resolves them itself (runtime.declared_secrets)
     own, cluster = set(PrefectSecretsBackend(scope).list()), set(PrefectSecretsBackend(None).list())
     refs = {}
-    for name in model.secrets:
+    for name in names:
         if name in own:
             ident = secret_id(parse_scope(scope), name)
         elif name in cluster:
