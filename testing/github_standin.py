@@ -2,13 +2,16 @@
 
 It answers the three calls the platform makes — a pull request's files, a
 file's contents at a commit, and a commit status — so tests and benchmarks
-exercise the real HTTP path without GitHub.
+exercise the real HTTP path without GitHub. `hang()` makes it a GitHub that
+accepts every connection and request and never answers (until `answer_again()`
+or `stop()`): what the platform's timeouts are for.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import threading
 from dataclasses import dataclass, field
 
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
@@ -25,8 +28,25 @@ class GitHubStandIn(StandIn):
     pr_files: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     contents: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (repo, path, ref)
     status_code: int = 201  # what POST /statuses answers (e.g. 500 to test failures)
+    answering: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
+
+    def hang(self) -> None:
+        """From now on, requests are received (and recorded) but never answered."""
+        self.answering.clear()
+
+    def answer_again(self) -> None:
+        """Answer held requests and every later one."""
+        self.answering.set()
+
+    def stop(self) -> None:
+        self.answer_again()  # held handler threads finish instead of outliving the server
+        super().stop()
 
     def answer(self, request: Recorded) -> Reply:
+        self.answering.wait()
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Bad credentials"}
         if request.method == "GET" and (m := PR_FILES.match(request.route)):
