@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import re
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ PR_FILES = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)/files$")
 CONTENTS = re.compile(r"^/repos/([^/]+/[^/]+)/contents/(.+)$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/statuses/([0-9a-fA-F]+)$")
 NOT_FOUND: Reply = (404, {"message": "Not Found"})
+HOLD_SECONDS = 120  # how long hang() holds a request at most
 
 
 @dataclass
@@ -41,12 +43,24 @@ class GitHubStandIn(StandIn):
         """Answer held requests and every later one."""
         self.answering.set()
 
+    def start(self, port: int = 0) -> GitHubStandIn:
+        super().start(port)
+        quiet = self.server.handle_error
+
+        def handle_error(request: object, address: object) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # a held answer's client left
+                quiet(request, address)
+
+        self.server.handle_error = handle_error  # type: ignore[method-assign]
+        return self
+
     def stop(self) -> None:
         self.answer_again()  # held handler threads finish instead of outliving the server
         super().stop()
 
     def answer(self, request: Recorded) -> Reply:
-        self.answering.wait()
+        # held, but not forever: a client without a timeout then shows as a slow test, not a hung one
+        self.answering.wait(HOLD_SECONDS)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Bad credentials"}
         if request.method == "GET" and (m := PR_FILES.match(request.route)):
