@@ -31,7 +31,8 @@ shows as an error. Real GitHub deliveries never repeat a body (a push names
 
 Older tags. A push or release never promotes a tag older than the model's
 promoted one (PEP 440 order where both tags parse, else the order they were
-published in): answered 202 with why. Rolling back is the CLI's job
+published in; the registry as of at most CS_WEBHOOK_MODELS_CACHE_SECONDS ago):
+answered 202 with why. Rolling back is the CLI's job
 (`prefect-cs models rollback`).
 
 Mapping:
@@ -68,6 +69,7 @@ from urllib.parse import urlparse
 import anyio
 import yaml
 from packaging.version import InvalidVersion, Version
+from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.github import GitHubClient, GitHubError
 from prefect_cs.core.names import WEBHOOK_SECRET
@@ -285,13 +287,24 @@ class Target(NamedTuple):
 
 
 class ModelIndex:
-    """Registered models by normalized repo URL, cached briefly; a miss refreshes (rate-limited)."""
+    """Registered models by normalized repo URL, cached briefly; a miss refreshes (rate-limited).
+    Also their configs (promoted tag, published tags), no older than the cache period: a
+    delivery costs no registry read of its own."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._by_url: dict[str, list[Target]] = {}
+        self._configs: dict[tuple[str, str], ModelConfig] = {}
         self._loaded = float("-inf")
         self._lock = anyio.Lock()
+
+    async def config(self, owner: str, title: str) -> ModelConfig | None:
+        """The model's config as of at most `ttl` seconds ago; None when it is not registered."""
+        if time.monotonic() - self._loaded > self.ttl:
+            async with self._lock:
+                if time.monotonic() - self._loaded > self.ttl:
+                    await self._refresh()
+        return self._configs.get((owner, title))
 
     async def models_for(self, urls: set[str]) -> list[Target]:
         found = self._lookup(urls)
@@ -313,6 +326,7 @@ class ModelIndex:
         for model in models:
             target = Target(model.owner, model.title, WEBHOOK_SECRET in model.secrets)
             index.setdefault(normalize_repo_url(model.repo_url), []).append(target)
+        self._configs = {(m.owner, m.title): m for m in models}
         self._by_url, self._loaded = index, time.monotonic()
 
 
@@ -534,17 +548,10 @@ def older_than_promoted(tag: str, promoted: str | None, history: Sequence[str]) 
     return None
 
 
-def why_not_promoted(request: PublishRequest) -> str | None:
+def why_not_promoted(request: PublishRequest, model: ModelConfig | None) -> str | None:
     """Why a webhook must not run this request (it would promote an older tag), or None."""
-    from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.core.errors import NotFound
-
-    if request.steps == "stage":
-        return None  # staging promotes nothing
-    try:
-        model = ModelConfig.for_model(request.owner, request.title)
-    except NotFound:
-        return None  # publish itself says the model is not registered
+    if request.steps == "stage" or model is None:
+        return None  # staging promotes nothing; publish itself says a model is not registered
     tag = request.tag or model.repo_tag
     how = older_than_promoted(tag, model.latest_tag, [e.tag for e in model.published_tags])
     if how is None:
@@ -556,11 +563,13 @@ def why_not_promoted(request: PublishRequest) -> str | None:
     )
 
 
-async def drop_older(requests: list[PublishRequest]) -> tuple[list[PublishRequest], list[str]]:
-    """The requests to run, and why each other one is not run (fresh model configs)."""
+async def drop_older(
+    requests: list[PublishRequest], models: ModelIndex
+) -> tuple[list[PublishRequest], list[str]]:
+    """The requests to run, and why each other one is not run (configs of the model index)."""
     kept, reasons = [], []
     for request in requests:
-        reason = await anyio.to_thread.run_sync(why_not_promoted, request)
+        reason = why_not_promoted(request, await models.config(request.owner, request.title))
         if reason is None:
             kept.append(request)
         else:
@@ -673,7 +682,7 @@ class Receiver:
             return ignored(delivery, duplicate)
         try:
             requests = await self.planner.plan(event, payload, delivery, signed_for)
-            requests, older = await drop_older(requests)
+            requests, older = await drop_older(requests, self.planner.models)
         except Ignored as exc:
             return ignored(delivery, str(exc))
         except BadDelivery as exc:
