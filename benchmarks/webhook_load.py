@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/webhook_load.py [--deliveries 200] [--seconds 10] [--running 10]
 
 Phase 1: DELIVERIES tag-push deliveries spread over SECONDS, a quarter of them
-re-sends of earlier deliveries (same X-GitHub-Delivery) and a tenth forged
-(wrong signature). Checks exactly one publish flow run per unique valid
-delivery and none for the rest; prints counts, the receiver's response time
+re-sends of earlier deliveries (half with the same X-GitHub-Delivery, half
+replays: the same signed body under a new id) and a tenth forged (wrong
+signature). Checks exactly one publish flow run per unique valid delivery
+and none for the rest; prints counts, the receiver's response time
 p50/p99, and delivery → flow run created (median, p95).
 Phase 2: RUNNING deliveries, one every 2 s, with a real process worker (fast
 polling): delivery → flow run Running (median). Those runs then fail at the
@@ -61,7 +62,8 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 def plan(total: int) -> list[dict]:
-    """The delivery mix: forged tenth, duplicate quarter (re-sends of earlier valid ones)."""
+    """The delivery mix: forged tenth, re-sent quarter (earlier valid ones, every other one
+    under a new delivery id: a replay)."""
     forged, duplicates = total // 10, total // 4
     unique = total - forged - duplicates
     items = [
@@ -72,10 +74,13 @@ def plan(total: int) -> list[dict]:
     ]
     random.shuffle(items)
     originals = [item for item in items if item["kind"] == "valid"]
-    for _ in range(duplicates):  # a re-send lands after its original
+    for n in range(duplicates):  # a re-send lands after its original
         original = random.choice(originals)
         after = next(j for j, item in enumerate(items) if item is original)
-        items.insert(random.randint(after + 1, len(items)), {**original, "kind": "duplicate"})
+        resend = {**original, "kind": "duplicate"}
+        if n % 2:
+            resend |= {"kind": "replayed", "delivery": str(uuid.uuid4())}
+        items.insert(random.randint(after + 1, len(items)), resend)
     return items
 
 
@@ -100,11 +105,20 @@ def send_all(url: str, secret: str, items: list[dict], seconds: float) -> None:
         )
         item["seconds"] = time.perf_counter() - t0
         item["status"] = response.status_code
-        item["answer"] = response.json().get("status") if response.status_code != 401 else "401"
+        item["answer"] = answer_of(response)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(send, range(len(items))))
     client.close()
+
+
+def answer_of(response: httpx.Response) -> str:
+    """`accepted`, `ignored (duplicate delivery)`, `ignored (duplicate body)`, or `401`."""
+    if response.status_code == 401:
+        return "401"
+    body = response.json()
+    reason = body.get("reason", "")
+    return f"{body.get('status')} ({reason.split(':')[0]})" if reason else str(body.get("status"))
 
 
 def wait_for_shas(deployment_id, shas: set[str], timeout: float) -> list:
@@ -161,10 +175,11 @@ def phase_load(url: str, secret: str, deployment_id, total: int, seconds: float)
         "sent_in_seconds": round(sent_in, 2),
         "unique_valid": len(unique),
         "duplicates": sum(i["kind"] == "duplicate" for i in items),
+        "replayed": sum(i["kind"] == "replayed" for i in items),
         "forged": len(forged),
         "answers": {
             kind: sorted({f"{i['status']} {i['answer']}" for i in items if i["kind"] == kind})
-            for kind in ("valid", "duplicate", "forged")
+            for kind in ("valid", "duplicate", "replayed", "forged")
         },
         "publish_runs_total": len(runs),
         "unique_with_exactly_one_run": sum(len(by_sha.get(s, [])) == 1 for s in unique),

@@ -34,9 +34,11 @@ SHA_RE = re.compile(r"^[0-9a-fA-F]{7,64}$")
 MAX_DESCRIPTION = 140  # GitHub refuses longer descriptions
 MAX_PR_FILE_PAGES = 30  # GitHub lists at most 3,000 files of a pull request
 PR_FILES_PER_PAGE = 100
-# Reads answer a webhook delivery, which GitHub gives up on after 10 s: one try,
-# and GitHub's redelivery (the receiver answers 502 and forgets the delivery) is the retry.
-READS = Retry(attempts=1, timeout=10.0)
+# Reads answer a webhook delivery, which GitHub gives up on after 10 s: one try of at most
+# CS_GITHUB_TIMEOUT_SECONDS (capped here), and GitHub's redelivery (the receiver answers 502 and
+# forgets the delivery) is the retry. The receiver also bounds a delivery's calls in all.
+READ_TIMEOUT_CAP = 8.0
+READS = Retry(attempts=1, timeout=READ_TIMEOUT_CAP)
 STATUS_BACKOFF, STATUS_MAX_DELAY = 1.0, 2.0  # seconds before the 2nd try, and the cap after
 
 
@@ -94,10 +96,12 @@ class GitHubClient:
             max_delay=STATUS_MAX_DELAY,
             timeout=settings.timeout_seconds,
         )
+        reads = Retry(attempts=1, timeout=min(settings.timeout_seconds, READ_TIMEOUT_CAP))
         return cls(
             settings.api_url,
             github_token(settings),
             writes=writes,
+            reads=reads,
             credentials_block=settings.credentials_block,
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Iterable
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAME_RULE = "letters, digits, '-' and '_' only (1 to 64 characters)"
@@ -102,8 +103,9 @@ RESERVED_NAMES = frozenset(
     " CURL_CA_BUNDLE HTTP_PROXY HTTPS_PROXY NO_PROXY ALL_PROXY FTP_PROXY MPLBACKEND"
     " PERL5LIB PERLLIB RUBYLIB NODE_OPTIONS NODE_PATH JAVA_TOOL_OPTIONS".split()
 )
-# cluster secrets the platform reads itself (the webhook key, the cluster API token)
-PLATFORM_SECRETS = frozenset({"GITHUB_WEBHOOK_SECRET", "CLUSTER_API_TOKEN"})
+WEBHOOK_SECRET = "GITHUB_WEBHOOK_SECRET"  # per repository: a model's own webhook key
+# secrets the platform reads itself (the webhook key, the cluster API token), never model code
+PLATFORM_SECRETS = frozenset({WEBHOOK_SECRET, "CLUSTER_API_TOKEN"})
 SECRET_NAME_RULE = "letters, digits, '_' and '-' only (1 to 64 characters)"
 RESERVED_RULE = (
     "secret names may not be platform variables: PREFECT_*, CS_*, LD_*, PYTHON*, PIP_*, UV_*,"
@@ -136,14 +138,22 @@ def secret_env_name(name: str) -> str:
 
 
 def check_declared_secret(name: str) -> str:
-    """What a model config may declare: a valid secret name that is not one of the platform's
-    own cluster secrets (a declared name falls back to the cluster's value)."""
-    if check_secret_name(name).upper() in PLATFORM_SECRETS:
+    """What a model config may declare: a valid secret name. Of the platform's own secrets only
+    `GITHUB_WEBHOOK_SECRET`, spelled exactly so: the key its repository's webhook deliveries are
+    signed with, read by the receiver and never handed to model code (`model_code_secrets`)."""
+    if check_secret_name(name).upper() in PLATFORM_SECRETS and name != WEBHOOK_SECRET:
         raise ValueError(
-            f"secret name {name!r} is the platform's own (the webhook key) and cannot be given to"
-            " a model: declare another name, e.g. 'MODEL_GITHUB_TOKEN'"
+            f"secret name {name!r} is the platform's own and cannot be given to a model: declare"
+            f" {WEBHOOK_SECRET!r} (exactly) for a per-repository webhook key, or another name,"
+            " e.g. 'MODEL_GITHUB_TOKEN'"
         )
     return name
+
+
+def model_code_secrets(names: Iterable[str]) -> list[str]:
+    """The declared secrets model code receives: all but the platform's own (the webhook key a
+    model may declare is for the receiver only, so a model never learns what signs its pushes)."""
+    return [name for name in names if name.upper() not in PLATFORM_SECRETS]
 
 
 TAG_RULE = (

@@ -20,9 +20,11 @@ from prefect_cs.core.errors import SecretNotFound, SecretsError
 from prefect_cs.core.names import (
     SECRET_NAME_RE,
     SECRET_NAME_RULE,
+    WEBHOOK_SECRET,
     check_declared_secret,
     check_name,
     check_secret_name,
+    model_code_secrets,
     slug,
 )
 from prefect_cs.core.settings import SecretsSettings, get_settings
@@ -393,11 +395,13 @@ def get_backend(scope: str | None = None) -> SecretsBackend:
 
 
 def model_secret_env(owner: str, title: str, names: Iterable[str]) -> dict[str, str]:
-    """A model's declared secrets by name: the model's own value first, else the cluster's."""
+    """A model's declared secrets by name: the model's own value first, else the cluster's.
+    The platform's own (a per-repository GITHUB_WEBHOOK_SECRET) are left out: they are for the
+    webhook receiver (`model_webhook_secret`), never for jobs or model code."""
     model = get_backend(f"{owner}/{title}")
     cluster = get_backend(None)
     env = {}
-    for name in map(check_declared_secret, names):
+    for name in model_code_secrets(map(check_declared_secret, names)):
         try:
             env[name] = model.get(name)
         except SecretNotFound:
@@ -410,3 +414,11 @@ def model_secret_env(owner: str, title: str, names: Iterable[str]) -> dict[str, 
                     f" `prefect-cs models -n {owner}/{title} secrets set --name {name}`"
                 ) from None
     return env
+
+
+def model_webhook_secret(owner: str, title: str) -> str | None:
+    """The model's own webhook key (model scope only, never the cluster's), or None."""
+    try:
+        return get_backend(f"{owner}/{title}").get(WEBHOOK_SECRET)
+    except SecretNotFound:
+        return None

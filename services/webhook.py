@@ -2,10 +2,38 @@
 
 It only decides *what* to publish and says so with a Prefect event; the
 publish deployment's trigger (deployments/triggers.py) starts the run.
-Order of checks, cheapest and safest first: body size (413), signature (401,
-nothing else happens), headers and JSON (400), then the event's meaning
-(202 with a reason when it asks for nothing), then at-most-once per
-`X-GitHub-Delivery` (a SQLite file under CS_HOME, so restarts remember).
+Order of checks, cheapest and safest first: body size (413), a well-formed
+signature header (401), the signature itself (401, nothing else happens),
+headers and JSON (400), then the event's meaning (202 with a reason when it
+asks for nothing), then at-most-once (a SQLite file under CS_HOME, so
+restarts remember): per `X-GitHub-Delivery` *and* per signed body.
+
+Keys. One cluster key would let any model owner sign a push "from" another
+model's repository. A model may therefore declare its own key, the model
+secret `GITHUB_WEBHOOK_SECRET` (`prefect-cs models -n OWNER/TITLE secrets set
+--name GITHUB_WEBHOOK_SECRET`); a delivery whose payload names that model's
+repository is valid only with that key. Models without one fall back to the
+cluster secret, as do deliveries for no model's repository (the publish
+repository's pull requests). Finding the key means reading the payload's
+`repository` before the signature is checked: the body is bounded and parsed
+as data, and nothing is acted on before a key has verified it. A model that
+declares the secret without setting it accepts nothing (logged with the fix).
+Keys are cached for `CS_WEBHOOK_MODELS_CACHE_SECONDS`.
+
+Replays. The signature covers the body only, so a new `X-GitHub-Delivery`
+on a captured body would pass; the receiver also remembers the sha256 of
+every acted-on body for the retention period (`CS_WEBHOOK_RETENTION_DAYS`,
+at most `CS_WEBHOOK_MAX_DELIVERIES` rows, oldest dropped first) and answers a
+replayed body 202 `{"status": "ignored", "reason": "duplicate body …"}`, as
+it answers GitHub's own redeliveries ("duplicate delivery"): a retry never
+shows as an error. Real GitHub deliveries never repeat a body (a push names
+`repository.pushed_at`, a pull request `updated_at`).
+
+Older tags. A push or release never promotes a tag older than the model's
+promoted one (PEP 440 order where both tags parse, else the order they were
+published in; the registry as of at most CS_WEBHOOK_MODELS_CACHE_SECONDS ago):
+answered 202 with why. Rolling back is the CLI's job
+(`prefect-cs models rollback`).
 
 Mapping:
 - `push` of `refs/tags/T` or `release` published in a model's repository
@@ -16,8 +44,9 @@ Mapping:
 GitHub does not put a PR's changed files in the payload: they are read from
 `{CS_GITHUB_API_URL}/repos/{repo}/pulls/{n}/files`, and the file itself from
 `/contents/{path}?ref={sha}` (the stand-in in tests, api.github.com otherwise),
-through `prefect_cs.core.github.GitHubClient`; when GitHub cannot answer, the
-delivery gets 502 and is not remembered, so GitHub's redelivery is the retry.
+through `prefect_cs.core.github.GitHubClient`; when GitHub cannot answer
+(an error, or no answer within GITHUB_BUDGET_SECONDS in all), the delivery
+gets 502 and is not remembered, so GitHub's redelivery is the retry.
 """
 
 from __future__ import annotations
@@ -32,15 +61,18 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlparse
 
 import anyio
 import yaml
+from packaging.version import InvalidVersion, Version
+from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.github import GitHubClient, GitHubError
+from prefect_cs.core.names import WEBHOOK_SECRET
 from prefect_cs.core.settings import WebhookSettings, get_settings
 from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
 from starlette.applications import Starlette
@@ -53,7 +85,9 @@ T = TypeVar("T")
 
 CONFIG_PATH_RE = re.compile(r"^config/([A-Za-z0-9_-]{1,64})/([A-Za-z0-9_-]{1,64})\.ya?ml$")
 DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
+SIGNATURE_RE = re.compile(r"^sha256=[0-9a-f]{64}$")
 PR_STAGE_ACTIONS = {"opened", "synchronize", "reopened"}
+GITHUB_BUDGET_SECONDS = 8.0  # all GitHub API calls of one delivery; GitHub gives up after 10 s
 
 
 # ---- signature ------------------------------------------------------------------
@@ -64,6 +98,11 @@ def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
+def well_formed(header: str | None) -> bool:
+    """`sha256=` and 64 lowercase hex digits, as GitHub sends it: anything else is refused unread."""
+    return bool(header) and SIGNATURE_RE.fullmatch(header.strip()) is not None  # type: ignore[union-attr]
+
+
 def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     """Constant-time comparison; a missing header is simply wrong."""
     if not header:
@@ -71,11 +110,17 @@ def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
     return hmac.compare_digest(signature(secret, body).encode(), header.strip().encode())
 
 
-# ---- at-most-once per delivery -------------------------------------------------------
+def body_hash(body: bytes) -> str:
+    """What a replay is recognised by: the signed bytes, whatever delivery id comes with them."""
+    return hashlib.sha256(body).hexdigest()
+
+
+# ---- at-most-once per delivery and per body -------------------------------------------
 
 
 class DeliveryStore:
-    """Delivery ids already acted on, in SQLite so a restarted receiver still refuses replays."""
+    """Delivery ids and body hashes already acted on, in SQLite so a restarted receiver still
+    refuses replays; both kept for the retention period, at most `max_rows` of each."""
 
     def __init__(self, path: Path, retention_seconds: float, max_rows: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +134,11 @@ class DeliveryStore:
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS deliveries_at ON deliveries (at)")
         self._db.execute(
+            "CREATE TABLE IF NOT EXISTS bodies"
+            " (hash TEXT PRIMARY KEY, delivery TEXT NOT NULL, at REAL NOT NULL)"
+        )
+        self._db.execute("CREATE INDEX IF NOT EXISTS bodies_at ON bodies (at)")
+        self._db.execute(
             "CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, at REAL NOT NULL)"
         )
         self._claims = 0
@@ -99,16 +149,56 @@ class DeliveryStore:
             row = self._db.execute("SELECT 1 FROM deliveries WHERE id = ?", (delivery,)).fetchone()
         return row is not None
 
-    def claim(self, delivery: str) -> bool:
-        """Record the id; False when it was already there (atomic, so concurrent replays lose)."""
+    def first_delivery_of(self, digest: str) -> str | None:
+        """The delivery that was acted on with this body, or None."""
         with self._lock:
-            cursor = self._db.execute(
-                "INSERT OR IGNORE INTO deliveries (id, at) VALUES (?, ?)", (delivery, time.time())
-            )
+            row = self._db.execute(
+                "SELECT delivery FROM bodies WHERE hash = ?", (digest,)
+            ).fetchone()
+        return row[0] if row else None
+
+    def duplicate(self, delivery: str, digest: str | None) -> str | None:
+        """Why this delivery was already acted on (its id, or its body under another id), or None."""
+        if self.seen(delivery):
+            return "duplicate delivery"
+        first = self.first_delivery_of(digest) if digest else None
+        if first is not None:
+            return f"duplicate body: already acted on as delivery {first} (a replay)"
+        return None
+
+    def claim(self, delivery: str, digest: str | None = None) -> str | None:
+        """Record the id and the body hash at once; None when both were new, else why not (atomic,
+        so of two concurrent copies exactly one wins)."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                reason = self._claim(delivery, digest, now)
+                self._db.execute("COMMIT" if reason is None else "ROLLBACK")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
             self._claims += 1
         if self._claims % 1000 == 0:
             self.prune()
-        return cursor.rowcount == 1
+        return reason
+
+    def _claim(self, delivery: str, digest: str | None, now: float) -> str | None:
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO deliveries (id, at) VALUES (?, ?)", (delivery, now)
+        )
+        if cursor.rowcount != 1:
+            return "duplicate delivery"
+        if digest is None:
+            return None
+        cursor = self._db.execute(
+            "INSERT OR IGNORE INTO bodies (hash, delivery, at) VALUES (?, ?, ?)",
+            (digest, delivery, now),
+        )
+        if cursor.rowcount != 1:
+            row = self._db.execute("SELECT delivery FROM bodies WHERE hash = ?", (digest,))
+            return f"duplicate body: already acted on as delivery {row.fetchone()[0]} (a replay)"
+        return None
 
     def fresh(self, keys: list[str], window: float) -> list[str]:
         """The keys not requested within `window` seconds, now recorded as requested."""
@@ -137,16 +227,24 @@ class DeliveryStore:
         """Forget a claim whose event could not be sent, so GitHub's redelivery is acted on."""
         with self._lock:
             self._db.execute("DELETE FROM deliveries WHERE id = ?", (delivery,))
+            self._db.execute("DELETE FROM bodies WHERE delivery = ?", (delivery,))
             self._db.executemany("DELETE FROM requests WHERE key = ?", [(k,) for k in keys])
 
     def prune(self) -> None:
-        """Bounded retention: drop ids older than the retention, then all but the newest max_rows."""
+        """Bounded retention: drop rows older than the retention, then all but the newest
+        max_rows ids and body hashes (what bounds the store when deliveries pour in)."""
+        cutoff = time.time() - self.retention
         with self._lock:
-            self._db.execute("DELETE FROM deliveries WHERE at < ?", (time.time() - self.retention,))
-            self._db.execute("DELETE FROM requests WHERE at < ?", (time.time() - self.retention,))
+            for table in ("deliveries", "bodies", "requests"):
+                self._db.execute(f"DELETE FROM {table} WHERE at < ?", (cutoff,))  # noqa: S608
             self._db.execute(
                 "DELETE FROM deliveries WHERE id NOT IN"
                 " (SELECT id FROM deliveries ORDER BY at DESC LIMIT ?)",
+                (self.max_rows,),
+            )
+            self._db.execute(
+                "DELETE FROM bodies WHERE hash NOT IN"
+                " (SELECT hash FROM bodies ORDER BY at DESC LIMIT ?)",
                 (self.max_rows,),
             )
 
@@ -155,7 +253,7 @@ class DeliveryStore:
             self._db.close()
 
 
-# ---- which model a repository is ----------------------------------------------------
+# ---- which model a repository is, and which key signs for it -------------------------
 
 
 def normalize_repo_url(url: str) -> str:
@@ -176,16 +274,39 @@ def repository_urls(repository: dict[str, Any]) -> set[str]:
     return {normalize_repo_url(v) for k in keys if isinstance(v := repository.get(k), str) and v}
 
 
+class Target(NamedTuple):
+    """A registered model a repository's deliveries may be for."""
+
+    owner: str
+    title: str
+    declares_key: bool = False  # GITHUB_WEBHOOK_SECRET among its declared secrets
+
+    @property
+    def name(self) -> str:
+        return f"{self.owner}/{self.title}"
+
+
 class ModelIndex:
-    """Registered models by normalized repo URL, cached briefly; a miss refreshes (rate-limited)."""
+    """Registered models by normalized repo URL, cached briefly; a miss refreshes (rate-limited).
+    Also their configs (promoted tag, published tags), no older than the cache period: a
+    delivery costs no registry read of its own."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._by_url: dict[str, list[tuple[str, str]]] = {}
+        self._by_url: dict[str, list[Target]] = {}
+        self._configs: dict[tuple[str, str], ModelConfig] = {}
         self._loaded = float("-inf")
         self._lock = anyio.Lock()
 
-    async def models_for(self, urls: set[str]) -> list[tuple[str, str]]:
+    async def config(self, owner: str, title: str) -> ModelConfig | None:
+        """The model's config as of at most `ttl` seconds ago; None when it is not registered."""
+        if time.monotonic() - self._loaded > self.ttl:
+            async with self._lock:
+                if time.monotonic() - self._loaded > self.ttl:
+                    await self._refresh()
+        return self._configs.get((owner, title))
+
+    async def models_for(self, urls: set[str]) -> list[Target]:
         found = self._lookup(urls)
         if not found or time.monotonic() - self._loaded > self.ttl:
             async with self._lock:
@@ -194,19 +315,65 @@ class ModelIndex:
             found = self._lookup(urls)
         return found
 
-    def _lookup(self, urls: set[str]) -> list[tuple[str, str]]:
+    def _lookup(self, urls: set[str]) -> list[Target]:
         return sorted({m for url in urls for m in self._by_url.get(url, [])})
 
     async def _refresh(self) -> None:
         from prefect_cs.registry.configs import all_models
 
         models = await anyio.to_thread.run_sync(all_models)
-        index: dict[str, list[tuple[str, str]]] = {}
+        index: dict[str, list[Target]] = {}
         for model in models:
-            index.setdefault(normalize_repo_url(model.repo_url), []).append(
-                (model.owner, model.title)
-            )
+            target = Target(model.owner, model.title, WEBHOOK_SECRET in model.secrets)
+            index.setdefault(normalize_repo_url(model.repo_url), []).append(target)
+        self._configs = {(m.owner, m.title): m for m in models}
         self._by_url, self._loaded = index, time.monotonic()
+
+
+def model_key(owner: str, title: str) -> str | None:
+    """The model's own GITHUB_WEBHOOK_SECRET from the secrets backend (model scope only)."""
+    from prefect_cs.security.secrets import model_webhook_secret
+
+    return model_webhook_secret(owner, title)
+
+
+@dataclass
+class KeyRing:
+    """The key a model's deliveries must be signed with: its own GITHUB_WEBHOOK_SECRET when it
+    has one, else the cluster's; None (nothing verifies) when it declares one that is not set."""
+
+    cluster: str
+    ttl: float
+    lookup: Callable[[str, str], str | None] = model_key
+    _cache: dict[Target, tuple[float, str | None]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    async def key_for(self, target: Target) -> str | None:
+        own = await self._own(target)
+        if own is not None:
+            return own
+        if target.declares_key:
+            logger.warning(
+                "model %s declares %s but it is not set, so no delivery for its repository is"
+                " accepted: `prefect-cs models -n %s secrets set --name %s --stdin`",
+                target.name,
+                WEBHOOK_SECRET,
+                target.name,
+                WEBHOOK_SECRET,
+            )
+            return None
+        return self.cluster
+
+    async def _own(self, target: Target) -> str | None:
+        cached = self._cache.get(target)
+        if cached is not None and time.monotonic() - cached[0] < self.ttl:
+            return cached[1]
+        own = await anyio.to_thread.run_sync(self.lookup, target.owner, target.title)
+        if len(self._cache) > 10_000:  # bounded: registered models, plus churn
+            self._cache.clear()
+        self._cache[target] = (time.monotonic(), own)
+        return own
 
 
 # ---- what a delivery asks for ----------------------------------------------------------
@@ -246,19 +413,26 @@ class Planner:
     github: GitHubClient
 
     async def plan(
-        self, event: str, payload: dict[str, Any], delivery: str
+        self, event: str, payload: dict[str, Any], delivery: str, signed_for: list[Target]
     ) -> list[PublishRequest]:
+        """`signed_for`: the models of the payload's repository whose key verified the body."""
         if event == "push":
-            return await self._tag(
-                payload, delivery, self._push_tag(payload), self._push_sha(payload)
-            )
+            tag, sha = self._push_tag(payload), self._push_sha(payload)
+            return self._tag(payload, delivery, signed_for, tag, sha)
         if event == "release":
             if payload.get("action") != "published":
                 raise Ignored(f"release action {payload.get('action')!r} is not 'published'")
             tag = _str(_dict(payload, "release").get("tag_name"), "release.tag_name")
-            return await self._tag(payload, delivery, tag, None)
+            return self._tag(payload, delivery, signed_for, tag, None)
         if event == "pull_request":
-            return await self._pull_request(payload, delivery)
+            try:
+                with anyio.fail_after(GITHUB_BUDGET_SECONDS):
+                    return await self._pull_request(payload, delivery)
+            except TimeoutError:
+                raise UpstreamError(
+                    f"GitHub API ({self.github.api_url}) did not answer within"
+                    f" {GITHUB_BUDGET_SECONDS:g} s in all; GitHub's redelivery is the retry"
+                ) from None
         raise Ignored(f"event {event!r} is not acted on (push of a tag, release, pull_request)")
 
     @staticmethod
@@ -276,19 +450,23 @@ class Planner:
         sha = head.get("id") if isinstance(head, dict) else payload.get("after")
         return sha if isinstance(sha, str) and sha.strip("0") else None
 
-    async def _tag(
-        self, payload: dict[str, Any], delivery: str, tag: str, sha: str | None
+    @staticmethod
+    def _tag(
+        payload: dict[str, Any],
+        delivery: str,
+        models: list[Target],
+        tag: str,
+        sha: str | None,
     ) -> list[PublishRequest]:
         repository = _dict(payload, "repository")
-        models = await self.models.models_for(repository_urls(repository))
         if not models:
             raise Ignored(f"no registered model has repository {repository.get('html_url')!r}")
         full_name = (
             repository.get("full_name") if isinstance(repository.get("full_name"), str) else None
         )
         return [
-            PublishRequest(owner, title, tag, "all", delivery, sha=sha, repo=full_name)
-            for owner, title in models
+            PublishRequest(m.owner, m.title, tag, "all", delivery, sha=sha, repo=full_name)
+            for m in models
         ]
 
     async def _pull_request(self, payload: dict[str, Any], delivery: str) -> list[PublishRequest]:
@@ -329,7 +507,7 @@ class Planner:
     async def _github(call: Callable[..., T], *args: Any) -> T:
         """A GitHub client call off the event loop; its failure becomes a 502 (UpstreamError)."""
         try:
-            return await anyio.to_thread.run_sync(call, *args)
+            return await anyio.to_thread.run_sync(call, *args, abandon_on_cancel=True)
         except GitHubError as exc:
             raise UpstreamError(str(exc)) from exc
 
@@ -344,11 +522,71 @@ def repo_tag_of(text: str, path: str) -> str | None:
     return str(tag) if tag else None
 
 
+# ---- never back to an older tag ----------------------------------------------------------
+
+
+def tag_version(tag: str) -> Version | None:
+    """The tag as a PEP 440 version ('v1.10', '2.0rc1'), or None when it is not one ('stable')."""
+    try:
+        return Version(tag)
+    except InvalidVersion:
+        return None
+
+
+def older_than_promoted(tag: str, promoted: str | None, history: Sequence[str]) -> str | None:
+    """How `tag` is older than the promoted tag, or None when it is not (or cannot be told).
+    By version when both parse, else by the order tags were published in (`history`, oldest
+    first, as `ModelConfig.published_tags` keeps it); a tag never published is new."""
+    if promoted is None or tag == promoted:
+        return None
+    mine, theirs = tag_version(tag), tag_version(promoted)
+    if mine is not None and theirs is not None:
+        return "by version order" if mine < theirs else None
+    last = {name: index for index, name in enumerate(history)}
+    if tag in last and promoted in last and last[tag] < last[promoted]:
+        return "it was published before it"
+    return None
+
+
+def why_not_promoted(request: PublishRequest, model: ModelConfig | None) -> str | None:
+    """Why a webhook must not run this request (it would promote an older tag), or None."""
+    if request.steps == "stage" or model is None:
+        return None  # staging promotes nothing; publish itself says a model is not registered
+    tag = request.tag or model.repo_tag
+    how = older_than_promoted(tag, model.latest_tag, [e.tag for e in model.published_tags])
+    if how is None:
+        return None
+    name = f"{request.owner}/{request.title}"
+    return (
+        f"{name}: tag {tag!r} is older than the promoted {model.latest_tag!r} ({how}); a webhook"
+        f" never goes back to an older tag: roll back with `prefect-cs models rollback {name} {tag}`"
+    )
+
+
+async def drop_older(
+    requests: list[PublishRequest], models: ModelIndex
+) -> tuple[list[PublishRequest], list[str]]:
+    """The requests to run, and why each other one is not run (configs of the model index)."""
+    kept, reasons = [], []
+    for request in requests:
+        reason = why_not_promoted(request, await models.config(request.owner, request.title))
+        if reason is None:
+            kept.append(request)
+        else:
+            logger.info("delivery %s ignored for %s", request.delivery, reason)
+            reasons.append(reason)
+    return kept, reasons
+
+
 # ---- the ASGI app ------------------------------------------------------------------------
 
 
 def answer(code: int, /, **body: Any) -> JSONResponse:
     return JSONResponse(body, status_code=code)
+
+
+def ignored(delivery: str, reason: str) -> JSONResponse:
+    return answer(202, status="ignored", reason=reason, delivery=delivery)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -365,9 +603,28 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def parse_payload(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """(the JSON object, None) or (None, why it is not one)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, (
+            f"body is not JSON (set the webhook's content type to application/json): {exc}"
+        )
+    if not isinstance(payload, dict):
+        return None, "body must be a JSON object"
+    return payload, None
+
+
+UNSIGNED = (
+    "missing or invalid X-Hub-Signature-256 (a model repository with its own"
+    f" {WEBHOOK_SECRET} takes only deliveries signed with it)"
+)
+
+
 @dataclass
 class Receiver:
-    secret: str
+    keys: KeyRing
     settings: WebhookSettings
     store: DeliveryStore
     planner: Planner
@@ -376,47 +633,78 @@ class Receiver:
         body = await read_body(request, self.settings.max_body_bytes)
         if body is None:
             return answer(413, error=f"body larger than {self.settings.max_body_bytes} bytes")
-        if not signature_ok(self.secret, body, request.headers.get("x-hub-signature-256")):
-            return answer(401, error="missing or invalid X-Hub-Signature-256")
+        header = request.headers.get("x-hub-signature-256")
+        if not well_formed(header):
+            return answer(401, error=UNSIGNED)
+        payload, error = parse_payload(body)
+        signed_for = await self.signed_for(body, header, payload)
+        if signed_for is None:
+            return answer(401, error=UNSIGNED)
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not event or not DELIVERY_RE.match(delivery):
             return answer(400, error="X-GitHub-Event and X-GitHub-Delivery headers are required")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return answer(
-                400,
-                error=f"body is not JSON (set the webhook's content type to application/json): {exc}",
-            )
-        if not isinstance(payload, dict):
-            return answer(400, error="body must be a JSON object")
-        return await self.handle(event, delivery, payload)
+        if payload is None:
+            return answer(400, error=error)
+        return await self.handle(event, delivery, payload, signed_for, body_hash(body))
 
-    async def handle(self, event: str, delivery: str, payload: dict[str, Any]) -> JSONResponse:
+    async def signed_for(
+        self, body: bytes, header: str | None, payload: dict[str, Any] | None
+    ) -> list[Target] | None:
+        """The models of the payload's repository whose key signed the body; [] when the payload
+        names no model's repository and the cluster key signed it; None when no needed key did."""
+        repository = payload.get("repository") if payload is not None else None
+        targets = (
+            await self.planner.models.models_for(repository_urls(repository))
+            if isinstance(repository, dict)
+            else []
+        )
+        if not targets:
+            return [] if signature_ok(self.keys.cluster, body, header) else None
+        signed = []
+        for target in targets:
+            key = await self.keys.key_for(target)
+            if key is not None and signature_ok(key, body, header):
+                signed.append(target)
+        return signed or None
+
+    async def handle(
+        self,
+        event: str,
+        delivery: str,
+        payload: dict[str, Any],
+        signed_for: list[Target],
+        digest: str | None = None,
+    ) -> JSONResponse:
         if event == "ping":
             return answer(200, status="pong")
-        if self.store.seen(delivery):
-            return answer(202, status="ignored", reason="duplicate delivery", delivery=delivery)
+        if duplicate := self.store.duplicate(delivery, digest):
+            return ignored(delivery, duplicate)
         try:
-            requests = await self.planner.plan(event, payload, delivery)
+            requests = await self.planner.plan(event, payload, delivery, signed_for)
+            requests, older = await drop_older(requests, self.planner.models)
         except Ignored as exc:
-            return answer(202, status="ignored", reason=str(exc), delivery=delivery)
+            return ignored(delivery, str(exc))
         except BadDelivery as exc:
             return answer(400, error=str(exc), delivery=delivery)
         except UpstreamError as exc:
             logger.warning("delivery %s: %s", delivery, exc)
             return answer(502, error=str(exc), delivery=delivery)
-        if not self.store.claim(delivery):
-            return answer(202, status="ignored", reason="duplicate delivery", delivery=delivery)
+        if not requests:
+            return ignored(delivery, "; ".join(older))
+        if duplicate := self.store.claim(delivery, digest):
+            return ignored(delivery, duplicate)
+        return self.emit(event, delivery, requests, older)
+
+    def emit(
+        self, event: str, delivery: str, requests: list[PublishRequest], older: list[str]
+    ) -> JSONResponse:
         keys = self.store.fresh([r.key() for r in requests], self.settings.request_window_seconds)
         requests = [r for r in requests if r.key() in keys]
         if not requests:
-            return answer(
-                202,
-                status="ignored",
-                reason="already requested by another delivery (e.g. the release of a pushed tag)",
-                delivery=delivery,
+            return ignored(
+                delivery,
+                "already requested by another delivery (e.g. the release of a pushed tag)",
             )
         try:
             for publish in requests:
@@ -434,6 +722,7 @@ class Receiver:
                 {"model": f"{r.owner}/{r.title}", "tag": r.tag, "steps": r.steps, "sha": r.sha}
                 for r in requests
             ],
+            **({"skipped": older} if older else {}),
         )
 
 
@@ -450,7 +739,8 @@ def load_secret(settings: WebhookSettings) -> str:
 
 
 def create_app(settings: WebhookSettings | None = None, secret: str | None = None) -> Starlette:
-    """The receiver app; the secret is read once here, so rotate it by restarting."""
+    """The receiver app; the cluster secret is read once here, so rotate it by restarting
+    (models' own keys are re-read after CS_WEBHOOK_MODELS_CACHE_SECONDS)."""
     root = get_settings()
     settings = settings or root.webhook
     secret = secret or load_secret(settings)
@@ -458,7 +748,7 @@ def create_app(settings: WebhookSettings | None = None, secret: str | None = Non
     store = DeliveryStore(db_path, settings.retention_days * 86400, settings.max_deliveries)
     github = GitHubClient.from_settings()
     receiver = Receiver(
-        secret,
+        KeyRing(secret, settings.models_cache_seconds),
         settings,
         store,
         Planner(settings, ModelIndex(settings.models_cache_seconds), github),

@@ -2,13 +2,17 @@
 
 It answers the three calls the platform makes — a pull request's files, a
 file's contents at a commit, and a commit status — so tests and benchmarks
-exercise the real HTTP path without GitHub.
+exercise the real HTTP path without GitHub. `hang()` makes it a GitHub that
+accepts every connection and request and never answers (until `answer_again()`
+or `stop()`): what the platform's timeouts are for.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+import sys
+import threading
 from dataclasses import dataclass, field
 
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
@@ -17,6 +21,7 @@ PR_FILES = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)/files$")
 CONTENTS = re.compile(r"^/repos/([^/]+/[^/]+)/contents/(.+)$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/statuses/([0-9a-fA-F]+)$")
 NOT_FOUND: Reply = (404, {"message": "Not Found"})
+HOLD_SECONDS = 120  # how long hang() holds a request at most
 
 
 @dataclass
@@ -25,8 +30,37 @@ class GitHubStandIn(StandIn):
     pr_files: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     contents: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (repo, path, ref)
     status_code: int = 201  # what POST /statuses answers (e.g. 500 to test failures)
+    answering: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    def __post_init__(self) -> None:
+        self.answering.set()
+
+    def hang(self) -> None:
+        """From now on, requests are received (and recorded) but never answered."""
+        self.answering.clear()
+
+    def answer_again(self) -> None:
+        """Answer held requests and every later one."""
+        self.answering.set()
+
+    def start(self, port: int = 0) -> GitHubStandIn:
+        super().start(port)
+        quiet = self.server.handle_error
+
+        def handle_error(request: object, address: object) -> None:
+            if not isinstance(sys.exc_info()[1], ConnectionError):  # a held answer's client left
+                quiet(request, address)
+
+        self.server.handle_error = handle_error  # type: ignore[method-assign]
+        return self
+
+    def stop(self) -> None:
+        self.answer_again()  # held handler threads finish instead of outliving the server
+        super().stop()
 
     def answer(self, request: Recorded) -> Reply:
+        # held, but not forever: a client without a timeout then shows as a slow test, not a hung one
+        self.answering.wait(HOLD_SECONDS)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Bad credentials"}
         if request.method == "GET" and (m := PR_FILES.match(request.route)):

@@ -160,5 +160,28 @@ def wait_for_runs(
     raise AssertionError(f"no {count} publish run(s) with {parameters} after {timeout}s")
 
 
+def runs_stay(deployment_id: UUID, count: int, hold: float = 1.5, **parameters: Any) -> list[Any]:
+    """That no more than `count` runs match, checked again and again for `hold` seconds (it fails
+    the moment one more appears). Absence can only be seen over some time; call it after a
+    positive control's run exists (`wait_for_runs`), so the pipeline is known to be delivering."""
+    deadline = time.monotonic() + hold
+    while True:
+        runs = runs_with(deployment_id, **parameters)
+        assert len(runs) <= count, f"{len(runs)} publish runs with {parameters}, expected {count}"
+        if time.monotonic() >= deadline:
+            return runs
+        time.sleep(0.2)
+
+
+def wait_until(condition: Any, timeout: float = 30, what: str = "condition") -> Any:
+    """`condition()` as soon as it is truthy; AssertionError naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{what} not met within {timeout}s")
+
+
 def new_sha() -> str:
     return uuid.uuid4().hex + uuid.uuid4().hex[:8]

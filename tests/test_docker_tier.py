@@ -104,6 +104,28 @@ def only_put(webapp, task_id: str, timeout: float = 30) -> dict:
     return puts[0].body
 
 
+def registry_digest(
+    host: str, repository: str, tag: str, auth: tuple[str, str] | None = None
+) -> str:
+    """The digest the registry serves for `repository:tag` (its Docker-Content-Digest)."""
+    import httpx
+
+    accept = (
+        "application/vnd.docker.distribution.manifest.v2+json,"
+        " application/vnd.oci.image.manifest.v1+json"
+    )
+    response = httpx.head(
+        f"http://{host}/v2/{repository}/manifests/{tag}",
+        headers={"Accept": accept},
+        auth=auth,
+        timeout=10,
+    )
+    response.raise_for_status()
+    digest = response.headers["Docker-Content-Digest"]
+    assert digest.startswith("sha256:"), digest
+    return digest
+
+
 def build_tags(repository: str) -> list[str]:
     """Throw-away build tags left behind locally (there must be none after a publish)."""
     import docker
@@ -162,7 +184,8 @@ def test_publish_pushes_image_and_deploys_on_docker_pool(docker_repo):
     model = ModelConfig.for_model(OWNER, TITLE)
     entry = model.published()
     assert entry.tier == "docker" and entry.python == MODEL_PYTHON
-    assert entry.image == f"{REGISTRY}/{REPOSITORY}:v1"
+    # By digest, the one the registry serves for v1: pushing v1 again cannot change what runs.
+    assert entry.image == f"{REGISTRY}/{REPOSITORY}@{registry_digest(REGISTRY, REPOSITORY, 'v1')}"
     assert entry.version, "get_version() ran in the image"
     assert "v1" in registry_tags(REPOSITORY)
     assert not [t for t in registry_tags(REPOSITORY) if t.startswith("build-")]
@@ -170,7 +193,7 @@ def test_publish_pushes_image_and_deploys_on_docker_pool(docker_repo):
     dep = deployment()
     assert dep.work_pool_name == "cs-docker"
     variables = dep.job_variables
-    assert variables["image"] == entry.image
+    assert variables["image"] == entry.image and "@sha256:" in variables["image"]
     assert variables["mem_limit"] == variables["memswap_limit"] == "640m"
     assert variables["nano_cpus"] == 1_000_000_000
     assert variables["env"]["CS_SECRET_MODEL_TOKEN"].startswith(
@@ -299,7 +322,8 @@ def test_registry_credentials_block_push_and_worker_pull(
             state = publish_model(OWNER, "Auth-Docker")
         assert state.is_completed(), state.message
         image = ModelConfig.for_model(OWNER, "Auth-Docker").published().image
-        assert image == f"{registry.host}/tests_auth-docker:v1"
+        digest = registry_digest(registry.host, "tests_auth-docker", "v1", ("cs", password))
+        assert image == f"{registry.host}/tests_auth-docker@{digest}"
         tags_url = f"http://{registry.host}/v2/tests_auth-docker/tags/list"
         assert httpx.get(tags_url, timeout=10).status_code == 401
         assert httpx.get(tags_url, auth=("cs", password), timeout=10).json()["tags"] == ["v1"]
@@ -312,7 +336,8 @@ def test_registry_credentials_block_push_and_worker_pull(
         logs = flow_run_logs(state)
         assert logs and not [m for m in logs if password in m]
 
-        docker.from_env().images.remove(image)
+        for reference in (image, f"{registry.host}/tests_auth-docker:v1"):  # no local copy left
+            docker.from_env().images.remove(reference)
         task_id, run = simulate_on_worker("ok", title="Auth-Docker")
         assert run.state.is_completed(), run.state.message
         assert only_put(webapp, task_id)["status"] == "SUCCESS"
@@ -382,7 +407,8 @@ def test_code_only_republish_reuses_dependency_layer(docker_repo):
     assert layer_ids(v1, "pip install /opt/cs/src/cs-config") != layer_ids(
         v2, "pip install /opt/cs/src/cs-config"
     )
-    assert deployment().job_variables["image"] == v2
+    digest = registry_digest(REGISTRY, REPOSITORY, "v2")
+    assert deployment().job_variables["image"] == f"{REGISTRY}/{REPOSITORY}@{digest}"
 
 
 @pytest.fixture
@@ -411,6 +437,7 @@ def test_failing_model_tests_stop_publish(docker_repo, worker, webapp, serving):
     assert "v3" not in registry_tags(REPOSITORY)
     model = ModelConfig.for_model(OWNER, TITLE)
     assert (model.latest_tag, deployment().job_variables["image"]) == serving
+    assert "@sha256:" in serving[1]  # the serving image, by digest
     assert build_tags(image_repository(REGISTRY, model)) == []
     task_id, run = simulate_on_worker("ok")
     assert run.state.is_completed(), run.state.message

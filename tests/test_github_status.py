@@ -80,6 +80,29 @@ def test_unreachable_github_does_not_fail_or_stall_publish(misbehaving, github, 
     assert time.monotonic() - started < 60
 
 
+def test_a_github_that_accepts_and_never_answers_costs_publish_a_bounded_time(
+    misbehaving, github, monkeypatch, caplog
+):
+    """Connection accepted, request read, no answer: each status gets its attempts of
+    CS_GITHUB_TIMEOUT_SECONDS, the publish completes, and the run log says what was lost."""
+    monkeypatch.setenv("CS_GITHUB_TIMEOUT_SECONDS", "1")
+    sha = new_sha()
+    github.hang()
+    try:
+        started = time.monotonic()
+        state = publish(
+            "tests", "Misbehaving", "v1", "promote", sha=sha, repo=REPO, return_state=True
+        )
+        took = time.monotonic() - started
+    finally:
+        github.answer_again()
+    assert state.is_completed(), state.message
+    assert states(github, sha) == ["pending", "pending", "success", "success"]  # all reached it
+    assert took < 30, took  # 2 statuses x (2 attempts of 1 s + 1 s backoff) + the promote
+    lost = [r.getMessage() for r in caplog.records if "not reported" in r.getMessage()]
+    assert len(lost) == 2 and all("ReadTimeout" in m for m in lost), lost
+
+
 def test_no_repo_or_no_credentials_means_no_status(misbehaving, github, monkeypatch):
     sha = new_sha()
     assert publish(

@@ -45,10 +45,12 @@ def test_platform_variables_are_refused_as_declared_secrets(tmp_path, name):
         read_config(config)
 
 
-def test_the_webhook_key_cannot_be_declared_by_a_model():
+def test_only_the_exact_webhook_key_name_may_be_declared_and_model_code_never_gets_it():
+    """GITHUB_WEBHOOK_SECRET is a model's per-repository webhook key (services/webhook.py)."""
     with pytest.raises(ValueError, match="the platform's own"):
-        model(secrets=["GITHUB_WEBHOOK_SECRET"])
-    assert model(secrets=["API_KEY", "my-token"]).secrets == ["API_KEY", "my-token"]
+        model(secrets=["github_webhook_secret"])
+    declared = model(secrets=["API_KEY", "GITHUB_WEBHOOK_SECRET", "my-token"])
+    assert names.model_code_secrets(declared.secrets) == ["API_KEY", "my-token"]
 
 
 @pytest.mark.parametrize("scope", [(), ("models", "-n", "tests/Names")])

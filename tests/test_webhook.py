@@ -28,24 +28,29 @@ from prefect_cs.deployments.triggers import (
 from prefect_cs.services.webhook import (
     DeliveryStore,
     normalize_repo_url,
+    older_than_promoted,
     signature,
     signature_ok,
+    well_formed,
 )
 from prefect_cs.testing.webhooks import (
     deliver,
     new_sha,
     pull_request,
-    runs_with,
-    runs_with_sha,
+    runs_stay,
     start_receiver,
     stop_receiver,
     tag_push,
     wait_for_runs,
+    wait_until,
 )
 
 MODEL_REPO = "hooks-org/tagged-model"
 PUBLISH_REPO = "hooks-org/cs-publish"
-SETTLE_SECONDS = 3.0
+OWN_REPO = "hooks-org/own-key"  # hooks/OwnKey: its own GITHUB_WEBHOOK_SECRET
+OTHER_REPO = "hooks-org/other-key"  # hooks/OtherKey: another own key
+UNSET_REPO = "hooks-org/unset-key"  # hooks/UnsetKey: declares the key, never sets it
+VERSIONED_REPO = "hooks-org/versioned"  # hooks/Versioned: promoted v2.0 (tests set it)
 
 
 @pytest.fixture(scope="module")
@@ -88,20 +93,66 @@ def hook_model(platform):
     )
 
 
+def register_hook_model(title: str, repo: str, **fields):
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.registry.configs import register
+
+    config = ModelConfig(
+        owner="hooks", title=title, repo_url=f"https://github.com/{repo}", **fields
+    )
+    return register(config)
+
+
 @pytest.fixture(scope="module")
-def receiver(github, webhook_secret, publish_deployment, hook_model, tmp_path_factory):
+def own_keys(platform) -> dict[str, str]:
+    """Two models with their own webhook key, one that declares it without setting it."""
+    from prefect_cs.security.secrets import get_backend
+
+    keys = {}
+    for title, repo in (("OwnKey", OWN_REPO), ("OtherKey", OTHER_REPO)):
+        register_hook_model(title, repo, secrets=["GITHUB_WEBHOOK_SECRET"])
+        keys[title] = secrets.token_urlsafe(32)
+        get_backend(f"hooks/{title}").set("GITHUB_WEBHOOK_SECRET", keys[title])
+    register_hook_model("UnsetKey", UNSET_REPO, secrets=["GITHUB_WEBHOOK_SECRET"])
+    return keys
+
+
+@pytest.fixture(scope="module")
+def versioned(platform):
+    return register_hook_model("Versioned", VERSIONED_REPO)
+
+
+@pytest.fixture(scope="module")
+def receiver(
+    github, webhook_secret, publish_deployment, hook_model, own_keys, versioned, tmp_path_factory
+):
     folder = tmp_path_factory.mktemp("webhook")
     env = {
         "CS_WEBHOOK_PUBLISH_REPO": PUBLISH_REPO,
         "CS_WEBHOOK_DB_PATH": str(folder / "deliveries.sqlite3"),
         "CS_WEBHOOK_MAX_BODY_BYTES": str(64 * 1024),
         "CS_GITHUB_API_URL": github.url,
+        "CS_GITHUB_TIMEOUT_SECONDS": "2",
+        # the tests change promoted tags and keys between deliveries: no cached registry
+        "CS_WEBHOOK_MODELS_CACHE_SECONDS": "0",
     }
     proc, url = start_receiver(env, folder / "receiver.log")
     yield url
     stop_receiver(proc)
     log = (folder / "receiver.log").read_text()
     assert webhook_secret not in log and github.token not in log
+    assert not any(key in log for key in own_keys.values())
+
+
+def settled(receiver: str, secret: str, deployment) -> None:
+    """A positive control: a push sent now has become a run, so deliveries sent before it have
+    reached the server too (what `runs_stay` then checks over a short hold)."""
+    control = new_sha()
+    response = deliver(
+        receiver, secret, "push", tag_push(MODEL_REPO, "control-" + control[:10], control)
+    )
+    assert response.json()["status"] == "accepted", response.text
+    wait_for_runs(deployment, control)
 
 
 def test_signed_tag_push_starts_exactly_one_publish_run(
@@ -126,16 +177,30 @@ def test_signed_tag_push_starts_exactly_one_publish_run(
     # The same delivery again (GitHub's "Redeliver"): acknowledged, nothing new.
     again = deliver(receiver, webhook_secret, "push", tag_push(MODEL_REPO, "v7", sha), delivery)
     assert again.status_code == 202 and again.json()["reason"] == "duplicate delivery"
-    time.sleep(SETTLE_SECONDS)
-    assert len(runs_with_sha(publish_deployment, sha)) == 1
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 1, sha=sha)
 
 
 def test_forged_unsigned_oversized_and_malformed_deliveries_start_nothing(
     receiver, webhook_secret, publish_deployment
 ):
     bad = {name: new_sha() for name in ("forged", "unsigned", "oversized", "malformed")}
+    bad |= {f"prefix-{n}": new_sha() for n in (0, 7, 20, 63)}
     forged = deliver(receiver, "not-the-secret", "push", tag_push(MODEL_REPO, "v8", bad["forged"]))
     unsigned = deliver(receiver, None, "push", tag_push(MODEL_REPO, "v8", bad["unsigned"]))
+    for cut in (0, 7, 20, 63):  # a prefix of the right signature (0: "sha256=" alone)
+        raw = json.dumps(tag_push(MODEL_REPO, "v8", bad[f"prefix-{cut}"])).encode()
+        header = signature(webhook_secret, raw)[: len("sha256=") + cut]
+        response = httpx.post(
+            receiver + "/github",
+            content=raw,
+            headers={
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": f"prefix-{cut}-" + new_sha()[:8],
+                "X-Hub-Signature-256": header,
+            },
+        )
+        assert response.status_code == 401, (cut, response.text)
     big = tag_push(MODEL_REPO, "v8", bad["oversized"]) | {"padding": "x" * 70_000}
     oversized = deliver(receiver, webhook_secret, "push", big)
     malformed = deliver(
@@ -157,9 +222,8 @@ def test_forged_unsigned_oversized_and_malformed_deliveries_start_nothing(
         == 202
     )
     wait_for_runs(publish_deployment, control)
-    time.sleep(SETTLE_SECONDS)
     for name, sha in bad.items():
-        assert runs_with_sha(publish_deployment, sha) == [], name
+        assert runs_stay(publish_deployment, 0, hold=0.3, sha=sha) == [], name
 
 
 def test_events_it_does_not_act_on_get_202_with_a_reason(receiver, webhook_secret):
@@ -263,8 +327,8 @@ def test_a_release_of_a_just_pushed_tag_does_not_publish_twice(
     again = deliver(receiver, webhook_secret, "release", release)
     assert again.status_code == 202 and "already requested" in again.json()["reason"]
     wait_for_runs(publish_deployment, tag=tag)
-    time.sleep(SETTLE_SECONDS)
-    assert len(runs_with(publish_deployment, tag=tag)) == 1
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 1, tag=tag)
 
 
 def test_pull_request_files_unavailable_is_502_and_not_remembered(receiver, webhook_secret):
@@ -276,21 +340,28 @@ def test_pull_request_files_unavailable_is_502_and_not_remembered(receiver, webh
     assert second.status_code == 502
 
 
-def test_delivery_ids_survive_a_restart_and_are_pruned(tmp_path: Path):
+def test_delivery_ids_and_bodies_survive_a_restart_and_are_pruned(tmp_path: Path):
     store = DeliveryStore(tmp_path / "d.sqlite3", retention_seconds=3600, max_rows=3)
-    assert store.claim("a") and not store.claim("a")
+    assert store.claim("a", "hash-a") is None and store.claim("a") == "duplicate delivery"
+    assert "already acted on as delivery a" in store.claim("a2", "hash-a")
+    assert not store.seen("a2")  # a refused replay's id is not kept (the claim was atomic)
     store.close()
     reopened = DeliveryStore(tmp_path / "d.sqlite3", retention_seconds=3600, max_rows=3)
-    assert reopened.seen("a") and not reopened.claim("a")
+    assert reopened.seen("a") and reopened.claim("a") == "duplicate delivery"
+    assert "duplicate body" in reopened.duplicate("new-id", "hash-a")
     for name in "bcde":
-        assert reopened.claim(name)
-    reopened.prune()
+        assert reopened.claim(name, f"hash-{name}") is None
+    reopened.prune()  # at most 3 ids and 3 bodies kept, the newest
     assert not reopened.seen("a") and reopened.seen("e")
+    assert reopened.duplicate("new-id", "hash-a") is None
+    assert reopened.duplicate("new-id", "hash-e") is not None
+    reopened.release("e")  # an event that could not be sent: its redelivery is acted on
+    assert reopened.duplicate("e", "hash-e") is None
     reopened.close()
     expired = DeliveryStore(tmp_path / "d.sqlite3", retention_seconds=0.0001, max_rows=3)
-    time.sleep(0.01)
-    expired.prune()
-    assert not expired.seen("e")
+    # rows older than the retention go at the next prune
+    wait_until(lambda: expired.prune() or not expired.seen("d"), what="expired ids pruned")
+    assert expired.duplicate("x", "hash-d") is None
     assert expired.fresh(["m@v1", "m@v2"], 60) == ["m@v1", "m@v2"]
     assert expired.fresh(["m@v1", "m@v3"], 60) == ["m@v3"]
     assert expired.fresh(["m@v1"], 0) == ["m@v1"]  # window 0: off
@@ -305,6 +376,11 @@ def test_signature_check_and_url_matching():
     assert not signature_ok("k", body + b" ", good)
     assert not signature_ok("k2", body, good)
     assert not signature_ok("k", body, None) and not signature_ok("k", body, "sha1=abc")
+    for cut in (0, 1, 32, 63):  # prefixes of the right signature, "sha256=" alone first
+        assert not signature_ok("k", body, good[: len("sha256=") + cut]), cut
+        assert not well_formed(good[: len("sha256=") + cut]), cut
+    assert not signature_ok("k", body, good + "0") and not well_formed(good + "0")
+    assert well_formed(good) and not well_formed(good.upper()) and not well_formed(None)
     same = {
         "https://github.com/Org/Repo.git",
         "git@github.com:org/repo.git",
@@ -371,3 +447,188 @@ def test_serve_without_the_secret_fails_clearly(tmp_path, platform):
     )
     assert result.returncode == 1
     assert "secrets set --name NOT_SET_ANYWHERE" in result.stderr
+
+
+# ---- per-repository keys, replays, older tags, a GitHub that never answers ----------------
+
+
+def test_a_repository_with_its_own_key_takes_only_that_key(
+    receiver, webhook_secret, own_keys, publish_deployment
+):
+    own, other = own_keys["OwnKey"], own_keys["OtherKey"]
+    refused = {
+        "cluster key for a repo with its own": (webhook_secret, OWN_REPO),
+        "another model's key": (other, OWN_REPO),
+        "own key for another model's repo": (own, OTHER_REPO),
+        "own key for a cluster-key repo": (own, MODEL_REPO),
+        "cluster key, declared but unset": (webhook_secret, UNSET_REPO),
+    }
+    shas = {why: new_sha() for why in refused}
+    for why, (key, repo) in refused.items():
+        response = deliver(receiver, key, "push", tag_push(repo, "v1", shas[why]))
+        assert response.status_code == 401, (why, response.text)
+
+    # A payload naming two repositories (html_url of one, clone_url of the other) publishes
+    # only the model whose key signed it.
+    mixed = tag_push(MODEL_REPO, "v1", new_sha())
+    mixed["repository"]["html_url"] = f"https://github.com/{OWN_REPO}"
+    response = deliver(receiver, webhook_secret, "push", mixed)
+    assert [p["model"] for p in response.json()["publish"]] == ["hooks/Tagged"], response.text
+
+    sha = new_sha()
+    accepted = deliver(receiver, own, "push", tag_push(OWN_REPO, "v1", sha))
+    assert accepted.status_code == 202 and accepted.json()["status"] == "accepted", accepted.text
+    (run,) = wait_for_runs(publish_deployment, sha)
+    assert (run.parameters["owner"], run.parameters["title"]) == ("hooks", "OwnKey")
+    settled(receiver, webhook_secret, publish_deployment)
+    for why, refused_sha in shas.items():
+        assert runs_stay(publish_deployment, 0, hold=0.2, sha=refused_sha) == [], why
+
+
+def test_a_replayed_body_under_a_new_delivery_id_is_acknowledged_and_ignored(
+    receiver, webhook_secret, publish_deployment
+):
+    sha = new_sha()
+    body = json.dumps(tag_push(MODEL_REPO, "replayed", sha)).encode()
+    first = deliver(receiver, webhook_secret, "push", None, "first-" + sha[:10], body=body)
+    assert first.json()["status"] == "accepted", first.text
+    # Past the request window the old receiver acted on this again; now the body is remembered.
+    replay = deliver(receiver, webhook_secret, "push", None, "replay-" + sha[:10], body=body)
+    assert replay.status_code == 202, replay.text
+    assert replay.json()["status"] == "ignored"
+    assert replay.json()["reason"].startswith("duplicate body"), replay.json()
+    assert "first-" + sha[:10] in replay.json()["reason"]
+    # GitHub's own redelivery (same id) is still a plain duplicate, never an error.
+    redelivery = deliver(receiver, webhook_secret, "push", None, "first-" + sha[:10], body=body)
+    assert redelivery.json()["reason"] == "duplicate delivery"
+    wait_for_runs(publish_deployment, sha)
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 1, sha=sha)
+
+
+def promote_for_test(model_title: str, history: list[str], promoted: str) -> None:
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+
+    model = ModelConfig.for_model("hooks", model_title)
+    model.published_tags = [PublishedTag(tag=t, python="/nonexistent/python") for t in history]
+    model.latest_tag = promoted
+    model.save_model()
+
+
+@pytest.mark.parametrize(
+    ("tag", "promoted", "history", "older"),
+    [
+        ("v1.9", "v1.10", [], True),  # versions, not strings: "v1.9" > "v1.10" as text
+        ("v1.10", "v1.9", [], False),
+        ("2.0rc1", "2.0", [], True),
+        ("v2.0", "v2.0", ["v2.0"], False),  # the same tag again is not older
+        ("stable", "v2", ["stable", "v2"], True),  # unparseable: publish order decides
+        ("beta", "stable", ["stable"], False),  # never published: new
+        ("alpha", "beta", ["beta", "alpha"], False),
+        ("v1", None, [], False),  # nothing promoted yet
+    ],
+)
+def test_older_tags_are_told_by_version_else_by_publish_order(tag, promoted, history, older):
+    assert (older_than_promoted(tag, promoted, history) is not None) is older
+
+
+def test_a_webhook_never_promotes_a_tag_older_than_the_promoted_one(
+    receiver, webhook_secret, versioned, publish_deployment, github
+):
+    promote_for_test("Versioned", ["v1.9", "v1.10", "nightly"], "v1.10")
+    cases = {"v1.9": "ignored", "v1.2": "ignored", "v1.11": "accepted", "v2.0": "accepted"}
+    shas = {tag: new_sha() for tag in cases}
+    for tag, status in cases.items():
+        response = deliver(
+            receiver, webhook_secret, "push", tag_push(VERSIONED_REPO, tag, shas[tag])
+        )
+        assert response.json()["status"] == status, (tag, response.text)
+        if status == "ignored":
+            reason = response.json()["reason"]
+            assert "older than the promoted 'v1.10'" in reason and "models rollback" in reason
+
+    # Tags that are not versions: the order they were published in.
+    promote_for_test("Versioned", ["nightly", "stable"], "stable")
+    old, new = new_sha(), new_sha()
+    assert (
+        "published before"
+        in deliver(
+            receiver, webhook_secret, "push", tag_push(VERSIONED_REPO, "nightly", old)
+        ).json()["reason"]
+    )
+    assert (
+        deliver(
+            receiver, webhook_secret, "push", tag_push(VERSIONED_REPO, "brand-new", new)
+        ).json()["status"]
+        == "accepted"
+    )
+
+    # A merged pull request promoting an older tag is refused too; opening it still stages it.
+    head, merge, number = new_sha(), new_sha(), 77
+    path = "config/hooks/Versioned.yaml"
+    github.pr_files[(PUBLISH_REPO, number)] = [path]
+    for ref in (head, merge):
+        github.contents[(PUBLISH_REPO, path, ref)] = "repo_tag: nightly\n"
+    staged = deliver(
+        receiver, webhook_secret, "pull_request", pull_request(PUBLISH_REPO, number, "opened", head)
+    )
+    assert staged.json()["status"] == "accepted", staged.text
+    merged = pull_request(PUBLISH_REPO, number, "closed", head, merge=merge, merged=True)
+    refused = deliver(receiver, webhook_secret, "pull_request", merged)
+    assert "older than the promoted 'stable'" in refused.json()["reason"], refused.text
+
+    for tag in ("v1.11", "v2.0"):
+        wait_for_runs(publish_deployment, shas[tag])
+    wait_for_runs(publish_deployment, new)
+    settled(receiver, webhook_secret, publish_deployment)
+    for sha in (shas["v1.9"], shas["v1.2"], old, merge):
+        assert runs_stay(publish_deployment, 0, hold=0.2, sha=sha) == []
+
+
+def test_a_github_api_that_never_answers_is_a_bounded_502(receiver, webhook_secret, github):
+    """The pull request path reads GitHub's API while GitHub waits for the answer: a GitHub
+    that accepts the connection and never answers must cost a bounded time and say so."""
+    head, number = new_sha(), 78
+    github.pr_files[(PUBLISH_REPO, number)] = ["config/hooks/Tagged.yaml"]
+    github.contents[(PUBLISH_REPO, "config/hooks/Tagged.yaml", head)] = "repo_tag: v9\n"
+    payload, delivery = pull_request(PUBLISH_REPO, number, "opened", head), "hang-" + head[:10]
+    files_route = f"/repos/{PUBLISH_REPO}/pulls/{number}/files"
+    github.hang()
+    try:
+        started = time.monotonic()
+        response = deliver(receiver, webhook_secret, "pull_request", payload, delivery)
+        took = time.monotonic() - started
+    finally:
+        github.answer_again()
+    assert response.status_code == 502, response.text
+    assert "Timeout" in response.json()["error"] and files_route in response.json()["error"]
+    assert took < 8, took  # CS_GITHUB_TIMEOUT_SECONDS=2 here; GitHub itself waits 10 s
+    assert any(r.route == files_route for r in github.requests)  # the hang was reached
+    # Not remembered: GitHub's redelivery, once the API answers, is acted on.
+    again = deliver(receiver, webhook_secret, "pull_request", payload, delivery)
+    assert again.json()["status"] == "accepted", again.text
+
+
+def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, monkeypatch):
+    """Declared for the receiver only: not in the child's secrets, a container job's env
+    references, a Kubernetes Job's env, or the model's Kubernetes Secret."""
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.flows.runtime.environment import declared_secrets
+    from prefect_cs.security.secrets import get_backend, model_secret_env
+    from prefect_cs.tiers.docker import secret_references
+    from prefect_cs.tiers.kubernetes import secret_env
+
+    get_backend("hooks/OwnKey").set("MODEL_TOKEN", "model-token-value")
+    model = ModelConfig.for_model("hooks", "OwnKey")
+    model.secrets = ["GITHUB_WEBHOOK_SECRET", "MODEL_TOKEN"]
+    assert declared_secrets(model) == {"MODEL_TOKEN": "model-token-value"}
+    assert model_secret_env("hooks", "OwnKey", model.secrets) == {
+        "MODEL_TOKEN": "model-token-value"
+    }
+    assert list(secret_references(model)) == ["CS_SECRET_MODEL_TOKEN"]
+    assert [e["name"] for e in secret_env(model)] == ["CS_SECRET_MODEL_TOKEN"]
+    # In a container job only CS_SECRET_<name> variables count, and the key's is never needed.
+    monkeypatch.setenv("CS_SECRETS_SOURCE", "env")
+    monkeypatch.setenv("CS_SECRET_MODEL_TOKEN", "from-the-job")
+    monkeypatch.setenv("CS_SECRET_GITHUB_WEBHOOK_SECRET", own_keys["OwnKey"])
+    assert declared_secrets(model) == {"MODEL_TOKEN": "from-the-job"}

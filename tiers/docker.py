@@ -17,6 +17,9 @@ work of a re-publish:
 A code-only change rebuilds only layer 6. The image is built under a
 throw-away tag, tested, and only then tagged `<registry>/<owner>_<title>:<tag>`
 and pushed, so a failing build never replaces the image a deployment uses.
+Deployments and jobs name the image by the digest the push returned
+(`<registry>/<owner>_<title>@sha256:…`), never by its tag: a tag pushed again
+later (by a rebuild, or by anyone who can push) does not change what runs.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Literal
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
-from prefect_cs.core.names import image_name, image_tag, secret_env_name
+from prefect_cs.core.names import image_name, image_tag, model_code_secrets, secret_env_name
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
@@ -49,6 +52,7 @@ MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
 MODEL_UID = 10001  # model children in containers: not root, not the flow's user
 BUILD_TIMEOUT = 1800
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kept in the image
 
 
@@ -240,6 +244,23 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
     return digest
 
 
+def pushed_digest(repository: str, tag: str, reported: str) -> str:
+    """The registry's digest of what was just pushed: the push's own report, else the local
+    image's RepoDigests entry for `repository`; a push that yields none is refused."""
+    if DIGEST_RE.fullmatch(reported):
+        return reported
+    for reference in (
+        docker_client().images.get(f"{repository}:{tag}").attrs.get("RepoDigests") or []
+    ):
+        name, _, digest = reference.partition("@")
+        if name == repository and DIGEST_RE.fullmatch(digest):
+            return digest
+    raise StepFailed(
+        f"docker push {repository}:{tag} reported no sha256 digest, and deployments reference"
+        " images by digest only: check that the registry speaks the Docker Registry v2 API"
+    )
+
+
 class DockerJobVariables(JobVariables):
     """What a model's deployment sets in work_pools/docker.json; the pool's defaults do the rest
     (auto_remove, stream_output, no privileges, the container's name and labels)."""
@@ -356,10 +377,11 @@ class DockerTier(Tier):
         tag = image_tag(entry.tag)
         client = docker_client()
         client.images.get(entry.image).tag(repository, tag)
-        digest = push_stream(repository, tag, registry, logger)
+        digest = pushed_digest(repository, tag, push_stream(repository, tag, registry, logger))
         self._forget(entry.image or "")
-        logger.info("pushed %s:%s (%s)", repository, tag, digest or "no digest reported")
-        return entry.model_copy(update={"image": f"{repository}:{tag}"})
+        logger.info("pushed %s:%s as %s@%s", repository, tag, repository, digest)
+        # By digest: a tag can be pushed again (by anyone who can push), a digest cannot change.
+        return entry.model_copy(update={"image": f"{repository}@{digest}"})
 
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
         """Drop the throw-away build tag of an image that failed its tests (its layers stay cached)."""
@@ -432,7 +454,8 @@ def container_env(model: ModelConfig) -> dict[str, str]:
 def secret_references(model: ModelConfig) -> dict[str, str]:
     """`CS_SECRET_<name>: {{ prefect.blocks.secret.<id> }}` per declared secret: the model's own,
     else the cluster's."""
-    if not model.secrets:
+    names = model_code_secrets(model.secrets)  # the webhook key a model may declare stays out
+    if not names:
         return {}
     from prefect_cs.security.secrets import (
         PrefectSecretsBackend,
@@ -446,7 +469,7 @@ def secret_references(model: ModelConfig) -> dict[str, str]:
         return {}  # other backends: the flow resolves them itself (runtime.declared_secrets)
     own, cluster = set(PrefectSecretsBackend(scope).list()), set(PrefectSecretsBackend(None).list())
     refs = {}
-    for name in model.secrets:
+    for name in names:
         if name in own:
             ident = secret_id(parse_scope(scope), name)
         elif name in cluster:

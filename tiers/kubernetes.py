@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import label_value, secret_env_name
+from prefect_cs.core.names import label_value, model_code_secrets, secret_env_name
 from prefect_cs.tiers.base import JobVariables
 from prefect_cs.tiers.docker import DockerTier
 
@@ -54,7 +54,7 @@ def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
             "name": secret_env_name(name),
             "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
         }
-        for name in model.secrets
+        for name in model_code_secrets(model.secrets)  # never the webhook key
     ]
 
 

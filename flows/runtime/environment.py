@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.core.names import secret_env_name
+from prefect_cs.core.names import model_code_secrets, secret_env_name
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 
 RUNTIME_DIR = "cs-runtime"
@@ -26,13 +26,14 @@ def declared_secrets(model: ModelConfig) -> dict[str, str]:
     that is the operator's): from the secrets backend, or in a container job started with them
     by reference (Docker: block references resolved at container start; Kubernetes:
     secretKeyRef) from the `CS_SECRET_<name>` variables the job carries, which nothing else sets."""
-    if not model.secrets:
+    names = model_code_secrets(model.secrets)  # never the webhook key a model may declare
+    if not names:
         return {}
     if _secrets_source() != "env":
         from prefect_cs.security.secrets import model_secret_env
 
-        return model_secret_env(model.owner, model.title, model.secrets)
-    found = {name: os.environ.get(secret_env_name(name), "") for name in model.secrets}
+        return model_secret_env(model.owner, model.title, names)
+    found = {name: os.environ.get(secret_env_name(name), "") for name in names}
     missing = [name for name, value in found.items() if not value]
     if missing:
         raise NotConfigured(
