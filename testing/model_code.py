@@ -1,18 +1,19 @@
 """Small model apps written by a test, runnable in the model sandbox without a publish.
 
 The sandbox's uid must reach what it runs (bubblewrap binds as that uid), and pytest's
-own tmp_path lives under a folder only root can enter: these folders live under CS_HOME
-(reachable, see testing.scratch), and run on an interpreter the model uid can start.
+own tmp_path lives under a folder only root can enter: these folders live in a temporary
+folder that uid can traverse, and run on an interpreter it can start.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
-from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 from prefect_cs.flows.runtime.sandbox import model_interpreter
 
@@ -23,13 +24,18 @@ def model_python() -> str:
     return model_interpreter(version, getattr(sys, "_base_executable", sys.executable))
 
 
+@functools.cache
+def _base() -> Path:
+    """One folder per process that the model uid can traverse (not list): mkdtemp, then 0711."""
+    base = Path(tempfile.mkdtemp(prefix="cs-model-code-"))
+    base.chmod(0o711)
+    return base
+
+
 def model_folder() -> Path:
-    folder = get_settings().home / "test-models" / uuid.uuid4().hex[:12]
-    folder.mkdir(parents=True)
-    for path in (folder, *folder.parents):
-        if path == get_settings().home.parent:
-            break
-        path.chmod(path.stat().st_mode | 0o011)
+    """A new folder for model code, reachable by the sandbox's uid whatever CS_HOME is."""
+    folder = _base() / uuid.uuid4().hex[:12]
+    folder.mkdir()
     return folder
 
 
