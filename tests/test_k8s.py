@@ -540,6 +540,9 @@ def job_process(flow_run_id, log: Path) -> subprocess.Popen:
     assert secret_names == {"CS_SECRET_API_TOKEN", "PREFECT_API_AUTH_STRING"}
     env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
     env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
+    # Not in a pod: the model's uid must be one no other test's sandbox uses, or the uid
+    # sandbox's after-call kill (CS_SANDBOX=uid, meant for a container) would reach them.
+    env["CS_MODEL_UID"] = "10079"
     argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
     assert argv[1:] == ["flow-run", "execute"]
 

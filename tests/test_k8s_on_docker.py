@@ -111,7 +111,7 @@ def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_ho
     )
     job = render_job(run.id)
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker:")
+    assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker@sha256:")  # by digest
     refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
     assert sorted((e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs) == [
         ("CS_SECRET_DEMO_TOKEN", "DEMO_TOKEN"),

@@ -291,7 +291,10 @@ def cli_env(config: RedisConfig) -> dict[str, str]:
     }
 
 
-def test_cli_init_acl_from_options_and_env(fresh_server):
+def test_cli_init_acl_from_options_and_env(fresh_server, monkeypatch):
+    from prefect_cs.cli._utilities import console
+
+    monkeypatch.setattr(console, "width", 200)  # one table row per line, whatever the terminal
     config = make_config(fresh_server.port)
     runner = CliRunner()
     args = ["init-acl", "--host", "127.0.0.1", "--port", str(fresh_server.port)]

@@ -14,7 +14,8 @@ Model apps are written by outside economists, so their code is untrusted. Three 
 - `uid` (container tiers, where Docker's seccomp profile forbids namespaces): the container
   is the filesystem and network boundary; the model runs as CS_MODEL_UID so it cannot read the
   flow's environment through /proc or write the flow's files, and every process of that uid is
-  killed when the call ends.
+  killed when the call ends. Only for a container of its own: on a shared host that kill would
+  reach every process of the uid.
 - `none`: development only. Every call logs that model code runs unsandboxed.
 
 A tier whose sandbox cannot be had refuses to run model code (NotConfigured names the fix).
