@@ -211,11 +211,20 @@ def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, 
         return fail_payload(str(payload.get("task_id")), reason)
 
 
+def _new_task_id() -> str:
+    """For a run started without one (the UI's Quick run): a UUID like the web app's."""
+    import uuid
+
+    task_id = str(uuid.uuid4())
+    get_run_logger().info("no task_id given: this run's task_id is %s", task_id)
+    return task_id
+
+
 @flow(name="simulate", log_prints=True)
 def simulate(
     owner: str,
     title: str,
-    task_id: str,
+    task_id: str | None = None,
     meta_param_dict: dict[str, Any] | None = None,
     adjustment: dict[str, Any] | None = None,
     tag: str | None = None,
@@ -225,7 +234,10 @@ def simulate(
 
     With inputs_in_redis, meta_param_dict and adjustment are read from Redis
     under `job-<task_id>` (see flows/job_inputs.py) instead of these parameters.
+    Without a task_id (a Quick run from the Prefect UI) one is made, logged and put
+    in the run's outputs artifact; the web app gets the result under it.
     """
+    task_id = task_id or _new_task_id()
     check_task_id(task_id)  # before it names a file, a Redis key or a label: a UUID only
     started = time.perf_counter()
     given = (meta_param_dict, adjustment, inputs_in_redis)

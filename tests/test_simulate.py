@@ -150,3 +150,19 @@ def test_paramtools_app_real_outputs(paramtools, webapp, cs_home):
     with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
         png = next(n for n in archive.namelist() if n.endswith(".png"))
         assert archive.read(png).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_quick_run_with_only_the_deployment_defaults_completes_and_notifies(misbehaving, webapp):
+    """The Prefect UI's Quick run sends only the deployment's parameters (owner, title): the
+    run makes its own task_id, completes, and the web app gets one PUT under it."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("simulate/tests-misbehaving")
+    assert "task_id" not in deployment.parameter_openapi_schema.get("required", [])
+    before = {r.body.get("task_id") for r in webapp.received("/outputs/api/")}
+    state = simulate(**deployment.parameters, return_state=True)
+    assert state.is_completed(), state.message
+    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") not in before]
+    assert len(puts) == 1 and puts[0].body["status"] == "SUCCESS"
+    uuid.UUID(puts[0].body["task_id"])
