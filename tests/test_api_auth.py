@@ -20,6 +20,7 @@ import httpx
 import pytest
 from prefect_cs.core.errors import SettingsError
 from prefect_cs.services.stack import STANDIN_PORT, read_auth_file
+from prefect_cs.testing.processes import command_lines, environ
 from prefect_cs.testing.scratch import free_port
 
 CLI = str(Path(sys.executable).parent / "prefect-cs")
@@ -93,11 +94,6 @@ def pid_of(stack, name: str) -> int:
     return int((stack["home"] / "stack" / f"{name}.pid").read_text())
 
 
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
 def webapp_token(stack) -> str:
     blocks = read_blocks(stack, basic(login(stack))).json()
     (doc,) = [b for b in blocks if b["block_type"]["slug"] == "cs-web-app"]
@@ -142,16 +138,6 @@ def test_workers_get_the_login_and_nothing_planted(stack):
         assert env.get("PREFECT_API_AUTH_STRING") == auth, name
         assert not set(PLANTED) & set(env), f"{name} got {sorted(set(PLANTED) & set(env))}"
         assert "PREFECT_SERVER_API_AUTH_STRING" not in env, name
-
-
-def command_lines() -> dict[int, bytes]:
-    lines = {}
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            lines[int(path.parent.name)] = path.read_bytes()
-        except OSError:
-            continue
-    return lines
 
 
 def test_no_secret_on_any_command_line(stack):

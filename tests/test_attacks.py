@@ -86,6 +86,15 @@ def no_grandchild_left(phase: str, seconds: float = 5.0) -> bool:
     return False
 
 
+def delivered_report(webapp, cs_home: Path, task_id: str) -> dict:
+    """run_model's attack report, from the one SUCCESS the web app accepted for the task."""
+    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
+    assert [p.body["status"] for p in puts] == ["SUCCESS"]
+    with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_downloadable.zip") as archive:
+        (name,) = archive.namelist()
+        return json.loads(archive.read(name))
+
+
 def assert_got_nothing(report: dict, phase: str) -> None:
     assert report["phase"] == phase
     assert report["ran"] == PROBES, report  # every probe ran: a broken one cannot pass
@@ -103,11 +112,7 @@ def test_run_model_attacks_get_nothing(attacker, webapp, cs_home):
         "tests", "Attacker", task_id, {"targets": targets}, {}, None, return_state=True
     )
     assert state.is_completed(), state.message
-    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
-    assert [p.body["status"] for p in puts] == ["SUCCESS"]
-    with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_downloadable.zip") as archive:
-        (name,) = archive.namelist()
-        report = json.loads(archive.read(name))
+    report = delivered_report(webapp, cs_home, task_id)
     assert_got_nothing(report, "run_model")
     assert no_grandchild_left("run_model")
     assert not (cs_home / "outputs" / "pwned-install").exists()

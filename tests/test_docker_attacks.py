@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import uuid
-import zipfile
 
 import pytest
 from prefect_cs.deployments.submit import submit_simulation
@@ -17,7 +16,12 @@ from prefect_cs.services.stack import docker_worker
 from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, docker_tier, ensure_docker
 from prefect_cs.testing.models import EXAMPLES, add_tag, git, publish_model, register_model
 
-from tests.test_attacks import assert_got_nothing, attack_targets, no_grandchild_left
+from tests.test_attacks import (
+    assert_got_nothing,
+    attack_targets,
+    delivered_report,
+    no_grandchild_left,
+)
 
 TITLE = "Attacker-Docker"
 
@@ -51,11 +55,7 @@ def test_run_model_in_a_container_gets_nothing(docker_attacker, webapp, cs_home)
         "tests", TITLE, {"targets": targets}, {}, task_id=task_id, wait_seconds=180
     )
     assert run.state.is_completed(), run.state.message
-    puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") == task_id]
-    assert [p.body["status"] for p in puts] == ["SUCCESS"]
-    with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_downloadable.zip") as archive:
-        (name,) = archive.namelist()
-        report = json.loads(archive.read(name))
+    report = delivered_report(webapp, cs_home, task_id)
     assert_got_nothing(report, "run_model")
     assert report["probes"]["api_without_credentials"]["detail"] == "HTTP 401"
     assert no_grandchild_left("run_model")

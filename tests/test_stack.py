@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack import process_worker
+from prefect_cs.testing.processes import command_lines, environ
 
 # What an operator's shell may hold when it starts the stack: none of it may reach a worker or a job.
 PLANTED = {
@@ -34,21 +35,6 @@ def worker(platform):
         bg.start()
     yield bg
     bg.stop()
-
-
-def environ(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
-def command_lines() -> dict[int, bytes]:
-    lines = {}
-    for path in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            lines[int(path.parent.name)] = path.read_bytes()
-        except OSError:
-            continue
-    return lines
 
 
 def test_deployment_run_on_process_worker(misbehaving, webapp, worker):
@@ -102,10 +88,10 @@ def test_job_gets_the_login_and_nothing_planted(misbehaving, webapp, worker):
 def flow_process(flow_run_id) -> int | None:
     """The pid of the process the worker started for this flow run (its environment names the run)."""
     needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
-    for environ in Path("/proc").glob("[0-9]*/environ"):
+    for path in Path("/proc").glob("[0-9]*/environ"):
         try:
-            if needle in environ.read_bytes().split(b"\0"):
-                return int(environ.parent.name)
+            if needle in path.read_bytes().split(b"\0"):
+                return int(path.parent.name)
         except OSError:
             continue
     return None

@@ -24,6 +24,7 @@ from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
 from prefect_cs.flows.runtime.sandbox import (
     Sandbox,
+    closed_folder,
     interpreter_paths,
     model_interpreter,
     model_sandbox,
@@ -92,12 +93,12 @@ def check_reachable(sandbox: Sandbox, venv: Path) -> None:
     """The model's uid must be able to reach its venv (bubblewrap binds as that uid)."""
     if sandbox.mode != "bwrap" or sandbox.run_as() is None:
         return
-    blocked = [str(p) for p in reversed(venv.parents) if not os.stat(p).st_mode & 0o001]
+    blocked = closed_folder(venv)
     if blocked:
         raise StepFailed(
-            f"the model user (uid {sandbox.uid}) cannot reach {venv}: {blocked[0]} is not"
+            f"the model user (uid {sandbox.uid}) cannot reach {venv}: {blocked} is not"
             " searchable by other users. Put CS_HOME where others can traverse (e.g."
-            f" /var/lib/prefect-cs), or `chmod o+x {blocked[0]}`"
+            f" /var/lib/prefect-cs), or `chmod o+x {blocked}`"
         )
 
 

@@ -22,7 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect_cs.flows.runtime.sandbox import Sandbox, interpreter_paths, model_sandbox
+from prefect_cs.flows.runtime.sandbox import (
+    Sandbox,
+    interpreter_paths,
+    model_sandbox,
+    switch_user,
+)
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 DRAIN_SECONDS = 1.0  # after the child ends: what it printed last, not what a grandchild holds open
@@ -78,9 +83,7 @@ def _prepare_child(limit_mib: int | None, run_as: int | None):
             limit = limit_mib * 1024 * 1024
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         if run_as is not None:
-            os.setgroups([])
-            os.setgid(run_as)
-            os.setuid(run_as)
+            switch_user(run_as)()
 
     return apply
 

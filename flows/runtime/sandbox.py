@@ -215,11 +215,15 @@ def kill_uid(uid: int) -> int:
     return killed
 
 
+def closed_folder(path: Path) -> Path | None:
+    """The first folder on the way to `path` that other users cannot traverse (no o+x), if any."""
+    return next((f for f in reversed(path.parents) if not os.stat(f).st_mode & 0o001), None)
+
+
 def reachable_by_others(path: Path) -> bool:
     """Whether a user other than its owner can reach and run `path` (every folder o+x)."""
     real = path.resolve()
-    folders = [*reversed(real.parents)]
-    return all(os.stat(f).st_mode & 0o001 for f in folders) and bool(os.stat(real).st_mode & 0o005)
+    return closed_folder(real) is None and bool(os.stat(real).st_mode & 0o005)
 
 
 def model_interpreter(version: str, preferred: str) -> str:
