@@ -1,12 +1,15 @@
 """Latency through the cluster API, as the web app sees it, on a fresh temporary stack.
 
-    .venv/bin/python benchmarks/api_latency.py [--calls 50]
+    .venv/bin/python benchmarks/api_latency.py [--calls 200]
 
-Starts a Prefect server, the inputs worker and `prefect-cs api serve` (its own
-process), publishes the misbehaving sample app, then times POST /{owner}/{title}/
-from an httpx client (one connection, like C/S's requests session) for: version
-(warm model), defaults cached, parse acknowledgement and sim acknowledgement.
-Prints p50/p95/p99 in ms; C/S's client gives each attempt 1.7 s.
+Starts a Prefect server (SQLite), the inputs worker and `prefect-cs api serve`
+(its own process), publishes the misbehaving sample app, then times POST
+/{owner}/{title}/ from an httpx client (one connection, like C/S's requests
+session) for: version, defaults cached, defaults uncached (new meta parameters
+each call: a model call through the inputs server), parse acknowledgement and
+sim acknowledgement. Then it publishes and promotes a second tag and times the
+first version and defaults calls after it. Prints p50/p95/p99 in ms (client
+side, so the server's share is less); C/S's client gives each attempt 1.7 s.
 """
 
 from __future__ import annotations
@@ -27,7 +30,12 @@ import httpx  # noqa: E402
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
 from prefect_cs.security.secrets import get_backend  # noqa: E402
 from prefect_cs.services import stack  # noqa: E402
-from prefect_cs.testing.models import make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.testing.models import (  # noqa: E402
+    add_tag,
+    make_repo,
+    publish_model,
+    register_model,
+)
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 from prefect_cs.work_pools.pools import ensure_pool  # noqa: E402
 
@@ -60,6 +68,11 @@ def bodies() -> dict:
             "tag": None,
             "task_kwargs": {"meta_param_dict": {}},
         },
+        "defaults, uncached": lambda: {
+            "task_name": "defaults",
+            "tag": None,
+            "task_kwargs": {"meta_param_dict": {"call": str(uuid.uuid4())}},
+        },
         "parse ack": lambda: {
             "task_name": "parse",
             "tag": None,
@@ -75,9 +88,22 @@ def bodies() -> dict:
     }
 
 
+def after_promote(client: httpx.Client, repo: Path) -> None:
+    """Publish and promote v2, then time the web app's first version and defaults calls."""
+    add_tag(repo, "v2", "second tag")
+    assert publish_model("bench", "Misbehaving", "v2").is_completed()
+    time.sleep(2.5)  # the API's model config cache (CS_API_CONFIG_TTL_SECONDS, 2 s) sees v2
+    for name in ("version", "defaults, cached"):
+        started = time.perf_counter()
+        r = client.post("/bench/Misbehaving/", json=bodies()[name]())
+        took = (time.perf_counter() - started) * 1000
+        assert r.status_code == 200 and r.json()["status"] == "SUCCESS", r.text
+        print(f"{'first ' + name.split(',')[0]:>18} after promoting v2: {took:.0f} ms", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     server = stack.PrefectServer(api_url=stack.api_url())
     server.start()
@@ -104,9 +130,11 @@ def main() -> None:
             for name, body in bodies().items():
                 t = timed(client, body, args.calls)
                 print(
-                    f"{name:>16}, {args.calls} calls: p50 {percentile(t, 50) * 1000:.0f} ms,"
-                    f" p95 {percentile(t, 95) * 1000:.0f} ms, p99 {percentile(t, 99) * 1000:.0f} ms"
+                    f"{name:>18}, {args.calls} calls: p50 {percentile(t, 50) * 1000:.0f} ms,"
+                    f" p95 {percentile(t, 95) * 1000:.0f} ms, p99 {percentile(t, 99) * 1000:.0f} ms",
+                    flush=True,
                 )
+            after_promote(client, repo)
     finally:
         for part in parts:
             part.stop()

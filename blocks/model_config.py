@@ -71,6 +71,13 @@ class ModelConfig(Block):
     secrets: list[str] = Field(
         default_factory=list, description="Names of model secrets given to its jobs."
     )
+    max_concurrent_simulations: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="At most this many of the model's simulations run at once; the rest wait"
+        " in Prefect (its deployment's concurrency limit). None: only the pool's limit.",
+    )
     internet: bool = Field(
         default=False,
         description="The model's code needs the internet when it runs (downloads data): its"

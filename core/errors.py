@@ -48,3 +48,30 @@ class SecretNotFound(CSError, LookupError):
 
 class AclError(CSError, RuntimeError):
     """Redis ACL setup could not connect or was refused; the message names the fix."""
+
+
+class PlatformError(CSError, RuntimeError):
+    """The platform (not the model) could not finish a run; says so to the web app."""
+
+
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+TRANSIENT_TEXT = ("database is locked", "connection reset", "server disconnected")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A platform hiccup worth retrying (an API's 5xx or 429, a dropped connection, SQLite's
+    lock), as opposed to an error that would repeat (a bad config, a model's exception)."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in TRANSIENT_STATUS
+    if isinstance(exc, (httpx.TransportError, ConnectionError, TimeoutError)):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisDown
+        from redis.exceptions import TimeoutError as RedisSlow
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return False
+    if isinstance(exc, (RedisDown, RedisSlow)):
+        return True
+    return any(text in str(exc).lower() for text in TRANSIENT_TEXT)

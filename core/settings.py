@@ -185,6 +185,13 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest request body; larger ones get 413."
     )
+    config_ttl_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description="How long the API answers from a model config it read (a promote is seen"
+        " within this; a newly published tag at once).",
+    )
 
 
 class CSSettings(BaseSettings):
@@ -210,6 +217,13 @@ class CSSettings(BaseSettings):
     process_pool: str = "cs-process"
     docker_pool: str = "cs-docker"
     kubernetes_pool: str = "cs-kubernetes"
+    pool_concurrency: int | None = Field(
+        default=None,
+        ge=0,
+        description="Runs a work pool starts at once; the excess waits as Scheduled/Late runs."
+        " Unset: sized to this machine (process: its cores; docker: cores and memory at 2 GiB"
+        " a run; kubernetes: no limit, the cluster's quotas decide). 0: no limit.",
+    )
     base_image: str = Field(
         default="python:3.11-slim",
         description="Image the docker tier builds on; `deployments/docker/build-base-image.sh`"

@@ -11,13 +11,16 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import ConcurrencyLimitStrategy, ConcurrencyOptions
 from prefect.flows import load_flow_from_entrypoint
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.tiers import get_tier
-from prefect_cs.work_pools.pools import ensure_pool
+from prefect_cs.work_pools.pools import PUBLISHES_QUEUE, SIMULATIONS_QUEUE, ensure_pool
 
 SIMULATE_ENTRYPOINT = "prefect_cs.flows.simulate:simulate"
 PUBLISH_ENTRYPOINT = "prefect_cs.flows.publish:publish"
+# A model's runs over its limit wait (AwaitingConcurrencySlot), none is refused
+ENQUEUE = ConcurrencyOptions(collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def create_flow_deployment(
@@ -54,6 +57,9 @@ def deploy_model(model: ModelConfig, entry: PublishedTag) -> UUID:
             version=entry.tag,
             parameters={"owner": model.owner, "title": model.title},
             job_variables=tier.job_variables(model, entry),
+            work_queue_name=SIMULATIONS_QUEUE,
+            concurrency_limit=model.max_concurrent_simulations,
+            concurrency_options=ENQUEUE if model.max_concurrent_simulations else None,
             tags=["cs-simulate", f"model:{model.owner}/{model.title}", f"tag:{entry.tag}"],
             description=f"Simulations of {model.owner}/{model.title}; serving tag {entry.tag}.",
         )
@@ -76,6 +82,7 @@ def deploy_publish() -> UUID:
             PUBLISH_ENTRYPOINT,
             "publish",
             tier.pool_name,
+            work_queue_name=PUBLISHES_QUEUE,
             tags=["cs-publish"],
             description="Publish a model: clone, build, test, push, stage, promote, deploy.",
         )

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import threading
 from typing import Any
 
 from prefect import Task, task
@@ -33,6 +34,7 @@ from prefect_cs.flows.runtime.warm import WarmModel
 
 LIGHT_CALL_LIMIT = 30.0
 _warm: dict[tuple[str, str], WarmModel] = {}
+_warm_lock = threading.Lock()
 
 
 @functools.cache
@@ -86,19 +88,20 @@ def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list
     key = (model.slug, entry.python)
     env, limit = model_env(model), memory_rlimit_mib(model)
     fingerprint = _fingerprint(env, limit, model.internet)
-    warm = _warm.get(key)
-    if warm is not None and warm.fingerprint != fingerprint:
-        warm.stop()
-        warm = None
-    if warm is None:
-        warm = _warm[key] = WarmModel(
-            entry.python,
-            runner_for(entry.python),
-            env,
-            network=model.internet,
-            memory_limit_mib=limit,
-            fingerprint=fingerprint,
-        )
+    with _warm_lock:  # the task worker's threads and the start-up warming share the table
+        warm = _warm.get(key)
+        if warm is not None and warm.fingerprint != fingerprint:
+            warm.stop()
+            warm = None
+        if warm is None:
+            warm = _warm[key] = WarmModel(
+                entry.python,
+                runner_for(entry.python),
+                env,
+                network=model.internet,
+                memory_limit_mib=limit,
+                fingerprint=fingerprint,
+            )
     return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
 
 
@@ -247,11 +250,42 @@ def get_defaults(
     owner: str, title: str, meta_param_dict: dict[str, Any] | None = None, tag: str | None = None
 ) -> dict[str, Any]:
     """Cached per model, tag and meta parameters: a hit is one storage read, no task round trip."""
-    meta_param_dict = meta_param_dict or {}
-    model, entry = _resolve(owner, title, tag)
+    return defaults_of(*_resolve(owner, title, tag), meta_param_dict or {})
+
+
+def defaults_of(
+    model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
+) -> dict[str, Any]:
+    """get_defaults for a model already resolved (the cluster API keeps its configs)."""
     with contextlib.suppress(Exception):  # a miss or unreadable entry falls through to the model
         return json.loads(_storage().read_path(cache_path(model, entry.tag, meta_param_dict)))
-    return _run(route(defaults_task, entry, owner, title), owner, title, meta_param_dict, entry.tag)
+    task = route(defaults_task, entry, model.owner, model.title)
+    return _run(task, model.owner, model.title, meta_param_dict, entry.tag)
+
+
+def prewarm(model: ModelConfig, entry: PublishedTag) -> None:
+    """Ask the model's inputs server for its default inputs, without waiting: it starts the
+    model's process and caches the answer, so the web app's first call after a deploy is
+    neither a cold import nor a model call (the server takes it whenever it runs)."""
+    with task_storage():
+        route(defaults_task, entry, model.owner, model.title).delay(
+            model.owner, model.title, {}, entry.tag
+        )
+
+
+def submit_parse(
+    entry: PublishedTag,
+    owner: str,
+    title: str,
+    task_id: str,
+    meta_param_dict: dict[str, Any],
+    adjustment: dict[str, Any],
+) -> None:
+    """The parse task, submitted without waiting (its PUT /inputs/api/ comes later)."""
+    with task_storage():
+        route(parse_task, entry, owner, title).delay(
+            owner, title, task_id, meta_param_dict, adjustment, entry.tag
+        )
 
 
 def parse(

@@ -145,6 +145,20 @@ def deploy(owner: str, title: str, entry: PublishedTag) -> str:
     return deployment_name(model)
 
 
+@task(name="warm-inputs")
+def warm_inputs(owner: str, title: str, entry: PublishedTag) -> None:
+    """Ask the inputs server for the new tag's default inputs (not waited for): the web app's
+    first call after this deploy then finds the model's process started and its answer cached."""
+    from prefect_cs.flows.inputs import prewarm
+
+    try:
+        prewarm(ModelConfig.for_model(owner, title), entry)
+    except Exception as exc:  # noqa: BLE001 - a speed-up, never a reason to fail the publish
+        get_run_logger().warning("inputs of %s/%s@%s not warmed: %s", owner, title, entry.tag, exc)
+    else:
+        get_run_logger().info("asked the inputs server to warm %s/%s@%s", owner, title, entry.tag)
+
+
 @flow(name="publish")
 def publish(
     owner: str,
@@ -196,6 +210,7 @@ def _publish(owner: str, title: str, tag: str | None, steps: Steps, status: Comm
             return {"staged": tag}
     entry = promote(owner, title, tag)
     name = deploy(owner, title, entry)
+    warm_inputs(owner, title, entry)
     create_markdown_artifact(
         key=f"publish-{model.slug}"[:100],
         markdown=f"# {owner}/{title} published\n\n- tag: `{tag}`\n- tier: {entry.tier}\n- version: {entry.version}\n"

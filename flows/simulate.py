@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import is_transient
 from prefect_cs.core.names import check_task_id
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
@@ -31,7 +32,6 @@ from prefect_cs.flows.runtime.environment import (
 from prefect_cs.flows.runtime.model_process import ModelCall, call_model
 from prefect_cs.flows.runtime.sandbox import UNSANDBOXED, model_sandbox
 from prefect_cs.flows.storage import store_zips
-from redis.exceptions import RedisError
 
 
 def success_payload(
@@ -90,7 +90,30 @@ def run_model_task(
     return call
 
 
-@task(name="store-outputs")
+def retry_if_transient(task: Any, task_run: Any, state: State) -> bool:
+    """Prefect's retry condition for the platform's steps: a hiccup (5xx, a reset connection,
+    a locked database) is retried; an error that would repeat is not."""
+    try:
+        exc = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - an unreadable result is not worth a retry
+        return False
+    return isinstance(exc, BaseException) and is_transient(exc)
+
+
+PLATFORM_RETRIES = {
+    "retries": 3,
+    "retry_delay_seconds": [1, 3, 6],
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+@task(name="load-model", **PLATFORM_RETRIES)
+def load_model_task(owner: str, title: str, tag: str | None) -> tuple[ModelConfig, PublishedTag]:
+    model = ModelConfig.for_model(owner, title)
+    return model, model.published(tag)
+
+
+@task(name="store-outputs", **PLATFORM_RETRIES)
 def store_outputs_task(task_id: str, zips: dict[str, bytes]) -> dict[str, str]:
     """Takes the zips, not the outputs: Prefect walks a task's parameters recursively, and a
     model's outputs may nest deeper than the recursion limit."""
@@ -131,7 +154,7 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
     )
 
 
-@task(name="read-inputs")
+@task(name="read-inputs", **PLATFORM_RETRIES)
 def read_inputs_task(task_id: str) -> tuple[dict, dict]:
     """The inputs the submitter left in Redis for this task, read as the executor user."""
     from prefect_cs.security.job_inputs import load_inputs
@@ -168,11 +191,16 @@ def resolve_inputs(
     return meta or {}, adjustment or {}
 
 
+PLATFORM_ERROR = "platform error, not your model"
+
+
 def platform_fault(exc: BaseException) -> str:
-    """The FAIL text for an error of the platform (not the model) after the flow started."""
+    """The FAIL text for an error of the platform (not the model) after the flow started,
+    transient ones already retried: it says whose fault it is, so no one debugs their model."""
     return (
-        f"the platform failed while handling this run ({type(exc).__name__}: {exc});"
-        " the flow run's logs have the details. Run the simulation again, and report it if it repeats."
+        f"{PLATFORM_ERROR}: the cluster failed while handling this run ({type(exc).__name__}:"
+        f" {exc}); the flow run's logs have the details. Run the simulation again, and report"
+        " it if it repeats."
     )
 
 
@@ -186,12 +214,14 @@ def outcome(
     """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an exception."""
     scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
     try:
-        model = ModelConfig.for_model(owner, title)
-        entry = model.published(tag)
+        model, entry = load_model_task(owner, title, tag)
         scrub = scrubber_for(model)
         meta, adjust = resolve_inputs(task_id, *given)
-    except (LookupError, ValueError, RedisError) as exc:
+    except (LookupError, ValueError) as exc:  # no such model or tag, inputs gone: the request's
         return fail_payload(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
+    except Exception as exc:  # noqa: BLE001 - Prefect, Redis or storage still failing after retries
+        get_logger("prefect_cs.simulate").exception("simulate could not start task %s", task_id)
+        return fail_payload(task_id, platform_fault(exc)), None, scrub
     try:
         payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
     except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL

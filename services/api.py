@@ -22,19 +22,27 @@ web apps that send no header and belongs on a private network only.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
-import threading
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
+from prefect.exceptions import ObjectNotFound
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import ConfigError, NotConfigured, NotFound
 from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
+from prefect_cs.deployments.deploy import deployment_name
+from prefect_cs.deployments.submit import create_simulation_run
+from prefect_cs.flows.inputs import defaults_of, get_version
+from prefect_cs.flows.payload_rules import fail_traceback, model_version
+from prefect_cs.services.api_cache import AnswerCache, ModelDirectory
+from prefect_cs.services.parse_queue import ParseQueue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -117,71 +125,35 @@ def model_names(request: Request) -> tuple[str, str]:
 # ---- the calls (blocking; run in threads) --------------------------------------------
 
 
-def call_version(owner: str, title: str, tag: str | None, _: dict[str, Any]) -> dict[str, Any]:
-    from prefect_cs.flows.inputs import get_version
-
-    return get_version(owner, title, tag)
-
-
-def call_defaults(owner: str, title: str, tag: str | None, kw: dict[str, Any]) -> dict[str, Any]:
-    from prefect_cs.flows.inputs import get_defaults
-
-    return get_defaults(owner, title, kw.get("meta_param_dict") or {}, tag)
-
-
-def published_entry(owner: str, title: str, tag: str | None):
-    """The model and its published tag, or NotFound naming what is missing."""
-    from prefect_cs.blocks.model_config import ModelConfig
-
-    model = ModelConfig.for_model(owner, title)
-    return model, model.published(tag)
+def version_answer(entry: PublishedTag) -> dict[str, Any] | None:
+    """get_version as publish recorded it (a published tag's code never changes), or None."""
+    if not entry.version:
+        return None
+    return {
+        "version": model_version(entry.version),
+        "status": "SUCCESS",
+        "meta": {"task_times": [0.0]},
+    }
 
 
-def start_parse(owner: str, title: str, tag: str | None, kw: dict[str, Any], task_id: str) -> None:
-    """The parse background task, submitted without waiting (its PUT /inputs/api/ comes later)."""
-    from prefect_cs.core.task_storage import task_storage
-    from prefect_cs.flows.inputs import parse_task, route
+def parse_failed(request: dict[str, Any], reason: str) -> None:
+    """The one answer a parse that could not be started gets: a FAIL PUT to /inputs/api/."""
+    from prefect_cs.flows.notify import INPUTS_PATH, deliver
 
-    _, entry = published_entry(owner, title, tag)
-    args = (kw.get("meta_param_dict") or {}, kw.get("adjustment") or {})
-    with task_storage():
-        route(parse_task, entry, owner, title).delay(owner, title, task_id, *args, entry.tag)
-
-
-def start_sim(owner: str, title: str, tag: str | None, kw: dict[str, Any], task_id: str) -> None:
-    """The simulate flow run, created (not awaited) once the model and tag are known published."""
-    from prefect_cs.deployments.submit import submit_simulation
-
-    published_entry(owner, title, tag)
-    submit_simulation(
-        owner,
-        title,
-        kw.get("meta_param_dict") or {},
-        kw.get("adjustment") or {},
-        tag=tag,
-        task_id=task_id,
-        wait_seconds=0,
-    )
+    payload = {
+        "task_id": request["task_id"],
+        "status": "FAIL",
+        "traceback": fail_traceback(reason),
+        "meta": {"task_times": [0.0]},
+    }
+    deliver(INPUTS_PATH, payload)
 
 
-class Seen:
-    """Task ids this process already accepted for `parse` (bounded): a retried POST is a no-op."""
+def submit_parse(request: dict[str, Any]) -> None:
+    from prefect_cs.flows.inputs import submit_parse as submit
 
-    def __init__(self, size: int = 100_000) -> None:
-        self.size, self._ids, self._lock = size, OrderedDict[str, None](), threading.Lock()
-
-    def claim(self, task_id: str) -> bool:
-        with self._lock:
-            if task_id in self._ids:
-                return False
-            self._ids[task_id] = None
-            while len(self._ids) > self.size:
-                self._ids.popitem(last=False)
-            return True
-
-    def release(self, task_id: str) -> None:
-        with self._lock:
-            self._ids.pop(task_id, None)
+    entry = PublishedTag.model_validate(request["entry"])
+    submit(entry, request["owner"], request["title"], request["task_id"], *request["inputs"])
 
 
 # ---- run status ------------------------------------------------------------------------
@@ -223,8 +195,23 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
 
 
 class ClusterApi:
-    def __init__(self, settings: ApiSettings, token: str | None) -> None:
-        self.settings, self.token, self.parses = settings, token, Seen()
+    def __init__(self, settings: ApiSettings, token: str | None, pending: Path) -> None:
+        self.settings, self.token = settings, token
+        self.models = ModelDirectory(settings.config_ttl_seconds)
+        self.answers = AnswerCache()
+        self.parses = ParseQueue(pending, submit_parse, parse_failed)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
+        """The parse submitters run while the app does; requests a crash left are resubmitted."""
+        left = self.parses.start()
+        if left:
+            logger.info("resubmitting %d parse request(s) acknowledged before a restart", left)
+        try:
+            yield
+        finally:
+            self.parses.stop()
+            self.models.close()
 
     def authorized(self, request: Request) -> bool:
         if self.token is None:
@@ -235,7 +222,8 @@ class ClusterApi:
         )
 
     def guarded(self, handler: Handler) -> Handler:
-        """401 before anything else; Refused and the platform's errors as 4xx answers."""
+        """401 before anything else; Refused and NotFound as 4xx; the platform's own errors
+        (Prefect unreachable, a database hiccup) as 503, which C/S's client retries."""
 
         async def guarded(request: Request) -> JSONResponse:
             if not self.authorized(request):
@@ -250,6 +238,11 @@ class ClusterApi:
                 return answer(exc.status, error=str(exc))
             except NotFound as exc:
                 return answer(404, error=str(exc))
+            except Exception as exc:  # noqa: BLE001 - the caller retries; the operator reads the log
+                logger.exception("platform error on %s", request.url.path)
+                return answer(
+                    503, error=f"platform error, not your model: {type(exc).__name__}; retry"
+                )
 
         return guarded
 
@@ -257,19 +250,60 @@ class ClusterApi:
         owner, title = model_names(request)
         req = task_request(await read_json(request, self.settings.max_body_bytes))
         name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
-        if name in ("version", "defaults"):
-            call = call_version if name == "version" else call_defaults
-            return answer(200, **await self.light(call, owner, title, tag, kw))
+        model, entry = await anyio.to_thread.run_sync(self.models.published, owner, title, tag)
+        if name == "version":
+            known = version_answer(entry)
+            return answer(200, **(known or await self.light(get_version, owner, title, entry.tag)))
+        if name == "defaults":
+            return answer(200, **await self.defaults(model, entry, kw.get("meta_param_dict") or {}))
         task_id = req["task_id"] or str(uuid.uuid4())
         if name == "sim":
-            await anyio.to_thread.run_sync(start_sim, owner, title, tag, kw, task_id)
-        elif self.parses.claim(task_id):
-            try:
-                await anyio.to_thread.run_sync(start_parse, owner, title, tag, kw, task_id)
-            except BaseException:
-                self.parses.release(task_id)
-                raise
+            await anyio.to_thread.run_sync(self.start_sim, model, tag, kw, task_id)
+        else:
+            inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
+            entry_json = entry.model_dump(mode="json")
+            self.parses.add(
+                {
+                    "task_id": task_id,
+                    "owner": owner,
+                    "title": title,
+                    "entry": entry_json,
+                    "inputs": inputs,
+                }
+            )
         return answer(200, task_id=task_id)
+
+    async def defaults(
+        self, model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
+    ) -> dict[str, Any]:
+        """From memory when this process has answered it before; else storage or the model."""
+        key = AnswerCache.key(model, entry.tag, "defaults", meta_param_dict)
+        if (known := self.answers.get(key)) is not None:
+            return known
+        result = await self.light(defaults_of, model, entry, meta_param_dict)
+        self.answers.put(key, result)
+        return result
+
+    def start_sim(
+        self, model: ModelConfig, tag: str | None, kw: dict[str, Any], task_id: str
+    ) -> None:
+        """The flow run, in one Prefect call; a deployment re-created since is looked up again."""
+        name = deployment_name(model)
+        inputs = (kw.get("meta_param_dict") or {}, kw.get("adjustment") or {})
+        for attempt in (1, 2):
+            try:
+                deployment = self.models.deployment_id(name)
+                create_simulation_run(
+                    self.models.client(), deployment, model, task_id, *inputs, tag
+                )
+                return
+            except ObjectNotFound as exc:
+                self.models.forget_deployment(name)
+                if attempt == 2:
+                    raise NotFound(
+                        f"{model.owner}/{model.title} has no simulate deployment {name}: publish"
+                        f" it (`prefect-cs models publish {model.owner}/{model.title}`)"
+                    ) from exc
 
     @staticmethod
     async def light(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -280,7 +314,11 @@ class ClusterApi:
             raise
         except Exception as exc:  # noqa: BLE001 - the web app reads a FAIL, not a 500
             reason = f"{type(exc).__name__}: {exc}"
-            return {"status": "FAIL", "traceback": reason, "meta": {"task_times": [0.0]}}
+            return {
+                "status": "FAIL",
+                "traceback": fail_traceback(reason),
+                "meta": {"task_times": [0.0]},
+            }
 
     async def runs(self, request: Request) -> JSONResponse:
         owner, title = model_names(request)
@@ -380,18 +418,23 @@ def load_token(settings: ApiSettings) -> str:
 
 
 def create_app(
-    settings: ApiSettings | None = None, token: str | None = None, auth: bool = True
+    settings: ApiSettings | None = None,
+    token: str | None = None,
+    auth: bool = True,
+    port: int | None = None,
 ) -> Starlette:
-    """The app; the token is read once here, so rotate it by restarting."""
+    """The app; the token is read once here, so rotate it by restarting. Parse requests wait
+    in a folder of this port's (two APIs on one machine never take each other's)."""
     settings = settings or get_settings().api
-    api = ClusterApi(settings, (token or load_token(settings)) if auth else None)
+    pending = get_settings().home / "api" / f"parse-pending-{port or settings.port}"
+    api = ClusterApi(settings, (token or load_token(settings)) if auth else None, pending)
     routes = [
         Route("/health", health),
         Route("/sync/", api.guarded(api.sync), methods=["POST"]),
         Route("/{owner}/{title}/", api.guarded(api.task), methods=["POST"]),
         Route("/{owner}/{title}/runs/{task_id}", api.guarded(api.runs), methods=["GET"]),
     ]
-    return Starlette(routes=[*routes, Route("/openapi.json", openapi())])
+    return Starlette(routes=[*routes, Route("/openapi.json", openapi())], lifespan=api.lifespan)
 
 
 NO_AUTH_WARNING = (
@@ -409,7 +452,7 @@ def serve(host: str, port: int, auth: bool = True) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prefect API call
-    app = create_app(auth=auth)
+    app = create_app(auth=auth, port=port)
     if not auth:
         logger.warning(NO_AUTH_WARNING)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

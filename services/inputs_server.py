@@ -9,11 +9,18 @@ Run it with `prefect-cs inputs serve [--model OWNER/TITLE]` or
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 from prefect import Task
+from prefect.logging import get_logger
+from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.names import check_name
 from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import task_storage
 from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, version_task
+
+logger = get_logger("prefect_cs.inputs_server")
 
 
 def served_tasks(model: str | None = None) -> list[Task]:
@@ -27,12 +34,38 @@ def served_tasks(model: str | None = None) -> list[Task]:
     return [for_model(t, owner, title) for t in tasks]
 
 
+def served_models(model: str | None = None) -> list[ModelConfig]:
+    """The one model of a container's server, or every model the shared server answers for
+    (those whose promoted tag is a virtualenv on this machine)."""
+    if model:
+        owner, _, title = model.partition("/")
+        return [ModelConfig.for_model(owner, title)]
+    from prefect_cs.registry.configs import all_models
+
+    return [m for m in all_models() if m.latest_tag and m.published().tier == "local"]
+
+
+def warm_served(model: str | None = None) -> int:
+    """Start each served model's process and cache its default inputs, so the web app's first
+    call after a (re)start is neither a cold import nor a model call; returns how many."""
+    warmed = 0
+    with contextlib.suppress(Exception):  # warming is a speed-up: never a reason not to serve
+        for config in served_models(model):
+            answer = defaults_task.fn(config.owner, config.title, {}, None)
+            warmed += answer.get("status") == "SUCCESS"
+            logger.info("warmed %s/%s: %s", config.owner, config.title, answer.get("status"))
+    return warmed
+
+
 def serve(model: str | None = None) -> None:
-    """Run the inputs task worker until stopped: shared, or for one model."""
+    """Run the inputs task worker until stopped: shared, or for one model; each served model
+    is warmed alongside."""
     from prefect.task_worker import serve as serve_tasks
 
+    model = model or get_settings().inputs_model
     with task_storage():
-        serve_tasks(*served_tasks(model or get_settings().inputs_model), limit=20)
+        threading.Thread(target=warm_served, args=(model,), daemon=True).start()
+        serve_tasks(*served_tasks(model), limit=20)
 
 
 if __name__ == "__main__":

@@ -256,7 +256,9 @@ class PrefectServer:
         except httpx.HTTPError:
             return False
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = 180) -> None:
+        """Wait up to `timeout` (a loaded 2-core machine has needed over 90 s); one that does
+        not come up is stopped, not left running behind the error."""
         if self.healthy():
             return
         bg = self.background()
@@ -268,6 +270,7 @@ class PrefectServer:
             if bg.pid() is None:
                 break
             time.sleep(0.5)
+        bg.stop()
         raise RuntimeError(f"Prefect server did not start at {self.api_url}; see {bg.log_file}")
 
     def stop(self) -> None:

@@ -17,6 +17,9 @@ _ROOT = scratch_environment(
     PREFECT_LOGGING_TO_API_BATCH_INTERVAL="0.3",
     CS_NOTIFY_BACKOFF_SECONDS="0.05",
     CS_NOTIFY_ATTEMPTS="3",
+    # Pools without a limit here: tests that hang or kill runs must not hold the slots of the
+    # next; tests/test_admission.py checks the limits on pools of its own.
+    CS_POOL_CONCURRENCY="0",
 )
 
 import pytest  # noqa: E402

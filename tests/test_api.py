@@ -206,6 +206,37 @@ def test_parse_acknowledged_then_put_to_inputs_api(client, paramtools, task_work
     assert len(parse_task_runs() - before) == 1  # the retried POST made no second parse
 
 
+# ---- the web app's own client ----------------------------------------------------------
+
+
+def test_a_compute_studio_client_gets_every_answer_within_its_rules(
+    api, misbehaving, paramtools, task_worker, webapp, worker
+):
+    """requests, 1.7 s per attempt, five attempts, only a 200 counts: C/S's compute.py."""
+    from prefect_cs.testing.cs_client import ComputeStudioClient
+
+    cs = ComputeStudioClient(api, TOKEN)
+    version = cs.submit_job("tests", "Misbehaving", "version", {})
+    assert version["status"] == "SUCCESS" and version["version"] == "0.3.0"
+    defaults = cs.submit_job("tests", "Misbehaving", "defaults", {"meta_param_dict": {}})
+    assert defaults["status"] == "SUCCESS" and "control" in defaults["model_parameters"]
+    parse_id = str(uuid.uuid4())
+    parse = {"meta_param_dict": {}, "adjustment": {"params": {"a": [{"value": 2}]}}}
+    parse["errors_warnings"] = {"GUI": {"errors": {}, "warnings": {}}}
+    assert cs.submit_job("tests", "ParamTools", "parse", parse, task_id=parse_id) == {
+        "task_id": parse_id
+    }
+    sim_id = str(uuid.uuid4())
+    sim = {"meta_param_dict": {}, "adjustment": BEHAVE_OK}
+    assert cs.submit_job("tests", "Misbehaving", "sim", sim, "v1", sim_id) == {"task_id": sim_id}
+    assert webapp.first_about(parse_id, timeout=60).path == "/inputs/api/"
+    webapp.first_about(sim_id, timeout=120)
+    time.sleep(1)  # a second PUT, were there one, would have come by now
+    puts = [r for r in webapp.received("/outputs/api/") if r.body.get("task_id") == sim_id]
+    assert [r.body["status"] for r in puts] == ["SUCCESS"]
+    assert len(cs.attempts_made) == 4 and max(cs.attempts_made) <= 5
+
+
 # ---- refusals -----------------------------------------------------------------------
 
 

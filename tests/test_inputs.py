@@ -86,3 +86,45 @@ def test_container_tier_entries_are_routed_per_model():
     assert "__a-b" in inputs.route(inputs.parse_task, image, "a", "b").task_key
     with pytest.raises(ValueError, match="invalid owner"):
         inputs_server.served_tasks("bad owner/x")
+
+
+# ---- warming: the first call after a deploy or a restart is neither cold nor a model call ----
+
+
+def cached_defaults_file(owner: str, title: str, tag: str):
+    from pathlib import Path
+
+    model = inputs.ModelConfig.for_model(owner, title)
+    return Path(inputs._storage().basepath) / inputs.cache_path(model, tag, {})
+
+
+def test_a_promote_warms_the_new_tags_default_inputs(paramtools, task_worker):
+    from prefect_cs.testing.models import publish_model
+
+    cached = cached_defaults_file("tests", "ParamTools", "v1")
+    cached.unlink(missing_ok=True)
+    assert publish_model("tests", "ParamTools", "v1", "promote").is_completed()  # a rollback
+    deadline = time.monotonic() + 60
+    while not cached.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert cached.exists(), "the promote did not warm the inputs: no defaults cached for v1"
+    assert inputs.get_defaults("tests", "ParamTools", {})["status"] == "SUCCESS"
+
+
+def test_the_inputs_server_warms_what_it_serves_when_it_starts(misbehaving, platform):
+    from prefect_cs.services.stack import Background
+
+    cached = cached_defaults_file("tests", "Misbehaving", "v1")
+    cached.unlink(missing_ok=True)
+    base = inputs_worker()
+    worker = Background("inputs-warm-test", base.argv, base.env)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 90
+        while not cached.exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = worker.log_file.read_text(errors="replace")
+    finally:
+        worker.stop()
+    assert cached.exists(), f"not warmed at start; the server's log:\n{log[-3000:]}"
+    assert "warmed tests/Misbehaving: SUCCESS" in log

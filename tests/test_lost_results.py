@@ -149,6 +149,45 @@ def test_platform_fault_after_start_is_one_fail(misbehaving, webapp, monkeypatch
     assert body["status"] == "FAIL" and "disk on fire" in body["traceback"]
 
 
+def test_a_platform_hiccup_is_retried_not_blamed_on_the_model(misbehaving, webapp, monkeypatch):
+    """Storage drops the connection twice, then works: Prefect's task retries absorb it."""
+    from prefect_cs.flows import simulate as module
+
+    real, calls = module.store_zips, []
+
+    def flaky(zips):
+        calls.append(1)
+        if len(calls) <= 2:
+            raise ConnectionResetError("storage reset the connection")
+        return real(zips)
+
+    monkeypatch.setattr(module, "store_zips", flaky)
+    task_id, state = run(behave("ok"))
+    assert state.is_completed(), state.message
+    assert len(calls) == 3 and only_put(webapp, task_id)["status"] == "SUCCESS"
+
+
+def test_a_platform_error_that_persists_is_one_fail_that_says_whose_it_is(
+    misbehaving, webapp, monkeypatch
+):
+    from prefect_cs.flows import simulate as module
+
+    calls = []
+
+    def down(zips):
+        calls.append(1)
+        raise ConnectionResetError("storage is down")
+
+    monkeypatch.setattr(module, "store_zips", down)
+    task_id, state = run(behave("ok"))
+    assert state.is_failed()
+    body = only_put(webapp, task_id)
+    assert body["status"] == "FAIL"
+    assert body["traceback"].startswith("platform error, not your model")
+    assert "storage is down" in body["traceback"]
+    assert len(calls) == 1 + module.PLATFORM_RETRIES["retries"]
+
+
 # ---- the watcher: Failed and Cancelled runs that never notified ---------------------------
 
 

@@ -1,14 +1,47 @@
-"""Work pools from the base job templates kept as JSON beside this module."""
+"""Work pools from the base job templates kept as JSON beside this module, with admission control.
+
+A burst of simulations must wait in Prefect, not thrash the machine: each pool
+starts at most `pool_concurrency` runs at once (sized to the machine unless set),
+and has two queues — simulations first, publishes after (at most one at a time),
+so a queued publish never goes before a waiting simulation. A model's own limit
+(ModelConfig.max_concurrent_simulations, Compute Studio's cost control) is its
+deployment's concurrency limit (deployments/deploy.py).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from typing import Any
 
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect_cs.core.settings import get_settings
+
+SIMULATIONS_QUEUE = "simulations"
+PUBLISHES_QUEUE = "publishes"
+# name: (priority, concurrency limit); 1 is the highest priority
+QUEUES: dict[str, tuple[int, int | None]] = {SIMULATIONS_QUEUE: (1, None), PUBLISHES_QUEUE: (2, 1)}
+GIB_PER_CONTAINER_RUN = 2
+
+
+def machine_memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def pool_concurrency(pool_type: str) -> int | None:
+    """How many runs the pool starts at once; None is no limit."""
+    configured = get_settings().pool_concurrency
+    if configured is not None:
+        return configured or None
+    cores = os.cpu_count() or 1
+    if pool_type == "process":
+        return cores
+    if pool_type == "docker":
+        return max(1, min(cores, int(machine_memory_gib() // GIB_PER_CONTAINER_RUN)))
+    return None  # kubernetes: the cluster's autoscaler and resource quotas decide
 
 
 def base_job_template(pool_type: str) -> dict[str, Any]:
@@ -32,13 +65,29 @@ def ensure_pool(name: str, pool_type: str) -> None:
     from prefect_cs.tiers import tier_for_pool_type
 
     tier_for_pool_type(pool_type)
-    template = base_job_template(pool_type)
+    template, limit = base_job_template(pool_type), pool_concurrency(pool_type)
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(name)
         except ObjectNotFound:
             client.create_work_pool(
-                WorkPoolCreate(name=name, type=pool_type, base_job_template=template)
+                WorkPoolCreate(
+                    name=name, type=pool_type, base_job_template=template, concurrency_limit=limit
+                )
             )
-            return
-        client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
+        else:
+            update = WorkPoolUpdate(base_job_template=template, concurrency_limit=limit)
+            client.update_work_pool(name, update)
+        ensure_queues(client, name)
+
+
+def ensure_queues(client: SyncPrefectClient, pool: str) -> None:
+    """The simulations and publishes queues, with their priorities and limits."""
+    for queue, (priority, limit) in QUEUES.items():
+        try:
+            client.create_work_queue(
+                name=queue, work_pool_name=pool, priority=priority, concurrency_limit=limit
+            )
+        except ObjectAlreadyExists:
+            found = client.read_work_queue_by_name(queue, work_pool_name=pool)
+            client.update_work_queue(found.id, priority=priority, concurrency_limit=limit)

@@ -1,0 +1,79 @@
+"""Admission control with Prefect's own tools: pool and queue limits, and a model's own limit.
+
+Real parts: the session's Prefect server, a process worker, the misbehaving sample
+app published under a limit of one simulation at a time, the web app stand-in.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect_cs.work_pools import pools
+
+
+def test_a_pool_is_sized_to_the_machine_with_simulations_before_publishes(platform, monkeypatch):
+    monkeypatch.delenv("CS_POOL_CONCURRENCY")
+    pools.ensure_pool("cs-admission-sized", "process")
+    with get_client(sync_client=True) as client:
+        pool = client.read_work_pool("cs-admission-sized")
+        sims = client.read_work_queue_by_name("simulations", work_pool_name=pool.name)
+        publishes = client.read_work_queue_by_name("publishes", work_pool_name=pool.name)
+    assert pool.concurrency_limit == os.cpu_count()
+    assert sims.priority < publishes.priority  # 1 is served first
+    assert publishes.concurrency_limit == 1 and sims.concurrency_limit is None
+
+
+def test_a_pools_limit_is_a_setting_and_0_lifts_it(platform, monkeypatch):
+    monkeypatch.setenv("CS_POOL_CONCURRENCY", "7")
+    pools.ensure_pool("cs-admission-set", "process")
+    monkeypatch.setenv("CS_POOL_CONCURRENCY", "0")
+    pools.ensure_pool("cs-admission-lifted", "process")
+    with get_client(sync_client=True) as client:
+        assert client.read_work_pool("cs-admission-set").concurrency_limit == 7
+        assert client.read_work_pool("cs-admission-lifted").concurrency_limit is None
+
+
+def test_the_docker_pool_counts_memory_too(monkeypatch):
+    monkeypatch.delenv("CS_POOL_CONCURRENCY")
+    cores, gib = os.cpu_count() or 1, pools.machine_memory_gib()
+    assert pools.pool_concurrency("docker") == max(1, min(cores, int(gib // 2)))
+    assert pools.pool_concurrency("kubernetes") is None  # the cluster's quotas decide
+
+
+@pytest.fixture(scope="module")
+def one_at_a_time(platform, repos):
+    from prefect_cs.testing.models import make_repo, publish_model, register_model
+
+    repo = make_repo("misbehaving-app", repos / "one-at-a-time")
+    model = register_model(
+        "tests", "OneAtATime", repo, repo_tag="v1", time_limit=30, max_concurrent_simulations=1
+    )
+    assert publish_model("tests", "OneAtATime").is_completed()
+    return model
+
+
+def test_a_models_limit_makes_its_simulations_wait_their_turn(one_at_a_time, webapp):
+    from prefect_cs.deployments.submit import submit_simulation
+    from prefect_cs.services.stack import process_worker
+
+    worker = process_worker()
+    worker.start()
+    try:
+        adjustment = {"control": {"behavior": [{"value": "ok"}]}}
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        runs = [submit_simulation("tests", "OneAtATime", {}, adjustment, task_id=i) for i in ids]
+        for task_id in ids:
+            assert webapp.first_about(task_id, timeout=240).body["status"] == "SUCCESS"
+    finally:
+        worker.stop()
+    time.sleep(1)
+    with get_client(sync_client=True) as client:
+        done = sorted((client.read_flow_run(r.id) for r in runs), key=lambda r: r.start_time)
+        waited = {s.name for r in runs for s in client.read_flow_run_states(r.id) if s.name}
+    for earlier, later in zip(done, done[1:], strict=False):
+        assert later.start_time >= earlier.end_time, "two simulations of the model overlapped"
+    assert "AwaitingConcurrencySlot" in waited  # the limit held runs back, not luck
