@@ -183,3 +183,21 @@ def test_storage_that_does_not_answer_is_one_fail_naming_the_route(
     with pytest.raises(OutputsNotStored, match="did not answer.*storage.googleapis.com"):
         store_zips({"x_renderable.zip": b"PK"})
     assert "Cloud Storage did not answer" in fail_of_a_simulation(webapp)
+
+
+def test_a_missing_bucket_with_the_web_app_down_keeps_the_fail(
+    misbehaving, webapp, cs_home, gcs, platform, monkeypatch
+):
+    """Both faults at once: the FAIL naming the bucket is kept for `prefect-cs results resend`."""
+    import json
+
+    use_bucket(gcs, "cs-no-such-bucket", monkeypatch)
+    webapp.fail_next = 3  # every attempt (CS_NOTIFY_ATTEMPTS=3 in the tests) is answered 503
+    task_id, state = run_ok()
+    assert state.is_failed() and "NOT notified, result kept" in state.message
+    assert webapp.accepted("/outputs/api/") == []
+    (kept,) = (cs_home / "undelivered").glob(f"{task_id}-*.json")
+    record = json.loads(kept.read_text())
+    kept.unlink()  # not left for other tests' resends
+    assert record["path"] == "/outputs/api/" and record["payload"]["status"] == "FAIL"
+    assert "gcloud storage buckets create gs://cs-no-such-bucket" in record["payload"]["traceback"]
