@@ -34,6 +34,10 @@ class MalformedOutputs(CSError, ValueError):
     """run_model returned something cs-storage would not accept; the message names the output."""
 
 
+class OutputsNotStored(CSError, RuntimeError):
+    """The outputs storage (a folder or a GCS bucket) refused or did not answer; names the fix."""
+
+
 class DeliveryError(CSError, RuntimeError):
     """The web app did not accept a result after the bounded retries."""
 

@@ -1,8 +1,20 @@
-"""Writes output zips to the outputs storage block (LocalFileSystem or GcsBucket)."""
+"""Writes output zips to the outputs storage block (LocalFileSystem or GcsBucket).
+
+A write that fails becomes one OutputsNotStored that names the storage (the
+bucket or folder, and the CS_OUTPUTS_BLOCK it came from), the problem (no such
+bucket, credentials refused, storage not answering) and its fix: the simulate
+flow sends that text to the web app in its FAIL, so an operator reading it
+knows what to change without opening the job's logs. Google's client retries
+an unreachable endpoint by itself (about two minutes) before it gives up.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect_cs.core.blocks import load_outputs_storage
+from prefect_cs.core.errors import OutputsNotStored
+from prefect_cs.core.settings import get_settings
 
 
 def store_zips(zips: dict[str, bytes]) -> dict[str, str]:
@@ -10,6 +22,53 @@ def store_zips(zips: dict[str, bytes]) -> dict[str, str]:
     storage = load_outputs_storage()
     where = {}
     for location, content in zips.items():
-        result = storage.write_path(location, content)
+        try:
+            result = storage.write_path(location, content)
+        except Exception as exc:  # noqa: BLE001 - every storage failure gets its fix named
+            raise not_stored(storage, location, exc) from exc
         where[location] = str(result or location)
     return where
+
+
+def not_stored(storage: Any, location: str, exc: Exception) -> OutputsNotStored:
+    block = get_settings().outputs_block
+    bucket = getattr(storage, "bucket", None)
+    target = f"GCS bucket {bucket!r}" if bucket else f"folder {getattr(storage, 'basepath', '?')!r}"
+    problem = gcs_problem(bucket, exc) if bucket else folder_problem(exc)
+    return OutputsNotStored(
+        f"could not write {location} to the outputs storage ({target}, block {block!r}"
+        f" named by CS_OUTPUTS_BLOCK): {problem}"
+    )
+
+
+def gcs_problem(bucket: str, exc: Exception) -> str:
+    """What went wrong with a bucket, by Google's status code or exception, and what fixes it."""
+    from google.api_core.exceptions import RetryError
+    from google.auth.exceptions import GoogleAuthError
+
+    text = f"{type(exc).__name__}: {exc}"[:600]
+    code = getattr(exc, "code", None)
+    if code == 404:
+        return (
+            f"the bucket does not exist ({text}); create it (`gcloud storage buckets create"
+            f" gs://{bucket}`) or name an existing bucket in the block"
+        )
+    if code in (401, 403) or isinstance(exc, GoogleAuthError):
+        return (
+            f"the credentials were refused ({text}); fix the block's GcpCredentials, and give"
+            f" its service account roles/storage.objectCreator on gs://{bucket}"
+        )
+    if isinstance(exc, (RetryError, OSError)):
+        return (
+            f"Cloud Storage did not answer ({text}); check the job's network route to"
+            " storage.googleapis.com (or STORAGE_EMULATOR_HOST where one is set), then run"
+            " the simulation again"
+        )
+    return f"{text}; check the block with `prefect block inspect` and the bucket's settings"
+
+
+def folder_problem(exc: Exception) -> str:
+    return (
+        f"{type(exc).__name__}: {exc}; the folder must exist and be writable by the job"
+        " (on the Docker tier it is mounted at the same path)"
+    )
