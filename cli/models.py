@@ -71,10 +71,17 @@ def models_list() -> None:
 
 @models_app.command("show")
 def models_show(name: str) -> None:
-    """A model's full record as JSON."""
+    """A model's full record as JSON, then its simulations that have not finished, by state."""
     from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.deployments.queue import unfinished_runs
 
-    console.print_json(ModelConfig.for_model(*split_model(name)).model_dump_json())
+    model = ModelConfig.for_model(*split_model(name))
+    console.print_json(model.model_dump_json())
+    limit = model.max_concurrent_simulations or "the pool's"
+    table = Table("state", "simulations", title=f"queue (at most {limit} at once)")
+    for state, count in sorted(unfinished_runs(model).items()) or [("none waiting", 0)]:
+        table.add_row(state, str(count))
+    console.print(table)
 
 
 @models_app.command("publish")

@@ -77,3 +77,18 @@ def test_a_models_limit_makes_its_simulations_wait_their_turn(one_at_a_time, web
     for earlier, later in zip(done, done[1:], strict=False):
         assert later.start_time >= earlier.end_time, "two simulations of the model overlapped"
     assert "AwaitingConcurrencySlot" in waited  # the limit held runs back, not luck
+
+
+def test_models_show_prints_the_queue_of_waiting_simulations(one_at_a_time):
+    """No worker: the runs wait in Prefect, and the operator sees them waiting."""
+    from prefect_cs.cli.main import app
+    from prefect_cs.deployments.submit import submit_simulation
+    from typer.testing import CliRunner
+
+    for _ in range(2):
+        submit_simulation("tests", "OneAtATime", {}, {}, task_id=str(uuid.uuid4()))
+    result = CliRunner().invoke(app, ["models", "show", "tests/OneAtATime"])
+    assert result.exit_code == 0, result.output
+    assert "at most 1 at once" in result.output
+    waiting = [line for line in result.output.splitlines() if "Scheduled" in line or "Late" in line]
+    assert waiting and sum(int(line.split()[-2]) for line in waiting) == 2, result.output
