@@ -6,8 +6,13 @@ from the platform (flows/runtime/usage.py says why), and allocates its memory th
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import UTC, datetime
+
+import pytest
 from prefect_cs.flows.runtime.model_process import call_model
-from prefect_cs.testing.model_code import functions_runner, model_python
+from prefect_cs.testing.model_code import functions_runner, model_python, model_venv
 
 BURN = (
     "import time\n"
@@ -101,3 +106,88 @@ def test_a_crash_keeps_the_run_time():
     done = call(crash)
     assert not done.ok and "exited with code 3" in (done.error or "")
     assert done.seconds >= 0.5
+
+
+# The same work behind a real simulate flow: a model whose run_model waits for the burner,
+# then returns one output, or raises after the work when the adjustment asks it to.
+SIMULATED = (
+    WAITED.replace(
+        'return {"renderable": [], "downloadable": []}',
+        'return {"renderable": [{"media_type": "Text", "title": "t", "data": "x"}], "downloadable": []}',
+    )
+    + '\ndef get_version():\n    return "1.0"\n'
+)
+
+
+@pytest.fixture
+def billed_model(platform):
+    """A model registered with one published tag whose environment runs SIMULATED."""
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+
+    title = f"Billed{uuid.uuid4().hex[:8]}"
+    entry = PublishedTag(tag="v1", python=model_venv(SIMULATED))
+    model = ModelConfig(owner="tests", title=title, repo_url="/x", latest_tag="v1")
+    model.record(entry)
+    model.save_model()
+    return "tests", title
+
+
+def test_simulate_reports_and_records_the_cost_of_success_and_fail(billed_model, webapp):
+    """meta carries the cost on SUCCESS and FAIL (task_times too: the web app bills FAIL by it);
+    every run is recorded, and `prefect-cs models usage` totals them."""
+    from prefect.artifacts import Artifact
+    from prefect_cs.cli.main import app
+    from prefect_cs.flows.simulate import simulate
+    from typer.testing import CliRunner
+
+    owner, title = billed_model
+    since = datetime.now(UTC)
+    bodies = {}
+    for adjustment in ({}, {"fail": True}):
+        task_id = str(uuid.uuid4())
+        simulate(owner, title, task_id, {}, adjustment, return_state=True)
+        bodies[task_id] = webapp.only_put(task_id)
+    for task_id, body in bodies.items():
+        meta = body["meta"]
+        assert meta["task_times"][0] >= 0.8, body
+        assert meta["cpu_seconds"] >= 0.8 and meta["peak_memory_mib"] >= 150, meta
+        description = Artifact.get(f"outputs-{task_id}", _sync=True).description
+        assert f"CPU {meta['cpu_seconds']:.2f} s" in description
+    assert sorted(b["status"] for b in bodies.values()) == ["FAIL", "SUCCESS"]
+    fail = next(b for b in bodies.values() if b["status"] == "FAIL")
+    assert set(fail) == {"task_id", "status", "meta", "traceback"}  # payload_rules: FAIL keys
+
+    result = CliRunner().invoke(
+        app, ["models", "usage", f"{owner}/{title}", "--since", since.isoformat(), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    totals = json.loads(result.output)
+    assert (totals["runs"], totals["failed"]) == (2, 1)
+    spent = sum(b["meta"]["cpu_seconds"] for b in bodies.values())
+    assert totals["cpu_seconds"] == pytest.approx(spent, abs=0.01) and spent >= 1.6
+    assert totals["peak_memory_mib"] >= 150
+    later = CliRunner().invoke(
+        app, ["models", "usage", f"{owner}/{title}", "--since", "2999-01-01", "--json"]
+    )
+    assert json.loads(later.output)["runs"] == 0
+
+
+def test_a_fail_payload_keeps_what_the_model_run_cost():
+    """Issue 11: a FAIL used to send task_times [0.0] though the model ran and billing reads it."""
+    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.flows.runtime.usage import Usage
+    from prefect_cs.flows.simulate import fail_payload
+
+    call = ModelCall(ok=False, error="boom", seconds=2.5, usage=Usage(1.25, 210.0))
+    sent = fail_payload(str(uuid.uuid4()), "boom", call)
+    assert sent["meta"] == {"task_times": [2.5], "cpu_seconds": 1.25, "peak_memory_mib": 210.0}
+    never_ran = fail_payload(str(uuid.uuid4()), "no such tag")["meta"]
+    assert never_ran == {"task_times": [0.0], "cpu_seconds": 0.0, "peak_memory_mib": 0.0}
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, None, "3", True])
+def test_task_times_is_always_one_finite_non_negative_number(seconds):
+    from prefect_cs.flows.payload_rules import run_meta
+
+    (sent,) = run_meta(seconds)["task_times"]
+    assert sent == 0.0
