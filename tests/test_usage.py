@@ -191,3 +191,25 @@ def test_task_times_is_always_one_finite_non_negative_number(seconds):
 
     (sent,) = run_meta(seconds)["task_times"]
     assert sent == 0.0
+
+
+def test_the_init_refuses_to_run_but_as_pid_1(tmp_path):
+    """Its sweep kills every process it can see: anywhere but pid 1 of its own namespace it must
+    refuse. Tried where a sweep could do no harm: as pid 2 of a sandbox (under bubblewrap's init)."""
+    import subprocess
+    import time
+
+    from prefect_cs.flows.runtime.sandbox import model_sandbox
+    from prefect_cs.flows.runtime.usage import measured
+
+    box = model_sandbox()
+    if box.mode != "bwrap":
+        pytest.skip("needs bubblewrap's pid namespace")
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    argv = box.wrap(measured([model_python(), "-c", "pass"]), work=work, as_pid_1=False)
+    started = time.monotonic()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "runs only as pid 1" in done.stderr, done
+    assert time.monotonic() - started < 30

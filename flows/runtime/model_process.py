@@ -4,7 +4,8 @@ The child runs in the model sandbox (flows/runtime/sandbox.py) with a clean
 environment (no Prefect API key, no web app token, no secret the model did not
 declare), a time limit, output read with a deadline into a bounded tail, and on
 the process tier an address-space limit. Its result comes back in a file of its
-private work folder, read without following links.
+private work folder, read without following links; what its process tree used (CPU,
+peak memory) comes from the kernel when it is reaped (flows/runtime/usage.py).
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ STOP_GRACE_SECONDS = 1.0  # for the sandbox's init to end and reap the model onc
 # non-dumpable, so the model cannot trace it either.
 INIT_SOURCE = """
 import os, signal, sys
+if os.getpid() != 1:  # the sweep below kills every process it sees: only ever in its own namespace
+    sys.exit("the platform's sandbox init runs only as pid 1 of its own pid namespace")
 try:  # PR_SET_DUMPABLE 0: not traceable by the model's uid
     import ctypes
     ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)
