@@ -242,6 +242,21 @@ def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, 
         return {**failed, "meta": meta if isinstance(meta, dict) else failed["meta"]}
 
 
+def _records(
+    owner: str, title: str, task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]
+) -> None:
+    """The run's usage row (what `models usage` totals), then its outputs artifact; each failing
+    alone, since the result is already delivered."""
+    for what, make in (
+        ("usage", lambda: record_usage(owner, title, task_id, payload)),
+        ("outputs", lambda: _outputs_artifact(task_id, stored, payload)),
+    ):
+        try:
+            make()
+        except Exception:  # noqa: BLE001 - records, not the result
+            get_run_logger().exception("could not create the %s artifact", what)
+
+
 def _new_task_id() -> str:
     """For a run started without one (the UI's Quick run): a UUID like the web app's."""
     import uuid
@@ -275,11 +290,7 @@ def simulate(
     payload, stored, scrub = outcome(owner, title, task_id, given, tag)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
-    try:
-        _outputs_artifact(task_id, stored, payload)
-        record_usage(owner, title, task_id, payload)
-    except Exception:  # noqa: BLE001 - the artifacts are records; the result is delivered
-        get_run_logger().exception("could not create the outputs or usage artifact")
+    _records(owner, title, task_id, stored, payload)
     elapsed = time.perf_counter() - started
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":
