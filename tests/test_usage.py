@@ -75,6 +75,20 @@ def test_a_subprocess_the_model_waits_for_is_counted():
     assert done.seconds >= 0.8
 
 
+def test_without_a_pid_namespace_a_waited_subprocess_is_counted_too():
+    """CS_SANDBOX=none (and `uid`, which this machine cannot try: its after-call kill would reach
+    every process of the uid): no init, the model is the child, wait4 counts what it waited for."""
+    from prefect_cs.flows.runtime.sandbox import Sandbox
+
+    runner = functions_runner(WAITED)
+    done = call_model(
+        model_python(), "run_model", [{}, {}], 60, runner=runner, sandbox=Sandbox("none", None)
+    )
+    assert done.ok, done.error
+    assert done.usage is not None and done.usage.cpu_seconds >= 0.8, done.usage
+    assert done.usage.peak_memory_mib >= 150, done.usage
+
+
 def test_a_failed_run_is_measured_too():
     """The web app bills FAIL by task_times: the run time survives the exception."""
     done = call(WAITED, {"fail": True})
