@@ -88,6 +88,30 @@ def bodies() -> dict:
     }
 
 
+def baseline_run_deployment(count: int) -> None:
+    """Side by side: how a sim was submitted before (run_deployment: a new client, the
+    deployment read by name, then the run), in this process, on the same server."""
+    from prefect.deployments import run_deployment
+
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        task_id = str(uuid.uuid4())
+        run_deployment(
+            "simulate/bench-misbehaving",
+            parameters={"owner": "bench", "title": "Misbehaving", "task_id": task_id, "tag": "v1"},
+            timeout=0,
+            tags=[f"task:{task_id}"],
+            idempotency_key=f"task:{task_id}",
+        )
+        times.append(time.perf_counter() - started)
+    print(
+        f"{'baseline: run_deployment':>18}, {count} calls: p50 {percentile(times, 50) * 1000:.0f} ms,"
+        f" p95 {percentile(times, 95) * 1000:.0f} ms (the sim path before, no HTTP hop)",
+        flush=True,
+    )
+
+
 def after_promote(client: httpx.Client, repo: Path) -> None:
     """Publish and promote v2, then time the web app's first version and defaults calls."""
     add_tag(repo, "v2", "second tag")
@@ -134,6 +158,7 @@ def main() -> None:
                     f" p95 {percentile(t, 95) * 1000:.0f} ms, p99 {percentile(t, 99) * 1000:.0f} ms",
                     flush=True,
                 )
+            baseline_run_deployment(args.calls // 4)
             after_promote(client, repo)
     finally:
         for part in parts:

@@ -1,11 +1,14 @@
 """`prefect-cs models …`: the model registry an operator edits by hand.
 
-Register and publish are the operator's side of what the webhook automates;
+Register and publish are the operator's side of what the webhook automates; `usage`
+totals what a model's runs cost over a period;
 `models -n OWNER/TITLE` scopes the `secrets` group (mounted in cli/main.py) to one model.
 """
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -112,3 +115,46 @@ def models_rollback(name: str, tag: str) -> None:
     if state.is_failed():
         exit_with_error(f"rollback of {name} to {tag} failed: {state.message}")
     exit_with_success(f"[green]rolled back[/green] {name} to {tag}")
+
+
+def _moment(text: str | None, option: str) -> datetime | None:
+    """A date or date-time (ISO 8601; UTC when no zone is given)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        exit_with_error(f"{option} {text!r} is not a date: give YYYY-MM-DD or YYYY-MM-DDTHH:MM")
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+@models_app.command("usage")
+def models_usage(
+    name: str,
+    since: str = typer.Option(..., help="Start of the period: YYYY-MM-DD[THH:MM] (UTC)."),
+    until: str = typer.Option(None, help="End of the period, excluded (default: now)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the totals as JSON."),
+) -> None:
+    """What a model's simulations cost over a period: runs, run time, CPU-seconds, peak memory.
+
+    Totals the usage row every simulate run records (SUCCESS and FAIL) in the Prefect
+    artifact `usage-OWNER-TITLE`; see flows/usage.py.
+    """
+    from prefect_cs.flows.usage import model_usage
+
+    owner, title = split_model(name)
+    start, end = _moment(since, "--since"), _moment(until, "--until")
+    totals = model_usage(owner, title, start, end)  # type: ignore[arg-type]
+    if as_json:
+        console.print_json(json.dumps(totals))
+        return
+    table = Table("model", "runs", "failed", "run time (s)", "CPU (s)", "peak memory (MiB)")
+    table.add_row(
+        totals["model"],
+        str(totals["runs"]),
+        str(totals["failed"]),
+        f"{totals['run_seconds']:.2f}",
+        f"{totals['cpu_seconds']:.2f}",
+        f"{totals['peak_memory_mib']:.1f}",
+    )
+    console.print(table)

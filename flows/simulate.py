@@ -22,7 +22,7 @@ from prefect_cs.core.errors import is_transient
 from prefect_cs.core.names import check_task_id
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
-from prefect_cs.flows.payload_rules import fail_traceback, model_version
+from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
 from prefect_cs.flows.runtime.environment import (
     memory_rlimit_mib,
     model_env,
@@ -31,7 +31,17 @@ from prefect_cs.flows.runtime.environment import (
 )
 from prefect_cs.flows.runtime.model_process import ModelCall, call_model
 from prefect_cs.flows.runtime.sandbox import UNSANDBOXED, model_sandbox
+from prefect_cs.flows.runtime.usage import Usage
 from prefect_cs.flows.storage import store_zips
+from prefect_cs.flows.usage import record_usage
+
+
+def call_meta(call: ModelCall | None) -> dict[str, Any]:
+    """What the run cost: the model's run time (task_times), CPU-seconds and peak memory of its
+    process tree; zeros where no model process ran."""
+    if call is None:
+        return run_meta(0.0, Usage().meta())
+    return run_meta(call.seconds, (call.usage or Usage()).meta())
 
 
 def success_payload(
@@ -41,18 +51,19 @@ def success_payload(
         "task_id": task_id,
         "status": "SUCCESS",
         "model_version": model_version(call.version, published_version),
-        "meta": {"task_times": [call.seconds]},
+        "meta": call_meta(call),
         "outputs": outputs,
         "version": "v1",
     }
 
 
-def fail_payload(task_id: str, reason: str, seconds: float = 0.0) -> dict[str, Any]:
-    """On FAIL the web app reads only these four keys."""
+def fail_payload(task_id: str, reason: str, call: ModelCall | None = None) -> dict[str, Any]:
+    """On FAIL the web app reads only these four keys; meta is what the model's run cost, if it
+    ran (the web app bills FAIL by task_times too)."""
     return {
         "task_id": task_id,
         "status": "FAIL",
-        "meta": {"task_times": [seconds]},
+        "meta": call_meta(call),
         "traceback": fail_traceback(reason),
     }
 
@@ -137,7 +148,8 @@ def notify_task(path: str, payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
+def _outputs_artifact(task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]) -> None:
+    """The outputs (none on FAIL) in a table; what the run cost in its description."""
     rows = [
         {
             "category": category,
@@ -146,11 +158,19 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any]) -> None:
             "file": o["filename"],
             "zip": stored["where"][info["ziplocation"]],
         }
-        for category, info in stored["description"].items()
+        for category, info in (stored["description"] if stored else {}).items()
         for o in info["outputs"]
     ]
+    meta = payload["meta"]
+    cost = (
+        f"{payload['status']}: run time {sum(meta['task_times']):.2f} s,"
+        f" CPU {meta.get('cpu_seconds', 0):.2f} s,"
+        f" peak memory {meta.get('peak_memory_mib', 0):.1f} MiB"
+    )
     create_table_artifact(
-        table=rows, key=f"outputs-{task_id}".lower()[:100], description=f"Outputs of task {task_id}"
+        table=rows,
+        key=f"outputs-{task_id}".lower()[:100],
+        description=f"Outputs of task {task_id}. {cost}",
     )
 
 
@@ -173,11 +193,20 @@ def run_and_collect(
     """Run the model and turn whatever happened into the payload for the web app."""
     call = run_model_task(model, entry, meta, adjustment)
     if not call.ok:
-        return fail_payload(task_id, scrub(call.error or "unknown failure"), call.seconds), None
+        return fail_payload(task_id, scrub(call.error or "unknown failure"), call), None
+    try:
+        return collect(call, entry, task_id, scrub)
+    except Exception as exc:  # noqa: BLE001 - the model ran: its FAIL still says what it cost
+        get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
+        return fail_payload(task_id, platform_fault(exc), call), None
+
+
+def collect(call: ModelCall, entry: PublishedTag, task_id: str, scrub: Callable[[Any], Any]):
+    """The model's result checked, zipped and stored, as the payload for the web app."""
     try:
         outputs = validate_outputs(scrub(call.result))
     except MalformedOutputs as exc:
-        return fail_payload(task_id, f"malformed outputs: {exc}", call.seconds), None
+        return fail_payload(task_id, f"malformed outputs: {exc}", call), None
     description, zips = build_zips(task_id, outputs)
     stored = {"description": description, "where": store_outputs_task(task_id, zips)}
     return success_payload(task_id, call, stored["description"], entry.version), stored
@@ -238,7 +267,24 @@ def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, 
         reason = (
             f"the result could not be checked for secrets ({type(exc).__name__}) and was withheld"
         )
-        return fail_payload(str(payload.get("task_id")), reason)
+        failed = fail_payload(str(payload.get("task_id")), reason)
+        meta = payload.get("meta")  # built here from numbers only: nothing in it to mask
+        return {**failed, "meta": meta if isinstance(meta, dict) else failed["meta"]}
+
+
+def _records(
+    owner: str, title: str, task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]
+) -> None:
+    """The run's usage row (what `models usage` totals), then its outputs artifact; each failing
+    alone, since the result is already delivered."""
+    for what, make in (
+        ("usage", lambda: record_usage(owner, title, task_id, payload)),
+        ("outputs", lambda: _outputs_artifact(task_id, stored, payload)),
+    ):
+        try:
+            make()
+        except Exception:  # noqa: BLE001 - records, not the result
+            get_run_logger().exception("could not create the %s artifact", what)
 
 
 def _new_task_id() -> str:
@@ -274,11 +320,7 @@ def simulate(
     payload, stored, scrub = outcome(owner, title, task_id, given, tag)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
-    if stored:
-        try:
-            _outputs_artifact(task_id, stored)
-        except Exception:  # noqa: BLE001 - the artifact is a convenience; the result is delivered
-            get_run_logger().exception("could not create the outputs artifact")
+    _records(owner, title, task_id, stored, payload)
     elapsed = time.perf_counter() - started
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":

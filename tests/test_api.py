@@ -425,7 +425,7 @@ def test_model_version_is_at_most_50_characters():
 def test_fail_traceback_is_never_empty_and_at_most_8000(reason):
     from prefect_cs.flows.simulate import fail_payload
 
-    sent = fail_payload(str(uuid.uuid4()), reason, 2.5)["traceback"]
+    sent = fail_payload(str(uuid.uuid4()), reason)["traceback"]
     assert sent.strip() and len(sent) <= 8000
     if reason.strip():
         assert sent.endswith("x" * 100)  # the end, where the error is, is kept

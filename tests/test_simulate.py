@@ -70,6 +70,10 @@ def test_failure_is_reported(misbehaving, webapp, behavior, reason):
     assert body["status"] == "FAIL"
     assert reason in body["traceback"], body["traceback"]
     assert len(body["traceback"]) <= 8000
+    # the model ran, so its FAIL is billed for it (the web app sums task_times), measured
+    assert body["meta"]["task_times"][0] > 0 and body["meta"]["cpu_seconds"] > 0, body["meta"]
+    if behavior == "hang":
+        assert body["meta"]["task_times"][0] >= 8
 
 
 def test_model_prints_do_not_confuse_the_result(misbehaving, webapp):

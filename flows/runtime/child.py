@@ -35,10 +35,12 @@ def _version() -> object:
 def main(request_path: str, response_path: str) -> None:
     with open(request_path) as f:
         request = json.load(f)
+    started = time.perf_counter()
     try:
         response = _call(request)
-    except BaseException:
-        response = {"ok": False, "traceback": traceback.format_exc()}
+    except BaseException:  # the run time counts on FAIL too: the web app bills by it
+        seconds = time.perf_counter() - started
+        response = {"ok": False, "traceback": traceback.format_exc(), "seconds": seconds}
     response["version"] = _version() if request.get("with_version") else None
     try:
         text = json.dumps(response)

@@ -4,7 +4,8 @@ The child runs in the model sandbox (flows/runtime/sandbox.py) with a clean
 environment (no Prefect API key, no web app token, no secret the model did not
 declare), a time limit, output read with a deadline into a bounded tail, and on
 the process tier an address-space limit. Its result comes back in a file of its
-private work folder, read without following links.
+private work folder, read without following links; what its process tree used (CPU,
+peak memory) comes from the kernel when it is reaped (flows/runtime/usage.py).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from prefect_cs.flows.runtime.sandbox import (
     model_sandbox,
     switch_user,
 )
+from prefect_cs.flows.runtime.usage import Usage, exited, measured, reap, stop, wait_exit
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 DRAIN_SECONDS = 1.0  # after the child ends: what it printed last, not what a grandchild holds open
@@ -36,7 +38,12 @@ SAFE_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
 
 @dataclass
 class ModelCall:
-    """What came back from the child: a result, or the reason it failed."""
+    """What came back from the child: a result, or the reason it failed.
+
+    seconds: the model's run time, as the child measured it, else (a crash, a time limit)
+    the child's life as the platform saw it; never more than that. usage: what the call's
+    process tree used (flows/runtime/usage.py), None if the child never started.
+    """
 
     ok: bool
     result: Any = None
@@ -44,6 +51,7 @@ class ModelCall:
     version: str | None = None
     error: str | None = None
     output: str = ""
+    usage: Usage | None = None
 
 
 def child_environment(
@@ -121,12 +129,13 @@ def call_model(
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
         sandbox.prepare(Path(work))
         readable = [*interpreter_paths(python), Path(runner).parent]
+        argv = [python, "-I", runner, str(request), str(response)]
+        if sandbox.mode == "bwrap":  # the platform's init as pid 1: the whole tree is measured
+            argv = measured(argv)
         argv = sandbox.wrap(
-            [python, "-I", runner, str(request), str(response)],
-            work=Path(work),
-            readable=readable,
-            network=network,
+            argv, work=Path(work), readable=readable, network=network, as_pid_1=True
         )
+        started = time.perf_counter()
         proc = subprocess.Popen(
             argv,
             cwd=work,
@@ -139,18 +148,26 @@ def call_model(
         )
         try:
             finished, output = read_tail(proc, timeout)
+            lived = time.perf_counter() - started
         finally:
-            _kill_group(proc.pid)
-            proc.wait()
+            stop(proc, inner_first=sandbox.mode == "bwrap")
+            usage = reap(proc)
             proc.stdout.close()  # type: ignore[union-attr]
             sandbox.end()
         if not finished:
-            return ModelCall(
-                ok=False,
-                error=f"the model did not finish within its time limit of {timeout:g} seconds and was stopped",
-                output=output,
-            )
-        return _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
+            error = f"the model did not finish within its time limit of {timeout:g} seconds and was stopped"
+            return ModelCall(ok=False, error=error, output=output, seconds=lived, usage=usage)
+        call = _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
+        call.seconds, call.usage = _run_seconds(call.seconds, lived), usage
+        return call
+
+
+def _run_seconds(reported: object, lived: float) -> float:
+    """The child's own figure if it is a number within the child's life, else its life: the
+    response file is the model's to write, so it cannot claim more than it ran."""
+    if isinstance(reported, int | float) and not isinstance(reported, bool) and reported > 0:
+        return min(float(reported), lived)
+    return lived
 
 
 def _exit_status(proc: subprocess.Popen, sandbox: Sandbox) -> int:
@@ -173,24 +190,17 @@ def read_tail(proc: subprocess.Popen, timeout: float) -> tuple[bool, str]:
     tail, deadline, stop_at = bytearray(), time.monotonic() + timeout, None
     fd = proc.stdout.fileno()  # type: ignore[union-attr]
     while (now := time.monotonic()) < (stop_at or deadline):
-        if stop_at is None and proc.poll() is not None:
+        if stop_at is None and exited(proc):
             stop_at = min(now + DRAIN_SECONDS, deadline)
         if not select.select([fd], [], [], min((stop_at or deadline) - now, 0.2))[0]:
             continue
         chunk = os.read(fd, 1 << 16)
         if not chunk:  # every writer closed its end: only the exit is left to wait for
-            _wait(proc, deadline - now)
+            wait_exit(proc, deadline - now)
             break
         tail += chunk
         del tail[:-cap]
-    return proc.poll() is not None, tail.decode(errors="replace")
-
-
-def _wait(proc: subprocess.Popen, seconds: float) -> None:
-    try:
-        proc.wait(timeout=max(seconds, 0.0))
-    except subprocess.TimeoutExpired:
-        pass
+    return exited(proc), tail.decode(errors="replace")
 
 
 def _read_response(
@@ -209,7 +219,13 @@ def _read_response(
         reason = data["traceback"]
         if "MemoryError" in reason and memory_limit_mib:
             reason += f"\nThe model ran out of memory (limit {memory_limit_mib} MiB)."
-        return ModelCall(ok=False, error=reason, version=data.get("version"), output=output)
+        return ModelCall(
+            ok=False,
+            error=reason,
+            version=data.get("version"),
+            output=output,
+            seconds=data.get("seconds"),  # type: ignore[arg-type] - checked by _run_seconds
+        )
     return ModelCall(
         ok=True,
         result=data["result"],
@@ -220,7 +236,7 @@ def _read_response(
 
 
 def _kill_group(pid: int) -> None:
-    """Nothing the model started outlives the call."""
+    """Nothing the model started outlives the call (warm processes; a call uses usage.stop)."""
     try:
         os.killpg(pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

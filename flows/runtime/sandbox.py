@@ -59,11 +59,19 @@ class Sandbox:
         readable: Sequence[Path | str] = (),
         writable: Sequence[Path | str] = (),
         network: bool = False,
+        as_pid_1: bool = False,
     ) -> list[str]:
-        """The command to run: argv itself, or argv inside bubblewrap with only these paths."""
+        """The command to run: argv itself, or argv inside bubblewrap with only these paths.
+
+        as_pid_1: argv is the sandbox's pid 1 instead of bubblewrap's init, so that bubblewrap
+        waits for it and the caller's wait4 measures the whole tree (flows/runtime/usage.py).
+        """
         if self.mode != "bwrap":
             return list(argv)
-        return [*bwrap_prefix(work, readable, writable, network), "--", *argv]
+        prefix = bwrap_prefix(work, readable, writable, network)
+        if as_pid_1:
+            prefix.insert(1, "--as-pid-1")
+        return [*prefix, "--", *argv]
 
     def prepare(self, *folders: Path) -> None:
         """Hand the folders the model writes to its uid (only root can, and only root needs to)."""
