@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import threading
+import time
 from typing import Any
 
 from prefect import Task, task
@@ -230,7 +231,7 @@ def route(background_task: Task, entry: PublishedTag, owner: str, title: str) ->
 def _run(background_task, *args: Any, timeout: float = LIGHT_CALL_LIMIT + 10) -> dict[str, Any]:
     with task_storage():
         future = background_task.delay(*args)
-        future.wait(timeout=timeout)
+        wait_started(future, timeout)
         if future.state.is_completed():
             return future.result()
         if not future.state.is_final():
@@ -239,6 +240,19 @@ def _run(background_task, *args: Any, timeout: float = LIGHT_CALL_LIMIT + 10) ->
                 " (`prefect-cs stack start` locally; the model's inputs server on container tiers)"
             )
         return {"status": "FAIL", "traceback": future.state.message, "meta": {"task_times": [0.0]}}
+
+
+def wait_started(future: Any, timeout: float) -> None:
+    """future.wait, again when Prefect read the task run before its first state was set
+    (a race of a busy server: "has no state which means it hasn't started yet")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return future.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except RuntimeError as exc:
+            if "has no state" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def get_version(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
