@@ -88,6 +88,19 @@ def bodies() -> dict:
     }
 
 
+def parses_answered(stub: WebAppStub, expected: int, timeout: float = 900) -> None:
+    """Wait for every acknowledged parse's PUT /inputs/api/: none may be lost."""
+    started = time.monotonic()
+    while len(stub.received("/inputs/api/")) < expected:
+        assert time.monotonic() - started < timeout, "parse answers missing"
+        time.sleep(0.5)
+    print(
+        f"{'parse answers':>18}: all {expected} PUT /inputs/api/ within"
+        f" {time.monotonic() - started:.0f} s of the last ack",
+        flush=True,
+    )
+
+
 def baseline_run_deployment(count: int) -> None:
     """Side by side: how a sim was submitted before (run_deployment: a new client, the
     deployment read by name, then the run), in this process, on the same server."""
@@ -158,6 +171,8 @@ def main() -> None:
                     f" p95 {percentile(t, 95) * 1000:.0f} ms, p99 {percentile(t, 99) * 1000:.0f} ms",
                     flush=True,
                 )
+                if name == "parse ack":  # let the parse backlog drain before timing sims
+                    parses_answered(stub, args.calls + 2)
             baseline_run_deployment(args.calls // 4)
             after_promote(client, repo)
     finally:

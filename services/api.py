@@ -6,16 +6,19 @@ contract: `POST /{owner}/{title}/` with a task_name, `POST /sync/` with the
 projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
 `GET /openapi.json`.
 
-- `version` / `defaults` are answered in the body (200, FAIL included) by the
-  caller-side functions of flows/inputs.py, in a thread (they block);
-- `parse` and `sim` answer `{"task_id"}` once the work exists (the task run,
-  the flow run) and never wait for it; the result reaches the web app by PUT.
-  A caller's task_id is idempotent: for `sim` it is the flow run's idempotency
-  key (Prefect returns the first run), for `parse` this process remembers it.
+- `version` / `defaults` are answered in the body (200, FAIL included): version
+  as publish recorded it, defaults from memory, the storage cache or the model
+  (flows/inputs.py, in a thread: it blocks);
+- `sim` answers `{"task_id"}` once the flow run exists, `parse` once the request
+  is kept on disk (services/parse_queue.py submits it behind the answer); the
+  result reaches the web app by PUT. A caller's task_id is idempotent: for `sim`
+  it is the flow run's idempotency key (Prefect returns the first run), for
+  `parse` the pending file or the ids this process submitted.
 
 C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
-anything but 200 as failed; errors here are therefore plain 4xx with a reason
-the operator can act on. Auth is a bearer token (the cluster secret named by
+anything but 200 as failed; what the API keeps in memory to answer within that
+is in services/api_cache.py. Errors are plain 4xx with a reason the operator can
+act on, and 503 for the platform's own (the client retries). Auth is a bearer token (the cluster secret named by
 CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
 web apps that send no header and belongs on a private network only.
 """
