@@ -9,7 +9,6 @@ Run it with `prefect-cs inputs serve [--model OWNER/TITLE]` or
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 from prefect import Task
@@ -42,18 +41,29 @@ def served_models(model: str | None = None) -> list[ModelConfig]:
         return [ModelConfig.for_model(owner, title)]
     from prefect_cs.registry.configs import all_models
 
-    return [m for m in all_models() if m.latest_tag and m.published().tier == "local"]
+    return [m for m in all_models() if promoted_tier(m) == "local"]
+
+
+def promoted_tier(model: ModelConfig) -> str | None:
+    try:
+        return model.published().tier
+    except LookupError:  # registered, never promoted
+        return None
 
 
 def warm_served(model: str | None = None) -> int:
     """Start each served model's process and cache its default inputs, so the web app's first
     call after a (re)start is neither a cold import nor a model call; returns how many."""
     warmed = 0
-    with contextlib.suppress(Exception):  # warming is a speed-up: never a reason not to serve
-        for config in served_models(model):
-            answer = defaults_task.fn(config.owner, config.title, {}, None)
-            warmed += answer.get("status") == "SUCCESS"
-            logger.info("warmed %s/%s: %s", config.owner, config.title, answer.get("status"))
+    try:
+        models = served_models(model)
+    except Exception as exc:  # noqa: BLE001 - warming is a speed-up, never a reason not to serve
+        logger.warning("could not list the models to warm: %s", exc)
+        return 0
+    for config in models:
+        answer = defaults_task.fn(config.owner, config.title, {}, None)  # never raises
+        warmed += answer.get("status") == "SUCCESS"
+        logger.info("warmed %s/%s: %s", config.owner, config.title, answer.get("status"))
     return warmed
 
 
