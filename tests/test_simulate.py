@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import uuid
@@ -60,6 +61,7 @@ def test_success_payload_and_zips(misbehaving, webapp, cs_home):
         ("bad_media_type", "media_type 'GIF'"),
         ("missing_key", "has no 'data'"),
         ("not_serializable", "not JSON-serializable"),
+        ("csv_bytes", "is 'CSV' with bytes data"),  # cs-storage refuses it too
     ],
 )
 def test_failure_is_reported(misbehaving, webapp, behavior, reason):
@@ -70,6 +72,47 @@ def test_failure_is_reported(misbehaving, webapp, behavior, reason):
     assert body["status"] == "FAIL"
     assert reason in body["traceback"], body["traceback"]
     assert len(body["traceback"]) <= 8000
+
+
+def zipped(cs_home, body: dict, category: str) -> dict[str, bytes]:
+    """title -> the member's bytes, read through the description the web app got."""
+    info = body["outputs"][category]
+    with zipfile.ZipFile(cs_home / "outputs" / info["ziplocation"]) as archive:
+        return {o["title"]: archive.read(o["filename"]) for o in info["outputs"]}
+
+
+def sample_app_constant(name: str) -> bytes:
+    """A module-level constant of the misbehaving app, evaluated from its source (the app's
+    own imports, paramtools among them, are not in the platform's environment)."""
+    path = Path(__file__).parents[1] / "examples/misbehaving-app/cs-config/cs_config/functions.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+            return eval(compile(ast.Expression(node.value), str(path), "eval"))  # noqa: S307
+    raise LookupError(f"{name} is not defined in {path}")
+
+
+def test_bytes_outputs_as_compute_studio_accepted_them(misbehaving, webapp, cs_home):
+    """A PDF as raw bytes and a PNG as base64 text with line breaks (what cs-kit's tests and
+    cs_storage.serialize_to_json accept): SUCCESS, and the zips hold the very bytes."""
+    task_id, state = run("tests", "Misbehaving", behave("pdf_bytes"))
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS"
+    assert zipped(cs_home, body, "downloadable")["report"] == sample_app_constant("PDF_BYTES")
+    assert zipped(cs_home, body, "renderable")["chart"] == sample_app_constant("PNG_BYTES")
+    assert body["outputs"]["downloadable"]["outputs"][-1]["filename"] == "report.pdf"
+
+
+def test_empty_titles_are_delivered(misbehaving, webapp, cs_home):
+    task_id, state = run("tests", "Misbehaving", behave("empty_title"))
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS"
+    renderable = body["outputs"]["renderable"]["outputs"]
+    assert [o["title"] for o in renderable] == ["Summary", ""]
+    assert renderable[1]["filename"] == "output-2.pdf"
+    assert zipped(cs_home, body, "renderable")[""] == sample_app_constant("PDF_BYTES")
+    assert [o["title"] for o in body["outputs"]["downloadable"]["outputs"]] == [""]
 
 
 def test_model_prints_do_not_confuse_the_result(misbehaving, webapp):
