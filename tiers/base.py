@@ -103,7 +103,11 @@ class Tier:
     around it; an install.sh that reads files beside it needs `install_override`
     (pip requirements, one per line, or `run: <command>`), which is written into
     the same folder and runs the same way. Conda lines are refused with that fix
-    where the tier has no conda.
+    where the tier has no conda. Calls of the system's package manager (apt-get,
+    apt, aptitude, dpkg) need root: image tiers (`installs_as_root`) run install.sh
+    as root in the build, as Compute Studio's Dockerfile did, after the model
+    config's `system_packages`; elsewhere they are refused before anything runs, and
+    `check_system_packages` says whether the listed packages can be had.
 
     Subclasses set `name`, `pool_type`, `pool_setting` and `variables_model`, and
     implement `create`, `run_tests`, `get_version`, `discard` and `variables`;
