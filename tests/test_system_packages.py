@@ -116,7 +116,7 @@ def test_local_tier_names_missing_system_packages(platform, repos, caplog):
         "Apt-Packages",
         repo,
         repo_tag="v1",
-        install_override="run: echo the packages are the operator's",
+        install_override="run: echo an operator installs the packages",
         system_packages=["bash", MISSING],
     )
     state = publish_model("tests", "Apt-Packages")
