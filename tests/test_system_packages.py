@@ -149,6 +149,13 @@ def test_dockerfile_installs_as_root_before_install_sh():
     assert not [line for line in plain if "apt-get" in line or "{" in line.replace("${", "")]
 
 
+def test_kubernetes_builds_the_same_image_so_allows_apt_too():
+    from prefect_cs.tiers.kubernetes import KubernetesTier
+
+    config = model(system_packages=["cs-no-such-package"])  # installed by the build, not checked
+    assert KubernetesTier().prepare(config, EXAMPLES / "apt-app").name == "cs-config"
+
+
 def test_build_context_renders_the_models_packages(platform):
     tier, config = DockerTier(), model(system_packages=["ed"])
     cs_config = tier.prepare(config, EXAMPLES / "apt-app")  # install.sh's apt line is allowed
