@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import json
 import os
 import uuid
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.flows.simulate import simulate
 from prefect_cs.testing.model_code import model_python, script_runner
+from prefect_cs.testing.models import sample_app_constant
 
 SUCCESS_KEYS = {"task_id", "status", "model_version", "meta", "outputs", "version"}
 FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
@@ -79,16 +79,6 @@ def zipped(cs_home, body: dict, category: str) -> dict[str, bytes]:
     info = body["outputs"][category]
     with zipfile.ZipFile(cs_home / "outputs" / info["ziplocation"]) as archive:
         return {o["title"]: archive.read(o["filename"]) for o in info["outputs"]}
-
-
-def sample_app_constant(name: str) -> bytes:
-    """A module-level constant of the misbehaving app, evaluated from its source (the app's
-    own imports, paramtools among them, are not in the platform's environment)."""
-    path = Path(__file__).parents[1] / "examples/misbehaving-app/cs-config/cs_config/functions.py"
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
-            return eval(compile(ast.Expression(node.value), str(path), "eval"))  # noqa: S307
-    raise LookupError(f"{name} is not defined in {path}")
 
 
 def test_bytes_outputs_as_compute_studio_accepted_them(misbehaving, webapp, cs_home):
