@@ -61,7 +61,11 @@ def _not_serializable(request: dict, response: dict, exc: Exception) -> str:
     for category in ("renderable", "downloadable"):
         outputs = result.get(category) if isinstance(result, dict) else None
         for index, output in enumerate(outputs if isinstance(outputs, list) else []):
-            if isinstance(output, dict) and isinstance(output.get("data"), BYTES_LIKE):
+            if (
+                isinstance(output, dict)
+                and isinstance(output.get("data"), BYTES_LIKE)
+                and output.get("media_type") not in BINARY_MEDIA_TYPES
+            ):
                 return (
                     f"{request['function']} returned data that is not JSON-serializable: output"
                     f" {category}[{index}] ({output.get('title')!r}) is"
