@@ -23,6 +23,22 @@ from prefect_cs.core.names import (
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
+# Debian policy 5.6.1: lower case letters, digits, '+', '-', '.'; two characters at least, the
+# first alphanumeric. Nothing else reaches the Dockerfile's apt-get line or a shell.
+SYSTEM_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,99}$")
+MAX_SYSTEM_PACKAGES = 100
+
+
+def check_system_package(name: str) -> str:
+    """A Debian binary package name, or a ValueError naming the rule (no options, versions,
+    architectures or shell characters: the name is written into an apt-get command)."""
+    if not isinstance(name, str) or not SYSTEM_PACKAGE_RE.fullmatch(name):
+        raise ValueError(
+            f"invalid system package {name!r}: use a Debian package name (lower case letters,"
+            " digits, '+', '-', '.', starting with a letter or digit, e.g. 'libgl1'),"
+            " without a version or an architecture"
+        )
+    return name
 
 
 class PublishedTag(BaseModel):
@@ -55,6 +71,14 @@ class ModelConfig(Block):
         description=(
             "Replaces install.sh: either pip requirements (one per line) or a shell command"
             " starting with 'run:'. For apps whose install.sh needs conda where conda is absent."
+        ),
+    )
+    system_packages: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Debian packages the model needs (e.g. libgl1), for an install.sh that cannot run as"
+            " is (use install_override for the rest). Image tiers apt-get install them as root"
+            " in the build; on the local tier publish checks that they are installed."
         ),
     )
     cpu: float = Field(default=1.0, gt=0, le=64)
@@ -113,6 +137,16 @@ class ModelConfig(Block):
     @classmethod
     def _secrets(cls, value: list[str]) -> list[str]:
         return [check_declared_secret(name) for name in value]
+
+    @field_validator("system_packages")
+    @classmethod
+    def _system_packages(cls, value: list[str]) -> list[str]:
+        if len(value) > MAX_SYSTEM_PACKAGES:
+            raise ValueError(
+                f"{len(value)} system packages: at most {MAX_SYSTEM_PACKAGES}; build an image"
+                " of your own (CS_BASE_IMAGE) for more"
+            )
+        return list(dict.fromkeys(check_system_package(name) for name in value))
 
     @field_validator("memory")
     @classmethod

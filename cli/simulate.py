@@ -1,7 +1,8 @@
 """`prefect-cs simulate OWNER/TITLE`: run a simulation exactly as the web app would.
 
 An operator's end-to-end check of a published model: the run goes through the
-model's deployment, and the outputs' location is printed for inspection.
+model's deployment, and the outputs' location is printed for inspection, only
+when the run completed (a failed run stored none).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ def simulate_cmd(
     console.print(f"flow run [bold]{run.name}[/bold] ({run.id}) task {task_id}: {run.state_name}")
     if run.state and run.state.is_final():
         console.print(f"  {run.state.message}")
-        show_outputs(task_id)
         if not run.state.is_completed():
+            # A failed run stored no zips: naming them would send the operator to files that do
+            # not exist. The web app got the FAIL and its traceback.
             raise typer.Exit(1)  # the state line above is the message
+        show_outputs(task_id)
 
 
 def show_outputs(task_id: str) -> None:

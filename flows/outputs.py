@@ -7,6 +7,14 @@ A title is the model's text, not a path: the member name is derived from it
 duplicates numbered, long names cut), while the description sent to the web
 app keeps the title as the model gave it. Each output and the whole result
 are size-capped (`CS_LIMITS_*`).
+
+What is accepted is what Compute Studio accepted, cs-storage's schema and
+serializer (`cs_storage.serialize_to_json`), so an app whose cs-kit tests pass
+never fails here on its output format: binary media types as bytes (the model
+child base64-encodes them) or as base64 text, decoded as leniently as
+cs-storage does (line breaks and other characters outside the alphabet are
+skipped) and sent on in canonical form; bokeh data as any JSON value; text
+types as text; any title, the empty one included.
 """
 
 from __future__ import annotations
@@ -55,12 +63,14 @@ def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:
             raise MalformedOutputs(
                 f"'{category}' must be a list of outputs, got {type(result[category]).__name__}"
             )
-        for index, output in enumerate(result[category]):
-            _check_output(f"{category}[{index}]", output)
-    return {c: result[c] for c in CATEGORIES}
+    return {
+        c: [_check_output(f"{c}[{i}]", output) for i, output in enumerate(result[c])]
+        for c in CATEGORIES
+    }
 
 
-def _check_output(where: str, output: Any) -> None:
+def _check_output(where: str, output: Any) -> dict[str, Any]:
+    """The output as stored: checked, binary data as canonical base64 text."""
     if not isinstance(output, dict):
         raise MalformedOutputs(f"output {where} must be a dict, got {type(output).__name__}")
     for key in ("media_type", "title", "data"):
@@ -73,17 +83,14 @@ def _check_output(where: str, output: Any) -> None:
         raise MalformedOutputs(
             f"output {where} ({title!r}) has media_type {media_type!r}; allowed: {', '.join(EXTENSIONS)}"
         )
-    if media_type == "bokeh" and not isinstance(data, (dict, list)):
-        raise MalformedOutputs(
-            f"output {where} ({title!r}) is bokeh but its data is not a JSON object"
-        )
     if media_type in TEXT_TYPES and not isinstance(data, str):
         raise MalformedOutputs(
             f"output {where} ({title!r}) is {media_type} but its data is not text"
         )
     if media_type in BINARY_TYPES:
-        _check_base64(where, title, media_type, data)
-    _check_size(where, title, data)
+        output = {**output, "data": _base64_text(where, title, media_type, data)}
+    _check_size(where, title, output["data"])
+    return output
 
 
 def _check_size(where: str, title: Any, data: Any) -> None:
@@ -97,17 +104,24 @@ def _check_size(where: str, title: Any, data: Any) -> None:
         )
 
 
-def _check_base64(where: str, title: str, media_type: str, data: Any) -> None:
+def _base64_text(where: str, title: Any, media_type: str, data: Any) -> str:
+    """Canonical base64 of a binary output's data, as cs-storage's Base64Serializer reads it:
+    bytes as they are, text through a lenient b64decode (only bad padding is refused)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return base64.b64encode(data).decode("ascii")
     if not isinstance(data, str):
         raise MalformedOutputs(
-            f"output {where} ({title!r}) is {media_type}: its data must be a base64 string"
+            f"output {where} ({title!r}) is {media_type}: its data must be bytes or base64 text,"
+            f" got {type(data).__name__}"
         )
     try:
-        base64.b64decode(data.encode(), validate=True)
+        raw = base64.b64decode(data.encode("utf-8"))
     except (binascii.Error, ValueError) as exc:
         raise MalformedOutputs(
-            f"output {where} ({title!r}) is {media_type} but not valid base64: {exc}"
+            f"output {where} ({title!r}) is {media_type} but not valid base64: {exc}."
+            " Return the raw bytes, or base64.b64encode(data).decode()"
         ) from exc
+    return base64.b64encode(raw).decode("ascii")
 
 
 def _as_bytes(output: dict[str, Any]) -> bytes:

@@ -18,8 +18,8 @@ can be the source of the registry. The map (README, "Connecting a web app"):
 What the platform records itself — published tags, the staged and promoted
 tag — is never taken from the web app: `latest_tag` there is what the web app
 *wants*, the promoted tag here is what publish *proved*. Fields a project does
-not carry (secrets, time_limit, install_override, internet) keep their
-registered values. A project whose config would not change is not saved, so a
+not carry (secrets, time_limit, install_override, system_packages, internet)
+keep their registered values. A project whose config would not change is not saved, so a
 repeated sync writes nothing.
 """
 

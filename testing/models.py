@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -48,3 +49,13 @@ def publish_model(owner: str, title: str, tag: str | None = None, steps: str = "
     from prefect_cs.flows.publish import publish
 
     return publish(owner, title, tag, steps, return_state=True)
+
+
+def sample_app_constant(name: str) -> bytes:
+    """A module-level constant of the misbehaving app, evaluated from its source (the app's
+    own imports, paramtools among them, are not in the platform's environment)."""
+    path = EXAMPLES / "misbehaving-app" / "cs-config" / "cs_config" / "functions.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+            return eval(compile(ast.Expression(node.value), str(path), "eval"))  # noqa: S307
+    raise LookupError(f"{name} is not defined in {path}")

@@ -29,7 +29,13 @@ from prefect_cs.testing.docker_tier import (
     registry_tags,
     wait_for_container,
 )
-from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model
+from prefect_cs.testing.models import (
+    add_tag,
+    make_repo,
+    publish_model,
+    register_model,
+    sample_app_constant,
+)
 from prefect_cs.tiers.docker import MODEL_PYTHON, image_repository
 
 OWNER, TITLE = "tests", "Misbehaving-Docker"
@@ -226,6 +232,18 @@ def test_simulation_runs_in_container(worker, webapp, cs_home):
         location = body["outputs"][category]["ziplocation"]
         with zipfile.ZipFile(cs_home / "outputs" / location) as archive:
             assert archive.namelist()
+
+
+def test_bytes_outputs_in_container(worker, webapp, cs_home):
+    """The image's child runner base64-encodes run_model's raw PDF bytes, as C/S did."""
+    task_id, run = simulate_on_worker("pdf_bytes")
+    assert run.state.is_completed(), run.state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS"
+    info = body["outputs"]["downloadable"]
+    report = next(o for o in info["outputs"] if o["title"] == "report")
+    with zipfile.ZipFile(cs_home / "outputs" / info["ziplocation"]) as archive:
+        assert archive.read(report["filename"]) == sample_app_constant("PDF_BYTES")
 
 
 @pytest.mark.parametrize(

@@ -231,30 +231,69 @@ def one(output: dict) -> dict:
 
 
 @pytest.mark.parametrize("media_type", ["PNG", "JPEG", "MP3", "MP4", "HDF5", "PDF"])
-def test_binary_outputs_must_be_valid_base64(media_type):
+def test_binary_outputs_are_read_as_cs_storage_reads_them(media_type):
+    """Bytes, or base64 text decoded leniently (cs_storage's Base64Serializer), sent on canonical."""
     good = {"media_type": media_type, "title": "b", "data": "aGVsbG8="}
     assert validate_outputs(one(good)) == one(good)
+    for data in ("aGVs bG8=", "aGVsbG8=\n", b"hello", bytearray(b"hello"), memoryview(b"hello")):
+        assert validate_outputs(one({**good, "data": data})) == one(good), data
     for data, said in [
-        ("aGVsbG8", "not valid base64"),  # padding
-        ("aGVs bG8=", "not valid base64"),  # a character outside the alphabet
-        (b"hello", "must be a base64 string"),
-        (None, "must be a base64 string"),
+        ("aGVsbG8", "not valid base64"),  # padding: cs-storage refuses it too
+        (None, "must be bytes or base64 text, got NoneType"),
+        (12, "must be bytes or base64 text, got int"),
     ]:
         with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] \\('b'\\).*{said}"):
             validate_outputs(one({**good, "data": data}))
 
 
-def test_missing_keys_and_bokeh_data_are_named():
+def test_binary_bytes_reach_the_zip_unchanged():
+    raw = bytes(range(256)) * 3
+    outputs = validate_outputs(one({"media_type": "PDF", "title": "", "data": raw}))
+    description, zips = build_zips("tid", outputs)
+    (entry,) = description["downloadable"]["outputs"]
+    assert entry["title"] == "" and entry["filename"] == "output-1.pdf"
+    with zipfile.ZipFile(io.BytesIO(zips["tid_downloadable.zip"])) as archive:
+        assert archive.read("output-1.pdf") == raw
+
+
+def test_child_and_outputs_agree_on_binary_types():
+    from prefect_cs.flows.outputs import BINARY_TYPES
+    from prefect_cs.flows.runtime.child import BINARY_MEDIA_TYPES
+
+    assert set(BINARY_MEDIA_TYPES) == set(BINARY_TYPES)
+
+
+def test_child_encodes_bytes_of_binary_outputs_only(tmp_path):
+    """run_model may return bytes for PNG/PDF…; bytes for a text type is named, not guessed at."""
+    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.testing.model_code import functions_runner
+
+    runner = functions_runner(
+        "def run_model(meta, adjustment):\n"
+        "    kind = adjustment['kind']\n"
+        "    out = {'media_type': kind, 'title': 't', 'data': b'%PDF\\xe2\\x00'}\n"
+        "    return {'renderable': [], 'downloadable': [out]}\n"
+    )
+    call = call_model(model_python(), "run_model", [{}, {"kind": "PDF"}], 30, runner=runner)
+    assert call.ok, call.error
+    assert call.result["downloadable"][0]["data"] == "JVBERuIA"  # base64 of b"%PDF\xe2\x00"
+    call = call_model(model_python(), "run_model", [{}, {"kind": "CSV"}], 30, runner=runner)
+    assert not call.ok
+    assert "downloadable[0] ('t') is 'CSV' with bytes data; only PNG" in (call.error or "")
+
+
+def test_missing_keys_are_named_and_bokeh_data_is_any_json_value():
     for key in ("media_type", "title", "data"):
         output = {"media_type": "Text", "title": "t", "data": "d"}
         del output[key]
         with pytest.raises(MalformedOutputs, match=f"downloadable\\[0\\] .*has no '{key}'"):
             validate_outputs(one(output))
     plot = {"media_type": "bokeh", "title": "plot", "data": {"doc": []}}
-    assert validate_outputs(one(plot)) == one(plot)
-    assert validate_outputs(one({**plot, "data": [1]}))
-    with pytest.raises(MalformedOutputs, match="is bokeh but its data is not a JSON object"):
-        validate_outputs(one({**plot, "data": "not json"}))
+    for data in ({"doc": []}, [1], "a string", 3):  # cs-storage json.dumps whatever it is given
+        assert validate_outputs(one({**plot, "data": data})) == one({**plot, "data": data})
+    _, zips = build_zips("tid", one({**plot, "data": "a string"}))
+    with zipfile.ZipFile(io.BytesIO(zips["tid_downloadable.zip"])) as archive:
+        assert archive.read("plot.json") == b'"a string"'
 
 
 def test_bokeh_member_is_strict_json():

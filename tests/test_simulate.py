@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.flows.simulate import simulate
 from prefect_cs.testing.model_code import model_python, script_runner
+from prefect_cs.testing.models import sample_app_constant
 
 SUCCESS_KEYS = {"task_id", "status", "model_version", "meta", "outputs", "version"}
 FAIL_KEYS = {"task_id", "status", "meta", "traceback"}
@@ -60,6 +61,7 @@ def test_success_payload_and_zips(misbehaving, webapp, cs_home):
         ("bad_media_type", "media_type 'GIF'"),
         ("missing_key", "has no 'data'"),
         ("not_serializable", "not JSON-serializable"),
+        ("csv_bytes", "is 'CSV' with bytes data"),  # cs-storage refuses it too
     ],
 )
 def test_failure_is_reported(misbehaving, webapp, behavior, reason):
@@ -74,6 +76,37 @@ def test_failure_is_reported(misbehaving, webapp, behavior, reason):
     assert body["meta"]["task_times"][0] > 0 and body["meta"]["cpu_seconds"] > 0, body["meta"]
     if behavior == "hang":
         assert body["meta"]["task_times"][0] >= 8
+
+
+def zipped(cs_home, body: dict, category: str) -> dict[str, bytes]:
+    """title -> the member's bytes, read through the description the web app got."""
+    info = body["outputs"][category]
+    with zipfile.ZipFile(cs_home / "outputs" / info["ziplocation"]) as archive:
+        return {o["title"]: archive.read(o["filename"]) for o in info["outputs"]}
+
+
+def test_bytes_outputs_as_compute_studio_accepted_them(misbehaving, webapp, cs_home):
+    """A PDF as raw bytes and a PNG as base64 text with line breaks (what cs-kit's tests and
+    cs_storage.serialize_to_json accept): SUCCESS, and the zips hold the very bytes."""
+    task_id, state = run("tests", "Misbehaving", behave("pdf_bytes"))
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS"
+    assert zipped(cs_home, body, "downloadable")["report"] == sample_app_constant("PDF_BYTES")
+    assert zipped(cs_home, body, "renderable")["chart"] == sample_app_constant("PNG_BYTES")
+    assert body["outputs"]["downloadable"]["outputs"][-1]["filename"] == "report.pdf"
+
+
+def test_empty_titles_are_delivered(misbehaving, webapp, cs_home):
+    task_id, state = run("tests", "Misbehaving", behave("empty_title"))
+    assert state.is_completed(), state.message
+    body = only_put(webapp, task_id)
+    assert body["status"] == "SUCCESS"
+    renderable = body["outputs"]["renderable"]["outputs"]
+    assert [o["title"] for o in renderable] == ["Summary", ""]
+    assert renderable[1]["filename"] == "output-2.pdf"
+    assert zipped(cs_home, body, "renderable")[""] == sample_app_constant("PDF_BYTES")
+    assert [o["title"] for o in body["outputs"]["downloadable"]["outputs"]] == [""]
 
 
 def test_model_prints_do_not_confuse_the_result(misbehaving, webapp):

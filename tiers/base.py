@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any, ClassVar
@@ -38,6 +39,39 @@ class JobVariables(BaseModel):
 
 def uses_conda(script: str) -> bool:
     return any(line.strip().startswith(("conda ", "mamba ")) for line in script.splitlines())
+
+
+SYSTEM_PACKAGE_TOOLS = {"apt-get", "apt", "aptitude", "dpkg"}
+_SEPARATORS = re.compile(r"&&|\|\||[;|&()]")
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def system_package_lines(script: str) -> list[str]:
+    """The lines of a shell script that run the system's package manager (apt-get, apt,
+    aptitude, dpkg), directly or through sudo, env or VAR=value prefixes: those need root."""
+    found = []
+    for line in script.splitlines():
+        code = line.split("#", 1)[0]
+        if any(_runs_package_tool(part.split()) for part in _SEPARATORS.split(code)):
+            found.append(line.strip())
+    return found
+
+
+def _runs_package_tool(words: list[str]) -> bool:
+    while words and (words[0] in ("sudo", "env", "exec") or _ASSIGNMENT.match(words[0])):
+        words = words[1:]
+    return bool(words) and words[0].rsplit("/", 1)[-1] in SYSTEM_PACKAGE_TOOLS
+
+
+def apt_packages(lines: list[str]) -> list[str]:
+    """Package names an `apt-get install a b` line names (for the refusal's suggested config)."""
+    names: list[str] = []
+    for line in lines:
+        words = line.split()
+        if "install" in words:
+            after = words[words.index("install") + 1 :]
+            names += [w for w in after if not w.startswith("-") and w not in ("&&", "\\")]
+    return list(dict.fromkeys(names))
 
 
 class Tier:
@@ -69,7 +103,11 @@ class Tier:
     around it; an install.sh that reads files beside it needs `install_override`
     (pip requirements, one per line, or `run: <command>`), which is written into
     the same folder and runs the same way. Conda lines are refused with that fix
-    where the tier has no conda.
+    where the tier has no conda. Calls of the system's package manager (apt-get,
+    apt, aptitude, dpkg) need root: image tiers (`installs_as_root`) run install.sh
+    as root in the build, as Compute Studio's Dockerfile did, after the model
+    config's `system_packages`; elsewhere they are refused before anything runs, and
+    `check_system_packages` says whether the listed packages can be had.
 
     Subclasses set `name`, `pool_type`, `pool_setting` and `variables_model`, and
     implement `create`, `run_tests`, `get_version`, `discard` and `variables`;
@@ -86,6 +124,9 @@ class Tier:
     """The typed job variables this tier sets; a subset of the pool template's variables."""
     pip_install: ClassVar[str] = "pip install"
     """How install.sh installs a requirements override (the model venv is active)."""
+    installs_as_root: ClassVar[bool] = False
+    """Whether install.sh and `system_packages` run as root (image builds); else an install.sh
+    that calls apt-get is refused before it runs, and the packages must already be there."""
 
     @property
     def pool_name(self) -> str:
@@ -133,6 +174,7 @@ class Tier:
                 " set cs_config_path in the model config to the folder holding install.sh and cs_config/"
             )
         self.check_install_script(model, cs_config)
+        self.check_system_packages(model)
         return cs_config
 
     def tests_folder(self, model: ModelConfig, source: Path) -> Path:
@@ -144,16 +186,40 @@ class Tier:
         return tests
 
     def check_install_script(self, model: ModelConfig, cs_config: Path) -> None:
-        """Refuse an install.sh that needs conda where there is none, naming the fix."""
+        """Refuse, before anything runs, an install script this tier cannot run, naming the fix:
+        conda where there is none, system packages where it does not run as root."""
+        override = (model.install_override or "").strip()
+        if override.startswith("run:"):
+            self.check_system_package_lines(model, "install_override", override[4:])
         script = cs_config / INSTALL_SCRIPT
-        if (model.install_override or "").strip() or not script.exists():
+        if override or not script.exists():
             return
-        if uses_conda(script.read_text()) and not self.has_conda():
+        text = script.read_text()
+        if uses_conda(text) and not self.has_conda():
             raise StepFailed(
                 f"{model.cs_config_path}/install.sh uses conda, which is not available on the {self.name} tier."
                 " Set install_override in the model config to the pip requirements it needs (one per line),"
                 " or to 'run: <command>'."
             )
+        self.check_system_package_lines(model, f"{model.cs_config_path}/install.sh", text)
+
+    def check_system_package_lines(self, model: ModelConfig, where: str, script: str) -> None:
+        lines = system_package_lines(script)
+        if lines and not self.installs_as_root:
+            raise StepFailed(self.system_packages_refusal(model, where, lines))
+
+    def system_packages_refusal(self, model: ModelConfig, where: str, lines: list[str]) -> str:
+        names = apt_packages(lines) or ["<package>"]
+        return (
+            f"{where} installs system packages ({lines[0]!r}), which the {self.name} tier cannot"
+            f" do: there it runs as the model's unprivileged user, in its sandbox, not as root."
+            " Either publish on the docker tier (CS_TIER=docker; kubernetes uses the same image),"
+            " where install.sh runs as root in the image build as on Compute Studio; or list the"
+            f" packages in the model config (system_packages: [{', '.join(names)}]), have an"
+            f" operator install them on this machine (sudo apt-get install -y {' '.join(names)}),"
+            " and set install_override to the rest of install.sh (pip requirements, one per line,"
+            " or 'run: <command>')."
+        )
 
     def write_install_folder(self, model: ModelConfig, cs_config: Path, dest: Path) -> Path:
         """The folder install.sh runs in (see the class docstring): the script, nothing else."""
@@ -176,6 +242,9 @@ class Tier:
     def has_conda(self) -> bool:
         """Whether install.sh may call conda on this tier."""
         return False
+
+    def check_system_packages(self, model: ModelConfig) -> None:
+        """Before building: the model's `system_packages` can be had (image tiers install them)."""
 
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         """Make the environment: install folder run as documented above, then cs-config."""

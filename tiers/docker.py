@@ -9,8 +9,10 @@ work of a re-publish:
    (Prefect and its collections; the flow runs there, the Docker worker
    starting it with `python -m prefect.engine`);
 3. the model venv `/opt/cs/model` with cs-kit and pytest (same for every model);
-4. the model's dependencies: its `install.sh` alone (or the install override),
-   run as on every tier (tiers/base.py);
+4. the model's dependencies, as root as on Compute Studio: the Debian packages
+   its config lists (`system_packages`), then its `install.sh` alone (or the
+   install override), run as on every tier (tiers/base.py); one that calls
+   apt-get gets the package lists first;
 5. the platform's own wheel (small; a platform change keeps layers 1-4);
 6. the model's code (`cs-config`) and the child runner.
 
@@ -35,13 +37,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_system_package
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.names import image_name, image_tag, model_code_secrets, secret_env_name
 from prefect_cs.core.settings import forwarded_environment, get_settings
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
-from prefect_cs.tiers.base import JobVariables, Logger, Tier
+from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier, system_package_lines
 from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS
 from prefect_cs.tiers.steps import run_step
 from prefect_cs.tiers.wheel import platform_requirements, platform_wheel
@@ -125,11 +127,30 @@ def docker_client(timeout: int = BUILD_TIMEOUT):
 # ---- the build context --------------------------------------------------------------
 
 
-def dockerfile() -> str:
-    """tiers/Dockerfile with this module's paths filled in."""
-    template = resources.files("prefect_cs.tiers").joinpath("Dockerfile").read_text()
+APT_ENV = "DEBIAN_FRONTEND=noninteractive"
+
+
+def apt_install_step(packages: list[str]) -> str:
+    """The Dockerfile line that installs a model's system packages as root, or a comment.
+    Names are checked again here (they were when the config was made): each is one word of
+    Debian's package-name alphabet, so nothing else can reach the shell."""
+    if not packages:
+        return "# system_packages: none"
+    names = " ".join(check_system_package(name) for name in packages)
     return (
-        template.replace("{platform}", PLATFORM_VENV)
+        f"RUN apt-get update -q && {APT_ENV} apt-get install -y -q --no-install-recommends"
+        f" {names} && rm -rf /var/lib/apt/lists/*"
+    )
+
+
+def dockerfile(system_packages: list[str] | None = None, install_uses_apt: bool = False) -> str:
+    """tiers/Dockerfile with this module's paths and the model's system packages filled in."""
+    template = resources.files("prefect_cs.tiers").joinpath("Dockerfile").read_text()
+    apt_lists = f"apt-get update -q && export {APT_ENV} && " if install_uses_apt else ""
+    return (
+        template.replace("{system_packages}", apt_install_step(system_packages or []))
+        .replace("{apt_lists}", apt_lists)
+        .replace("{platform}", PLATFORM_VENV)
         .replace("{model}", MODEL_VENV)
         .replace("{src}", MODEL_SRC)
         .replace("{install}", INSTALL_DIR)
@@ -288,6 +309,7 @@ class DockerTier(Tier):
     pool_type = "docker"
     pool_setting = "docker_pool"
     variables_model = DockerJobVariables
+    installs_as_root = True  # the image build's RUN lines, as Compute Studio's Dockerfile did
     no_cache = False  # the benchmark's cold publish sets it; publishes use the build cache
 
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
@@ -325,7 +347,10 @@ class DockerTier(Tier):
                 ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"),
             )
             shutil.copy2(CHILD_SCRIPT, context / "child.py")
-            (context / "Dockerfile").write_text(dockerfile())
+            install = (context / "install" / INSTALL_SCRIPT).read_text()
+            (context / "Dockerfile").write_text(
+                dockerfile(model.system_packages, bool(system_package_lines(install)))
+            )
             (context / ".dockerignore").write_text("**/.git\n**/__pycache__\n")
         except BaseException:
             shutil.rmtree(context, ignore_errors=True)

@@ -5,13 +5,17 @@ build, so a re-publish of a tag never disturbs the one serving; install.sh runs
 with the host's conda if there is one; a requirements override installs with uv,
 like the rest of the venv (the Docker tier's images use pip); nothing is pushed; the
 process pool needs no job variables, because the flow finds the model's venv
-from its model config when the run starts.
+from its model config when the run starts. install.sh runs in the model sandbox as
+the model's uid, never as root: one that calls apt-get is refused before it runs
+(tiers/base.py), and a model's `system_packages` must already be installed on the
+machine, which publish checks with dpkg-query.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -102,6 +106,30 @@ def check_reachable(sandbox: Sandbox, venv: Path) -> None:
         )
 
 
+def missing_system_packages(names: list[str]) -> list[str]:
+    """Which of these Debian packages dpkg does not list as installed on this machine."""
+    if not names:
+        return []
+    dpkg_query = shutil.which("dpkg-query")
+    if dpkg_query is None:
+        raise StepFailed(
+            f"the model needs system packages ({', '.join(names)}), which the local tier checks"
+            " with dpkg-query, missing here (not a Debian or Ubuntu machine): publish on the docker"
+            " tier (CS_TIER=docker), where they are installed in the image"
+        )
+    listed = subprocess.run(
+        [dpkg_query, "--show", "--showformat=${Package} ${db:Status-Status}\n", "--", *names],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    installed = {
+        line.split()[0] for line in listed.stdout.splitlines() if line.endswith(" installed")
+    }
+    return [name for name in names if name not in installed]
+
+
 def venv_of(entry: PublishedTag) -> Path:
     return Path(entry.python).parent.parent
 
@@ -126,6 +154,18 @@ class LocalTier(Tier):
 
     def has_conda(self) -> bool:
         return shutil.which("conda") is not None
+
+    def check_system_packages(self, model: ModelConfig) -> None:
+        """install.sh cannot install them here (it is not root): they must be there already."""
+        missing = missing_system_packages(model.system_packages)
+        if missing:
+            raise StepFailed(
+                f"{model.owner}/{model.title} needs system packages that are not installed on"
+                f" this machine: {', '.join(missing)}. The local tier never installs them (model"
+                " code does not run as root): have an operator run `sudo apt-get install -y"
+                f" {' '.join(missing)}` and publish again, or publish on the docker tier"
+                " (CS_TIER=docker), which installs them in the image"
+            )
 
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         venv = self.env_dir(model, tag)

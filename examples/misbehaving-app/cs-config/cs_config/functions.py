@@ -4,6 +4,7 @@ The adjustment's `control.behavior` chooses what run_model (and validate_inputs)
 does; the meta parameter dict's `behavior` key chooses what get_inputs does.
 """
 
+import base64
 import os
 import time
 
@@ -32,7 +33,17 @@ BEHAVIORS = [
     "parse_nan",
     "parse_surrogate",
     "parse_raise",
+    "pdf_bytes",
+    "empty_title",
+    "csv_bytes",
 ]
+
+# A small PDF whose second line is binary (as real PDFs start): what run_model returns raw.
+PDF_BYTES = (
+    b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj << /Type /Catalog >> endobj\n"
+    b"trailer << /Root 1 0 R >>\n%%EOF\n"
+)
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
 
 class Control(paramtools.Parameters):
@@ -163,7 +174,24 @@ def misbehave(behavior, result):
             downloadable.append({"media_type": "Text", "title": title, "data": title})
     if behavior == "big_output":
         downloadable.append({"media_type": "Text", "title": "big", "data": "x" * 3_000_000})
+    if behavior in ("pdf_bytes", "empty_title", "csv_bytes"):
+        binary_outputs(behavior, renderable, downloadable)
     if behavior == "flood_stdout":
         line = "y" * 1023
         for _ in range(20 * 1024):
             print(line)
+
+
+def binary_outputs(behavior, renderable, downloadable):
+    """What real apps return and Compute Studio accepted (cs_storage.serialize_to_json):
+    raw bytes for binary media types, base64 text with line breaks, an empty title."""
+    if behavior == "pdf_bytes":
+        downloadable.append({"media_type": "PDF", "title": "report", "data": PDF_BYTES})
+        renderable.append(
+            {"media_type": "PNG", "title": "chart", "data": base64.encodebytes(PNG_BYTES).decode()}
+        )
+    if behavior == "empty_title":
+        renderable.append({"media_type": "PDF", "title": "", "data": bytearray(PDF_BYTES)})
+        downloadable[0]["title"] = ""
+    if behavior == "csv_bytes":
+        downloadable.append({"media_type": "CSV", "title": "table", "data": b"a,b\n1,2\n"})

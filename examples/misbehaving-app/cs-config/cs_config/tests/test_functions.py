@@ -13,6 +13,18 @@ class TestFunctions1(CoreTestFunctions):
     bad_adjustment = {"control": {"behavior": [{"value": "explode-the-sun"}]}}
 
 
+class TestPdfBytes(TestFunctions1):
+    """cs-kit's own checks (cs_storage's schema and writer) accept raw bytes and base64 text."""
+
+    ok_adjustment = {"control": {"behavior": [{"value": "pdf_bytes"}]}}
+
+
+class TestEmptyTitle(TestFunctions1):
+    """cs-kit's own checks accept an empty title."""
+
+    ok_adjustment = {"control": {"behavior": [{"value": "empty_title"}]}}
+
+
 def test_raise_on_request():
     with pytest.raises(ValueError, match="on purpose"):
         functions.run_model({}, {"control": {"behavior": [{"value": "raise"}]}})

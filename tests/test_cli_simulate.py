@@ -1,0 +1,45 @@
+"""`prefect-cs simulate` as an operator runs it: through the model's deployment on a real
+process worker, against a real Prefect server and web app stand-in. A failed run stored no
+zips, so the command must not name any."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prefect_cs.cli.main import app
+from prefect_cs.services.stack import process_worker
+from typer.testing import CliRunner
+
+
+@pytest.fixture(scope="module")
+def worker(misbehaving):
+    background = process_worker()
+    background.start()
+    yield background
+    background.stop()
+
+
+def simulate(behavior: str):
+    adjustment = json.dumps({"control": {"behavior": [{"value": behavior}]}})
+    argv = ["simulate", "tests/Misbehaving", "-a", adjustment, "--wait", "300"]
+    return CliRunner().invoke(app, argv)
+
+
+def test_failed_run_prints_no_zip_paths(worker, webapp):
+    result = simulate("raise")
+    assert result.exit_code == 1, result.output
+    assert "Failed" in result.output
+    assert ".zip" not in result.output and "outputs:" not in result.output
+    assert [r.body["status"] for r in webapp.accepted("/outputs/api/")] == ["FAIL"]
+
+
+def test_completed_run_prints_where_its_zips_are(worker, webapp, cs_home):
+    result = simulate("ok")
+    assert result.exit_code == 0, result.output
+    (body,) = [r.body for r in webapp.accepted("/outputs/api/")]
+    assert body["status"] == "SUCCESS"
+    for category in ("renderable", "downloadable"):
+        location = body["outputs"][category]["ziplocation"]
+        assert location in result.output
+        assert (cs_home / "outputs" / location).is_file()
