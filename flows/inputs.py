@@ -22,6 +22,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.blocks.core import Block
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.blocks import load_storage_block
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
@@ -41,7 +42,9 @@ _warm_lock = threading.Lock()
 @functools.cache
 def _storage() -> Block:
     """Loaded once per process: the block is read on every cached answer."""
-    return Block.load(TASK_STORAGE_BLOCK, _sync=True)
+    return load_storage_block(
+        TASK_STORAGE_BLOCK, "task storage block", "run `prefect-cs stack start`"
+    )
 
 
 def cache_path(model: ModelConfig, tag: str, meta_param_dict: dict[str, Any]) -> str:
