@@ -27,7 +27,12 @@ TRACEBACK_LIMIT = 8000
 
 
 def load_webapp() -> WebApp:
+    """Through WebApp itself when the name is `cs-web-app/<name>`: loading by slug through
+    Block first imports every installed Prefect collection (seconds, in every run)."""
     fix = "run `prefect-cs webapp set --url URL --token-stdin`"
+    slug, _, name = get_settings().webapp_block.partition("/")
+    if slug == WebApp.get_block_type_slug() and name:
+        return load_named_block(name, "web app block", fix, WebApp)  # type: ignore[return-value]
     return load_named_block(get_settings().webapp_block, "web app block", fix)  # type: ignore[return-value]
 
 
