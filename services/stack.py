@@ -536,7 +536,8 @@ def _start_stack() -> list[str]:
 
     lines = start_database()
     server = PrefectServer(api_url=api_url(), extra_env=database_environment())
-    server.start()
+    scaled = get_settings().stack.database == "postgresql"
+    server.start(timeout=180 if scaled else 90)  # its first start migrates PostgreSQL
     lines += [
         f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')}; it asks for a"
         f" password: paste {auth_source()})"
