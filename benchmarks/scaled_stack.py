@@ -1,6 +1,6 @@
 """SQLite stack vs the scaled stack (PostgreSQL + Redis messaging), same machine, same run.
 
-    .venv/bin/python benchmarks/scaled_stack.py [--runs 3] [--burst 8] [--workers 2]
+    .venv/bin/python benchmarks/scaled_stack.py [--runs 3] [--burst 8] [--workers 2] [--first postgresql]
 
 For each database, a fresh operator stack (testing/operator_stack.py) with
 `--workers N`: its start, one publish of the misbehaving sample app through
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from prefect_cs.testing.operator_stack import OperatorStack  # noqa: E402
 
 OWNER, TITLE = "bench", "Misbehaving"
+DATABASES = ("sqlite", "postgresql")
 OK = json.dumps({"control": {"behavior": [{"value": "ok"}]}})
 
 
@@ -75,10 +76,12 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--burst", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--first", choices=DATABASES, default="sqlite", help="which stack runs first (load drifts)"
+    )
     args = parser.parse_args()
-    figures = {
-        db: measure(db, args.runs, args.burst, args.workers) for db in ("sqlite", "postgresql")
-    }
+    order = sorted(DATABASES, key=lambda db: db != args.first)
+    figures = {db: measure(db, args.runs, args.burst, args.workers) for db in order}
     print(f"{'seconds':<16}{'sqlite':>12}{'postgresql':>12}")
     for key in figures["sqlite"]:
         print(f"{key:<16}{figures['sqlite'][key]:>12.1f}{figures['postgresql'][key]:>12.1f}")

@@ -446,13 +446,8 @@ def webapp_standin(token: str | None = None) -> Background:
     Its token travels in its environment (WEBAPP_STANDIN_TOKEN), not its argv.
     """
     log = stack_dir() / "webapp-requests.jsonl"
-    argv = [
-        sys.executable,
-        "-m",
-        "prefect_cs.testing.webapp_standin",
-        str(get_settings().stack.standin_port),
-    ]
-    argv.append(str(log))
+    port = str(get_settings().stack.standin_port)
+    argv = [sys.executable, "-m", "prefect_cs.testing.webapp_standin", port, str(log)]
     env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
     if token:
         env[STANDIN_TOKEN_ENV] = token
@@ -536,8 +531,7 @@ def _start_stack() -> list[str]:
 
     lines = start_database()
     server = PrefectServer(api_url=api_url(), extra_env=database_environment())
-    scaled = get_settings().stack.database == "postgresql"
-    server.start(timeout=180 if scaled else 90)  # its first start migrates PostgreSQL
+    server.start(timeout=180 if scaled() else 90)  # its first start migrates PostgreSQL
     lines += [
         f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')}; it asks for a"
         f" password: paste {auth_source()})"
@@ -553,9 +547,14 @@ def _start_stack() -> list[str]:
     return lines + start_api()
 
 
+def scaled() -> bool:
+    """CS_STACK_DATABASE=postgresql: the server on the stack's PostgreSQL, with Redis messaging."""
+    return get_settings().stack.database == "postgresql"
+
+
 def start_database() -> list[str]:
-    """With CS_STACK_DATABASE=postgresql: the stack's PostgreSQL and its messaging Redis, first."""
-    if get_settings().stack.database != "postgresql":
+    """The scaled stack's PostgreSQL and messaging Redis, before the server."""
+    if not scaled():
         return []
     from prefect_cs.services import messaging, postgres
 
@@ -564,7 +563,7 @@ def start_database() -> list[str]:
 
 def database_environment() -> dict[str, str]:
     """What the server needs for the chosen database: nothing for SQLite (its default)."""
-    if get_settings().stack.database != "postgresql":
+    if not scaled():
         return {}
     from prefect_cs.services import messaging, postgres
 
