@@ -430,9 +430,6 @@ def start_api() -> list[str]:
     return lines + [f"{bg.name}: pid {pid}, {url} ({state}), log {bg.log_file}"]
 
 
-STANDIN_PORT = 8765  # the default of CS_STACK_STANDIN_PORT
-
-
 def standin_url() -> str:
     return f"http://127.0.0.1:{get_settings().stack.standin_port}"
 
