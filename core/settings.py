@@ -194,6 +194,37 @@ class ApiSettings(BaseSettings):
     )
 
 
+class StackSettings(BaseSettings):
+    """What `prefect-cs stack start` runs (prefix `CS_STACK_`): the server's database, the workers.
+
+    `postgresql` is the scaled server: a private PostgreSQL cluster under
+    `$CS_HOME/postgres` and a private Redis for Prefect's messaging, both on
+    unix sockets only the platform's user can open; SQLite and in-memory
+    messaging hold one server process and fail under bursts (503s).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CS_STACK_", extra="ignore")
+
+    database: Literal["sqlite", "postgresql"] = Field(
+        default="sqlite",
+        description="sqlite | postgresql (with Redis messaging); `stack start --database`.",
+    )
+    workers: int = Field(
+        default=1, ge=1, le=16, description="Process workers on the one pool; `--workers`."
+    )
+    standin_port: int = Field(
+        default=8765,
+        gt=0,
+        lt=65536,
+        description="Port of the web app stand-in the stack starts when no web app is set.",
+    )
+    postgres_user: str = Field(
+        default="postgres",
+        description="The system user PostgreSQL runs as when the stack starts as root"
+        " (PostgreSQL refuses root).",
+    )
+
+
 class CSSettings(BaseSettings):
     """The root of the tree (prefix `CS_`): home, tier, blocks, pools, images, per-job switches."""
 
@@ -268,6 +299,7 @@ class CSSettings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
 
     @property
     def envs_dir(self) -> Path:

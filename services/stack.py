@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
@@ -54,6 +55,18 @@ FAST_POLLING = {
 
 AUTH_USER = "admin"
 AUTH_ENV = "PREFECT_API_AUTH_STRING"
+
+
+def system_environment() -> dict[str, str]:
+    """PATH and locale only: for the stack's PostgreSQL and Redis, which need nothing of the operator's."""
+    return {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
+
+
+def choose(database: str | None, workers: int | None) -> None:
+    """`stack start --database/--workers`: a flag wins over its CS_STACK_* variable. It sets the
+    variable, so the settings tree (and its validation, which names the variable) sees one value."""
+    choice = {"CS_STACK_DATABASE": database, "CS_STACK_WORKERS": workers}
+    os.environ.update({k: str(v) for k, v in choice.items() if v is not None})
 
 
 def stack_dir() -> Path:
@@ -92,6 +105,25 @@ def read_auth_file(path: Path) -> str:
             f"{path} must hold one line user:password: delete it and run `prefect-cs stack start`"
             " to make a new one (then restart the stack)"
         )
+    return value
+
+
+def private_secret(path: Path) -> str:
+    """A random secret kept 0600 in `path` (made on first use), for a part the stack owns
+    (its PostgreSQL, its messaging Redis); refused if others may read it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise SettingsError(
+                f"{path} holds a password but has mode {mode:o}: chmod 600 {path}"
+            ) from None
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
     return value
 
 
@@ -151,6 +183,7 @@ class Background:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    popen: dict[str, Any] = field(default_factory=dict)  # e.g. user/group: PostgreSQL refuses root
 
     @property
     def pid_file(self) -> Path:
@@ -179,6 +212,7 @@ class Background:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            **self.popen,
         )
         self.pid_file.write_text(str(proc.pid))
         return proc.pid
@@ -229,15 +263,20 @@ def prefect_cli() -> list[str]:
 
 @dataclass
 class PrefectServer:
-    """`prefect server start` on SQLite, in the background, on the API URL's port, login required."""
+    """`prefect server start` in the background, on the API URL's port, login required.
+
+    SQLite unless `extra_env` names another database (the stack's PostgreSQL) and messaging.
+    """
 
     api_url: str
     home: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     def background(self) -> Background:
         url = urlparse(self.api_url)
         auth = api_auth_string()
         env = {**os.environ, **FAST_POLLING, "PREFECT_SERVER_API_AUTH_STRING": auth, AUTH_ENV: auth}
+        env.update(self.extra_env)
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
         argv = prefect_cli() + [
@@ -277,8 +316,12 @@ class PrefectServer:
         self.background().stop()
 
 
-def pool_worker(pool: str, worker_type: str) -> Background:
-    """`prefect worker start` for one pool, with the minimal worker environment."""
+def pool_worker(pool: str, worker_type: str, index: int = 1) -> Background:
+    """`prefect worker start` for one pool, with the minimal worker environment.
+
+    Workers after the first on a pool (`index` 2, 3…) get their own name, pid file and log.
+    """
+    suffix = "" if index == 1 else f"-{index}"
     argv = prefect_cli() + [
         "worker",
         "start",
@@ -287,13 +330,25 @@ def pool_worker(pool: str, worker_type: str) -> Background:
         "--type",
         worker_type,
         "--name",
-        f"{pool}-worker",
+        f"{pool}-worker{suffix}",
     ]
-    return Background(f"worker-{pool}", argv, worker_environment())
+    return Background(f"worker-{pool}{suffix}", argv, worker_environment())
 
 
-def process_worker(pool: str | None = None) -> Background:
-    return pool_worker(pool or get_settings().process_pool, "process")
+def process_worker(pool: str | None = None, index: int = 1) -> Background:
+    return pool_worker(pool or get_settings().process_pool, "process", index)
+
+
+def process_workers() -> list[Background]:
+    """The process workers `stack start` runs on its one pool (CS_STACK_WORKERS of them)."""
+    return [process_worker(index=i) for i in range(1, get_settings().stack.workers + 1)]
+
+
+def started_process_workers() -> list[Background]:
+    """The first process worker and every other one with a pid file, whatever count started them."""
+    pool = get_settings().process_pool
+    names = (p.stem.rsplit("-", 1)[1] for p in stack_dir().glob(f"worker-{pool}-*.pid"))
+    return [process_worker(index=i) for i in sorted({1} | {int(n) for n in names if n.isdigit()})]
 
 
 def docker_worker(pool: str | None = None) -> Background:
@@ -378,8 +433,10 @@ def start_api() -> list[str]:
     return lines + [f"{bg.name}: pid {pid}, {url} ({state}), log {bg.log_file}"]
 
 
-STANDIN_PORT = 8765
-STANDIN_URL = f"http://127.0.0.1:{STANDIN_PORT}"
+def standin_url() -> str:
+    return f"http://127.0.0.1:{get_settings().stack.standin_port}"
+
+
 STANDIN_TOKEN_ENV = "WEBAPP_STANDIN_TOKEN"  # what testing/webapp_standin.py reads its token from
 
 
@@ -389,7 +446,8 @@ def webapp_standin(token: str | None = None) -> Background:
     Its token travels in its environment (WEBAPP_STANDIN_TOKEN), not its argv.
     """
     log = stack_dir() / "webapp-requests.jsonl"
-    argv = [sys.executable, "-m", "prefect_cs.testing.webapp_standin", str(STANDIN_PORT), str(log)]
+    port = str(get_settings().stack.standin_port)
+    argv = [sys.executable, "-m", "prefect_cs.testing.webapp_standin", port, str(log)]
     env = {k: v for k, v in os.environ.items() if k in WORKER_ENV_KEEP}
     if token:
         env[STANDIN_TOKEN_ENV] = token
@@ -442,13 +500,13 @@ def ensure_webapp() -> str:
     try:
         block = Block.load(name, _sync=True)
     except ValueError:
-        block = WebApp(base_url=STANDIN_URL, token=secrets.token_urlsafe(24))
+        block = WebApp(base_url=standin_url(), token=secrets.token_urlsafe(24))
         block.save(name.split("/", 1)[1], overwrite=True, _sync=True)
-    if block.base_url.rstrip("/") != STANDIN_URL:
+    if block.base_url.rstrip("/") != standin_url():
         return f"web app: {block.base_url}"
     webapp_standin(block.token.get_secret_value()).start()
     log = stack_dir() / "webapp-requests.jsonl"
-    return f"web app: local stand-in {STANDIN_URL}, requests logged to {log}"
+    return f"web app: local stand-in {standin_url()}, requests logged to {log}"
 
 
 def start_stack() -> list[str]:
@@ -471,9 +529,10 @@ def _start_stack() -> list[str]:
     from prefect_cs.deployments.deploy import deploy_publish
     from prefect_cs.work_pools.pools import ensure_pool
 
-    server = PrefectServer(api_url=api_url())
-    server.start()
-    lines = [
+    lines = start_database()
+    server = PrefectServer(api_url=api_url(), extra_env=database_environment())
+    server.start(timeout=180 if scaled() else 90)  # its first start migrates PostgreSQL
+    lines += [
         f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')}; it asks for a"
         f" password: paste {auth_source()})"
     ]
@@ -483,9 +542,32 @@ def _start_stack() -> list[str]:
     ensure_pool(get_settings().process_pool, "process")
     deploy_publish()
     lines.append("deployment publish/publish on pool " + get_settings().process_pool)
-    for bg in (process_worker(), inputs_worker(), lost_run_watcher()):
+    for bg in (*process_workers(), inputs_worker(), lost_run_watcher()):
         lines.append(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
     return lines + start_api()
+
+
+def scaled() -> bool:
+    """CS_STACK_DATABASE=postgresql: the server on the stack's PostgreSQL, with Redis messaging."""
+    return get_settings().stack.database == "postgresql"
+
+
+def start_database() -> list[str]:
+    """The scaled stack's PostgreSQL and messaging Redis, before the server."""
+    if not scaled():
+        return []
+    from prefect_cs.services import messaging, postgres
+
+    return [postgres.start(), messaging.start()]
+
+
+def database_environment() -> dict[str, str]:
+    """What the server needs for the chosen database: nothing for SQLite (its default)."""
+    if not scaled():
+        return {}
+    from prefect_cs.services import messaging, postgres
+
+    return {**postgres.server_environment(), **messaging.server_environment()}
 
 
 def stop_stack() -> list[str]:
@@ -493,22 +575,39 @@ def stop_stack() -> list[str]:
         api_server(),
         lost_run_watcher(),
         inputs_worker(),
-        process_worker(),
+        *started_process_workers(),
         webapp_standin(),
         PrefectServer(api_url=api_url()).background(),
     ]
-    return [f"{bg.name}: {'stopped' if bg.stop() else 'not running'}" for bg in parts]
+    lines = [f"{bg.name}: {'stopped' if bg.stop() else 'not running'}" for bg in parts]
+    return lines + stop_database()
+
+
+def stop_database() -> list[str]:
+    """After the server: the stack's messaging Redis and PostgreSQL, if they were started."""
+    from prefect_cs.services import messaging, postgres
+
+    lines = []
+    for name, stop in (("redis-messaging", messaging.stop), ("postgres", postgres.stop)):
+        if _has_pid_file(name):
+            lines.append(f"{name}: {'stopped' if stop() else 'not running'}")
+    return lines
 
 
 def stack_status() -> list[str]:
     parts = [
         PrefectServer(api_url=api_url()).background(),
-        process_worker(),
+        *started_process_workers(),
         inputs_worker(),
         lost_run_watcher(),
         webapp_standin(),
         api_server(),
     ]
+    parts += [Background(n, []) for n in ("redis-messaging", "postgres") if _has_pid_file(n)]
     return [
         f"{bg.name}: {'running, pid ' + str(bg.pid()) if bg.pid() else 'stopped'}" for bg in parts
     ]
+
+
+def _has_pid_file(name: str) -> bool:
+    return (stack_dir() / f"{name}.pid").exists()

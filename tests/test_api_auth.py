@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect_cs.core.errors import SettingsError
-from prefect_cs.services.stack import STANDIN_PORT, read_auth_file
+from prefect_cs.services.stack import read_auth_file
 from prefect_cs.testing.processes import command_lines, environ
 from prefect_cs.testing.scratch import free_port
 
@@ -41,6 +40,8 @@ def operator_env(home: Path, api_url: str) -> dict[str, str]:
         PREFECT_HOME=str(home / "prefect"),
         PREFECT_API_URL=api_url,
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        CS_API_PORT=str(free_port()),  # free ports: other stacks (other test files, other
+        CS_STACK_STANDIN_PORT=str(free_port()),  # checkouts) may run on this machine meanwhile
         **PLANTED,
     )
     return env
@@ -55,17 +56,8 @@ def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.Compl
     return done
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) != 0
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    if not port_free(STANDIN_PORT):
-        pytest.fail(
-            f"port {STANDIN_PORT} (the stack's web app stand-in) is in use: stop what holds it"
-        )
     home = tmp_path_factory.mktemp("auth-stack")
     api_url = f"http://127.0.0.1:{free_port()}/api"
     env = operator_env(home, api_url)
