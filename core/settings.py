@@ -185,6 +185,13 @@ class ApiSettings(BaseSettings):
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest request body; larger ones get 413."
     )
+    submit_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Flow runs the API creates at once; the rest of a burst waits its turn in the"
+        " API (a SQLite server locks up under dozens of concurrent writers).",
+    )
     config_ttl_seconds: float = Field(
         default=2.0,
         ge=0,

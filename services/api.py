@@ -29,6 +29,7 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -203,6 +204,7 @@ class ClusterApi:
         self.models = ModelDirectory(settings.config_ttl_seconds)
         self.answers = AnswerCache()
         self.parses = ParseQueue(pending, submit_parse, parse_failed)
+        self.submit_slots = threading.BoundedSemaphore(settings.submit_concurrency)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
@@ -296,9 +298,9 @@ class ClusterApi:
         for attempt in (1, 2):
             try:
                 deployment = self.models.deployment_id(name)
-                create_simulation_run(
-                    self.models.client(), deployment, model, task_id, *inputs, tag
-                )
+                with self.submit_slots:
+                    client = self.models.client()
+                    create_simulation_run(client, deployment, model, task_id, *inputs, tag)
                 return
             except ObjectNotFound as exc:
                 self.models.forget_deployment(name)
