@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, quote
 
+from prefect_cs.testing.processes import end_process
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
@@ -83,12 +84,7 @@ class GcsEmulator:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        end_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> GcsEmulator:

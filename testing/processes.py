@@ -3,6 +3,7 @@ environment or command line read it here."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 
@@ -20,3 +21,13 @@ def command_lines() -> dict[int, bytes]:
         except OSError:
             continue
     return lines
+
+
+def end_process(proc: subprocess.Popen) -> None:
+    """Terminate a server the tests started; kill it if it has not gone within 10 s."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)

@@ -13,6 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from prefect_cs.testing.processes import end_process
 from prefect_cs.testing.scratch import free_port
 
 
@@ -84,12 +85,7 @@ class RedisServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        end_process(self.proc)
         self.proc = None
 
     def restart(self) -> RedisServer:
