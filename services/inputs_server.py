@@ -58,12 +58,13 @@ def warm_served(model: str | None = None) -> int:
     try:
         models = served_models(model)
     except Exception as exc:  # noqa: BLE001 - warming is a speed-up, never a reason not to serve
-        logger.warning("could not list the models to warm: %s", exc)
+        logger.warning("could not list the models to warm: %s; warming at start done", exc)
         return 0
     for config in models:
         answer = defaults_task.fn(config.owner, config.title, {}, None)  # never raises
         warmed += answer.get("status") == "SUCCESS"
         logger.info("warmed %s/%s: %s", config.owner, config.title, answer.get("status"))
+    logger.info("warming at start done: %d of %d model(s)", warmed, len(models))
     return warmed
 
 

@@ -102,6 +102,10 @@ def test_a_promote_warms_the_new_tags_default_inputs(paramtools, task_worker):
     from prefect_cs.testing.models import publish_model
 
     cached = cached_defaults_file("tests", "ParamTools", "v1")
+    deadline = time.monotonic() + 90  # the worker's own start-up warming must not be what we see
+    while "warming at start done" not in task_worker.log_file.read_text(errors="replace"):
+        assert time.monotonic() < deadline, "the inputs worker never finished warming at start"
+        time.sleep(0.5)
     cached.unlink(missing_ok=True)
     assert publish_model("tests", "ParamTools", "v1", "promote").is_completed()  # a rollback
     deadline = time.monotonic() + 60
