@@ -58,6 +58,9 @@ class PlatformError(CSError, RuntimeError):
     """The platform (not the model) could not finish a run; says so to the web app."""
 
 
+PLATFORM_ERROR = "platform error, not your model"  # how a FAIL that is the platform's begins
+
+
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 TRANSIENT_TEXT = ("database is locked", "connection reset", "server disconnected")
 

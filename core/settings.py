@@ -189,8 +189,9 @@ class ApiSettings(BaseSettings):
         default=2,
         ge=1,
         le=64,
-        description="Flow runs the API creates at once; the rest of a burst waits its turn in the"
-        " API (a SQLite server locks up under dozens of concurrent writers).",
+        description="Threads creating the flow runs of acknowledged sims; the rest of a burst"
+        " waits its turn on the API's disk (a SQLite server locks up under dozens of"
+        " concurrent writers).",
     )
     config_ttl_seconds: float = Field(
         default=2.0,

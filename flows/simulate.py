@@ -18,7 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import is_transient
+from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
 from prefect_cs.core.names import check_task_id
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
@@ -218,9 +218,6 @@ def resolve_inputs(
     if in_redis:
         return read_inputs_task(task_id)
     return meta or {}, adjustment or {}
-
-
-PLATFORM_ERROR = "platform error, not your model"
 
 
 def platform_fault(exc: BaseException) -> str:

@@ -9,11 +9,13 @@ projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
 - `version` / `defaults` are answered in the body (200, FAIL included): version
   as publish recorded it, defaults from memory, the storage cache or the model
   (flows/inputs.py, in a thread: it blocks);
-- `sim` answers `{"task_id"}` once the flow run exists, `parse` once the request
-  is kept on disk (services/parse_queue.py submits it behind the answer); the
-  result reaches the web app by PUT. A caller's task_id is idempotent: for `sim`
-  it is the flow run's idempotency key (Prefect returns the first run), for
-  `parse` the pending file or the ids this process submitted.
+- `sim` and `parse` answer `{"task_id"}` once the request is kept on disk
+  (services/pending_queue.py starts it behind the answer: a flow run, a
+  background task); the result reaches the web app by PUT. A sim is checked
+  first (model, tag, simulate deployment: 404 naming the fix), so what is
+  acknowledged can run. A caller's task_id is idempotent: the pending file or
+  the ids this process started, and for `sim` the flow run's idempotency key
+  (Prefect returns the first run, across restarts too).
 
 C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
 anything but 200 as failed; what the API keeps in memory to answer within that
@@ -29,16 +31,16 @@ import contextlib
 import hmac
 import json
 import logging
-import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import anyio
 from prefect.exceptions import ObjectNotFound
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import ConfigError, NotConfigured, NotFound
+from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound
 from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
@@ -46,7 +48,7 @@ from prefect_cs.deployments.submit import create_simulation_run
 from prefect_cs.flows.inputs import defaults_of, get_version
 from prefect_cs.flows.payload_rules import fail_traceback, model_version
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory
-from prefect_cs.services.parse_queue import ParseQueue
+from prefect_cs.services.pending_queue import PendingQueue
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -56,6 +58,7 @@ logger = logging.getLogger("prefect_cs.api")
 
 TASK_NAMES = ("version", "defaults", "parse", "sim")
 Handler = Callable[[Request], Awaitable[JSONResponse]]
+SIM_START_ATTEMPTS = 5  # 0.5 + 1 + 2 + 4 s of backoff: a busy server's hiccups, not an outage
 
 
 class Refused(Exception):
@@ -153,6 +156,14 @@ def parse_failed(request: dict[str, Any], reason: str) -> None:
     deliver(INPUTS_PATH, payload)
 
 
+def sim_failed(request: dict[str, Any], reason: str) -> None:
+    """The one answer a sim that could not be started gets: a FAIL PUT to /outputs/api/."""
+    from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
+    from prefect_cs.flows.simulate import fail_payload
+
+    deliver(OUTPUTS_PATH, fail_payload(request["task_id"], reason))
+
+
 def submit_parse(request: dict[str, Any]) -> None:
     from prefect_cs.flows.inputs import submit_parse as submit
 
@@ -161,6 +172,20 @@ def submit_parse(request: dict[str, Any]) -> None:
 
 
 # ---- run status ------------------------------------------------------------------------
+
+
+def accepted_status(task_id: str) -> dict[str, Any]:
+    """A sim acknowledged and waiting in this API for its flow run to be created."""
+    return {
+        "task_id": task_id,
+        "flow_run_id": None,
+        "state": "ACCEPTED",
+        "state_name": "Accepted",
+        "message": "acknowledged; its flow run is being created",
+        "status": None,
+        "delivered": None,
+        "outputs": None,
+    }
 
 
 def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
@@ -200,21 +225,33 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
 
 class ClusterApi:
     def __init__(self, settings: ApiSettings, token: str | None, pending: Path) -> None:
+        """`pending` is this API's own folder: two APIs on one machine never take each other's
+        requests."""
         self.settings, self.token = settings, token
         self.models = ModelDirectory(settings.config_ttl_seconds)
         self.answers = AnswerCache()
-        self.parses = ParseQueue(pending, submit_parse, parse_failed)
-        self.submit_slots = threading.BoundedSemaphore(settings.submit_concurrency)
+        self.parses = PendingQueue("parse", pending / "parse", submit_parse, parse_failed)
+        self.sims = PendingQueue(
+            "sim",
+            pending / "sim",
+            self.start_sim,
+            sim_failed,
+            threads=settings.submit_concurrency,
+            attempts=SIM_START_ATTEMPTS,
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
-        """The parse submitters run while the app does; requests a crash left are resubmitted."""
-        left = self.parses.start()
-        if left:
-            logger.info("resubmitting %d parse request(s) acknowledged before a restart", left)
+        """The pending queues run while the app does; requests a crash left are started."""
+        for pending in (self.parses, self.sims):
+            if left := pending.start():
+                logger.info(
+                    "starting %d %s request(s) acknowledged before a restart", left, pending.kind
+                )
         try:
             yield
         finally:
+            self.sims.stop()
             self.parses.stop()
             self.models.close()
 
@@ -245,9 +282,7 @@ class ClusterApi:
                 return answer(404, error=str(exc))
             except Exception as exc:  # noqa: BLE001 - the caller retries; the operator reads the log
                 logger.exception("platform error on %s", request.url.path)
-                return answer(
-                    503, error=f"platform error, not your model: {type(exc).__name__}; retry"
-                )
+                return answer(503, error=f"{PLATFORM_ERROR}: {type(exc).__name__}; retry")
 
         return guarded
 
@@ -262,20 +297,14 @@ class ClusterApi:
         if name == "defaults":
             return answer(200, **await self.defaults(model, entry, kw.get("meta_param_dict") or {}))
         task_id = req["task_id"] or str(uuid.uuid4())
+        inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
+        kept = {"task_id": task_id, "owner": owner, "title": title, "inputs": inputs}
         if name == "sim":
-            await anyio.to_thread.run_sync(self.start_sim, model, tag, kw, task_id)
+            await anyio.to_thread.run_sync(self.simulate_deployment, model)
+            await anyio.to_thread.run_sync(self.sims.add, {**kept, "tag": tag})
         else:
-            inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
             entry_json = entry.model_dump(mode="json")
-            self.parses.add(
-                {
-                    "task_id": task_id,
-                    "owner": owner,
-                    "title": title,
-                    "entry": entry_json,
-                    "inputs": inputs,
-                }
-            )
+            await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
         return answer(200, task_id=task_id)
 
     async def defaults(
@@ -289,26 +318,34 @@ class ClusterApi:
         self.answers.put(key, result)
         return result
 
-    def start_sim(
-        self, model: ModelConfig, tag: str | None, kw: dict[str, Any], task_id: str
-    ) -> None:
-        """The flow run, in one Prefect call; a deployment re-created since is looked up again."""
+    def simulate_deployment(self, model: ModelConfig) -> UUID:
+        """The model's simulate deployment id (known, or read once); 404 naming the fix."""
         name = deployment_name(model)
-        inputs = (kw.get("meta_param_dict") or {}, kw.get("adjustment") or {})
-        for attempt in (1, 2):
-            try:
-                deployment = self.models.deployment_id(name)
-                with self.submit_slots:
-                    client = self.models.client()
-                    create_simulation_run(client, deployment, model, task_id, *inputs, tag)
-                return
-            except ObjectNotFound as exc:
-                self.models.forget_deployment(name)
-                if attempt == 2:
-                    raise NotFound(
-                        f"{model.owner}/{model.title} has no simulate deployment {name}: publish"
-                        f" it (`prefect-cs models publish {model.owner}/{model.title}`)"
-                    ) from exc
+        try:
+            return self.models.deployment_id(name)
+        except ObjectNotFound as exc:
+            raise NotFound(
+                f"{model.owner}/{model.title} has no simulate deployment {name}: publish"
+                f" it (`prefect-cs models publish {model.owner}/{model.title}`)"
+            ) from exc
+
+    def start_sim(self, request: dict[str, Any]) -> None:
+        """The flow run of an acknowledged sim, in one Prefect call (the pending queue retries;
+        a deployment re-created since is looked up again on the next try)."""
+        model, _ = self.models.published(request["owner"], request["title"], request["tag"])
+        deployment = self.simulate_deployment(model)
+        try:
+            create_simulation_run(
+                self.models.client(),
+                deployment,
+                model,
+                request["task_id"],
+                *request["inputs"],
+                request["tag"],
+            )
+        except ObjectNotFound:
+            self.models.forget_deployment(deployment_name(model))
+            raise
 
     @staticmethod
     async def light(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -331,6 +368,8 @@ class ClusterApi:
             task_id = check_task_id(request.path_params["task_id"]).lower()
         except ValueError as exc:
             raise Refused(400, str(exc)) from exc
+        if self.sims.is_pending(task_id):
+            return answer(200, **accepted_status(task_id))
         return answer(200, **await anyio.to_thread.run_sync(run_status, owner, title, task_id))
 
     async def sync(self, request: Request) -> JSONResponse:
@@ -428,10 +467,10 @@ def create_app(
     auth: bool = True,
     port: int | None = None,
 ) -> Starlette:
-    """The app; the token is read once here, so rotate it by restarting. Parse requests wait
-    in a folder of this port's (two APIs on one machine never take each other's)."""
+    """The app; the token is read once here, so rotate it by restarting. Parse and sim requests
+    wait in a folder of this port's."""
     settings = settings or get_settings().api
-    pending = get_settings().home / "api" / f"parse-pending-{port or settings.port}"
+    pending = get_settings().home / "api" / f"pending-{port or settings.port}"
     api = ClusterApi(settings, (token or load_token(settings)) if auth else None, pending)
     routes = [
         Route("/health", health),

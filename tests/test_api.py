@@ -8,11 +8,14 @@ read from the cluster's secrets store.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,6 +23,7 @@ import pytest
 from prefect_cs.services.stack import Background, api_server, process_worker, wait_healthy
 
 TOKEN = "cluster-api-test-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BEHAVE_OK = {"control": {"behavior": [{"value": "ok"}]}}
 
 
@@ -39,15 +43,14 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"{what}: not within {timeout:g}s")
 
 
-@pytest.fixture(scope="module")
-def api(platform) -> Iterator[str]:
-    """`prefect-cs api serve` on a free port; its token is the cluster secret CLUSTER_API_TOKEN."""
+@contextlib.contextmanager
+def serving(port: int) -> Iterator[str]:
+    """`prefect-cs api serve` on `port`; its token is the cluster secret CLUSTER_API_TOKEN."""
     from prefect_cs.security.secrets import get_backend
 
     get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
-    port = free_port()
     bg = api_server(port)
-    bg = Background("cluster-api-tests", bg.argv, bg.env)
+    bg = Background(f"cluster-api-tests-{port}", bg.argv, bg.env)
     bg.start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -55,6 +58,12 @@ def api(platform) -> Iterator[str]:
         yield url
     finally:
         bg.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform) -> Iterator[str]:
+    with serving(free_port()) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +155,7 @@ def test_sim_retried_with_its_task_id_makes_one_run_and_one_put(
         r = client.post("/tests/Misbehaving/", json=body)
         assert r.status_code == 200, r.text
         assert r.json() == {"task_id": task_id}
-    assert len(runs_of(task_id)) == 1
+    until(lambda: runs_of(task_id), 60, "the acknowledged sim's flow run")
     webapp.first_about(task_id, timeout=120)
     status = until(
         lambda: (
@@ -165,11 +174,53 @@ def test_sim_retried_with_its_task_id_makes_one_run_and_one_put(
     assert len(runs_of(task_id)) == 1
 
 
+def keep_pending_sim(port: int, owner: str, title: str) -> tuple[str, Path]:
+    """A sim the API on `port` acknowledged and kept, as a crash leaves it."""
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.services.pending_queue import write_private
+
+    task_id = str(uuid.uuid4())
+    folder = get_settings().home / "api" / f"pending-{port}" / "sim"
+    folder.mkdir(parents=True, mode=0o700)
+    request = {"task_id": task_id, "owner": owner, "title": title, "tag": "v1"}
+    request["inputs"] = [{}, BEHAVE_OK]
+    write_private(path := folder / f"{task_id}.json", json.dumps(request).encode())
+    return task_id, path
+
+
+def test_a_sim_acknowledged_before_a_crash_is_started_when_the_api_starts_again(misbehaving):
+    port = free_port()
+    task_id, kept = keep_pending_sim(port, "tests", "Misbehaving")
+    with serving(port) as url:
+        status = httpx.get(f"{url}/tests/Misbehaving/runs/{task_id}", headers=AUTH).json()
+        assert status["state"] in ("ACCEPTED", "SCHEDULED", "PENDING", "RUNNING", "COMPLETED")
+        until(lambda: runs_of(task_id), 60, "the flow run of the sim left pending")
+        until(lambda: not kept.exists(), 10, "the pending file removed once the run exists")
+    assert len(runs_of(task_id)) == 1
+
+
+def test_a_sim_that_cannot_be_started_gets_one_platform_fail_put(platform, webapp):
+    port = free_port()
+    task_id, kept = keep_pending_sim(port, "tests", "Unregistered")  # gone since it was kept
+    with serving(port):
+        put = webapp.first_about(task_id, timeout=60)
+        until(lambda: not kept.exists(), 10, "the pending file removed once answered")
+    assert put.path == "/outputs/api/" and put.body["status"] == "FAIL", put.body
+    assert put.body["traceback"].startswith("platform error, not your model"), put.body
+    assert "acknowledged this sim but could not start it" in put.body["traceback"]
+    assert "tests/Unregistered is not registered" in put.body["traceback"]
+    time.sleep(1)
+    assert (
+        len([r for r in webapp.received("/outputs/api/") if r.body.get("task_id") == task_id]) == 1
+    )
+
+
 def test_sim_without_task_id_gets_a_new_one(client, misbehaving):
     r = client.post("/tests/Misbehaving/", json=task("sim", adjustment=BEHAVE_OK))
     assert r.status_code == 200, r.text
     task_id = r.json()["task_id"]
-    assert str(uuid.UUID(task_id)) == task_id and len(runs_of(task_id)) == 1
+    assert str(uuid.UUID(task_id)) == task_id
+    assert len(until(lambda: runs_of(task_id), 60, "the acknowledged sim's flow run")) == 1
 
 
 def parse_task_runs() -> set:

@@ -1,4 +1,4 @@
-"""The cluster API's parse queue: acknowledged at once, submitted behind, none lost.
+"""The cluster API's pending queues (parse, sim): acknowledged at once, started behind, none lost.
 
 Real files and threads; the submitter is a recording function here (the API's
 tests drive the real one, a Prefect background task, end to end).
@@ -12,7 +12,9 @@ import time
 import uuid
 from pathlib import Path
 
-from prefect_cs.services.parse_queue import ATTEMPTS, ParseQueue
+from prefect_cs.services.pending_queue import PendingQueue
+
+ATTEMPTS = 3
 
 
 class Recorder:
@@ -34,6 +36,10 @@ class Recorder:
         self.done.set()
 
 
+def pending_queue(tmp_path: Path, submit, fail) -> PendingQueue:
+    return PendingQueue("parse", tmp_path / "pending", submit, fail, attempts=ATTEMPTS)
+
+
 def request() -> dict:
     return {"task_id": str(uuid.uuid4()), "owner": "o", "title": "t", "inputs": [{}, {}]}
 
@@ -47,7 +53,7 @@ def drained(folder: Path, timeout: float = 10) -> bool:
 
 def test_a_request_is_submitted_once_and_a_retried_post_is_not(tmp_path):
     rec = Recorder()
-    parses = ParseQueue(tmp_path / "pending", rec.submit, rec.fail)
+    parses = pending_queue(tmp_path, rec.submit, rec.fail)
     parses.start()
     try:
         req = request()
@@ -62,7 +68,7 @@ def test_a_request_is_submitted_once_and_a_retried_post_is_not(tmp_path):
 
 def test_a_pending_request_is_kept_private_until_submitted(tmp_path):
     rec = Recorder()
-    parses = ParseQueue(tmp_path / "pending", rec.submit, rec.fail)  # not started: nothing drains
+    parses = pending_queue(tmp_path, rec.submit, rec.fail)  # not started: nothing drains
     req = request()
     parses.add(req)
     kept = tmp_path / "pending" / f"{req['task_id']}.json"
@@ -73,9 +79,9 @@ def test_a_pending_request_is_kept_private_until_submitted(tmp_path):
 
 def test_requests_a_crash_left_are_submitted_at_start(tmp_path):
     left = request()
-    ParseQueue(tmp_path / "pending", Recorder().submit, Recorder().fail).add(left)  # then "crash"
+    pending_queue(tmp_path, Recorder().submit, Recorder().fail).add(left)  # then "crash"
     rec = Recorder()
-    again = ParseQueue(tmp_path / "pending", rec.submit, rec.fail)
+    again = pending_queue(tmp_path, rec.submit, rec.fail)
     assert again.start() == 1
     try:
         assert rec.done.wait(10) and drained(tmp_path / "pending")
@@ -86,7 +92,7 @@ def test_requests_a_crash_left_are_submitted_at_start(tmp_path):
 
 def test_a_transient_error_is_retried(tmp_path):
     rec = Recorder(failures=ATTEMPTS - 1)
-    parses = ParseQueue(tmp_path / "pending", rec.submit, rec.fail)
+    parses = pending_queue(tmp_path, rec.submit, rec.fail)
     parses.start()
     try:
         parses.add(req := request())
@@ -98,7 +104,7 @@ def test_a_transient_error_is_retried(tmp_path):
 
 def test_a_request_that_cannot_be_submitted_is_answered_with_a_platform_fail(tmp_path):
     rec = Recorder(failures=ATTEMPTS)
-    parses = ParseQueue(tmp_path / "pending", rec.submit, rec.fail)
+    parses = pending_queue(tmp_path, rec.submit, rec.fail)
     parses.start()
     try:
         parses.add(req := request())
