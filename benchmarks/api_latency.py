@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/api_latency.py [--calls 200]
 
 Starts a Prefect server (SQLite), the inputs worker and `prefect-cs api serve`
-(its own process), publishes the misbehaving sample app, then times POST
+(its own process), publishes the misbehaving sample app (testing/bench_stack.py;
+no pool worker: sims are acknowledged, not run), then times POST
 /{owner}/{title}/ from an httpx client (one connection, like C/S's requests
 session) for: version, defaults cached, defaults uncached (new meta parameters
 each call: a model call through the inputs server), parse acknowledgement and
@@ -22,24 +23,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from prefect_cs.testing.scratch import free_port, scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment("cs-bench-api-")
 
 import httpx  # noqa: E402
-from prefect_cs.blocks.webapp import WebApp  # noqa: E402
-from prefect_cs.security.secrets import get_backend  # noqa: E402
-from prefect_cs.services import stack  # noqa: E402
-from prefect_cs.testing.models import (  # noqa: E402
-    add_tag,
-    make_repo,
-    publish_model,
-    register_model,
-)
+from prefect_cs.testing.bench_stack import bench_stack  # noqa: E402
+from prefect_cs.testing.models import add_tag, publish_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
-from prefect_cs.work_pools.pools import ensure_pool  # noqa: E402
 
-TOKEN = "bench-token"
 OK = {"control": {"behavior": [{"value": "ok"}]}}
 
 
@@ -142,26 +134,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
-    server = stack.PrefectServer(api_url=stack.api_url())
-    server.start()
-    port = free_port()
-    parts = [stack.inputs_worker(), stack.api_server(port)]
-    stub = WebAppStub().start()
-    try:
-        stack.register_blocks()
-        stack.ensure_storage_blocks()
-        ensure_pool("cs-process", "process")
-        WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
-        get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
-        repo = make_repo("misbehaving-app", WORK / "repo")
-        register_model("bench", "Misbehaving", repo, repo_tag="v1", time_limit=60)
-        assert publish_model("bench", "Misbehaving").is_completed()
-        for part in parts:
-            part.start()
-        url = f"http://127.0.0.1:{port}"
-        assert stack.wait_healthy(url, parts[1], timeout=90), "the API did not start"
-        headers = {"Authorization": f"Bearer {TOKEN}"}
-        with httpx.Client(base_url=url, headers=headers, timeout=60) as client:
+    with bench_stack(WORK, pool_worker=False) as bench:
+        headers = {"Authorization": f"Bearer {bench.token}"}
+        with httpx.Client(base_url=bench.url, headers=headers, timeout=60) as client:
             for body in bodies().values():  # warm: model process, defaults cache, first runs
                 timed(client, body, 2)
             for name, body in bodies().items():
@@ -172,14 +147,9 @@ def main() -> None:
                     flush=True,
                 )
                 if name == "parse ack":  # let the parse backlog drain before timing sims
-                    parses_answered(stub, args.calls + 2)
+                    parses_answered(bench.stub, args.calls + 2)
             baseline_run_deployment(args.calls // 4)
-            after_promote(client, repo)
-    finally:
-        for part in parts:
-            part.stop()
-        stub.stop()
-        server.stop()
+            after_promote(client, bench.repo)
 
 
 if __name__ == "__main__":
