@@ -6,7 +6,10 @@ Prefect client costs ~50 ms and loading a block another ~20–50 ms, so this kee
 
 - one Prefect client for the process (httpx's client is thread-safe);
 - each model's config for CS_API_CONFIG_TTL_SECONDS (a promote is seen within
-  that; a tag published meanwhile is seen at once: a miss reloads);
+  that; a tag published meanwhile is seen at once: a miss reloads); one read
+  at a time per model, the callers waiting meanwhile taking its answer (a burst
+  of fifty arriving as the config expires made fifty reads of a busy server, and
+  took a second to acknowledge);
 - each simulate deployment's id (it survives re-deploys; a 404 drops it);
 - each published tag's SUCCESS defaults per meta parameters (a tag's code never
   changes, so they never go stale; bounded, least recently used dropped first).
@@ -35,7 +38,8 @@ class ModelDirectory:
     def __init__(self, ttl_seconds: float) -> None:
         self.ttl = ttl_seconds
         self._client: SyncPrefectClient | None = None
-        self._models: dict[str, tuple[float, ModelConfig]] = {}
+        self._models: dict[str, tuple[float, ModelConfig]] = {}  # read started at, config
+        self._reading: dict[str, threading.Lock] = {}
         self._deployments: dict[str, UUID] = {}
         self._lock = threading.Lock()
 
@@ -52,14 +56,23 @@ class ModelDirectory:
                 self._client = None
 
     def model(self, owner: str, title: str, fresh: bool = False) -> ModelConfig:
-        """The model's config, at most `ttl` seconds old (or read now when `fresh`)."""
+        """The model's config, at most `ttl` seconds old (or read since this call when `fresh`)."""
         key = slug(check_name("owner", owner), check_name("title", title))
-        cached = self._models.get(key)
-        if not fresh and cached and time.monotonic() - cached[0] < self.ttl:
+        called = time.monotonic()
+        oldest = called if fresh else called - self.ttl
+        if (cached := self._models.get(key)) and cached[0] >= oldest:
             return cached[1]
-        model = self._read(owner, title, key)
-        self._models[key] = (time.monotonic(), model)
-        return model
+        with self._reading_lock(key):
+            if (cached := self._models.get(key)) and cached[0] >= oldest:
+                return cached[1]  # read by another caller while this one waited
+            started = time.monotonic()
+            model = self._read(owner, title, key)
+            self._models[key] = (started, model)
+            return model
+
+    def _reading_lock(self, key: str) -> threading.Lock:
+        with self._lock:
+            return self._reading.setdefault(key, threading.Lock())
 
     def _read(self, owner: str, title: str, key: str) -> ModelConfig:
         try:
@@ -86,9 +99,13 @@ class ModelDirectory:
             return model, model.published(tag)
 
     def deployment_id(self, name: str) -> UUID:
-        if name not in self._deployments:
-            self._deployments[name] = self.client().read_deployment_by_name(name).id
-        return self._deployments[name]
+        """Read once, by one caller; the others waiting meanwhile take its answer."""
+        if (known := self._deployments.get(name)) is not None:
+            return known
+        with self._reading_lock(f"deployment:{name}"):
+            if name not in self._deployments:
+                self._deployments[name] = self.client().read_deployment_by_name(name).id
+            return self._deployments[name]
 
     def forget_deployment(self, name: str) -> None:
         self._deployments.pop(name, None)
