@@ -77,3 +77,22 @@ def test_a_burst_reads_a_deployment_id_once(directory):
     name = "noop/noop-cached"
     assert set(at_once(lambda: models.deployment_id(name))) == {made}
     assert reads == [name]
+
+
+def test_an_expired_config_is_answered_at_once_and_read_again_behind(platform):
+    import time
+
+    register(ModelConfig(owner="tests", title="Aging", repo_url="https://example.org/v1.git"))
+    models = ModelDirectory(ttl_seconds=0.5)
+    try:
+        assert models.model("tests", "Aging").repo_url.endswith("v1.git")
+        register(ModelConfig(owner="tests", title="Aging", repo_url="https://example.org/v2.git"))
+        time.sleep(0.6)
+        # expired: the caller gets what is known, a thread reads the registry again
+        assert models.model("tests", "Aging").repo_url.endswith("v1.git")
+        deadline = time.monotonic() + 10
+        while not models.model("tests", "Aging").repo_url.endswith("v2.git"):
+            assert time.monotonic() < deadline, "the config was not read again behind the answer"
+            time.sleep(0.05)
+    finally:
+        models.close()
