@@ -13,8 +13,13 @@ bounds nothing by itself). This watcher closes both gaps:
   diagnosis (ImagePullError, Unschedulable, OOMKilled, Evicted…).
 - Runs still Pending after `pending_timeout`: PUT a FAIL with the diagnosis,
   then set the run Cancelling, so the worker deletes its Job (and the pod).
-- Runs Late for longer than `pending_timeout` (no worker took them): the same,
-  so the web app is not left waiting on a worker that is down.
+- Runs not picked up `pending_timeout` after their scheduled time while no
+  worker polls their work pool (the pool is not READY): the same, so the web
+  app is not left waiting on a worker that is down. A run waiting its turn on a
+  pool a worker polls (a burst over the pool's concurrency limit) is left to
+  wait: it is queued, not lost. Lateness is measured from the scheduled time,
+  so it does not need Prefect's late-runs service (the SQLite stack turns it
+  off: under a burst its retried Late inserts locked the database).
 - Failed and Cancelled simulate runs whose notify step did not complete (a run
   cancelled from the UI or API is killed mid-flow; a flow that failed before
   notifying): a FAIL with the state's message. Those ended within
@@ -47,7 +52,8 @@ from prefect.client.schemas.filters import (
     TaskRunFilter,
     TaskRunFilterName,
 )
-from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.client.schemas.objects import FlowRun, StateType, WorkPoolStatus
+from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
 from prefect_cs.flows.simulate import fail_payload
@@ -59,6 +65,7 @@ DEFAULT_PENDING_TIMEOUT = 600.0  # the template's pod_watch_timeout_seconds: cov
 # supervisor's reschedule lands (Prefect allows Crashed -> Scheduled there):
 # wait this long before calling a crash final.
 DEFAULT_CRASH_GRACE = 60.0
+LATE_AFTER_SECONDS = 15.0  # Prefect's own PREFECT_SERVER_SERVICES_LATE_RUNS_AFTER_SECONDS default
 FINISHED_LOOKBACK = timedelta(days=2)  # Failed/Cancelled runs older than this are not re-read
 PAGE = 200
 FINISHED = (StateType.FAILED, StateType.CANCELLED)  # final: no grace needed
@@ -66,8 +73,8 @@ logger = logging.getLogger("prefect_cs.lost_runs")
 
 
 def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> list[FlowRun]:
-    """Simulate runs Crashed, Pending, Late, or recently Failed or Cancelled, not yet reported
-    (among `only` if given)."""
+    """Simulate runs Crashed, Pending, Scheduled past their time, or recently Failed or
+    Cancelled, not yet reported (among `only` if given)."""
     waiting = [StateType.CRASHED, StateType.PENDING, StateType.SCHEDULED]
     finished = list(FINISHED)
     since = datetime.now(UTC) - FINISHED_LOOKBACK
@@ -77,7 +84,7 @@ def candidates(client: SyncPrefectClient, only: list[UUID] | None = None) -> lis
         for run in runs
         if REPORTED_TAG not in run.tags
         and run.state is not None
-        and (run.state.type != StateType.SCHEDULED or run.state.name == "Late")
+        and (run.state.type != StateType.SCHEDULED or overdue(run) >= LATE_AFTER_SECONDS)
     ]
 
 
@@ -125,14 +132,40 @@ def already_notified(client: SyncPrefectClient, run: FlowRun) -> bool:
 
 
 def stuck_for(run: FlowRun, now: datetime) -> float:
+    """How long the run has been in its state; for a run not started, since it was due."""
+    if run.state is not None and run.state.type == StateType.SCHEDULED:
+        return overdue(run, now)
     if run.state is None or run.state.timestamp is None:
         return 0.0
     return (now - run.state.timestamp).total_seconds()
 
 
+def overdue(run: FlowRun, now: datetime | None = None) -> float:
+    """Seconds since a Scheduled (or Late, or AwaitingConcurrencySlot) run was due to start."""
+    if run.state is None:
+        return 0.0
+    due = run.state.state_details.scheduled_time or run.state.timestamp
+    return 0.0 if due is None else ((now or datetime.now(UTC)) - due).total_seconds()
+
+
+def no_worker_polls(client: SyncPrefectClient, run: FlowRun, pools: dict[str, bool]) -> bool:
+    """True unless the run's work pool is READY (a worker heartbeats on it): then the run is
+    waiting its turn behind the pool's limit, not lost. Read once per pool per scan."""
+    name = run.work_pool_name
+    if not name:
+        return True
+    if name not in pools:
+        try:
+            status = client.read_work_pool(name).status
+        except ObjectNotFound:
+            status = None
+        pools[name] = status != WorkPoolStatus.READY
+    return pools[name]
+
+
 def reason_for(run: FlowRun, notes: list[str], pending: float | None) -> str:
     """What the web app shows the user: what happened, and Kubernetes' own explanation."""
-    if pending is not None and run.state is not None and run.state.name == "Late":
+    if pending is not None and run.state is not None and run.state.type == StateType.SCHEDULED:
         head = (
             f"The simulation was not picked up within {pending:.0f} seconds: no worker is"
             " polling its work pool. The run was cancelled."
@@ -159,7 +192,7 @@ def report(client: SyncPrefectClient, run: FlowRun, pending: float | None) -> di
         result.update(deliver(OUTPUTS_PATH, payload), status="FAIL")
     if pending is not None:
         # Pending: a Job exists, and the worker deletes it on Cancelling. Late: nothing to delete.
-        late = run.state is not None and run.state.name == "Late"
+        late = run.state is not None and run.state.type == StateType.SCHEDULED
         final = Cancelled if late else Cancelling
         client.set_flow_run_state(run.id, final(message="not started in time"), force=True)
     client.update_flow_run(run.id, tags=[*run.tags, REPORTED_TAG])
@@ -183,10 +216,11 @@ def scan_once(
     only: list[UUID] | None = None,
     crash_grace: float = DEFAULT_CRASH_GRACE,
 ) -> list[dict[str, Any]]:
-    """One pass: report every Failed, Cancelled or Crashed run that did not notify, and every
-    run Pending or Late longer than `pending_timeout`."""
+    """One pass: report every Failed, Cancelled or Crashed run that did not notify, every run
+    Pending longer than `pending_timeout`, and every run that long overdue on a pool no worker
+    polls."""
     now = datetime.now(UTC)
-    reports = []
+    reports, pools = [], {}
     with get_client(sync_client=True) as client:
         for run in candidates(client, only):
             if run.state is not None and run.state.type in FINISHED:
@@ -195,7 +229,8 @@ def scan_once(
                 if stuck_for(run, now) >= crash_grace:
                     reports.append(report(client, run, None))
             elif stuck_for(run, now) >= pending_timeout:
-                reports.append(report(client, run, pending_timeout))
+                if run.state.type != StateType.SCHEDULED or no_worker_polls(client, run, pools):
+                    reports.append(report(client, run, pending_timeout))
     for item in reports:
         logger.info("reported flow run %s (task %s)", item["flow_run_id"], item["task_id"])
     return reports

@@ -52,6 +52,16 @@ FAST_POLLING = {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
+# On SQLite, Prefect's late-runs service retries its Late inserts every 5 s while a burst waits,
+# and they lock the database under the workers and the API (998 "database is locked" in one
+# 50-run Docker burst; makespan 215 s, 174 s without it: benchmarks/burst.py). Nothing here
+# needs the Late name: the lost-run watcher measures lateness from the scheduled time. An
+# operator's own setting wins; PostgreSQL keeps the service.
+SQLITE_SERVER = {"PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
+DATABASE_URL_ENVS = (
+    "PREFECT_SERVER_DATABASE_CONNECTION_URL",
+    "PREFECT_API_DATABASE_CONNECTION_URL",
+)
 
 AUTH_USER = "admin"
 AUTH_ENV = "PREFECT_API_AUTH_STRING"
@@ -277,6 +287,9 @@ class PrefectServer:
         auth = api_auth_string()
         env = {**os.environ, **FAST_POLLING, "PREFECT_SERVER_API_AUTH_STRING": auth, AUTH_ENV: auth}
         env.update(self.extra_env)
+        if not any(name in env for name in DATABASE_URL_ENVS):
+            for name, value in SQLITE_SERVER.items():
+                env.setdefault(name, value)
         if self.home:
             env["PREFECT_HOME"] = str(self.home)
         argv = prefect_cli() + [

@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -439,9 +439,10 @@ def test_run_no_worker_takes_is_failed_and_cancelled(k8s_model, webapp):
     task_id = str(uuid.uuid4())
     run = submit(task_id)
     assert scan_once(pending_timeout=0, only=[run.id]) == []  # Scheduled on time: not stuck
+    due = datetime.now(UTC) - timedelta(seconds=30)  # as Prefect marks a run Late, 15 s after
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(run.id, Late(), force=True)
-    assert len(scan_once(pending_timeout=0, only=[run.id])) == 1
+        client.set_flow_run_state(run.id, Late(scheduled_time=due), force=True)
+    assert len(scan_once(pending_timeout=0, only=[run.id])) == 1  # no worker polls the pool
     (body,) = _puts(webapp, task_id)
     assert "no worker is polling" in body["traceback"]
     assert _state(run.id).type.value == "CANCELLED"

@@ -132,3 +132,19 @@ def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, wor
     assert [r["task_id"] for r in reports] == [task_id]
     (body,) = [r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id]
     assert body["status"] == "FAIL" and "Crashed" in body["traceback"]
+
+
+def test_a_sqlite_server_runs_without_the_late_runs_service_unless_told(monkeypatch):
+    from prefect_cs.services.stack import PrefectServer
+
+    def env(**extra: str) -> dict[str, str]:
+        server = PrefectServer(api_url="http://127.0.0.1:4200/api", extra_env=extra)
+        return server.background().env
+
+    late = "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED"
+    monkeypatch.delenv(late, raising=False)
+    assert env()[late] == "false"
+    postgres = env(PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://x@/db")
+    assert late not in postgres
+    monkeypatch.setenv(late, "true")  # the operator's own choice wins
+    assert env()[late] == "true"

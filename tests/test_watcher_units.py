@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import pytest
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, WorkPoolStatus
 from prefect.states import Cancelled, Completed, Crashed, Failed, Late, Pending, Running, Scheduled
 from prefect_cs.services import lost_runs
 from prefect_cs.services.lost_runs import REPORTED_TAG, SIMULATE_TAG, scan_once
@@ -27,6 +27,12 @@ class FakeClient:
         self.tasks: dict[uuid.UUID, list] = {}
         self.logs: dict[uuid.UUID, list[str]] = {}
         self.states: list[tuple[uuid.UUID, str]] = []
+        self.pools: dict[str, WorkPoolStatus] = {"cs-process": WorkPoolStatus.NOT_READY}
+        self.pool_reads: list[str] = []
+
+    def read_work_pool(self, name):
+        self.pool_reads.append(name)
+        return SimpleNamespace(status=self.pools[name])
 
     def read_flow_runs(self, flow_run_filter, limit, offset):
         matching = [r for r in self.runs if self._matches(flow_run_filter, r)]
@@ -66,7 +72,13 @@ class FakeClient:
         params = {"owner": "o", "title": "t"}
         if with_task_id:
             params["task_id"] = str(uuid.uuid4())
-        run = FlowRun(flow_id=uuid.uuid4(), parameters=params, tags=list(tags), state=state)
+        run = FlowRun(
+            flow_id=uuid.uuid4(),
+            parameters=params,
+            tags=list(tags),
+            state=state,
+            work_pool_name="cs-process",
+        )
         self.runs.append(run)
         return run
 
@@ -164,13 +176,30 @@ def test_pending_too_long_is_reported_and_cancelling(client, sent):
     assert REPORTED_TAG not in fresh.tags
 
 
-def test_late_too_long_is_reported_and_cancelled_scheduled_is_not(client, sent):
-    client.add(Scheduled(), age=1000)  # scheduled for later: not late, not lost
-    late = client.add(Late(), age=100)
-    (report,) = scan_once(pending_timeout=60)
-    assert report["flow_run_id"] == str(late.id)
-    assert "not picked up within 60 seconds: no worker" in sent[0][1]["traceback"]
-    assert client.states == [(late.id, "Cancelled")]
+def ago(seconds: float) -> datetime:
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def test_overdue_on_a_pool_no_worker_polls_is_reported_and_cancelled(client, sent):
+    client.add(Scheduled(scheduled_time=ago(-1000)), age=1000)  # due later: not lost
+    client.add(Scheduled(scheduled_time=ago(5)))  # due 5 s ago: not late yet
+    late = client.add(Late(scheduled_time=ago(100)), age=85)
+    overdue = client.add(Scheduled(scheduled_time=ago(100)), age=100)  # no late-runs service
+    reports = scan_once(pending_timeout=60)
+    assert {r["flow_run_id"] for r in reports} == {str(late.id), str(overdue.id)}
+    assert all("not picked up within 60 seconds: no worker" in p["traceback"] for _, p in sent)
+    assert sorted(client.states) == sorted([(late.id, "Cancelled"), (overdue.id, "Cancelled")])
+    assert client.pool_reads == ["cs-process"]  # once per pool per scan
+
+
+def test_a_run_waiting_its_turn_on_a_polled_pool_is_not_reported(client, sent):
+    client.pools["cs-process"] = WorkPoolStatus.READY  # a worker heartbeats: the pool is full
+    waiting = client.add(Late(scheduled_time=ago(1000)), age=985)
+    slot = client.add(Scheduled(scheduled_time=ago(1000), name="AwaitingConcurrencySlot"))
+    assert scan_once(pending_timeout=60) == [] and sent == [] and client.states == []
+    assert REPORTED_TAG not in waiting.tags and REPORTED_TAG not in slot.tags
+    client.pools["cs-process"] = WorkPoolStatus.NOT_READY  # the worker went away
+    assert len(scan_once(pending_timeout=60)) == 2
 
 
 def test_only_simulate_runs_and_only_those_asked_for(client, sent):
