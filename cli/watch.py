@@ -14,14 +14,18 @@ import typer
 
 
 def watch_cmd(
-    pending_timeout: float = typer.Option(600.0, help="Seconds a run may stay Pending"),
+    pending_timeout: float = typer.Option(
+        600.0,
+        help="Seconds a run may stay Pending, or overdue on a pool no worker polls",
+    ),
     interval: float = typer.Option(30.0, help="Seconds between scans"),
     once: bool = typer.Option(False, help="One scan, print what was reported, exit"),
 ) -> None:
     """Send a FAIL to the web app for simulate runs lost before their flow could report.
 
-    Crashed, or never started (Pending/Late): on Kubernetes, and the same on the
-    process and Docker tiers (a killed flow process, a container that never ran).
+    Crashed, or never started (Pending, or overdue while no worker polls its pool; a run
+    waiting its turn on a polled pool is queued, not lost): on Kubernetes, and the same on
+    the process and Docker tiers (a killed flow process, a container that never ran).
     """
     from prefect_cs.services.lost_runs import scan_once, watch
 
