@@ -15,6 +15,7 @@ from uuid import UUID
 
 import httpx
 from prefect_cs.services.webhook import signature
+from prefect_cs.testing.processes import end_process
 from prefect_cs.testing.scratch import free_port
 
 
@@ -45,13 +46,7 @@ def start_receiver(
     raise RuntimeError(f"receiver did not answer /health within {timeout}s")
 
 
-def stop_receiver(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+stop_receiver = end_process  # terminate, then kill after 10 s, as for every server tests start
 
 
 def tag_push(repo_full_name: str, tag: str, sha: str) -> dict[str, Any]:
