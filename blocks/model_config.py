@@ -20,7 +20,7 @@ from prefect_cs.core.names import (
     check_tag,
     slug,
 )
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
 # Debian policy 5.6.1: lower case letters, digits, '+', '-', '.'; two characters at least, the
@@ -41,6 +41,12 @@ def check_system_package(name: str) -> str:
     return name
 
 
+def mebibytes(size: str) -> int:
+    """'512Mi' or '2Gi' (checked by MEMORY_RE) in MiB."""
+    number, unit = float(size[:-2]), size[-2:]
+    return int(number * (1024 if unit == "Gi" else 1))
+
+
 class PublishedTag(BaseModel):
     """One environment that passed the model's tests and can serve simulations."""
 
@@ -49,6 +55,12 @@ class PublishedTag(BaseModel):
     python: str = Field(description="The model environment's python, as seen where the flow runs.")
     image: str | None = Field(default=None, description="Image reference on container tiers.")
     version: str | None = Field(default=None, description="get_version() at publish time.")
+    sandbox_binds: list[str] = Field(
+        default_factory=list,
+        description="Folders a sandbox of this environment binds read-only besides the venv (the"
+        " interpreter it was made from), recorded by the platform before any model code ran:"
+        " never read from the venv's pyvenv.cfg or symlinks, which the model could rewrite.",
+    )
     published_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
@@ -85,6 +97,18 @@ class ModelConfig(Block):
     memory: str = Field(default="2Gi", description="Memory request, e.g. '512Mi' or '4Gi'.")
     memory_limit_factor: float = Field(
         default=1.25, ge=1.0, le=4.0, description="limit = request x factor"
+    )
+    pids: int = Field(
+        default=512,
+        ge=16,
+        le=32768,
+        description="At most this many processes and threads at once in one model call (the"
+        " kernel's pids limit); a fork bomb stops there.",
+    )
+    disk: str = Field(
+        default="2Gi",
+        description="Writable disk of one model call (its work folder, a size-limited tmpfs"
+        " counted in its memory too), e.g. '512Mi' or '2Gi'.",
     )
     expected_task_time: int = Field(
         default=20, gt=0, description="Seconds a simulation usually takes."
@@ -148,12 +172,13 @@ class ModelConfig(Block):
             )
         return list(dict.fromkeys(check_system_package(name) for name in value))
 
-    @field_validator("memory")
+    @field_validator("memory", "disk")
     @classmethod
-    def _memory(cls, value: str) -> str:
+    def _memory(cls, value: str, info: ValidationInfo) -> str:
         if not MEMORY_RE.match(value):
             raise ValueError(
-                f"invalid memory {value!r}: use a number with Mi or Gi, e.g. '512Mi' or '4Gi'"
+                f"invalid {info.field_name} {value!r}: use a number with Mi or Gi, e.g. '512Mi'"
+                " or '4Gi'"
             )
         return value
 
@@ -172,8 +197,11 @@ class ModelConfig(Block):
 
     @property
     def memory_mib(self) -> int:
-        number, unit = float(self.memory[:-2]), self.memory[-2:]
-        return int(number * (1024 if unit == "Gi" else 1))
+        return mebibytes(self.memory)
+
+    @property
+    def disk_mib(self) -> int:
+        return mebibytes(self.disk)
 
     @property
     def memory_limit_mib(self) -> int:

@@ -26,7 +26,9 @@ from prefect_cs.core.blocks import load_storage_block
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
+from prefect_cs.flows.runtime.confinement import Bounds
 from prefect_cs.flows.runtime.environment import (
+    call_bounds,
     memory_rlimit_mib,
     model_env,
     runner_for,
@@ -91,7 +93,7 @@ def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list
     (environment and secrets, memory, network) has changed since."""
     key = (model.slug, entry.python)
     env, limit = model_env(model), memory_rlimit_mib(model)
-    fingerprint = _fingerprint(env, limit, model.internet)
+    fingerprint = _fingerprint(env, limit, model.internet, call_bounds(model))
     with _warm_lock:  # the task worker's threads and the start-up warming share the table
         warm = _warm.get(key)
         if warm is not None and warm.fingerprint != fingerprint:
@@ -105,13 +107,15 @@ def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list
                 network=model.internet,
                 memory_limit_mib=limit,
                 fingerprint=fingerprint,
+                binds=tuple(entry.sandbox_binds),
+                bounds=call_bounds(model),
             )
     return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
 
 
-def _fingerprint(env: dict[str, str], limit: int | None, internet: bool) -> str:
+def _fingerprint(env: dict[str, str], limit: int | None, internet: bool, bounds: Bounds) -> str:
     """A digest, not the values: the secrets it covers are not kept in memory twice."""
-    text = json.dumps([sorted(env.items()), limit, internet])
+    text = json.dumps([sorted(env.items()), limit, internet, bounds.describe()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

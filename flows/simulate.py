@@ -24,6 +24,7 @@ from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
 from prefect_cs.flows.runtime.environment import (
+    call_bounds,
     memory_rlimit_mib,
     model_env,
     runner_for,
@@ -95,6 +96,8 @@ def run_model_task(
         runner=runner_for(entry.python),
         network=model.internet,
         sandbox=sandbox,
+        binds=entry.sandbox_binds,
+        bounds=call_bounds(model),
     )
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))

@@ -66,7 +66,6 @@ def model_venv(functions: str) -> str:
     """A virtualenv whose cs_config.functions is `functions`, with the runner installed as a
     publish installs it; returns its python (a venv made in ~0.1 s: no packages)."""
     from prefect_cs.flows.runtime.environment import RUNTIME_DIR
-    from prefect_cs.tiers.local import uv
 
     venv = model_folder() / "venv"
     subprocess.run([*uv(), "venv", "-q", "--python", model_python(), str(venv)], check=True)
@@ -77,3 +76,30 @@ def model_venv(functions: str) -> str:
     (venv / RUNTIME_DIR).mkdir()
     (venv / RUNTIME_DIR / CHILD_SCRIPT.name).write_text(CHILD_SCRIPT.read_text())
     return str(venv / "bin" / "python")
+
+
+def package_venv(package: Path) -> str:
+    """A virtualenv with the cs_config package at `package` installed (copied), and the runner
+    as publish installs it; returns its python. For the attacker app's own code, fast."""
+    import shutil
+
+    from prefect_cs.flows.runtime.environment import RUNTIME_DIR
+
+    venv = model_folder() / "venv"
+    subprocess.run([*uv(), "venv", "-q", "--python", model_python(), str(venv)], check=True)
+    site = next(venv.glob("lib/python*/site-packages"))
+    shutil.copytree(package, site / "cs_config")
+    (venv / RUNTIME_DIR).mkdir()
+    (venv / RUNTIME_DIR / CHILD_SCRIPT.name).write_text(CHILD_SCRIPT.read_text())
+    for path in [venv, *venv.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(
+                path.stat().st_mode | 0o555 if path.is_dir() else path.stat().st_mode | 0o444
+            )
+    return str(venv / "bin" / "python")
+
+
+def uv() -> list[str]:
+    from prefect_cs.tiers.local import uv as platform_uv
+
+    return platform_uv()

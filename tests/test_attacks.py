@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 import uuid
 import zipfile
@@ -23,7 +25,29 @@ from prefect_cs.testing.models import EXAMPLES, add_tag, git, publish_model, reg
 from prefect_cs.testing.webapp_standin import WebAppStub
 
 MARKER = f"cs-attack-{uuid.uuid4().hex[:8]}"
-PROBES = 12  # examples/attacker-app/cs-config/cs_config/attack.py PROBES
+PROBES = 14  # examples/attacker-app/cs-config/cs_config/attack.py PROBES
+
+
+def bind_canary() -> Path:
+    """A world-readable folder outside every sandbox: install.sh names it in its pyvenv.cfg,
+    which the platform once read to choose a sandbox's binds."""
+    canary = Path(tempfile.mkdtemp(prefix="cs-bind-canary-"))
+    canary.chmod(0o755)
+    (canary / "bin").mkdir(mode=0o755)
+    (canary / "platform-secret.txt").write_text("canary")
+    (canary / "platform-secret.txt").chmod(0o644)
+    return canary
+
+
+def loopback_ports() -> list[int]:
+    """Platform services on the host's loopback that install.sh (which has network) tries."""
+    from urllib.parse import urlparse
+
+    ports = [urlparse(os.environ["PREFECT_API_URL"]).port or 80]
+    with socket.socket() as probe:  # the registry, when the Docker tier's is running
+        if probe.connect_ex(("127.0.0.1", 5000)) == 0:
+            ports.append(5000)
+    return ports
 
 
 def attack_targets(cs_home: Path) -> dict:
@@ -31,6 +55,8 @@ def attack_targets(cs_home: Path) -> dict:
     prefect_home = Path(os.environ["PREFECT_HOME"])
     storage = cs_home / "task-storage"
     return {
+        "bind_canary": str(bind_canary()),
+        "loopback_ports": loopback_ports(),
         "api": os.environ["PREFECT_API_URL"],
         "credential_files": [
             str(cs_home / "prefect-auth"),
@@ -50,10 +76,22 @@ def theft_lines(targets: dict) -> str:
     """install.sh's own attack on this platform's real paths (appended to the app's script)."""
     files = " ".join(f"'{p}'" for p in [*targets["credential_files"], targets["prefect_db"]])
     folders = " ".join(f"'{p}'" for p in targets["platform_paths"])
+    ports = " ".join(str(p) for p in targets["loopback_ports"])
+    reach = (
+        "import socket,sys\nfor p in sys.argv[1:]:\n  s=socket.socket();s.settimeout(3)\n"
+        "  if s.connect_ex(('127.0.0.1',int(p)))==0: print('NET-GOT',p)"
+    )
     return (
         f'\n{{ for p in {files}; do head -c 64 "$p"; done;'
         f' find {folders} -maxdepth 1 -type f; }} >> "$stolen" 2>/dev/null || true\n'
         f"echo pwned > '{targets['writable_targets'][1]}/pwned-install' 2>/dev/null || true\n"
+        # the platform's services on the host's loopback, reached with install.sh's network
+        f'python -c "{reach}" {ports} >> "$stolen" 2>/dev/null || true\n'
+        # a user namespace of its own, root inside it
+        'unshare -Ur true 2>/dev/null && echo "NS-GOT unshare -Ur" >> "$stolen"\n'
+        # binds chosen from what the model wrote: a pyvenv.cfg home naming the canary
+        f'echo "home = {targets["bind_canary"]}/bin" >> "$VIRTUAL_ENV/pyvenv.cfg"\n'
+        "true\n"
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -24,12 +25,14 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.runtime.confinement import Bounds, Confinement
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
 from prefect_cs.flows.runtime.sandbox import (
     Sandbox,
     closed_folder,
-    interpreter_paths,
+    environment_paths,
+    interpreter_binds,
     model_interpreter,
     model_sandbox,
 )
@@ -134,6 +137,48 @@ def venv_of(entry: PublishedTag) -> Path:
     return Path(entry.python).parent.parent
 
 
+def step_bounds(model: ModelConfig) -> Bounds:
+    """A publish step (install.sh, the cs-config install, the model's tests) gets the model's
+    own memory, pids and CPUs, like its simulations; its writes go to the venv or checkout."""
+    return Bounds(
+        memory_mib=model.memory_limit_mib, pids=model.pids, cpus=model.cpu, disk_mib=model.disk_mib
+    )
+
+
+def seal_environment(venv: Path) -> None:
+    """After the model's install steps: the venv becomes root's and read-only to the model.
+
+    Every file the model's uid wrote is handed to root, with no write bit for others and no
+    set-id bit, so no later call (simulate, inputs, the model's own tests) can change what
+    the next one runs; the platform's runner is copied in again over whatever is there.
+    Entries are never followed (lstat, lchown; links are left as links).
+    """
+    if os.geteuid() != 0:
+        return
+    for root, dirs, files in os.walk(venv):
+        for name in [*dirs, *files]:
+            _seal(Path(root, name))
+    _seal(venv)
+    runtime = venv / RUNTIME_DIR
+    shutil.rmtree(runtime, ignore_errors=True)
+    runtime.mkdir(mode=0o755)
+    shutil.copyfile(CHILD_SCRIPT, runtime / CHILD_SCRIPT.name)
+    os.chmod(runtime / CHILD_SCRIPT.name, 0o644)
+
+
+def _seal(path: Path) -> None:
+    info = path.lstat()
+    if info.st_uid != 0 or info.st_gid != 0:
+        os.lchown(path, 0, 0)
+    if stat.S_ISLNK(info.st_mode):
+        return
+    if info.st_uid == 0 and not info.st_mode & 0o7022:
+        return  # the platform's own file (or a link to one): left as it is
+    mode = stat.S_IMODE(info.st_mode) & 0o755  # no set-id, sticky or group/other write bits
+    readable = 0o555 if stat.S_ISDIR(info.st_mode) or mode & 0o100 else 0o444
+    os.chmod(path, mode | readable)
+
+
 class LocalJobVariables(JobVariables):
     """None: the process pool's defaults serve every model (its venv comes from the model config)."""
 
@@ -170,17 +215,32 @@ class LocalTier(Tier):
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         venv = self.env_dir(model, tag)
         venv.parent.mkdir(parents=True, exist_ok=True)
+        python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
+        # Recorded now, before any model code runs: later its venv's pyvenv.cfg and links are
+        # the model's own writing, and the platform takes no path from them.
+        binds = interpreter_binds(python)
+        entry = PublishedTag(
+            tag=tag, tier=self.name, python=str(venv / "bin" / "python"), sandbox_binds=binds
+        )
         try:
-            self._create(model, cs_config, venv, logger)
+            self._create(model, cs_config, venv, python, entry, logger)
+            seal_environment(venv)
         except BaseException:
             shutil.rmtree(venv, ignore_errors=True)
             raise
-        return PublishedTag(tag=tag, tier=self.name, python=str(venv / "bin" / "python"))
+        return entry
 
-    def _create(self, model: ModelConfig, cs_config: Path, venv: Path, logger: Logger) -> None:
+    def _create(
+        self,
+        model: ModelConfig,
+        cs_config: Path,
+        venv: Path,
+        python: str,
+        entry: PublishedTag,
+        logger: Logger,
+    ) -> None:
         """The platform makes the venv and adds its test tools; the model's own steps (install.sh,
         building cs_config) run in the model sandbox, with network, writing only the venv."""
-        python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
         run_step("create-venv", uv() + ["venv", "--seed", "--python", python, str(venv)], logger)
         env_python = str(venv / "bin" / "python")
         run_step(
@@ -198,7 +258,8 @@ class LocalTier(Tier):
             "install.sh",
             ["bash", "-e", f"./{INSTALL_SCRIPT}"],
             logger,
-            venv=venv,
+            model=model,
+            entry=entry,
             cwd=install,
             writable=[venv],
             network=True,
@@ -208,7 +269,8 @@ class LocalTier(Tier):
             "install-cs-config",
             [env_python, "-m", "pip", "install", "-q", "--no-build-isolation", str(cs_config)],
             logger,
-            venv=venv,
+            model=model,
+            entry=entry,
             cwd=cs_config,
             writable=[venv, cs_config],
             network=True,
@@ -220,41 +282,56 @@ class LocalTier(Tier):
         argv: list[str],
         logger: Logger,
         *,
-        venv: Path,
+        model: ModelConfig,
+        entry: PublishedTag,
         cwd: Path,
         writable: list[Path],
         network: bool,
         timeout: float = 1800,
         hint: str = "",
+        scratch_home: bool = False,
     ) -> None:
-        """A step that runs the model's code: in its sandbox, as its uid, writing only `writable`."""
-        sandbox = model_sandbox()
+        """A step that runs the model's code: in its sandbox and kernel bounds, as its uid,
+        writing only `writable` (and its own work folder: its HOME when `scratch_home`)."""
+        sandbox, venv = model_sandbox(), venv_of(entry)
         check_reachable(sandbox, venv)
         sandbox.prepare(*writable)
-        readable = [*interpreter_paths(str(venv / "bin" / "python")), *conda_paths()]
-        run_step(
-            name,
-            sandbox.wrap(argv, work=cwd, readable=readable, writable=writable, network=network),
-            logger,
-            cwd=cwd,
-            env=venv_environment(venv),
-            timeout=timeout,
-            hint=hint,
-            user=sandbox.run_as(),
-        )
+        readable = [*environment_paths(entry.python, entry.sandbox_binds), *conda_paths()]
+        bounds = step_bounds(model)
+        with Confinement(sandbox, "step", bounds, network=network) as box:
+            sandbox.prepare(box.work)
+            env = venv_environment(venv)
+            if scratch_home:
+                env["HOME"] = str(box.work)
+            try:
+                run_step(
+                    name,
+                    box.wrap(argv, readable=readable, writable=writable, cwd=cwd),
+                    logger,
+                    cwd=cwd,
+                    env=env,
+                    timeout=timeout,
+                    hint=hint,
+                    start=box.popen,
+                )
+            except StepFailed as failed:
+                hit = box.limit_hit()
+                raise StepFailed(f"{name}: {hit}\n{failed}") if hit else failed from None
 
     def run_tests(
         self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
     ) -> None:
-        venv, cs_config = venv_of(entry), source / model.cs_config_path
+        cs_config = source / model.cs_config_path
         self.model_step(
             "model-tests",
             [entry.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "cs_config/tests"],
             logger,
-            venv=venv,
+            model=model,
+            entry=entry,
             cwd=cs_config,
-            writable=[cs_config, venv / "home"],
+            writable=[cs_config],
             network=model.internet,
+            scratch_home=True,
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new environment; the previous tag keeps serving.",
         )
@@ -262,7 +339,12 @@ class LocalTier(Tier):
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
         """In the model sandbox like every call of the model's code."""
         call = call_model(
-            entry.python, "get_version", [], timeout=120, runner=runner_for(entry.python)
+            entry.python,
+            "get_version",
+            [],
+            timeout=120,
+            runner=runner_for(entry.python),
+            binds=entry.sandbox_binds,
         )
         if not call.ok:
             raise StepFailed(f"get_version() failed in the new environment: {call.error}")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect_cs.core.errors import StepFailed
@@ -22,14 +23,16 @@ def run_step(
     timeout: float = 1800,
     hint: str = "",
     user: int | None = None,
+    start: Callable[..., subprocess.Popen] | None = None,
 ) -> str:
     """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or overruns.
 
     user: a uid to run it as (a model's step in its sandbox, when the flow is root).
+    start: how to start it instead of a plain Popen (a model step: its confinement's `popen`,
+    which switches uid and joins the step's cgroup itself).
     """
     logger.info("%s: %s", name, " ".join(argv))
-    proc = subprocess.Popen(
-        argv,
+    streams = dict(
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
@@ -37,9 +40,16 @@ def run_step(
         stdin=subprocess.DEVNULL,
         text=True,
         errors="replace",
-        start_new_session=True,
-        preexec_fn=switch_user(user) if user is not None else None,
     )
+    if start is not None:
+        proc = start(argv, **streams)
+    else:
+        proc = subprocess.Popen(
+            argv,
+            **streams,
+            start_new_session=True,
+            preexec_fn=switch_user(user) if user is not None else None,
+        )
     tail: deque[str] = deque(maxlen=60)
     timer = _deadline(proc, timeout)
     try:

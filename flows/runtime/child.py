@@ -14,6 +14,7 @@ encoded here, where the bytes are, since JSON cannot carry them.
 
 import base64
 import json
+import os
 import sys
 import time
 import traceback
@@ -112,25 +113,79 @@ def main(request_path: str, response_path: str) -> None:
 def serve(fd_in: int, fd_out: int, reap: bool = False) -> None:
     """Answer JSON-line requests on a private pipe until it closes: a warm model for light calls.
 
-    reap: in the sandbox's own pid namespace, whatever a call started dies when it answers.
+    This process is a zygote: it has imported the model once, and each request is answered by
+    a fresh fork of it, which exits after answering. So nothing one user's call does (module
+    state, a thread it started, an open file) is there for the next user's call: the next
+    fork starts again from the state right after import. Every answer line carries the
+    request's `call` id, so a line written late (by a process of an earlier call) is never
+    taken for the answer to a later one. The platform kills what a call left running from
+    outside (its cgroup); `reap` does the same from inside when there is no cgroup.
     """
-    with open(fd_in) as requests, open(fd_out, "w") as responses:
+    _import_model()
+    with open(fd_in) as requests:
         for line in requests:
             request = json.loads(line)
-            try:
-                response = _call(request)
-                text = json.dumps(response)
-            except BaseException:
-                text = json.dumps({"ok": False, "traceback": traceback.format_exc()})
-            responses.write(text + "\n")
-            responses.flush()
+            pid = os.fork()
+            if pid == 0:
+                _answer_in_fork(request, fd_out)
+            problem = _wait_call(pid)
+            if problem:
+                _write_line(
+                    fd_out, {"call": request.get("call"), "ok": False, "traceback": problem}
+                )
             if reap:
                 _reap()
 
 
+def _import_model() -> None:
+    """Import the model before any call, so every fork starts warm; a failing import is
+    reported by each call (the fork imports again and raises), not here."""
+    try:
+        from cs_config import functions  # noqa: F401
+    except BaseException:  # noqa: BLE001 - reported per call
+        pass
+
+
+def _answer_in_fork(request: dict, fd_out: int) -> None:
+    """In the call's own process: answer, then exit without running the model's atexit code."""
+    try:
+        response = _call(request)
+        response["call"] = request.get("call")
+        text = json.dumps(response)
+    except BaseException:  # noqa: BLE001 - every failure is an answer
+        text = json.dumps(
+            {"call": request.get("call"), "ok": False, "traceback": traceback.format_exc()}
+        )
+    try:
+        _write_line(fd_out, text)
+    finally:
+        os._exit(0)
+
+
+def _write_line(fd_out: int, answer: object) -> None:
+    data = (answer if isinstance(answer, str) else json.dumps(answer)).encode() + b"\n"
+    while data:
+        data = data[os.write(fd_out, data) :]
+
+
+def _wait_call(pid: int) -> str | None:
+    """Wait for a call's process; why it failed to answer, if it died of a signal."""
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return None
+    if os.WIFSIGNALED(status):
+        return f"the call's process was killed by signal {os.WTERMSIG(status)} before it answered"
+    code = os.waitstatus_to_exitcode(status)
+    return f"the call's process exited with code {code} before it answered" if code else None
+
+
 def _reap() -> None:
     """Kill every process of this pid namespace but its init (1) and this one."""
-    import os
     import signal
 
     for name in os.listdir("/proc"):

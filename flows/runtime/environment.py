@@ -10,6 +10,7 @@ from typing import Any
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.names import model_code_secrets, secret_env_name
+from prefect_cs.flows.runtime.confinement import Bounds
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 
 RUNTIME_DIR = "cs-runtime"
@@ -57,6 +58,17 @@ def memory_rlimit_mib(model: ModelConfig) -> int | None:
     from prefect_cs.core.settings import get_settings
 
     return None if get_settings().memory_by_container else model.memory_limit_mib
+
+
+def call_bounds(model: ModelConfig) -> Bounds:
+    """The kernel bounds of one call of the model's code (confinement.py): its declared memory
+    x memory_limit_factor (unless a container's cgroup already holds it), pids, CPUs, disk."""
+    return Bounds(
+        memory_mib=memory_rlimit_mib(model),
+        pids=model.pids,
+        cpus=model.cpu,
+        disk_mib=model.disk_mib,
+    )
 
 
 def model_env(model: ModelConfig) -> dict[str, str]:

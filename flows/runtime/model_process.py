@@ -12,22 +12,22 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import select
 import signal
 import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect_cs.flows.runtime.confinement import Bounds, Confinement
 from prefect_cs.flows.runtime.sandbox import (
     Sandbox,
-    interpreter_paths,
+    environment_paths,
     model_sandbox,
-    switch_user,
 )
 from prefect_cs.flows.runtime.usage import Usage, exited, measured, reap, stop, wait_exit
 
@@ -71,31 +71,6 @@ def child_environment(
     return env
 
 
-def _prepare_child(limit_mib: int | None, run_as: int | None):
-    """Runs in the child before exec: OOM score, memory limit, then (as root only) the uid switch
-    (before bubblewrap starts, so the sandbox's user namespace belongs to the model's uid).
-
-    The OOM score is raised first: after a uid switch /proc/self belongs to root and the
-    child could no longer write it.
-    """
-
-    def apply() -> None:
-        # When a container's memory runs out, the kernel must kill the model, not the flow
-        # that reports its failure: raising one's own OOM score needs no privilege.
-        try:
-            with open("/proc/self/oom_score_adj", "w") as score:
-                score.write("1000")
-        except OSError:
-            pass
-        if limit_mib:
-            limit = limit_mib * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        if run_as is not None:
-            switch_user(run_as)()
-
-    return apply
-
-
 def describe_exit(returncode: int, memory_limit_mib: int | None) -> str:
     """Name the way a child died, with the likely cause."""
     if returncode < 0:
@@ -119,32 +94,36 @@ def call_model(
     runner: str | None = None,
     network: bool = False,
     sandbox: Sandbox | None = None,
+    binds: Sequence[str] = (),
+    bounds: Bounds | None = None,
 ) -> ModelCall:
-    """Run `cs_config.functions.<function>(*args)` with `python`, in the model sandbox, and
-    report how it went (flows/runtime/sandbox.py says what the sandbox guarantees)."""
+    """Run `cs_config.functions.<function>(*args)` with `python`, in the model sandbox and its
+    kernel bounds, and report how it went (sandbox.py and confinement.py say what they hold).
+
+    binds: the environment's recorded read-only binds (PublishedTag.sandbox_binds).
+    """
     sandbox = sandbox or model_sandbox()
     runner = runner or str(CHILD_SCRIPT)
-    with tempfile.TemporaryDirectory(prefix="cs-call-") as work:
-        request, response = Path(work, "request.json"), Path(work, "response.json")
+    bounds = bounds or Bounds(memory_mib=memory_limit_mib)
+    with Confinement(sandbox, "call", bounds, network=network) as box:
+        work = box.work
+        request, response = work / "request.json", work / "response.json"
         request.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
-        sandbox.prepare(Path(work))
-        readable = [*interpreter_paths(python), Path(runner).parent]
+        sandbox.prepare(work)
+        readable = [*environment_paths(python, binds), Path(runner).parent]
         argv = [python, "-I", runner, str(request), str(response)]
         if sandbox.mode == "bwrap":  # the platform's init as pid 1: the whole tree is measured
             argv = measured(argv)
-        argv = sandbox.wrap(
-            argv, work=Path(work), readable=readable, network=network, as_pid_1=True
-        )
+        argv = box.wrap(argv, readable=readable, as_pid_1=True)
         started = time.perf_counter()
-        proc = subprocess.Popen(
+        proc = box.popen(
             argv,
+            memory_rlimit_mib=memory_limit_mib,
             cwd=work,
-            env=child_environment(python, env, home=work),
+            env=child_environment(python, env, home=str(work)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_prepare_child(memory_limit_mib, sandbox.run_as()),
         )
         try:
             finished, output = read_tail(proc, timeout)
@@ -154,11 +133,17 @@ def call_model(
             usage = reap(proc)
             proc.stdout.close()  # type: ignore[union-attr]
             sandbox.end()
+            box.kill_all()
+        counted = box.usage()
+        usage = Usage.of_cgroup(counted) if counted is not None else usage
         if not finished:
             error = f"the model did not finish within its time limit of {timeout:g} seconds and was stopped"
             return ModelCall(ok=False, error=error, output=output, seconds=lived, usage=usage)
         call = _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
         call.seconds, call.usage = _run_seconds(call.seconds, lived), usage
+        hit = box.limit_hit(counted)
+        if hit and (not call.ok or (counted is not None and counted.oom_killed)):
+            call.ok, call.result, call.error = False, None, hit
         return call
 
 

@@ -58,17 +58,20 @@ class Sandbox:
         work: Path,
         readable: Sequence[Path | str] = (),
         writable: Sequence[Path | str] = (),
-        network: bool = False,
         as_pid_1: bool = False,
+        chdir: Path | None = None,
+        extra: Sequence[str] = (),
     ) -> list[str]:
         """The command to run: argv itself, or argv inside bubblewrap with only these paths.
 
         as_pid_1: argv is the sandbox's pid 1 instead of bubblewrap's init, so that bubblewrap
         waits for it and the caller's wait4 measures the whole tree (flows/runtime/usage.py).
+        chdir: where it starts (default: its work folder). extra: bubblewrap options of the
+        call's confinement (confinement.py: user namespace rules, seccomp, network).
         """
         if self.mode != "bwrap":
             return list(argv)
-        prefix = bwrap_prefix(work, readable, writable, network)
+        prefix = bwrap_prefix(work, readable, writable, chdir=chdir, extra=extra)
         if as_pid_1:
             prefix.insert(1, "--as-pid-1")
         return [*prefix, "--", *argv]
@@ -120,24 +123,31 @@ def model_sandbox() -> Sandbox:
 
 
 def bwrap_prefix(
-    work: Path, readable: Sequence[Path | str], writable: Sequence[Path | str], network: bool
+    work: Path,
+    readable: Sequence[Path | str],
+    writable: Sequence[Path | str],
+    *,
+    chdir: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """bubblewrap's options: a read-only system, the given paths, a private /tmp and work folder."""
-    args = _system(network)
+    """bubblewrap's options: a read-only system, the given paths, a private /tmp and work folder.
+
+    No network namespace is shared: a sandbox that needs the internet gets it through its
+    confinement's user-mode network stack (`extra`), never the host's loopback.
+    """
+    args = [*_system(), *extra]
     for path in _outside_usr(readable):
         args += ["--ro-bind", path, path]
     for path in dict.fromkeys(str(p) for p in (*writable, work)):
         args += ["--bind", path, path]
     # Nothing else is writable: not /tmp, not the folders bubblewrap made to hold the binds.
     args += ["--remount-ro", "/tmp", "--remount-ro", "/"]
-    return args + ["--chdir", str(work), "--setenv", "TMPDIR", str(work)]
+    return args + ["--chdir", str(chdir or work), "--setenv", "TMPDIR", str(work)]
 
 
-def _system(network: bool) -> list[str]:
+def _system() -> list[str]:
     """Namespaces and the read-only system every sandbox starts from."""
     args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
-    if network:
-        args.append("--share-net")
     args += ["--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc"]
     for name in _ROOT_LINKS:
         path = Path("/", name)
@@ -154,19 +164,22 @@ def _outside_usr(paths: Sequence[Path | str]) -> list[str]:
     return list(dict.fromkeys(kept))
 
 
-def interpreter_paths(python: str) -> list[Path]:
-    """What a model's python needs to start: its virtualenv and the interpreter it was made from."""
-    venv = Path(python).parent.parent
-    paths = [venv]
-    config = venv / "pyvenv.cfg"
-    if config.exists():
-        for line in config.read_text().splitlines():
-            key, _, value = line.partition("=")
-            if key.strip() == "home":
-                paths.append(Path(value.strip()).resolve().parent)
-    real = Path(python).resolve()
-    paths.append(real.parent.parent)
-    return [p for p in dict.fromkeys(paths) if str(p) not in ("/", "/usr")]
+def interpreter_binds(base_python: str) -> list[str]:
+    """What a venv made from `base_python` needs bound besides itself: the interpreter's prefix.
+
+    Called by the platform on an interpreter it chose itself, before any model code ran, and
+    recorded with the environment (PublishedTag.sandbox_binds): never derived later from the
+    venv's pyvenv.cfg or bin/python, which the model's install step could rewrite to have
+    the platform bind anything into its sandbox.
+    """
+    prefix = Path(base_python).resolve().parent.parent
+    return [] if str(prefix) in ("/", "/usr") or str(prefix).startswith("/usr/") else [str(prefix)]
+
+
+def environment_paths(python: str, binds: Sequence[str] = ()) -> list[Path]:
+    """What a sandbox of a model environment reads: the venv (from the platform's own record
+    of where it made it) and the binds recorded when it was made."""
+    return [Path(python).parent.parent, *(Path(b) for b in binds)]
 
 
 @functools.cache
@@ -174,7 +187,7 @@ def bwrap_problem(uid: int | None) -> str | None:
     """Why bubblewrap cannot make a sandbox here (as `uid`), or None: probed once per process."""
     if shutil.which("bwrap") is None:
         return "the `bwrap` command is not installed"
-    argv = [*_system(network=False), "--", "true"]
+    argv = [*_system(), "--unshare-user", "--disable-userns", "--", "true"]
     try:
         done = subprocess.run(
             argv,

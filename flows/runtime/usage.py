@@ -15,8 +15,10 @@ sandbox is arranged so that this is the whole tree:
 - `uid` and `none` modes count the model and every process it waited for; a process
   it left running is killed at the end of the call but not counted.
 
-Peak memory is ru_maxrss: the largest resident set of any one process of the tree,
-not their sum (the kernel keeps no tree-wide peak outside cgroups).
+Where the call has a cgroup (confinement.py: the process tier as root), both figures come
+from it instead: CPU-seconds of every process that ran in it, and the peak of their memory
+together (tmpfs and /dev/shm pages included). Without one, peak memory is ru_maxrss: the
+largest resident set of any one process of the tree, not their sum.
 """
 
 from __future__ import annotations
@@ -92,6 +94,12 @@ class Usage:
     def of(cls, rusage: resource.struct_rusage) -> Usage:
         cpu = rusage.ru_utime + rusage.ru_stime
         return cls(round(cpu, 3), round(rusage.ru_maxrss / 1024, 1))  # ru_maxrss is in KiB
+
+    @classmethod
+    def of_cgroup(cls, counted) -> Usage:
+        """The call's cgroup's own count (confinement.py): every process, tmpfs pages included,
+        with the tree's true peak rather than its largest process's."""
+        return cls(round(counted.cpu_seconds, 3), round(counted.peak_memory_mib, 1))
 
     def meta(self) -> dict[str, float]:
         """The keys added to a result's meta, next to task_times."""

@@ -5,9 +5,14 @@ call; a long-running child per model and tag, talking over a private pipe,
 pays that once. A call that overruns its limit, answers more than
 CS_LIMITS_LIGHT_ANSWER_BYTES, dies or answers garbage kills the child and comes
 back as a failed ModelCall (never an exception); the next call starts a fresh one.
-Warm processes run in the model sandbox like the simulate child; `fingerprint`
-names what they were started with (environment, secrets, limits), so a caller
-restarts one whose model config or secrets changed.
+Warm processes run in the model sandbox and its kernel bounds like the simulate
+child; `fingerprint` names what they were started with (environment, secrets,
+limits), so a caller restarts one whose model config or secrets changed.
+
+Users' calls share nothing: the warm process is a zygote (child.py `serve`) that
+has imported the model, and each call is answered by a fresh fork of it. After
+each call the platform itself, from outside the model's interpreter, kills every
+process the call left in the cgroup and empties the work folder and /dev/shm.
 """
 
 from __future__ import annotations
@@ -17,21 +22,17 @@ import os
 import select
 import shutil
 import subprocess
-import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.model_process import (
-    ModelCall,
-    _kill_group,
-    _prepare_child,
-    child_environment,
-)
-from prefect_cs.flows.runtime.sandbox import interpreter_paths, model_sandbox
+from prefect_cs.flows.runtime.confinement import Bounds, Confinement
+from prefect_cs.flows.runtime.model_process import ModelCall, _kill_group, child_environment
+from prefect_cs.flows.runtime.sandbox import environment_paths, model_sandbox
 
 
 class _NoAnswer(Exception):
@@ -46,38 +47,42 @@ class WarmModel:
     network: bool = False
     memory_limit_mib: int | None = None
     fingerprint: str = ""
+    binds: tuple[str, ...] = ()
+    bounds: Bounds | None = None
     proc: subprocess.Popen | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    work: str | None = None
+    box: Confinement | None = None
 
     def _start(self) -> None:
         sandbox = model_sandbox()
-        self.work = tempfile.mkdtemp(prefix="cs-warm-")
-        sandbox.prepare(Path(self.work))
+        bounds = self.bounds or Bounds(memory_mib=self.memory_limit_mib)
+        self.box = Confinement(sandbox, "warm", bounds, network=self.network).__enter__()
+        work = self.box.work
+        sandbox.prepare(work)
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
         serve = [self.python, "-I", self.runner, "--serve", str(to_child_r), str(from_child_w)]
-        if sandbox.mode == "bwrap":  # its own pid namespace: reap what each call started
+        if sandbox.mode == "bwrap":  # also reaps from inside when there is no cgroup
             serve.append("--reap")
-        argv = sandbox.wrap(
+        argv = self.box.wrap(
             serve,
-            work=Path(self.work),
-            readable=[*interpreter_paths(self.python), Path(self.runner).parent],
-            network=self.network,
+            readable=[*environment_paths(self.python, self.binds), Path(self.runner).parent],
+            as_pid_1=True,  # the zygote is the namespace's pid 1: what a call leaves is not
         )
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=self.work,
-            pass_fds=(to_child_r, from_child_w),
-            env=child_environment(self.python, self.env, home=self.work),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            preexec_fn=_prepare_child(self.memory_limit_mib, sandbox.run_as()),
-        )
-        os.close(to_child_r)
-        os.close(from_child_w)
+        try:
+            self.proc = self.box.popen(
+                argv,
+                memory_rlimit_mib=self.memory_limit_mib,
+                cwd=work,
+                pass_fds=(to_child_r, from_child_w),
+                env=child_environment(self.python, self.env, home=str(work)),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(from_child_w)
         self._buffer = b""
 
     def call(self, function: str, args: list[Any], timeout: float) -> ModelCall:
@@ -87,23 +92,43 @@ class WarmModel:
             except (_NoAnswer, OSError, ValueError) as exc:
                 self.stop()
                 return ModelCall(ok=False, error=str(exc) or f"{function} gave no answer")
+            finally:
+                self._after_call()
             if not data.get("ok"):
                 return ModelCall(ok=False, error=str(data.get("traceback")))
             return ModelCall(ok=True, result=data.get("result"), seconds=data.get("seconds", 0.0))
 
     def _ask(self, function: str, args: list[Any], timeout: float) -> dict[str, Any]:
         if self.proc is None or self.proc.poll() is not None:
+            self.stop()
             self._start()
-        request = json.dumps({"function": function, "args": args}) + "\n"
+        call = uuid.uuid4().hex
+        request = json.dumps({"function": function, "args": args, "call": call}) + "\n"
         os.write(self._to_child, request.encode())
-        line = self._read_line(function, timeout, get_settings().limits.light_answer_bytes)
-        data = json.loads(line)
-        if not isinstance(data, dict):
-            raise _NoAnswer(f"{function} answered something that is not a JSON object")
-        return data
+        cap = get_settings().limits.light_answer_bytes
+        deadline = time.monotonic() + timeout
+        while True:  # a line of an earlier call (written late) is never this call's answer
+            line = self._read_line(function, deadline - time.monotonic(), cap)
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise _NoAnswer(f"{function} answered something that is not a JSON object")
+            if data.get("call") == call:
+                return data
+
+    def _after_call(self) -> None:
+        """From outside the model's interpreter: end every process the call started (all but
+        bubblewrap and the zygote) and empty its work folder and /dev/shm, so that nothing of
+        one user's call is there for the next."""
+        if self.box is None or self.proc is None or self.box.cgroup is None:
+            return
+        zygote = [pid for pid in self.box.cgroup.pids() if namespace_pid(pid) == 1]
+        self.box.kill_all(keep=[self.proc.pid, *zygote])
+        empty_folder(self.box.work)
+        for pid in zygote:
+            empty_folder(Path(f"/proc/{pid}/root/dev/shm"))
 
     def _read_line(self, function: str, timeout: float, cap: int) -> bytes:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + max(timeout, 0.0)
         while b"\n" not in self._buffer:
             if len(self._buffer) > cap:
                 raise _NoAnswer(
@@ -151,6 +176,33 @@ class WarmModel:
                     os.close(fd)
                 except OSError:
                     pass
-        if self.work:
-            shutil.rmtree(self.work, ignore_errors=True)
-        self.proc, self.work = None, None
+        if self.box is not None:
+            self.box.close()
+        self.proc, self.box = None, None
+
+
+def namespace_pid(pid: int) -> int | None:
+    """A process's pid inside its own (innermost) pid namespace, from the kernel's NSpid line."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                return int(line.split()[-1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def empty_folder(folder: Path) -> None:
+    """Remove what is in `folder`, not the folder (rmtree never follows the model's links)."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass

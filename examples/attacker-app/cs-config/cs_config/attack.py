@@ -224,6 +224,33 @@ def install_time_theft(t: dict) -> dict:
     return _got(stolen) if stolen.strip() else _blocked("install.sh saw nothing")
 
 
+def nested_namespaces(t: dict) -> dict:
+    """A user namespace of its own would make it root there, free to mount and unshare more."""
+    got = []
+    try:
+        done = subprocess.run(["unshare", "-Ur", "id", "-u"], capture_output=True, timeout=10)
+        if done.returncode == 0:
+            got.append(f"unshare -Ur: uid {done.stdout.decode().strip()}")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    if hasattr(os, "unshare"):
+        try:
+            os.unshare(os.CLONE_NEWUSER)
+            got.append("os.unshare(CLONE_NEWUSER)")
+        except OSError:
+            pass
+    return _got(got) if got else _blocked("no new user namespace")
+
+
+def injected_binds(t: dict) -> dict:
+    """install.sh wrote `home = <canary>/bin` into pyvenv.cfg: did the platform bind it?"""
+    canary = t.get("bind_canary")
+    if not canary:
+        return _blocked("no canary target")
+    got = _read_any([canary])
+    return _got(got) if got else _blocked("the canary is not in the sandbox")
+
+
 PROBES = {
     "api_without_credentials": api_without_credentials,
     "api_with_found_credentials": api_with_found_credentials,
@@ -237,7 +264,55 @@ PROBES = {
     "redis": redis,
     "install_time_theft": install_time_theft,
     "outlive": outlive,
+    "nested_namespaces": nested_namespaces,
+    "injected_binds": injected_binds,
 }
+
+
+# ---- attacks on the bounds: one per call (each one ends the call), chosen by meta_param_dict
+
+
+def fork_bomb(limit: int = 5000) -> dict:
+    """Start sleeping processes until the kernel refuses one; report how many ran at once."""
+    started = []
+    try:
+        for _ in range(limit):
+            started.append(subprocess.Popen(["sleep", "600"], stdin=subprocess.DEVNULL))
+    except OSError as exc:
+        return {"processes": len(started), "stopped_by": repr(exc)[:200]}
+    return {"processes": len(started), "stopped_by": None}
+
+
+def memory_hog(children: int = 4, mib: int = 300, shm_mib: int = 300, hold: float = 30) -> dict:
+    """Memory across processes (each under any per-process limit) and /dev/shm."""
+    code = f"b = bytearray({mib} * 1024 * 1024)\nimport time\ntime.sleep({hold})"
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(children)]
+    with open(f"/dev/shm/hog-{os.getpid()}", "wb") as shm:
+        for _ in range(shm_mib):
+            shm.write(b"x" * (1024 * 1024))
+    for proc in procs:
+        proc.wait()
+    return {"children": children, "mib_each": mib, "shm_mib": shm_mib}
+
+
+def disk_fill(mib: int = 5000) -> dict:
+    """Write to the work folder until the disk refuses."""
+    written = 0
+    try:
+        with open("fill.bin", "wb") as f:
+            for _ in range(mib):
+                f.write(b"x" * (1024 * 1024))
+                written += 1
+    except OSError as exc:
+        return {"written_mib": written, "stopped_by": repr(exc)[:200]}
+    return {"written_mib": written, "stopped_by": None}
+
+
+def many_outputs(count: int = 20000) -> list:
+    return [{"media_type": "Text", "title": f"o{i}", "data": "x"} for i in range(count)]
+
+
+BOUND_ATTACKS = {"fork_bomb": fork_bomb, "memory_hog": memory_hog, "disk_fill": disk_fill}
 
 
 def run_all(phase: str, extra: dict | None = None) -> dict:
