@@ -56,11 +56,6 @@ def figures(call) -> dict:
     return json.loads(call.result["renderable"][0]["data"])
 
 
-def cgroups_left() -> list[str]:
-    """Per-call cgroups that still exist (each call must remove its own)."""
-    return cgroups.leftover_groups()
-
-
 def test_fork_bomb_stops_at_pids_and_fails_naming_it(attacker_python):
     call = run(attacker_python, {"bound_attack": "fork_bomb"}, Bounds(pids=64, memory_mib=1024))
     assert not call.ok
@@ -110,9 +105,19 @@ def test_bill_counts_every_process_from_the_cgroup(attacker_python):
     assert call.usage is not None and call.usage.peak_memory_mib >= 280, call.usage
 
 
-def test_no_call_leaves_a_cgroup_behind(attacker_python):
-    run(attacker_python, {"bound_attack": "fork_bomb"}, Bounds(pids=32, memory_mib=512))
-    assert cgroups_left() == []
+def test_no_call_leaves_a_cgroup_or_a_process_behind(attacker_python, monkeypatch):
+    made = []
+    create = cgroups.CallCgroup.create
+
+    def recorded(name, limits):
+        made.append(create(name, limits))
+        return made[-1]
+
+    monkeypatch.setattr(cgroups.CallCgroup, "create", recorded)
+    call = run(attacker_python, {"bound_attack": "fork_bomb"}, Bounds(pids=32, memory_mib=512))
+    assert not call.ok and "`pids`" in call.error  # 30 sleepers were running when it ended
+    assert len(made) == 1
+    assert [p for p in made[0].paths if p.exists()] == []
 
 
 def test_nested_user_namespace_is_refused(attacker_python):

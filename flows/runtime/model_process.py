@@ -142,7 +142,7 @@ def call_model(
         call = _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
         call.seconds, call.usage = _run_seconds(call.seconds, lived), usage
         hit = box.limit_hit(counted)
-        if hit and (not call.ok or (counted is not None and counted.oom_killed)):
+        if hit:  # one FAIL naming the bound, even where the model caught what the kernel refused
             call.ok, call.result, call.error = False, None, hit
         return call
 
