@@ -79,6 +79,7 @@ class Confinement:
         self.enforced = sandbox.mode == "bwrap" and os.geteuid() == 0
         self.enforced = self.enforced and not self.measure_without_bounds
         self.work = Path()
+        self.shm: Path | None = None
         self.cgroup: cgroups.CallCgroup | None = None
         self._mounted = False
         self._net = None
@@ -112,6 +113,11 @@ class Confinement:
         if self.bounds.disk_mib:
             mount_tmpfs(self.work, self.bounds.disk_mib)
             self._mounted = True
+        # /dev/shm of its own, on the platform's side of the sandbox: the platform empties it
+        # between a warm process's calls without walking the model's filesystem.
+        self.shm = Path(tempfile.mkdtemp(prefix=f"cs-{self.name}-shm-"))
+        size = self.bounds.disk_mib or self.bounds.memory_mib or 1024
+        mount_tmpfs(self.shm, size, mode="1777")
 
     def _limits(self) -> cgroups.Limits:
         memory = self.bounds.memory_mib * 1024 * 1024 if self.bounds.memory_mib else None
@@ -128,6 +134,10 @@ class Confinement:
         if self._mounted:
             unmount(self.work)
             self._mounted = False
+        if self.shm is not None:
+            unmount(self.shm)
+            shutil.rmtree(self.shm, ignore_errors=True)
+            self.shm = None
         if self.work != Path():
             shutil.rmtree(self.work, ignore_errors=True)
         if self.cgroup is not None:
@@ -175,6 +185,8 @@ class Confinement:
         fd = seccomp_fd()
         self._fds.append(fd)
         extra += ["--seccomp", str(fd)]
+        if self.shm is not None:
+            extra += ["--bind", str(self.shm), "/dev/shm"]
         if self.network:
             from prefect_cs.flows.runtime.usernet import UserNet
 
@@ -271,9 +283,10 @@ def raise_oom_score() -> None:
         pass
 
 
-def mount_tmpfs(folder: Path, size_mib: int) -> None:
-    """A size-limited tmpfs on `folder`: the call's whole writable disk."""
-    options = f"size={size_mib}m,mode=0700,nosuid,nodev"
+def mount_tmpfs(folder: Path, size_mib: int, mode: str = "0700") -> None:
+    """A size-limited tmpfs on `folder`: the call's whole writable disk (its pages are charged
+    to the memory cgroup of whoever writes them: the model's)."""
+    options = f"size={size_mib}m,mode={mode},nosuid,nodev"
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", options, f"cs-work-{uuid.uuid4().hex[:8]}", str(folder)],
         capture_output=True,

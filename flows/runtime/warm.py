@@ -123,9 +123,11 @@ class WarmModel:
             return
         zygote = [pid for pid in self.box.cgroup.pids() if namespace_pid(pid) == 1]
         self.box.kill_all(keep=[self.proc.pid, *zygote])
+        # Both are the platform's own mounts, bound into the sandbox: emptied from this side,
+        # never through the model's view of its filesystem (a link there could point anywhere).
         empty_folder(self.box.work)
-        for pid in zygote:
-            empty_folder(Path(f"/proc/{pid}/root/dev/shm"))
+        if self.box.shm is not None:
+            empty_folder(self.box.shm)
 
     def _read_line(self, function: str, timeout: float, cap: int) -> bytes:
         deadline = time.monotonic() + max(timeout, 0.0)
