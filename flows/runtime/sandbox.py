@@ -6,11 +6,16 @@ Model apps are written by outside economists, so their code is untrusted. Three 
 
 - `bwrap` (process tier, the default): Debian's bubblewrap. The model runs as a dedicated
   uid (CS_MODEL_UID, 10001 when the worker is root) in its own user, pid, network, ipc and
-  uts namespaces: it sees only /usr, /etc, its interpreter, its own environment and a private
-  work folder (the only thing it can write); /proc shows its own processes; it has no route to
-  the Prefect API, the web app or Redis (loopback only, unless the model declares `internet`);
-  everything but its work folder (TMPDIR too) is read-only, /tmp included;
-  and when the call ends its pid namespace ends, so every process it started dies with it.
+  uts namespaces, with no further user namespaces of its own (`--disable-userns`) and a
+  seccomp filter (seccomp.py): it sees only /usr, /etc, its own environment, the interpreter
+  that environment was made from (recorded by the platform at publish, never read from files
+  the model wrote) and a private work folder (the only thing it can write); /proc shows its
+  own processes; it has no route to the Prefect API, the web app, Redis or the registry: its
+  network namespace has only its own loopback, or, for install steps and `internet: true`, a
+  user-mode network stack without the host's loopback (usernet.py); everything but its work
+  folder (TMPDIR too) is read-only, /tmp included; and when the call ends its pid namespace
+  ends, so every process it started dies with it. Its resources are bounded by the kernel
+  (confinement.py).
 - `uid` (container tiers, where Docker's seccomp profile forbids namespaces): the container
   is the filesystem and network boundary; the model runs as CS_MODEL_UID so it cannot read the
   flow's environment through /proc or write the flow's files, and every process of that uid is
