@@ -180,3 +180,24 @@ def test_warm_process_keeps_nothing_between_users(attacker_python):
     seen = second.result["errors_warnings"]["attack"]["warnings"]["earlier"][0]
     assert "module_state" in seen  # the attack ran and reported
     assert a not in seen, seen
+
+
+def test_warm_call_over_memory_fails_naming_it_and_the_next_call_works():
+    from prefect_cs.testing.model_code import functions_runner, model_python
+
+    functions = (
+        "def validate_inputs(meta, adjustment, errors_warnings):\n"
+        "    if adjustment.get('hog'):\n"
+        "        hog = b'x' * (600 * 1024 * 1024)\n"
+        "    return {'errors_warnings': errors_warnings}\n"
+    )
+    warm = WarmModel(
+        model_python(), functions_runner(functions), bounds=Bounds(memory_mib=256, pids=64)
+    )
+    try:
+        hog = warm.call("validate_inputs", [{}, {"hog": True}, {}], timeout=60)
+        after = warm.call("validate_inputs", [{}, {}, {}], timeout=60)
+    finally:
+        warm.stop()
+    assert not hog.ok and "memory limit of 256 MiB" in hog.error, hog.error
+    assert after.ok, after.error

@@ -52,6 +52,7 @@ class WarmModel:
     proc: subprocess.Popen | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     box: Confinement | None = None
+    _stop_after: bool = False
 
     def _start(self) -> None:
         sandbox = model_sandbox()
@@ -90,10 +91,15 @@ class WarmModel:
             try:
                 data = self._ask(function, args, timeout)
             except (_NoAnswer, OSError, ValueError) as exc:
+                data = {"ok": False, "traceback": str(exc) or f"{function} gave no answer"}
+                self._stop_after = True
+            hit = self.box.limit_hit() if self.box is not None else None
+            if hit or self._stop_after:  # a bound's counters are the process's: start afresh
                 self.stop()
-                return ModelCall(ok=False, error=str(exc) or f"{function} gave no answer")
-            finally:
+            else:
                 self._after_call()
+            if hit:
+                return ModelCall(ok=False, error=hit)
             if not data.get("ok"):
                 return ModelCall(ok=False, error=str(data.get("traceback")))
             return ModelCall(ok=True, result=data.get("result"), seconds=data.get("seconds", 0.0))
@@ -180,7 +186,7 @@ class WarmModel:
                     pass
         if self.box is not None:
             self.box.close()
-        self.proc, self.box = None, None
+        self.proc, self.box, self._stop_after = None, None, False
 
 
 def namespace_pid(pid: int) -> int | None:
