@@ -50,8 +50,7 @@ MIN_QUOTA_US = 1_000  # the kernel's smallest quota
 V1_NEEDED = ("memory", "pids", "cpu", "cpuacct")
 V1_OPTIONAL = ("freezer",)  # freezes a forking tree for the kill; without it the kill repeats
 V2_NEEDED = ("memory", "pids", "cpu")
-KILL_SECONDS = 10.0  # kill_all repeats until the group is empty or this passes
-CLOSE_SECONDS = 5.0  # close waits this long for the killed processes to exit
+KILL_SECONDS = 10.0  # kill_all repeats until the group is empty (all exited) or this passes
 FREEZE_SECONDS = 1.0  # for a freeze to take hold before the kill
 MIB = 1024 * 1024
 FIX = (
@@ -202,15 +201,14 @@ class CallCgroup:
         return len(killed)
 
     def close(self) -> None:
-        """Kill what is left, wait (bounded) for it to exit, remove the group's directories.
-        Idempotent; a group someone already removed is not an error. A directory the kernel
-        still refuses to remove is logged, and the next close tries again."""
+        """Kill what is left (kill_all returns once the group is empty, or after KILL_SECONDS),
+        remove the group's directories. An exited process its parent has not reaped yet does
+        not hold a group (the caller may still wait4 its child after close). Idempotent; a
+        group someone already removed is not an error. A directory the kernel still refuses to
+        remove is logged, and the next close tries again."""
         if self._closed:
             return
         self.kill_all()
-        deadline = time.monotonic() + CLOSE_SECONDS
-        while self.pids() and time.monotonic() < deadline:
-            time.sleep(0.02)
         if all(path.is_dir() for path in self.paths):
             self._final = self.usage()
         left = [path for path in self.paths if not _rmdir(path)]
