@@ -116,22 +116,29 @@ def test_cli_register_reports_bad_config(platform, tmp_path):
 
 SLASH_TAG = "release/1.0"
 OPERATOR_SECRET = "fake-operator-key-" + "5e1f"
-ENV_DUMP_TEST = """
+# The model's tests run with a scratch HOME that is gone after publish (the venv is read-only
+# by then): they check their own environment, and a leak fails the publish.
+ENV_CHECK_TEST = f"""
 import os
-import pathlib
+import sys
 
 
-def test_dump_environment():
-    dump = "\\n".join(f"{k}={v}" for k, v in os.environ.items())
-    pathlib.Path(os.environ["HOME"], "tests-env.txt").write_text(dump)  # venv: read-only now
+def test_environment_holds_nothing_of_the_operator():
+    env = dict(os.environ)
+    assert env["VIRTUAL_ENV"] == sys.prefix  # the check runs in the model's environment
+    assert {OPERATOR_SECRET!r} not in repr(env)
+    assert "SSH_AUTH_SOCK" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))]
+    assert not env["HOME"].startswith(sys.prefix)  # a scratch HOME, not the sealed venv
+    assert os.access(env["HOME"], os.W_OK)
 """
 
 
 def dump_environments(repo):
-    """install.sh and the model's tests each write down the environment they were given."""
+    """install.sh writes down the environment it was given; the model's tests check theirs."""
     install = repo / "cs-config/install.sh"
     install.write_text(install.read_text() + 'env > "$VIRTUAL_ENV/install-env.txt"\n')
-    (repo / "cs-config/cs_config/tests/test_env_dump.py").write_text(ENV_DUMP_TEST)
+    (repo / "cs-config/cs_config/tests/test_env_check.py").write_text(ENV_CHECK_TEST)
 
 
 @pytest.fixture(scope="module")
@@ -169,10 +176,32 @@ def read_env(path: Path) -> dict[str, str]:
 
 def test_install_and_model_tests_get_no_operator_variable(slash_tag_model):
     venv = Path(slash_tag_model.published(SLASH_TAG).python).parents[1]
-    for dump in ("install-env.txt", "home/tests-env.txt"):
+    for dump in ("install-env.txt",):  # the model's tests checked theirs (ENV_CHECK_TEST)
         env = read_env(venv / dump)
         assert env["VIRTUAL_ENV"] == str(venv), dump  # the probe ran in the model's environment
         assert OPERATOR_SECRET not in (venv / dump).read_text(), dump
         assert "SSH_AUTH_SOCK" not in env and "AWS_SECRET_ACCESS_KEY" not in env, dump
         assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))], dump
         assert env["HOME"] != os.environ.get("HOME") and env["HOME"].startswith(str(venv)), dump
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="sealing hands the venv to root: root only")
+def test_published_venv_is_sealed_against_the_model(slash_tag_model):
+    """After publish nothing in the venv is the model's uid's or writable by it, no set-id bit,
+    and the runner is the platform's own (install.sh ran as that uid and wrote the venv)."""
+    import stat
+
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+
+    venv = Path(slash_tag_model.published(SLASH_TAG).python).parents[1]
+    entries = [venv, *venv.rglob("*")]
+    assert (venv / "install-env.txt").exists()  # install.sh (the model's uid) wrote in here
+    not_root = [str(p) for p in entries if p.lstat().st_uid != 0]
+    assert not_root == []
+    open_modes = [
+        str(p)
+        for p in entries
+        if not p.is_symlink() and p.lstat().st_mode & (0o022 | stat.S_ISUID | stat.S_ISGID)
+    ]
+    assert open_modes == []
+    assert (venv / "cs-runtime" / "child.py").read_text() == CHILD_SCRIPT.read_text()

@@ -33,9 +33,13 @@ The sequence, for the integrator (flows/runtime/sandbox.py builds bubblewrap's a
 
 bubblewrap waits (`--block-fd`) before it execs the sandboxed command, and says which process
 holds the sandbox's namespaces (`--info-fd`, JSON with "child-pid"); `attach` connects
-slirp4netns to that namespace and only then releases the sandbox. If the platform never
-releases it (attach fails, the caller dies), closing the block fd lets it go on with no network
-at all: never with the host's.
+slirp4netns to that namespace and only then releases the sandbox. bubblewrap binds the sandbox
+to its own life (--die-with-parent) only once released: a sandbox whose bubblewrap is killed while
+it waits would, when the block fd closes, run its command orphaned (with no network at all, never
+the host's). So when attach fails, `close` kills the sandbox it identified, and the caller kills
+bubblewrap's process group (bubblewrap's child is in it until released; usage.stop does that).
+The one window left: a platform process killed during `attach` (tens of ms) leaves that sandbox
+to run its command unsupervised, with no network.
 """
 
 from __future__ import annotations
@@ -86,10 +90,12 @@ class UserNet:
         self.timeout = timeout
         self._info_read, self._info_write = os.pipe()
         self._block_read, self._block_write = os.pipe()
+        self._block_read_number = self._block_read  # the child's fd number, once ours is closed
         self._resolv = _sealed_memfd("cs-resolv.conf", RESOLV_CONF)
         self._slirp: subprocess.Popen | None = None
         self._slirp_log = tempfile.TemporaryFile(prefix="cs-slirp4netns-")
         self._exit_write: int | None = None
+        self._sandbox: int | None = None  # a pidfd on bubblewrap's child, once known
 
     def bwrap_args(self) -> list[str]:
         """bubblewrap options, before its "--"; after `--ro-bind /etc /etc` (binds apply in
@@ -119,7 +125,9 @@ class UserNet:
         self._close_child_ends()
         deadline = time.monotonic() + self.timeout
         child = self._child_pid(deadline)
-        netns = _open_netns(child, proc_pid)
+        self._sandbox = _pidfd_of_child(child, proc_pid)
+        _wait_blocked(child, self._block_read_number, self._sandbox, deadline)
+        netns = _open_netns(child, self._sandbox)
         try:
             ready = self._start_slirp(netns)
         finally:
@@ -128,12 +136,24 @@ class UserNet:
             self._wait_ready(ready, deadline)
         finally:
             os.close(ready)
-        os.write(self._block_write, b"1")
+        try:
+            os.write(self._block_write, b"1")
+        except BrokenPipeError:
+            raise RuntimeError("the sandbox ended before its network was ready") from None
         os.close(self._block_write)
         self._block_write = -1
 
     def close(self) -> None:
-        """Stop slirp4netns (terminate, then kill, bounded) and close every fd; idempotent."""
+        """Stop slirp4netns (terminate, then kill, bounded) and close every fd; idempotent.
+
+        A sandbox never released is killed first: closing the block fd would let bubblewrap go
+        on to run the command, and bubblewrap's --die-with-parent only binds it after that point.
+        """
+        if self._sandbox is not None:
+            if self._block_write >= 0:
+                _kill(self._sandbox)
+            _close(self._sandbox)
+            self._sandbox = None
         if self._exit_write is not None:
             _close(self._exit_write)  # slirp4netns ends on its own when this closes
             self._exit_write = None
@@ -183,7 +203,6 @@ class UserNet:
             "--disable-host-loopback",
             "--enable-seccomp",
             f"--ready-fd={ready_write}",
-            f"--exit-fd={exit_read}",
             "--netns-type=path",
         ]
         if os.geteuid() == 0:  # root's own: a mount namespace of its own, capabilities dropped
@@ -237,18 +256,49 @@ def _read_before(fd: int, deadline: float, waiting_for: str) -> bytes:
     return os.read(fd, 4096)
 
 
-def _open_netns(child: int, proc_pid: int) -> int:
-    """An fd on the sandbox's network namespace, checked to be bubblewrap's child's and not ours.
-
-    Held as an fd (slirp4netns joins /proc/self/fd/N): a pid can be reused, an fd cannot change.
-    """
+def _pidfd_of_child(child: int, proc_pid: int) -> int:
+    """A pidfd on bubblewrap's child `child`: it names that process even once the number is free."""
     gone = f"the sandbox (process {child}, bubblewrap's child) ended before it got its network"
     if _parent_of(child) != proc_pid:
         raise RuntimeError(gone)
-    fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    if _parent_of(child) != proc_pid:  # the pid was reused between the check and the open
-        os.close(fd)
+    try:
+        pidfd = os.pidfd_open(child)
+    except ProcessLookupError:
+        raise RuntimeError(gone) from None
+    if _parent_of(child) != proc_pid:  # the number was reused between the check and the open
+        os.close(pidfd)
         raise RuntimeError(gone)
+    return pidfd
+
+
+def _wait_blocked(child: int, block_fd: int, pidfd: int, deadline: float) -> None:
+    """Wait until bubblewrap's child sits in read(block_fd, _, 1): its own setup (the loopback
+    it configures over netlink, the mounts) is over. slirp4netns configuring the namespace at
+    the same time makes that setup fail now and then ("loopback: Failed RTM_NEWADDR")."""
+    path = Path(f"/proc/{child}/syscall")  # "NR arg0 arg1 arg2 ...", or "running"
+    while time.monotonic() < deadline:
+        try:
+            fields = path.read_text().split()
+        except FileNotFoundError:
+            fields = []
+        except OSError:  # not readable here: go on without the wait (the race is rare)
+            return
+        if len(fields) > 3 and fields[1] == f"{block_fd:#x}" and fields[3] == "0x1":
+            return
+        if select.select([pidfd], [], [], 0.005)[0]:
+            raise RuntimeError(f"the sandbox (process {child}) ended before it got its network")
+    raise RuntimeError("timed out waiting for bubblewrap to set up the sandbox")
+
+
+def _open_netns(child: int, pidfd: int) -> int:
+    """An fd on the sandbox's network namespace, checked to be the child's and not ours.
+
+    Held as an fd (slirp4netns joins /proc/self/fd/N): a pid can be reused, an fd cannot change.
+    """
+    fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    if select.select([pidfd], [], [], 0)[0]:  # it ended: the number may be another's now
+        os.close(fd)
+        raise RuntimeError(f"the sandbox (process {child}) ended before it got its network")
     if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
         os.close(fd)
         raise RuntimeError(
@@ -277,6 +327,13 @@ def _sealed_memfd(name: str, data: bytes) -> int:
     seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
     fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
     return fd
+
+
+def _kill(pidfd: int) -> None:
+    try:
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _stop(proc: subprocess.Popen) -> None:
