@@ -80,7 +80,8 @@ def pypi_reachable() -> bool:
 def one_run(mode: str, work: Path, argv: list[str]) -> dict[str, float]:
     net = UserNet() if mode == "usernet" else None
     args = bwrap_prefix(work, readable=[], writable=[], network=mode == "share-net")
-    args += net.bwrap_args() if net else []
+    at = args.index("--remount-ro")  # UserNet's options go before it (usernet.py says why)
+    args[at:at] = net.bwrap_args() if net else []
     uid = DEFAULT_MODEL_UID if os.geteuid() == 0 else None
     started = time.monotonic()
     proc = subprocess.Popen(

@@ -117,14 +117,23 @@ def host_address() -> str | None:
     return None if address.startswith("127.") else address
 
 
+def platform_argv(
+    work: Path, net: UserNet | None, *, share_net: bool = False, extra: tuple[str, ...] = ()
+) -> list[str]:
+    """bubblewrap's options as sandbox.py builds them, with `extra` and UserNet's where the
+    integrator puts them: after `--ro-bind /etc /etc`, before `--remount-ro /`."""
+    args = bwrap_prefix(work, readable=[], writable=[], network=share_net)
+    at = args.index("--remount-ro")
+    return [*args[:at], *extra, *(net.bwrap_args() if net else []), *args[at:]]
+
+
 def sandboxed(
     argv: list[str], *, net: UserNet | None, share_net: bool = False, uid: int | None = None
 ) -> subprocess.CompletedProcess:
     """argv in the platform's bubblewrap sandbox, with `net` attached if given."""
     work = model_folder()
     work.chmod(0o777)  # the sandbox's uid writes there (pip download)
-    args = bwrap_prefix(work, readable=[], writable=[], network=share_net)
-    args += net.bwrap_args() if net else []
+    args = platform_argv(work, net, share_net=share_net)
     proc = subprocess.Popen(
         [*args, "--", *argv],
         pass_fds=net.pass_fds() if net else (),
@@ -232,8 +241,8 @@ def test_with_the_seccomp_filter_and_no_user_namespaces_as_the_integrator_will()
     net, fd = UserNet(), seccomp.seccomp_fd()
     work = model_folder()
     work.chmod(0o777)
-    args = bwrap_prefix(work, readable=[], writable=[], network=False)
-    args += ["--unshare-user", "--disable-userns", "--seccomp", str(fd), *net.bwrap_args()]
+    extra = ("--unshare-user", "--disable-userns", "--seccomp", str(fd))
+    args = platform_argv(work, net, extra=extra)
     code = "import urllib.request as u; print(u.urlopen('https://pypi.org/simple/six/').status)"
     proc = subprocess.Popen(
         [*args, "--", PYTHON, "-c", code],
@@ -252,6 +261,53 @@ def test_with_the_seccomp_filter_and_no_user_namespaces_as_the_integrator_will()
         net.close()
 
 
+RESOLVED_HOST = """
+set -e
+mount -t overlay overlay -o lowerdir=/etc,upperdir=$1/upper,workdir=$1/work /etc
+rm /etc/resolv.conf
+ln -s ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
+mount -t tmpfs tmpfs /run
+mkdir -p /run/systemd/resolve
+cp $1/host-resolv.conf /run/systemd/resolve/stub-resolv.conf
+shift
+exec "$@"
+"""
+RESOLVED_SANDBOX = """
+import subprocess, sys
+from pathlib import Path
+from prefect_cs.flows.runtime.sandbox import bwrap_prefix, switch_user
+from prefect_cs.flows.runtime.usernet import UserNet
+net = UserNet()
+args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[], network=False)
+at = args.index("--remount-ro")
+code = "import socket; print(open('/etc/resolv.conf').read()); socket.gethostbyname('pypi.org')"
+proc = subprocess.Popen(
+    [*args[:at], *net.bwrap_args(), *args[at:], "--", "/usr/bin/python3", "-c", code],
+    pass_fds=net.pass_fds(),
+    preexec_fn=switch_user(10001),
+)
+net.attach(proc.pid)
+sys.exit(proc.wait(60))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a private mount namespace to fake the host's /etc")
+def test_a_host_whose_resolv_conf_is_a_link_as_systemd_resolved_makes_it(tmp_path):
+    """/etc/resolv.conf -> ../run/systemd/resolve/stub-resolv.conf (Ubuntu): the sandbox has no
+    /run, so the file goes where the link leads. The host is faked in a mount namespace of the
+    test's own (an overlay on /etc), not changed."""
+    if pypi_from_here():
+        pytest.skip(pypi_from_here())
+    for folder in ("upper", "work"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "host-resolv.conf").write_bytes(Path("/etc/resolv.conf").read_bytes())
+    argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", RESOLVED_HOST, "sh"]
+    argv += [str(tmp_path), sys.executable, "-c", RESOLVED_SANDBOX, str(model_folder())]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "nameserver 10.0.2.3\n\n"
+
+
 def test_without_usernet_the_sandbox_has_no_network_at_all():
     """The baseline UserNet adds to: the platform's sandbox resolves and reaches nothing."""
     code = "import socket; socket.create_connection(('pypi.org', 443), timeout=5)"
@@ -266,9 +322,9 @@ def test_attach_refuses_a_sandbox_on_the_hosts_network_and_it_never_runs():
     net = UserNet()
     work = model_folder()
     work.chmod(0o777)
-    args = bwrap_prefix(work, readable=[], writable=[], network=True)
+    args = platform_argv(work, net, share_net=True)
     command = ["sh", "-c", "echo ran > ran.txt"]
-    proc = subprocess.Popen([*args, *net.bwrap_args(), "--", *command], pass_fds=net.pass_fds())
+    proc = subprocess.Popen([*args, "--", *command], pass_fds=net.pass_fds())
     try:
         with pytest.raises(RuntimeError, match="host's network namespace.*--share-net"):
             net.attach(proc.pid)
@@ -326,9 +382,9 @@ def test_a_failed_popen_then_close_leaves_no_fd_open():
 
 def test_close_stops_slirp4netns_and_it_runs_unprivileged():
     net = UserNet()
-    args = bwrap_prefix(model_folder(), readable=[], writable=[], network=False)
+    args = platform_argv(model_folder(), net)
     proc = subprocess.Popen(
-        [*args, *net.bwrap_args(), "--", "sh", "-c", "echo running; exec sleep 60"],
+        [*args, "--", "sh", "-c", "echo running; exec sleep 60"],
         pass_fds=net.pass_fds(),
         stdout=subprocess.PIPE,
         preexec_fn=switch_user(DEFAULT_MODEL_UID) if os.geteuid() == 0 else None,
@@ -359,9 +415,10 @@ from prefect_cs.flows.runtime.sandbox import bwrap_prefix
 from prefect_cs.flows.runtime.usernet import UserNet
 net = UserNet()
 args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[], network=False)
+at = args.index("--remount-ro")
 command = ["sh", "-c", "echo running; exec sleep 60"]
 proc = subprocess.Popen(
-    [*args, *net.bwrap_args(), "--", *command],
+    [*args[:at], *net.bwrap_args(), *args[at:], "--", *command],
     pass_fds=net.pass_fds(),
     stdout=subprocess.PIPE,
     stderr=subprocess.DEVNULL,
