@@ -16,9 +16,11 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import pytest
+from prefect_cs.core.errors import NotConfigured
 from prefect_cs.flows.runtime import seccomp
 from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID, switch_user
 
@@ -315,3 +317,14 @@ def test_a_syscall_through_another_abi_kills_the_process():
     filtered = sandboxed([PYTHON, "-c", INT80_GETPID], fd=seccomp.seccomp_fd())
     assert "calling" in filtered.stdout and "answered" not in filtered.stdout
     assert filtered.returncode != 0
+
+
+def test_without_the_binding_the_problem_names_the_fix(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import fails as without the package
+    seccomp.seccomp_problem.cache_clear()
+    try:
+        assert "apt-get install libseccomp2" in (seccomp.seccomp_problem() or "")
+        with pytest.raises(NotConfigured, match="pip install prefect-cs"):
+            seccomp.build_program(errno.EPERM)
+    finally:
+        seccomp.seccomp_problem.cache_clear()
