@@ -23,7 +23,8 @@ metadata address). Block those for slirp4netns's traffic on the host's firewall 
 The sequence, for the integrator (flows/runtime/sandbox.py builds bubblewrap's argv):
 
     net = UserNet()
-    argv = [...bwrap options..., "--ro-bind", "/etc", "/etc", ..., *net.bwrap_args(), "--", ...]
+    argv = ["bwrap", ..., "--ro-bind", "/etc", "/etc", ..., *net.bwrap_args(), ...,
+            "--remount-ro", "/", ..., "--", ...]
     proc = subprocess.Popen(argv, pass_fds=net.pass_fds(), ...)   # no --share-net
     try:
         net.attach(proc.pid)       # the sandboxed command starts only after this
@@ -62,7 +63,15 @@ RESOLV_CONF = f"nameserver {SLIRP_DNS}\n".encode()
 MTU = 65520  # slirp4netns's largest: fewer, bigger packets through the user-mode stack
 TAP = "tap0"
 STOP_SECONDS = 2.0
+HOST_RESOLV_CONF = "/etc/resolv.conf"
 NS_GET_USERNS = 0xB701  # linux/nsfs.h: _IO(0xb7, 0x1), the user namespace owning a namespace
+
+
+def resolv_conf_target() -> str:
+    """Where the sandbox's resolv.conf must go: /etc/resolv.conf, or the file it links to
+    (/run/systemd/resolve/stub-resolv.conf under systemd-resolved): bubblewrap cannot put a
+    file on a link whose target the sandbox lacks."""
+    return os.path.realpath(HOST_RESOLV_CONF)
 
 
 def usernet_problem() -> str | None:
@@ -98,8 +107,10 @@ class UserNet:
         self._sandbox: int | None = None  # a pidfd on bubblewrap's child, once known
 
     def bwrap_args(self) -> list[str]:
-        """bubblewrap options, before its "--"; after `--ro-bind /etc /etc` (binds apply in
-        order: this resolv.conf must land on the bound /etc, not under it)."""
+        """bubblewrap options, before its "--": after `--ro-bind /etc /etc` (binds apply in
+        order: this resolv.conf must land on the bound /etc, not under it) and before
+        `--remount-ro /` (where /etc/resolv.conf is a link, as systemd-resolved makes it, the
+        file goes where it leads, and bubblewrap makes its folders in the sandbox's root)."""
         return [
             "--info-fd",
             str(self._info_write),
@@ -109,7 +120,7 @@ class UserNet:
             "0444",
             "--ro-bind-data",
             str(self._resolv),
-            "/etc/resolv.conf",
+            resolv_conf_target(),
         ]
 
     def pass_fds(self) -> tuple[int, ...]:
@@ -203,6 +214,7 @@ class UserNet:
             "--disable-host-loopback",
             "--enable-seccomp",
             f"--ready-fd={ready_write}",
+            f"--exit-fd={exit_read}",
             "--netns-type=path",
         ]
         if os.geteuid() == 0:  # root's own: a mount namespace of its own, capabilities dropped
