@@ -122,9 +122,9 @@ def platform_argv(
 ) -> list[str]:
     """bubblewrap's options as sandbox.py builds them, with `extra` and UserNet's where the
     integrator puts them: after `--ro-bind /etc /etc`, before `--remount-ro /`."""
-    args = bwrap_prefix(work, readable=[], writable=[], network=share_net)
-    at = args.index("--remount-ro")
-    return [*args[:at], *extra, *(net.bwrap_args() if net else []), *args[at:]]
+    share = ["--share-net"] if share_net else []  # the old `internet: true`, as a baseline
+    net_args = net.bwrap_args() if net else []
+    return bwrap_prefix(work, readable=[], writable=[], extra=[*share, *extra, *net_args])
 
 
 def sandboxed(
@@ -278,7 +278,7 @@ from pathlib import Path
 from prefect_cs.flows.runtime.sandbox import bwrap_prefix, switch_user
 from prefect_cs.flows.runtime.usernet import UserNet
 net = UserNet()
-args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[], network=False)
+args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[])
 at = args.index("--remount-ro")
 code = "import socket; print(open('/etc/resolv.conf').read()); socket.gethostbyname('pypi.org')"
 proc = subprocess.Popen(
@@ -414,7 +414,7 @@ from pathlib import Path
 from prefect_cs.flows.runtime.sandbox import bwrap_prefix
 from prefect_cs.flows.runtime.usernet import UserNet
 net = UserNet()
-args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[], network=False)
+args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[])
 at = args.index("--remount-ro")
 command = ["sh", "-c", "echo running; exec sleep 60"]
 proc = subprocess.Popen(

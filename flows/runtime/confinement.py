@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -213,8 +214,10 @@ class Confinement:
             try:
                 self._net.attach(proc.pid)
             except BaseException:
-                proc.kill()
+                # bubblewrap's child is in its process group until released (usernet.py)
+                kill_group(proc.pid)
                 proc.wait()
+                self._net.close()
                 raise
         return proc
 
@@ -271,6 +274,13 @@ class Confinement:
     def kill_all(self, keep: Sequence[int] = ()) -> int:
         """Kill every process of this confinement but `keep` (a warm zygote between calls)."""
         return self.cgroup.kill_all(keep=keep) if self.cgroup is not None else 0
+
+
+def kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def raise_oom_score() -> None:
