@@ -292,6 +292,13 @@ class CSSettings(BaseSettings):
         description="How model code is confined (flows/runtime/sandbox.py): bwrap on the process"
         " tier, uid in container jobs, none for development only (every call warns).",
     )
+    sandbox_open_networks: list[str] = Field(
+        default_factory=list,
+        description="Private ranges (as flows/runtime/usernet.py FENCED_NETWORKS writes them, e.g."
+        " 10.0.0.0/8) that model code with the internet may reach after all: a package mirror or"
+        " proxy on a private address. Empty: none.",
+        json_schema_extra=FORWARD,
+    )
     model_python: Path | None = Field(
         default=None,
         description="The Python model virtualenvs are made from (default: the platform's, or the"

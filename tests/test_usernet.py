@@ -198,14 +198,26 @@ def test_with_share_net_the_same_sandbox_reaches_the_hosts_loopback(host, uid):
     assert answers[f"udp 127.0.0.1:{udp}"] == "answered host"
 
 
-def test_what_it_does_not_stop_a_service_on_every_address(host):
-    """The limit the module's docstring names: slirp4netns connects from the host, so a service
-    listening on 0.0.0.0 answers at the host's own address (a host firewall must close that)."""
+def test_the_fence_stops_a_service_on_every_address_and_private_ranges(host):
+    """slirp4netns connects from the host, so a service listening on 0.0.0.0 would answer at the
+    host's own address (and the LAN, a container bridge, a cloud's metadata server are private
+    or link-local): the fence's routes make them unreachable; with them opened the same service
+    answers (what the fence changes)."""
     address = host_address()
     if address is None:
         pytest.skip("this machine has no address besides loopback")
     port = host.port(host.tcp_everywhere)
-    answers = probe([("tcp", address, port)], net=UserNet(), uid=DEFAULT_MODEL_UID)
+    targets = [("tcp", address, port), ("tcp", "169.254.169.254", 80)]
+    answers = probe(targets, net=UserNet(), uid=DEFAULT_MODEL_UID)
+    assert "answered" not in answers[f"tcp {address}:{port}"], answers
+    assert "answered" not in answers["tcp 169.254.169.254:80"], answers
+    mp = pytest.MonkeyPatch()
+    mp.setattr("prefect_cs.flows.runtime.usernet.host_addresses", lambda: [])
+    mp.setattr("prefect_cs.flows.runtime.usernet.FENCED_NETWORKS", ())
+    try:
+        answers = probe([("tcp", address, port)], net=UserNet(), uid=DEFAULT_MODEL_UID)
+    finally:
+        mp.undo()
     assert answers[f"tcp {address}:{port}"] == "answered host"
 
 

@@ -16,9 +16,15 @@ its own (`--unshare-all`) and slirp4netns, a user-mode network stack, gives it o
   packets the model writes.
 - `--exit-fd`: slirp4netns ends when the platform closes it, or dies: it never outlives us.
 
-What it does not stop: a connection to an address the host can reach that is not loopback (a
-service listening on 0.0.0.0 is reachable at the host's own address, as are the LAN and a cloud's
-metadata address). Block those for slirp4netns's traffic on the host's firewall where it matters.
+- a fence inside the sandbox's namespace, set before the model starts (`fence`): `unreachable`
+  routes for the private, shared and link-local ranges (the LAN, a container bridge, a cloud's
+  metadata address 169.254.169.254) and for every address of the host itself, so a service
+  listening on 0.0.0.0 is not reachable at the host's own address either. slirp's own network
+  (10.0.2.0/24) stays routed by its more specific route. The model cannot lift the fence: it has
+  no capability in its namespace.
+
+What it does not stop: anything else the host can reach (the internet, as intended; a proxy or a
+mirror on a public address). A package index on a private address needs CS_SANDBOX_OPEN_NETWORKS.
 
 The sequence, for the integrator (flows/runtime/sandbox.py builds bubblewrap's argv):
 
@@ -141,12 +147,13 @@ class UserNet:
         netns = _open_netns(child, self._sandbox)
         try:
             ready = self._start_slirp(netns)
+            try:
+                self._wait_ready(ready, deadline)
+            finally:
+                os.close(ready)
+            fence(netns, deadline)
         finally:
             os.close(netns)
-        try:
-            self._wait_ready(ready, deadline)
-        finally:
-            os.close(ready)
         try:
             os.write(self._block_write, b"1")
         except BrokenPipeError:
@@ -300,6 +307,52 @@ def _wait_blocked(child: int, block_fd: int, pidfd: int, deadline: float) -> Non
         if select.select([pidfd], [], [], 0.005)[0]:
             raise RuntimeError(f"the sandbox (process {child}) ended before it got its network")
     raise RuntimeError("timed out waiting for bubblewrap to set up the sandbox")
+
+
+# Ranges no model reaches, even with the internet: private (RFC 1918), shared (RFC 6598) and
+# link-local (a cloud's metadata server) addresses, where a platform's or a LAN's services live.
+FENCED_NETWORKS = (
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "169.254.0.0/16",
+)
+
+
+def fenced_networks() -> list[str]:
+    """What `fence` makes unreachable: FENCED_NETWORKS, every address of the host (a service on
+    0.0.0.0 answers there), less what the operator opens (CS_SANDBOX_OPEN_NETWORKS)."""
+    from prefect_cs.core.settings import get_settings
+
+    opened = set(get_settings().sandbox_open_networks)
+    found = [*FENCED_NETWORKS, *(f"{a}/32" for a in host_addresses())]
+    return [net for net in dict.fromkeys(found) if net not in opened]
+
+
+def host_addresses() -> list[str]:
+    """The host's own IPv4 addresses but loopback, as `ip` lists them."""
+    done = subprocess.run(
+        ["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10
+    )
+    addresses = [line.split()[3].split("/")[0] for line in done.stdout.splitlines()]
+    return [a for a in addresses if not a.startswith("127.")]
+
+
+def fence(netns: int, deadline: float) -> None:
+    """`unreachable` routes in the sandbox's namespace (see the module docstring), set by the
+    platform (root, in the namespace) before the sandbox is released."""
+    routes = "".join(f"route add unreachable {net}\n" for net in fenced_networks())
+    done = subprocess.run(
+        ["nsenter", f"--net=/proc/self/fd/{netns}", "ip", "-batch", "-"],
+        input=routes,
+        pass_fds=(netns,),
+        capture_output=True,
+        text=True,
+        timeout=max(deadline - time.monotonic(), 1.0),
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"could not fence the sandbox's network: {done.stderr.strip()}")
 
 
 def _open_netns(child: int, pidfd: int) -> int:
