@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.core.home import PRIVATE_FOLDERS
 from prefect_cs.testing.operator_stack import BIN, OperatorStack
+from prefect_cs.testing.scratch import free_port
 
 MODEL_UID = 10001  # flows/runtime/sandbox.py DEFAULT_MODEL_UID
 OWNER, TITLE = "home", "Misbehaving"
@@ -208,11 +209,18 @@ def test_a_registry_left_under_the_shell_prefect_home_is_refused_naming_the_move
     shell.mkdir()
     (shell / "prefect.db").write_text("the registry")
     env = {"PATH": os.environ["PATH"], "CS_HOME": str(home), "PREFECT_HOME": str(shell)}
-    env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"  # never reached: refused first
-    done = _run(env, "stack", "start")
+    env.update(  # free ports: with the guard broken, this starts a whole stack
+        PREFECT_API_URL=f"http://127.0.0.1:{free_port()}/api",
+        CS_API_PORT=str(free_port()),
+        CS_STACK_STANDIN_PORT=str(free_port()),
+    )
+    try:
+        done = _run(env, "stack", "start")
+    finally:
+        _run(env, "stack", "stop")
     said = done.stdout + done.stderr
     assert done.returncode != 0 and f"mv {shell / 'prefect.db'}*" in said, said
-    assert not (home / "prefect").exists()
+    assert not (home / "prefect").exists() and not (home / "stack" / "prefect-server.log").exists()
 
 
 def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
