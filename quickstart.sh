@@ -12,10 +12,10 @@ if [ "$(id -u)" = 0 ] && ! setpriv --reuid 10001 --regid 10001 --clear-groups te
   export CS_HOME="/var/lib/prefect-cs/$(basename "$PWD")"
   echo "CS_HOME=$CS_HOME (the model user cannot reach $PWD)"
 fi
-export PREFECT_HOME="${PREFECT_HOME:-$CS_HOME/prefect}"
+# The stack keeps its Prefect database in $CS_HOME/prefect whatever PREFECT_HOME says, and makes
+# CS_HOME itself (0711, private folders 0700): nothing here creates folders in it before it does.
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
-mkdir -p "$PREFECT_HOME"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
@@ -40,7 +40,7 @@ export PREFECT_API_AUTH_STRING="${PREFECT_API_AUTH_STRING:-$(<"$CS_HOME/prefect-
 
 step "make a git repository of the sample app, tag v1"
 repo="$CS_HOME/sample-repos/paramtools-app"
-rm -rf "$repo" && mkdir -p "$(dirname "$repo")" && cp -r examples/paramtools-app "$repo"
+rm -rf "$repo" && install -d -m 700 "$(dirname "$repo")" && cp -r examples/paramtools-app "$repo"  # private, like all of CS_HOME
 git -C "$repo" init -q
 git -C "$repo" add -A
 git -C "$repo" -c user.name=quickstart -c user.email=quickstart@localhost commit -q -m "sample app"

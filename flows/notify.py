@@ -1,8 +1,8 @@
 """Delivers results to the web app; keeps what cannot be delivered.
 
 A result the web app did not accept after every bounded retry is written to
-`$CS_HOME/undelivered/` with where it was going, and `prefect-cs results
-resend` delivers it later. Nothing is dropped. Every payload is made strict
+`$CS_HOME/undelivered/` (folder 0700, file 0600: it holds a user's result) with
+where it was going, and `prefect-cs results resend` delivers it later. Nothing is dropped. Every payload is made strict
 JSON first (`sendable`): NaN/Infinity become null, lone surrogates U+FFFD, and
 the payload says what was replaced — a result the HTTP client cannot encode
 would otherwise be neither sent nor kept.
@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
+from prefect_cs.core.home import private_folder, write_private
 from prefect_cs.core.jsonsafe import json_safe
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
@@ -73,11 +74,11 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
-    folder = get_settings().undelivered_dir
-    folder.mkdir(parents=True, exist_ok=True)
+    settings = get_settings()
+    folder = private_folder(settings.undelivered_dir, settings.home)
     name = f"{task_file_stem(payload.get('task_id'))}-{path.strip('/').replace('/', '_')}-{time.time_ns()}.json"
     target = folder / name
-    target.write_text(json.dumps({"path": path, "payload": payload, "error": error}))
+    write_private(target, json.dumps({"path": path, "payload": payload, "error": error}).encode())
     return target
 
 

@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.github import CommitStatus
+from prefect_cs.core.home import traverse_folder
 from prefect_cs.core.names import check_repo_url, check_tag, path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers import get_tier
@@ -74,9 +75,9 @@ def head_commit(source: Path) -> str:
 
 
 def _repos_dir() -> Path:
-    path = get_settings().repos_dir
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """0711: the model's uid passes through to its own checkout (never lists the others)."""
+    settings = get_settings()
+    return traverse_folder(settings.repos_dir, settings.home)
 
 
 @task(name="build-environment")

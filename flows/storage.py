@@ -6,14 +6,19 @@ bucket, credentials refused, storage not answering) and its fix: the simulate
 flow sends that text to the web app in its FAIL, so an operator reading it
 knows what to change without opening the job's logs. Google's client retries
 an unreachable endpoint by itself (about two minutes) before it gives up.
+
+A zip in a local folder is a user's result: it is made 0600 (its folder,
+`$CS_HOME/outputs`, is 0700), as nothing else on the machine may read it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from prefect_cs.core.blocks import load_outputs_storage
 from prefect_cs.core.errors import OutputsNotStored
+from prefect_cs.core.home import PRIVATE_FILE
 from prefect_cs.core.settings import get_settings
 
 
@@ -24,10 +29,19 @@ def store_zips(zips: dict[str, bytes]) -> dict[str, str]:
     for location, content in zips.items():
         try:
             result = storage.write_path(location, content)
+            close_local(storage, result)
         except Exception as exc:  # noqa: BLE001 - every storage failure gets its fix named
             raise not_stored(storage, location, exc) from exc
         where[location] = str(result or location)
     return where
+
+
+def close_local(storage: Any, written: Any) -> None:
+    """A zip written to a local folder (LocalFileSystem) is readable by its owner only."""
+    from prefect.filesystems import LocalFileSystem
+
+    if isinstance(storage, LocalFileSystem) and written:
+        Path(str(written)).chmod(PRIVATE_FILE)
 
 
 def not_stored(storage: Any, location: str, exc: Exception) -> OutputsNotStored:

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cs.core.errors import PLATFORM_ERROR
+from prefect_cs.core.home import private_folder
+from prefect_cs.core.settings import get_settings
 
 Request = dict[str, Any]
 BACKOFF_SECONDS = 0.5
@@ -56,7 +58,7 @@ class PendingQueue:
         self._done: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(folder, get_settings().home)  # users' adjustments: 0700 up to CS_HOME
 
     def start(self) -> int:
         """Start the threads; the requests a previous process left are queued first."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import pwd
+import shutil
 import subprocess
 import tempfile
 import time
@@ -111,17 +112,22 @@ def initdb_password_file(user: pwd.struct_passwd | None) -> Iterator[Path]:
     """The password in a 0600 file of the cluster's user for initdb's --pwfile, removed after.
 
     initdb reads its password from a file only, and as another user it cannot reopen
-    the stack's stdin (/dev/stdin is root's pipe).
+    the stack's stdin (/dev/stdin is root's pipe), nor enter `$CS_HOME/stack` (0700,
+    the stack's user only): the file gets a 0700 folder of its own in CS_HOME, owned by
+    the cluster's user.
     """
-    fd, name = tempfile.mkstemp(prefix="initdb-", dir=stack_dir())
+    folder = Path(tempfile.mkdtemp(prefix="initdb-", dir=get_settings().home))
+    path = folder / "password"
     try:
-        if user is not None:
-            os.fchown(fd, user.pw_uid, user.pw_gid)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(private_secret(password_file()) + "\n")
-        yield Path(name)
+        if user is not None:
+            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(folder, user.pw_uid, user.pw_gid)
+        yield path
     finally:
-        Path(name).unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def init_cluster() -> bool:

@@ -10,6 +10,11 @@ with its secrets. The `user:password` string is made at the first start, kept
 0600 in `$CS_HOME/prefect-auth` and reused; workers, the CLI and jobs send it
 as `PREFECT_API_AUTH_STRING`. Secrets reach processes through their
 environment, never their command line (`/proc/<pid>/cmdline` is world-readable).
+
+Everything the stack keeps is under CS_HOME, whatever the shell's PREFECT_HOME: its
+server's database is `$CS_HOME/prefect/prefect.db`, so a restart from any shell finds
+the same registry. `stack start` refuses a CS_HOME others can open and makes what is
+missing private (core/home.py); its own processes are born with umask 077.
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ from urllib.parse import urlparse
 
 import httpx
 from prefect_cs.core.errors import SettingsError
+from prefect_cs.core.home import (
+    PRIVATE_FILE,
+    PRIVATE_UMASK,
+    ensure_home,
+    model_reach_warning,
+    prefect_home,
+    prepare_home,
+    private_folder,
+    private_umask,
+    refuse_earlier_database,
+    refuse_exposed,
+)
 from prefect_cs.core.settings import get_settings, worker_settings_environment
 
 # What a worker needs to reach the server; nothing else of the platform's
@@ -63,6 +80,14 @@ DATABASE_URL_ENVS = (
     "PREFECT_API_DATABASE_CONNECTION_URL",
 )
 
+# Pool workers run the flows that build model environments (venvs, image build contexts):
+# the model's uid must read what they make for it, so they keep the usual umask and write the
+# platform's private data into 0700 folders (outputs, undelivered; zips and kept results are
+# made 0600 by the flows). Every other process of the stack is born with PRIVATE_UMASK (077):
+# the server (prefect.db and its -wal/-shm), the cluster API, the stand-in, the watcher, and
+# the inputs worker, which hands its model processes only a call folder it chowns to them.
+FLOW_UMASK = 0o022
+
 AUTH_USER = "admin"
 AUTH_ENV = "PREFECT_API_AUTH_STRING"
 
@@ -80,9 +105,8 @@ def choose(database: str | None, workers: int | None) -> None:
 
 
 def stack_dir() -> Path:
-    path = get_settings().home / "stack"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    home = get_settings().home
+    return private_folder(home / "stack", home)
 
 
 def auth_file() -> Path:
@@ -92,7 +116,7 @@ def auth_file() -> Path:
 def ensure_auth_file() -> Path:
     """Make `$CS_HOME/prefect-auth` (`admin:<random>`, mode 0600) unless it exists."""
     path = auth_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_home(get_settings().home)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -121,7 +145,7 @@ def read_auth_file(path: Path) -> str:
 def private_secret(path: Path) -> str:
     """A random secret kept 0600 in `path` (made on first use), for a part the stack owns
     (its PostgreSQL, its messaging Redis); refused if others may read it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(path.parent, get_settings().home)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -180,20 +204,25 @@ def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     env.update(FAST_POLLING)
     env["PREFECT_API_URL"] = os.environ.get("PREFECT_API_URL", "http://127.0.0.1:4200/api")
     env[AUTH_ENV] = api_auth_string()
-    if "PREFECT_HOME" in os.environ:
-        env["PREFECT_HOME"] = os.environ["PREFECT_HOME"]
+    env["PREFECT_HOME"] = str(stack_prefect_home())
     env.update(extra or {})
     return env
 
 
+def stack_prefect_home() -> Path:
+    """`$CS_HOME/prefect`: the stack's server database and its processes' Prefect home."""
+    return prefect_home(get_settings().home)
+
+
 @dataclass
 class Background:
-    """A background process known by name, with its pid file and log."""
+    """A background process known by name, with its pid file and log (both 0600)."""
 
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
     popen: dict[str, Any] = field(default_factory=dict)  # e.g. user/group: PostgreSQL refuses root
+    umask: int = PRIVATE_UMASK
 
     @property
     def pid_file(self) -> Path:
@@ -214,17 +243,23 @@ class Background:
     def start(self) -> int:
         if pid := self.pid():
             return pid
-        log = self.log_file.open("ab")
-        proc = subprocess.Popen(
-            self.argv,
-            env=self.env or None,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            **self.popen,
-        )
-        self.pid_file.write_text(str(proc.pid))
+        log = os.open(self.log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
+        try:
+            proc = subprocess.Popen(
+                self.argv,
+                env=self.env or None,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                umask=self.umask,
+                **self.popen,
+            )
+        finally:
+            os.close(log)
+        pid = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+        with os.fdopen(pid, "w") as f:
+            f.write(str(proc.pid))
         return proc.pid
 
     def stop(self, timeout: float = 15) -> bool:
@@ -345,7 +380,7 @@ def pool_worker(pool: str, worker_type: str, index: int = 1) -> Background:
         "--name",
         f"{pool}-worker{suffix}",
     ]
-    return Background(f"worker-{pool}{suffix}", argv, worker_environment())
+    return Background(f"worker-{pool}{suffix}", argv, worker_environment(), umask=FLOW_UMASK)
 
 
 def process_worker(pool: str | None = None, index: int = 1) -> Background:
@@ -400,7 +435,8 @@ def api_server(port: int | None = None) -> Background:
     settings = get_settings().api
     argv = [sys.executable, "-m", "prefect_cs.cli.main", "api", "serve"]
     argv += ["--host", settings.host, "--port", str(port or settings.port)]
-    return Background("cluster-api", argv, {**os.environ, AUTH_ENV: api_auth_string()})
+    env = {**os.environ, AUTH_ENV: api_auth_string(), "PREFECT_HOME": str(stack_prefect_home())}
+    return Background("cluster-api", argv, env)
 
 
 def api_base_url(port: int | None = None) -> str:
@@ -492,8 +528,7 @@ def ensure_storage_blocks() -> list[str]:
         try:
             Block.load(slug, _sync=True)
         except ValueError:
-            path = settings.home / folder
-            path.mkdir(parents=True, exist_ok=True)
+            path = private_folder(settings.home / folder, settings.home)
             LocalFileSystem(basepath=str(path)).save(
                 slug.split("/", 1)[1], overwrite=True, _sync=True
             )
@@ -523,8 +558,17 @@ def ensure_webapp() -> str:
 
 
 def start_stack() -> list[str]:
-    with client_auth(api_auth_string()):
-        return _start_stack()
+    """Refuse a CS_HOME others can open, make what is missing private, then start every part."""
+    home = get_settings().home
+    refuse_exposed(home)
+    if not scaled() and not any(name in os.environ for name in DATABASE_URL_ENVS):
+        refuse_earlier_database(
+            home, Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
+        )
+    with private_umask():
+        prepare_home(home)
+        with client_auth(api_auth_string()):
+            return _start_stack()
 
 
 @contextmanager
@@ -543,7 +587,10 @@ def _start_stack() -> list[str]:
     from prefect_cs.work_pools.pools import ensure_pool
 
     lines = start_database()
-    server = PrefectServer(api_url=api_url(), extra_env=database_environment())
+    lines += [w for w in [model_reach_warning(get_settings().home)] if w]
+    server = PrefectServer(
+        api_url=api_url(), home=stack_prefect_home(), extra_env=database_environment()
+    )
     server.start(timeout=180 if scaled() else 90)  # its first start migrates PostgreSQL
     lines += [
         f"Prefect server: {api_url()} (UI: {api_url().removesuffix('/api')}; it asks for a"

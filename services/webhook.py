@@ -55,6 +55,7 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -72,6 +73,7 @@ from packaging.version import InvalidVersion, Version
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.github import GitHubClient, GitHubError
+from prefect_cs.core.home import PRIVATE_FILE, private_folder
 from prefect_cs.core.names import WEBHOOK_SECRET
 from prefect_cs.core.settings import WebhookSettings, get_settings
 from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
@@ -123,7 +125,8 @@ class DeliveryStore:
     refuses replays; both kept for the retention period, at most `max_rows` of each."""
 
     def __init__(self, path: Path, retention_seconds: float, max_rows: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(path.parent, get_settings().home)  # who pushed what, when: 0700
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))  # SQLite's -wal/-shm follow
         self.path, self.retention, self.max_rows = path, retention_seconds, max_rows
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=10)

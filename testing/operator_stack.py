@@ -91,8 +91,9 @@ class OperatorStack:
 
     def register_misbehaving(self, owner: str) -> None:
         """The misbehaving sample app in a git repository tagged v1, registered as OWNER/Misbehaving."""
-        repo = make_repo("misbehaving-app", self.home / "repos" / f"{owner}-misbehaving")
-        config = self.home / f"{owner}-Misbehaving.yaml"
+        # Beside CS_HOME, not in it: the stack refuses a CS_HOME holding files others may read.
+        repo = make_repo("misbehaving-app", self.work / "sources" / f"{owner}-misbehaving")
+        config = self.work / f"{owner}-Misbehaving.yaml"
         text = (EXAMPLES / "config" / "examples" / "Misbehaving.yaml").read_text()
         config.write_text(text.replace("owner: examples", f"owner: {owner}"))
         self.cli("models", "register", str(config), "--repo-url", str(repo))
