@@ -126,6 +126,15 @@ def traverse_folder(path: Path, home: Path) -> Path:
     return path
 
 
+def traverse_path(path: Path) -> Path:
+    """`path` and every missing folder on the way to it, made 0711 (a model's environment under
+    envs/: its uid passes through, no one lists another model's tags)."""
+    for folder in (*reversed(path.parents), path):
+        if not folder.exists():
+            _make(folder, TRAVERSE_ONLY)
+    return path
+
+
 def prepare_home(home: Path) -> None:
     """Every folder the platform writes under CS_HOME, made with its mode where missing."""
     for name in REACHED_BY_MODELS:

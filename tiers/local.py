@@ -23,6 +23,7 @@ from pathlib import Path
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.home import traverse_path
 from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.confinement import Bounds, Confinement
@@ -214,7 +215,7 @@ class LocalTier(Tier):
 
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         venv = self.env_dir(model, tag)
-        venv.parent.mkdir(parents=True, exist_ok=True)
+        traverse_path(venv.parent)
         python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
         # Recorded now, before any model code runs: later its venv's pyvenv.cfg and links are
         # the model's own writing, and the platform takes no path from them.
