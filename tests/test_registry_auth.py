@@ -37,7 +37,9 @@ from prefect_cs.testing.docker_tier import (
 )
 
 VICTIM = "cs-tests/victim"  # a repository the platform pushes; the attacks aim at it
-CANARY = "redteam-canary/x"  # what the attack in the issue created
+# What the attack in the issue created, under a name of this run's: a repository left by an
+# earlier run against an open registry can neither hide nor fake this run's outcome.
+CANARY = f"redteam-canary/x-{uuid.uuid4().hex[:8]}"
 CREDENTIALS = Path("/etc/prefect-cs/registry/credentials")
 
 
@@ -197,15 +199,15 @@ def test_anonymous_docker_push_and_pull_are_refused(victim, tmp_path):
 
 
 ATTACK = r"""
-import json, urllib.request, urllib.error
-base = "http://127.0.0.1:5000"
+import json, sys, urllib.request, urllib.error
+base, canary = "http://127.0.0.1:5000", sys.argv[1]
 manifest = json.dumps({"schemaVersion": 2, "mediaType":
     "application/vnd.docker.distribution.manifest.v2+json"}).encode()
 tries = {
     "catalog": ("GET", "/v2/_catalog", None),
     "read_victim": ("GET", "/v2/cs-tests/victim/manifests/v1", None),
-    "start_upload": ("POST", "/v2/redteam-canary/x/blobs/uploads/", b""),
-    "put_manifest": ("PUT", "/v2/redteam-canary/x/manifests/1", manifest),
+    "start_upload": ("POST", f"/v2/{canary}/blobs/uploads/", b""),
+    "put_manifest": ("PUT", f"/v2/{canary}/manifests/1", manifest),
     "overwrite_victim": ("PUT", "/v2/cs-tests/victim/manifests/v1", manifest),
     "delete_victim": ("DELETE", "/v2/cs-tests/victim/manifests/v1", None),
 }
@@ -230,7 +232,7 @@ def test_model_container_on_the_host_network_creates_nothing(victim, tmp_path):
 
     done = subprocess.run(
         ["docker", "run", "--rm", "--network", "host", "--user", "10001:10001"]
-        + ["--cap-drop", "ALL", BASE_IMAGE, "python3", "-c", ATTACK],
+        + ["--cap-drop", "ALL", BASE_IMAGE, "python3", "-c", ATTACK, CANARY],
         capture_output=True,
         text=True,
         timeout=120,
