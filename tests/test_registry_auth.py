@@ -100,6 +100,12 @@ def manifest_digest(repository: str, tag: str) -> str | None:
     return response.headers["Docker-Content-Digest"]
 
 
+def holding(secret: str, texts: dict[str, str]) -> list[str]:
+    """The names of the texts that hold `secret`. Computed outside an assert, so that a failing
+    assert shows these names, never the secret (pytest prints the operands it compared)."""
+    return [name for name, text in texts.items() if secret in text]
+
+
 def catalog() -> list[str]:
     response = httpx.get(f"http://{REGISTRY}/v2/_catalog", auth=registry_auth(), timeout=10)
     response.raise_for_status()
@@ -130,7 +136,8 @@ def platform_push(image_id: str, repository: str, tag: str) -> str:
     digest = pushed_digest(
         f"{REGISTRY}/{repository}", tag, push_stream(f"{REGISTRY}/{repository}", tag, registry, log)
     )
-    assert log.lines and not [line for line in log.lines if registry.password in line]
+    leaked = holding(registry.password or "", {"push log": "\n".join(log.lines)})
+    assert log.lines and not leaked
     return digest
 
 
@@ -150,7 +157,8 @@ def test_registry_api_refuses_requests_without_the_login(registry):
         assert anonymous.headers["WWW-Authenticate"] == 'Basic realm="cs-registry"'
         wrong = httpx.get(f"http://{REGISTRY}{path}", auth=(user, password + "0"), timeout=10)
         assert wrong.status_code == 401, path
-    assert httpx.get(f"http://{REGISTRY}/v2/_catalog", auth=(user, password)).status_code == 200
+    with_login = httpx.get(f"http://{REGISTRY}/v2/_catalog", auth=(user, password), timeout=10)
+    assert with_login.status_code == 200
 
 
 def test_platform_push_succeeds_with_its_login(victim):
@@ -252,14 +260,17 @@ def test_login_is_root_only_and_on_no_command_line_or_log(registry):
     for path in (CREDENTIALS, folder / "htpasswd"):
         assert (path.stat().st_mode & 0o777, path.stat().st_uid) == (0o600, 0), path
     user, _, digest = (folder / "htpasswd").read_text().strip().partition(":")
-    assert user == "cs-publisher" and digest.startswith("$2y$") and password not in digest
-    assert len(password) == 64  # 256 random bits, hex
+    assert user == "cs-publisher" and digest.startswith("$2y$")
+    length = len(password)  # outside the assert, which would print the argument
+    assert length == 64  # 256 random bits, hex
+    texts = {"htpasswd": digest, "registry log": Path("/var/log/cs-registry.log").read_text()}
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            assert password not in cmdline.read_text(errors="replace"), cmdline
+            texts[str(cmdline)] = cmdline.read_text(errors="replace")
         except OSError:
             pass  # the process ended
-    assert password not in Path("/var/log/cs-registry.log").read_text(errors="replace")
+    leaked = holding(password, texts)
+    assert not leaked, "the registry's password is in these"
 
 
 def test_start_engine_is_idempotent_and_keeps_the_login(registry):
@@ -270,8 +281,10 @@ def test_start_engine_is_idempotent_and_keeps_the_login(registry):
     )
     assert done.returncode == 0, done.stderr
     assert "restarting" not in done.stdout and "starting docker-registry" not in done.stdout
-    assert (Path("/run/cs-registry.pid").read_text(), CREDENTIALS.read_text()) == (pid, login)
-    assert registry_auth()[1] not in done.stdout + done.stderr
+    same_login = CREDENTIALS.read_text() == login  # compared outside the assert: no password shown
+    assert Path("/run/cs-registry.pid").read_text() == pid and same_login
+    leaked = holding(registry_auth()[1], {"stdout": done.stdout, "stderr": done.stderr})
+    assert not leaked
 
 
 def test_docker_up_saves_the_login_as_the_block(registry):
@@ -287,13 +300,11 @@ def test_docker_up_saves_the_login_as_the_block(registry):
     result = CliRunner().invoke(app, ["docker", "up"])
     assert result.exit_code == 0, result.output
     assert f"export CS_REGISTRY_BLOCK={REGISTRY_BLOCK}" in result.output
-    assert password not in result.output
+    leaked = holding(password, {"output": result.output})
+    assert not leaked
     block = DockerRegistryCredentials.load(REGISTRY_BLOCK)
-    assert (block.username, block.password.get_secret_value(), block.registry_url) == (
-        user,
-        password,
-        REGISTRY,
-    )
+    saved = block.password.get_secret_value() == password  # not "stale" any more
+    assert (block.username, block.registry_url, saved) == (user, REGISTRY, True)
 
 
 def test_missing_login_file_names_the_fix(tmp_path):
