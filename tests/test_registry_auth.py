@@ -313,9 +313,10 @@ def test_missing_login_file_names_the_fix(tmp_path):
 
     with pytest.raises(StepFailed, match="prefect-cs docker up"):
         local_registry_login(tmp_path / "credentials")
-    (tmp_path / "credentials").write_text('{"registry_url": "127.0.0.1:5000"}')
-    with pytest.raises(StepFailed, match="lacks registry_url, username or password"):
-        local_registry_login(tmp_path / "credentials")
+    for text in ('{"registry_url": "127.0.0.1:5000"}', "[]"):
+        (tmp_path / "credentials").write_text(text)
+        with pytest.raises(StepFailed, match="lacks registry_url, username or password"):
+            local_registry_login(tmp_path / "credentials")
 
 
 def test_kubernetes_pull_secret_is_rendered_from_the_block_and_works(registry):

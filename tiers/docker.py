@@ -162,14 +162,15 @@ def local_registry_login(path: Path = LOCAL_REGISTRY_CREDENTIALS) -> dict[str, s
             f"no registry login in {path} ({type(exc).__name__}): run `prefect-cs docker up`"
             " (deployments/docker/start-engine.sh makes it)"
         ) from exc
-    if not all(
-        isinstance(login.get(k), str) and login[k] for k in ("registry_url", "username", "password")
+    keys = ("registry_url", "username", "password")
+    if not isinstance(login, dict) or not all(
+        isinstance(login.get(k), str) and login[k] for k in keys
     ):
         raise StepFailed(
             f"{path} lacks registry_url, username or password: delete it and run `prefect-cs"
             " docker up` to make a new login"
         )
-    return {k: login[k] for k in ("registry_url", "username", "password")}
+    return {k: login[k] for k in keys}
 
 
 def save_registry_block(
