@@ -30,7 +30,6 @@ from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment(
     "cs-bench-docker-",
-    CS_REGISTRY="127.0.0.1:5000",
     CS_BASE_IMAGE=os.environ.get("CS_BASE_IMAGE", "cs-base:bookworm"),
 )
 
@@ -39,7 +38,7 @@ from prefect_cs.blocks.webapp import WebApp  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
 from prefect_cs.services import stack  # noqa: E402
 from prefect_cs.services.stack import docker_worker  # noqa: E402
-from prefect_cs.testing.docker_tier import docker_tier, ensure_docker  # noqa: E402
+from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings  # noqa: E402
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 from prefect_cs.tiers.docker import DockerTier  # noqa: E402
@@ -93,6 +92,9 @@ def main() -> None:
     ensure_docker()
     server = stack.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
     server.start()
+    os.environ.update(
+        registry_settings(os.environ["CS_BASE_IMAGE"])
+    )  # the registry's login as the cs-registry block
     worker = docker_worker()
     stub = WebAppStub()
     suffix = uuid.uuid4().hex[:6]

@@ -1,7 +1,9 @@
 """`prefect-cs docker …`: the Docker tier's engine, registry, base image and worker on one machine.
 
 The Docker tier needs a daemon and a registry before its first publish; these
-commands stand them up without a cluster. The worker itself is
+commands stand them up without a cluster. The registry asks for a login on every
+push and pull: `up` makes it once (root-only file) and saves it in the
+DockerRegistryCredentials block the platform uses by name. The worker itself is
 services.stack.docker_worker, shared with the tests and benchmarks.
 """
 
@@ -32,9 +34,45 @@ def check_action(action: str) -> None:
 
 
 @docker_app.command("up")
-def up() -> None:
-    """Start dockerd and a registry on 127.0.0.1:5000 if they are not running."""
+def up(
+    block: bool = typer.Option(
+        True, help="Save the registry's login as the cs-registry block (needs the Prefect API)"
+    ),
+) -> None:
+    """Start dockerd and a registry with auth on 127.0.0.1:5000 if they are not running,
+    then save the registry's login as the DockerRegistryCredentials block `cs-registry`."""
+    import httpx
+
     run_script("start-engine.sh")
+    if not block:
+        return
+    try:
+        registry_block(None)
+    except httpx.TransportError as exc:
+        exit_with_error(
+            f"the engine and registry are up, but the Prefect API did not answer ({exc}): start"
+            " the stack (`prefect-cs stack start`), then `prefect-cs docker registry-block`"
+        )
+
+
+@docker_app.command("registry-block")
+def registry_block(
+    name: str = typer.Argument(None, help="The block's name (default cs-registry)"),
+) -> None:
+    """Save the local registry's login (root-only file start-engine.sh made) as a block that
+    publish pushes with and Docker workers pull with, by reference. Run again after a rotation."""
+    from prefect_cs.tiers.docker import (
+        LOCAL_REGISTRY_BLOCK,
+        LOCAL_REGISTRY_CREDENTIALS,
+        save_registry_block,
+    )
+
+    name = name or LOCAL_REGISTRY_BLOCK
+    host = save_registry_block(name)
+    typer.echo(
+        f"saved the login of {host} (from {LOCAL_REGISTRY_CREDENTIALS}) as the"
+        f" DockerRegistryCredentials block {name!r}: export CS_REGISTRY_BLOCK={name}"
+    )
 
 
 @docker_app.command("base-image")

@@ -64,14 +64,16 @@ def render_cmd(
     worker_namespace: str = typer.Option("prefect", help="Where the Prefect worker runs"),
     api_url: str = typer.Option(None, help="PREFECT_API_URL as seen from the cluster"),
     out: Path = typer.Option(None, help="Write one file per manifest here instead of stdout"),
-    no_secrets: bool = typer.Option(False, help="Leave out the model Secrets (no values read)"),
+    no_secrets: bool = typer.Option(
+        False, help="Leave out the model and registry Secrets (no values read)"
+    ),
     platform_image: str = typer.Option(
         None, help="The platform's image: adds the `prefect-cs watch` Deployment"
     ),
 ) -> None:
     """Namespaces, worker RBAC, model Secrets and inputs servers: `… | kubectl apply -f -`.
 
-    Model Secrets carry values (base64): this output is for kubectl only; never log it.
+    Model and registry Secrets carry values (base64): this output is for kubectl only; never log it.
     """
     from prefect.settings import PREFECT_API_URL
     from prefect_cs.deployments.kubernetes import operator_manifests

@@ -270,11 +270,13 @@ class CSSettings(BaseSettings):
     )
     registry: str | None = Field(
         default=None,
-        description="Registry host[:port] for model images without credentials, e.g. 127.0.0.1:5000.",
+        description="Registry host[:port] for model images, for a registry without auth (the local"
+        " 127.0.0.1:5000 asks for a login: use `registry_block`).",
     )
     registry_block: str | None = Field(
         default=None,
-        description="Name of a prefect-docker DockerRegistryCredentials block; wins over `registry`.",
+        description="Name of a prefect-docker DockerRegistryCredentials block (`prefect-cs docker up`"
+        " saves the local registry's login as `cs-registry`); wins over `registry`.",
     )
     memory_by_container: bool = Field(
         default=False,

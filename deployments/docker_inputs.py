@@ -17,7 +17,7 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import NotFound
 from prefect_cs.core.settings import forwarded_environment
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage_env
-from prefect_cs.tiers.docker import MODEL_UID, PLATFORM_VENV, docker_client
+from prefect_cs.tiers.docker import MODEL_UID, PLATFORM_VENV, docker_client, ensure_image
 
 LABEL = "cs.compute.studio/inputs-server"
 
@@ -70,6 +70,7 @@ def start_inputs_server(owner: str, title: str) -> str:
     stop_inputs_server(owner, title)
     name = container_name(model)
     limit = f"{model.memory_limit_mib}m"
+    ensure_image(entry.image or "")  # with the registry's login: the SDK would pull without it
     docker_client().containers.run(
         entry.image,
         [f"{PLATFORM_VENV}/bin/python", "-m", "prefect_cs.services.inputs_server"],

@@ -2,9 +2,11 @@
 
 Two kinds of output:
 - operator manifests (`prefect-cs k8s render | kubectl apply -f -`): namespaces,
-  the Prefect worker's RBAC, the model jobs' token-less service account, each
-  model's Secret and long-running inputs server. Model Secrets are the one place
-  secret values appear (base64, in the operator's output only, never logged).
+  the Prefect worker's RBAC, the model jobs' token-less service account, the
+  registry's pull Secret (from the CS_REGISTRY_BLOCK login; Jobs and inputs servers
+  name it in `imagePullSecrets`), each model's Secret and long-running inputs
+  server. These Secrets are the one place secret values appear (base64, in the
+  operator's output only, never logged).
 - `render_job`: a flow run's Job exactly as prefect-kubernetes' worker builds it
   (its own `resolve_for_flow_run`), for tests and for `prefect-cs k8s job`.
 
@@ -16,6 +18,7 @@ The Prefect API always asks for a login; every container here gets it as a
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable
 from typing import Any
 from uuid import UUID
@@ -166,6 +169,38 @@ def model_job_service_account(jobs_ns: str) -> Manifest:
     }
 
 
+def registry_pull_secret(jobs_ns: str) -> Manifest | None:
+    """The kubelet's login to the image registry: a `kubernetes.io/dockerconfigjson` Secret named
+    as the pool's `image_pull_secrets` default (`cs-registry`), which every model Job and inputs
+    server references by name. From the CS_REGISTRY_BLOCK block; None without one (a registry
+    without auth, or a Secret the operator made). Model pods cannot read it: their service
+    account has no role and no token."""
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.tiers.docker import resolve_registry
+
+    names = [ref["name"] for ref in template_default("image_pull_secrets") or []]
+    if not get_settings().registry_block or not names:
+        return None
+    registry = resolve_registry()
+    login = f"{registry.username}:{registry.password}"
+    config = {
+        "auths": {
+            registry.host: {
+                "username": registry.username,
+                "password": registry.password,
+                "auth": base64.b64encode(login.encode()).decode(),
+            }
+        }
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": names[0], "namespace": jobs_ns},
+        "data": {".dockerconfigjson": base64.b64encode(json.dumps(config).encode()).decode()},
+    }
+
+
 def model_secret(model: ModelConfig, values: dict[str, str], jobs_ns: str) -> Manifest:
     """The model's declared secrets, resolved from the backend; what its secretKeyRefs point at."""
     return {
@@ -299,6 +334,8 @@ def operator_manifests(
     manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
     manifests += worker_rbac(jobs_ns, worker_ns)
     manifests.append(model_job_service_account(jobs_ns))
+    if with_secrets and (pull_secret := registry_pull_secret(jobs_ns)):
+        manifests.append(pull_secret)
     if platform_image:
         manifests.append(watcher(platform_image, api_url, worker_ns))
     for model in models:

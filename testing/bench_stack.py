@@ -28,7 +28,7 @@ from typing import Literal
 from prefect_cs.blocks.webapp import WebApp
 from prefect_cs.security.secrets import get_backend
 from prefect_cs.services import stack
-from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, docker_tier, ensure_docker
+from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings
 from prefect_cs.testing.models import make_repo, publish_model, register_model
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import WebAppStub
@@ -83,6 +83,8 @@ def bench_stack(
     with ExitStack() as cleanup:
         cleanup.callback(stack.stop_database)  # last: after the server (none on SQLite)
         start_server(cleanup)
+        if pool_type == "docker":
+            os.environ.update(registry_settings())  # the cs-registry block, on this server
         port = free_port()
         api = stack.api_server(port)
         parts = [stack.inputs_worker(), api]
@@ -101,10 +103,9 @@ def bench_stack(
 
 
 def prepare_docker() -> None:
-    """The engine and the local registry (started if needed), the base image built locally
-    (no registry to pull from), and the settings the docker tier publishes with."""
+    """The engine and the local registry (started if needed) and the base image built locally
+    (no registry to pull from); the registry's login is saved once the server is up."""
     ensure_docker()
-    os.environ.update(CS_REGISTRY=REGISTRY, CS_BASE_IMAGE=BASE_IMAGE)
 
 
 def start_server(cleanup: ExitStack) -> None:

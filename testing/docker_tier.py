@@ -1,7 +1,10 @@
 """Real Docker parts for the tests: the engine, a registry on 127.0.0.1:5000, the local base image.
 
 CI has Docker, so nothing here skips: when the engine cannot be started the
-tests fail and say why.
+tests fail and say why. The registry asks for a login on every push and pull
+(deployments/docker/start-engine.sh): the tests publish with it through the
+`cs-registry` block, as an operator does after `prefect-cs docker up`, and read
+the registry's API with it (they run as root, as the file requires).
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +21,7 @@ import httpx
 SCRIPTS = Path(__file__).resolve().parents[1] / "deployments" / "docker"
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "cs-base:bookworm"
+REGISTRY_BLOCK = "cs-registry"
 
 
 def ensure_docker() -> None:
@@ -40,6 +43,23 @@ def ensure_docker() -> None:
             )
 
 
+def registry_auth() -> tuple[str, str]:
+    """(username, password) of the local registry, from start-engine.sh's root-only file."""
+    from prefect_cs.tiers.docker import local_registry_login
+
+    login = local_registry_login()
+    return login["username"], login["password"]
+
+
+def registry_settings(base_image: str = BASE_IMAGE) -> dict[str, str]:
+    """Save the registry's login as the `cs-registry` block (needs the Prefect API) and return
+    the settings a docker-tier publish to 127.0.0.1:5000 runs with."""
+    from prefect_cs.tiers.docker import save_registry_block
+
+    save_registry_block(REGISTRY_BLOCK)
+    return {"CS_REGISTRY_BLOCK": REGISTRY_BLOCK, "CS_BASE_IMAGE": base_image}
+
+
 @contextmanager
 def docker_tier() -> Iterator[None]:
     """Publish on the docker tier inside the block, on whatever tier was set before outside it."""
@@ -56,7 +76,9 @@ def docker_tier() -> Iterator[None]:
 
 def registry_tags(repository: str) -> list[str]:
     """The tags the registry holds for `repository` (name without the host)."""
-    response = httpx.get(f"http://{REGISTRY}/v2/{repository}/tags/list", timeout=10)
+    response = httpx.get(
+        f"http://{REGISTRY}/v2/{repository}/tags/list", auth=registry_auth(), timeout=10
+    )
     if response.status_code == 404:
         return []
     response.raise_for_status()
@@ -91,50 +113,3 @@ def layer_ids(image: str, marker: str) -> list[str]:
 
     history = docker.from_env().images.get(image).history()
     return [h["Id"] for h in history if marker in (h.get("CreatedBy") or "")]
-
-
-class AuthRegistry:
-    """Debian's docker-registry with htpasswd auth on a loopback port, in a temporary folder."""
-
-    def __init__(self, workdir: Path, username: str, password: str, port: int = 5001) -> None:
-        with warnings.catch_warnings():  # deprecated, still in 3.11/3.12; the registry needs bcrypt
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-
-        self.workdir, self.port = Path(workdir), port
-        self.host = f"127.0.0.1:{port}"
-        (self.workdir / "htpasswd").write_text(
-            f"{username}:{crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n"
-        )
-        (self.workdir / "config.yml").write_text(
-            "version: 0.1\nlog:\n  level: warn\n"
-            f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
-            f"http:\n  addr: {self.host}\n"
-            f"auth:\n  htpasswd:\n    realm: cs-test\n    path: {self.workdir / 'htpasswd'}\n"
-        )
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20) -> AuthRegistry:
-        log = (self.workdir / "registry.log").open("ab")
-        self.proc = subprocess.Popen(
-            ["docker-registry", "serve", str(self.workdir / "config.yml")],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://{self.host}/v2/", timeout=1).status_code == 401:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not start on {self.host}; see {self.workdir}")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None

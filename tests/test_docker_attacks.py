@@ -13,7 +13,7 @@ import uuid
 import pytest
 from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack import docker_worker
-from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, docker_tier, ensure_docker
+from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings
 from prefect_cs.testing.models import EXAMPLES, add_tag, git, publish_model, register_model
 
 from tests.test_attacks import (
@@ -29,7 +29,8 @@ TITLE = "Attacker-Docker"
 @pytest.fixture(scope="module")
 def docker_attacker(platform, repos, cs_home):
     ensure_docker()
-    os.environ.update(CS_REGISTRY=REGISTRY, CS_BASE_IMAGE=BASE_IMAGE)
+    settings = registry_settings()
+    os.environ.update(settings)
     repo = repos / f"attacker-docker-{uuid.uuid4().hex[:6]}"
     shutil.copytree(EXAMPLES / "attacker-app", repo)
     targets = attack_targets(cs_home)
@@ -44,7 +45,7 @@ def docker_attacker(platform, repos, cs_home):
     worker.start()
     yield
     worker.stop()
-    for key in ("CS_REGISTRY", "CS_BASE_IMAGE"):
+    for key in settings:
         os.environ.pop(key, None)
 
 

@@ -19,13 +19,14 @@ from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack import docker_worker
 from prefect_cs.testing.docker_tier import (
-    BASE_IMAGE,
     REGISTRY,
-    AuthRegistry,
+    REGISTRY_BLOCK,
     containers,
     docker_tier,
     ensure_docker,
     layer_ids,
+    registry_auth,
+    registry_settings,
     registry_tags,
     wait_for_container,
 )
@@ -53,9 +54,10 @@ def docker_ready(platform, tmp_path_factory):
     import os
 
     ensure_docker()
-    os.environ.update(CS_REGISTRY=REGISTRY, CS_BASE_IMAGE=BASE_IMAGE)
+    settings = registry_settings()
+    os.environ.update(settings)
     yield
-    for key in ("CS_REGISTRY", "CS_BASE_IMAGE"):
+    for key in settings:
         os.environ.pop(key, None)
 
 
@@ -110,9 +112,7 @@ def only_put(webapp, task_id: str, timeout: float = 30) -> dict:
     return puts[0].body
 
 
-def registry_digest(
-    host: str, repository: str, tag: str, auth: tuple[str, str] | None = None
-) -> str:
+def registry_digest(host: str, repository: str, tag: str) -> str:
     """The digest the registry serves for `repository:tag` (its Docker-Content-Digest)."""
     import httpx
 
@@ -123,7 +123,7 @@ def registry_digest(
     response = httpx.head(
         f"http://{host}/v2/{repository}/manifests/{tag}",
         headers={"Accept": accept},
-        auth=auth,
+        auth=registry_auth(),
         timeout=10,
     )
     response.raise_for_status()
@@ -319,48 +319,43 @@ def test_paramtools_app_in_container(docker_ready, worker, webapp, repos, cs_hom
         assert archive.read(png).startswith(b"\x89PNG\r\n\x1a\n")
 
 
-def test_registry_credentials_block_push_and_worker_pull(
-    docker_repo, worker, webapp, tmp_path, monkeypatch
-):
-    """A registry with auth: publish pushes with the block's credentials, the deployment holds only
-    a reference to the block, and the worker pulls with it (the local copy is removed first)."""
+def test_registry_login_push_and_worker_pull(docker_repo, worker, webapp):
+    """The registry asks for a login: publish pushes with the cs-registry block's, the deployment
+    holds only a reference to the block, and the worker pulls with it (local copies removed)."""
     import docker
     import httpx
-    from prefect_docker.credentials import DockerRegistryCredentials
 
-    password = f"pw-{uuid.uuid4().hex}"
-    registry = AuthRegistry(tmp_path, "cs", password).start()
-    try:
-        DockerRegistryCredentials(
-            username="cs", password=password, registry_url=registry.host
-        ).save("cs-test-registry", overwrite=True)
-        monkeypatch.setenv("CS_REGISTRY_BLOCK", "cs-test-registry")
-        register_model(OWNER, "Auth-Docker", docker_repo, repo_tag="v1", time_limit=30)
-        with docker_tier():
-            state = publish_model(OWNER, "Auth-Docker")
-        assert state.is_completed(), state.message
-        image = ModelConfig.for_model(OWNER, "Auth-Docker").published().image
-        digest = registry_digest(registry.host, "tests_auth-docker", "v1", ("cs", password))
-        assert image == f"{registry.host}/tests_auth-docker@{digest}"
-        tags_url = f"http://{registry.host}/v2/tests_auth-docker/tags/list"
-        assert httpx.get(tags_url, timeout=10).status_code == 401
-        assert httpx.get(tags_url, auth=("cs", password), timeout=10).json()["tags"] == ["v1"]
+    user, password = registry_auth()
+    register_model(OWNER, "Auth-Docker", docker_repo, repo_tag="v1", time_limit=30)
+    with docker_tier():
+        state = publish_model(OWNER, "Auth-Docker")
+    assert state.is_completed(), state.message
+    image = ModelConfig.for_model(OWNER, "Auth-Docker").published().image
+    assert (
+        image
+        == f"{REGISTRY}/tests_auth-docker@{registry_digest(REGISTRY, 'tests_auth-docker', 'v1')}"
+    )
+    tags_url = f"http://{REGISTRY}/v2/tests_auth-docker/tags/list"
+    assert httpx.get(tags_url, timeout=10).status_code == 401
+    with_login = httpx.get(tags_url, auth=(user, password), timeout=10)
+    assert with_login.json()["tags"] == ["v1"]
 
-        dep = deployment("Auth-Docker")
-        assert dep.job_variables["registry_credentials"] == (
-            "{{ prefect.blocks.docker-registry-credentials.cs-test-registry }}"
-        )
-        assert password not in json.dumps(dep.model_dump(mode="json"))
-        logs = flow_run_logs(state)
-        assert logs and not [m for m in logs if password in m]
+    dep = deployment("Auth-Docker")
+    assert dep.job_variables["registry_credentials"] == (
+        "{{ prefect.blocks.docker-registry-credentials." + REGISTRY_BLOCK + " }}"
+    )
+    logs = flow_run_logs(state)
+    # Computed outside the asserts: a failing assert must not print the password.
+    in_deployment = password in json.dumps(dep.model_dump(mode="json"))
+    in_logs = any(password in m for m in logs)
+    assert logs and not in_deployment and not in_logs
 
-        for reference in (image, f"{registry.host}/tests_auth-docker:v1"):  # no local copy left
-            docker.from_env().images.remove(reference)
-        task_id, run = simulate_on_worker("ok", title="Auth-Docker")
-        assert run.state.is_completed(), run.state.message
-        assert only_put(webapp, task_id)["status"] == "SUCCESS"
-    finally:
-        registry.stop()
+    for reference in (image, f"{REGISTRY}/tests_auth-docker:v1"):  # no local copy left
+        docker.from_env().images.remove(reference)
+    task_id, run = simulate_on_worker("ok", title="Auth-Docker")
+    assert run.state.is_completed(), run.state.message
+    assert only_put(webapp, task_id)["status"] == "SUCCESS"
+    assert docker.from_env().images.get(image), "the worker pulled the image with the login"
 
 
 def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):

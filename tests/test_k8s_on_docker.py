@@ -23,7 +23,7 @@ import uuid
 import zipfile
 
 import pytest
-from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, ensure_docker
+from prefect_cs.testing.docker_tier import REGISTRY, ensure_docker, registry_settings
 from prefect_cs.testing.models import make_repo, publish_model, register_model
 
 OWNER, TITLE = "tests", "K8s-On-Docker"
@@ -37,8 +37,8 @@ def k8s_published(platform, repos):
 
     ensure_docker()
     mp = pytest.MonkeyPatch()
-    mp.setenv("CS_REGISTRY", REGISTRY)
-    mp.setenv("CS_BASE_IMAGE", BASE_IMAGE)
+    for key, value in registry_settings().items():
+        mp.setenv(key, value)
     mp.setenv("CS_TIER", "kubernetes")
     repo = make_repo("misbehaving-app", repos / "k8s-on-docker")
     register_model(

@@ -174,11 +174,12 @@ def test_build_context_renders_the_models_packages(platform):
 
 @pytest.fixture(scope="module")
 def docker_ready(platform):
-    from prefect_cs.testing.docker_tier import BASE_IMAGE, REGISTRY, ensure_docker
+    from prefect_cs.testing.docker_tier import ensure_docker, registry_settings
 
     ensure_docker()
-    saved = {k: os.environ.get(k) for k in ("CS_REGISTRY", "CS_BASE_IMAGE")}
-    os.environ.update(CS_REGISTRY=REGISTRY, CS_BASE_IMAGE=BASE_IMAGE)
+    settings = registry_settings()
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     yield
     for key, value in saved.items():
         if value is None:

@@ -22,6 +22,14 @@ and pushed, so a failing build never replaces the image a deployment uses.
 Deployments and jobs name the image by the digest the push returned
 (`<registry>/<owner>_<title>@sha256:…`), never by its tag: a tag pushed again
 later (by a rebuild, or by anyone who can push) does not change what runs.
+
+The registry asks for a login on every push and pull (the local one on
+127.0.0.1:5000: htpasswd, deployments/docker/start-engine.sh), so model code
+that reaches it can neither read nor overwrite another model's image. The login
+lives in a DockerRegistryCredentials block (CS_REGISTRY_BLOCK; `prefect-cs docker
+up` saves the local registry's as `cs-registry`): publish sends it to the engine
+with each push (the SDK's auth_config, never a `docker login` or a config file),
+and deployments name the block, which the Docker worker resolves when it pulls.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ import shutil
 import subprocess
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
@@ -63,6 +71,14 @@ def image_repository(registry: str, model: ModelConfig) -> str:
     return f"{registry.rstrip('/')}/{image_name(model.owner, model.title)}"
 
 
+LOCAL_REGISTRY_CREDENTIALS = Path("/etc/prefect-cs/registry/credentials")
+"""The login deployments/docker/start-engine.sh makes for the registry on 127.0.0.1:5000:
+root only (0600 in a 0700 folder), JSON `{registry_url, username, password}`."""
+LOCAL_REGISTRY_BLOCK = "cs-registry"
+"""The DockerRegistryCredentials block `prefect-cs docker up` saves that login in."""
+AUTH_REFUSED = ("no basic auth credentials", "unauthorized", "authentication required")
+
+
 @dataclass
 class Registry:
     """Where images go: a host[:port], with credentials when a DockerRegistryCredentials block names them."""
@@ -70,12 +86,34 @@ class Registry:
     host: str
     block_name: str | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or a traceback
 
     def auth_config(self) -> dict[str, str] | None:
+        """What the Docker SDK sends the engine for one push or pull (X-Registry-Auth): the
+        engine keeps no copy and nothing is written to a docker config file."""
         if not self.username:
             return None
-        return {"username": self.username, "password": self.password or ""}
+        return {
+            "username": self.username,
+            "password": self.password or "",
+            "serveraddress": self.host,
+        }
+
+    def refused(self, what: str, error: str) -> str:
+        """The fix for a push or pull the registry refused for want of a (valid) login."""
+        if not self.username:
+            return (
+                f"the registry {self.host} refused the {what} without a login ({error}):"
+                f" set CS_REGISTRY_BLOCK={LOCAL_REGISTRY_BLOCK} after `prefect-cs docker up` (it saves"
+                " the login of the local registry in that block), or name your registry's"
+                " DockerRegistryCredentials block"
+            )
+        return (
+            f"the registry {self.host} refused the {what} with the login of block"
+            f" {self.block_name!r} ({error}): the password changed? `prefect-cs docker"
+            " registry-block` saves the local registry's login again; for another registry"
+            " update the block"
+        )
 
 
 def registry_host(url: str) -> str:
@@ -83,7 +121,7 @@ def registry_host(url: str) -> str:
 
 
 def resolve_registry() -> Registry:
-    """CS_REGISTRY_BLOCK (credentials) wins over CS_REGISTRY (an open registry such as 127.0.0.1:5000)."""
+    """CS_REGISTRY_BLOCK (credentials) wins over CS_REGISTRY (a registry without auth)."""
     settings = get_settings()
     if settings.registry_block:
         from prefect_docker.credentials import DockerRegistryCredentials
@@ -93,7 +131,9 @@ def resolve_registry() -> Registry:
         except ValueError as exc:
             raise StepFailed(
                 f"CS_REGISTRY_BLOCK={settings.registry_block!r} names no DockerRegistryCredentials"
-                " block: save one (prefect block create docker-registry-credentials) or unset it"
+                " block: `prefect-cs docker registry-block` saves the local registry's login as"
+                f" {LOCAL_REGISTRY_BLOCK!r}; for another registry, prefect block create"
+                " docker-registry-credentials"
             ) from exc
         return Registry(
             host=registry_host(block.registry_url),
@@ -104,9 +144,46 @@ def resolve_registry() -> Registry:
     if settings.registry:
         return Registry(host=registry_host(settings.registry))
     raise StepFailed(
-        "the docker tier needs a registry: set CS_REGISTRY=127.0.0.1:5000 (an open local"
-        " registry) or CS_REGISTRY_BLOCK=<name of a DockerRegistryCredentials block>"
+        f"the docker tier needs a registry: set CS_REGISTRY_BLOCK={LOCAL_REGISTRY_BLOCK} (the local"
+        " registry on 127.0.0.1:5000, saved by `prefect-cs docker up`), another"
+        " DockerRegistryCredentials block's name, or CS_REGISTRY=<host[:port]> for a registry"
+        " without auth"
     )
+
+
+def local_registry_login(path: Path = LOCAL_REGISTRY_CREDENTIALS) -> dict[str, str]:
+    """The login start-engine.sh made, read from its root-only file (never logged)."""
+    try:
+        login = json.loads(path.read_text())
+    except PermissionError as exc:
+        raise StepFailed(f"{path} is readable by root only: run this as root (sudo)") from exc
+    except (OSError, ValueError) as exc:
+        raise StepFailed(
+            f"no registry login in {path} ({type(exc).__name__}): run `prefect-cs docker up`"
+            " (deployments/docker/start-engine.sh makes it)"
+        ) from exc
+    keys = ("registry_url", "username", "password")
+    if not isinstance(login, dict) or not all(
+        isinstance(login.get(k), str) and login[k] for k in keys
+    ):
+        raise StepFailed(
+            f"{path} lacks registry_url, username or password: delete it and run `prefect-cs"
+            " docker up` to make a new login"
+        )
+    return {k: login[k] for k in keys}
+
+
+def save_registry_block(
+    name: str = LOCAL_REGISTRY_BLOCK, path: Path = LOCAL_REGISTRY_CREDENTIALS
+) -> str:
+    """The local registry's login as a DockerRegistryCredentials block (overwritten, so a new
+    password replaces the old); returns the registry's host. Publish pushes with the block,
+    and deployments reference it by name for the Docker worker's pulls."""
+    from prefect_docker.credentials import DockerRegistryCredentials
+
+    login = local_registry_login(path)
+    DockerRegistryCredentials(**login, reauth=True).save(name, overwrite=True, _sync=True)
+    return login["registry_url"]
 
 
 def docker_client(timeout: int = BUILD_TIMEOUT):
@@ -253,8 +330,13 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
         repository, tag=tag, stream=True, decode=True, auth_config=registry.auth_config()
     ):
         if "error" in chunk:
+            error = str(chunk["error"])
+            if any(word in error.lower() for word in AUTH_REFUSED):
+                raise StepFailed(
+                    f"docker push {repository}:{tag} failed: " + registry.refused("push", error)
+                )
             raise StepFailed(
-                f"docker push {repository}:{tag} failed: {chunk['error']}."
+                f"docker push {repository}:{tag} failed: {error}."
                 f" Check that the registry {registry.host} is running and accepts pushes."
             )
         status = f"{chunk.get('id', '')} {chunk.get('status', '')}".strip()
@@ -263,6 +345,31 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
             logger.info("[docker-push] %s", status)
         digest = chunk.get("aux", {}).get("Digest", digest)
     return digest
+
+
+def ensure_image(image: str) -> None:
+    """Pull `image` unless the engine has it, with the registry's login (CS_REGISTRY_BLOCK):
+    what containers started outside a worker (the inputs server) need on a registry with auth."""
+    import docker
+
+    client = docker_client()
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    registry = resolve_registry()
+    # The login goes only to its own registry, never to whichever host an image names.
+    auth = registry.auth_config() if image.startswith(registry.host + "/") else None
+    try:
+        client.images.pull(image, auth_config=auth)
+    except docker.errors.APIError as exc:
+        error = str(exc.explanation or exc)
+        if any(word in error.lower() for word in AUTH_REFUSED):
+            raise StepFailed(
+                f"docker pull {image} failed: " + registry.refused("pull", error)
+            ) from exc
+        raise StepFailed(f"docker pull {image} failed: {error}") from exc
 
 
 def pushed_digest(repository: str, tag: str, reported: str) -> str:
