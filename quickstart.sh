@@ -19,12 +19,20 @@ export PREFECT_SERVER_ANALYTICS_ENABLED=false
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-step "install (virtualenv .venv; bubblewrap, the model sandbox)"
-if ! command -v bwrap >/dev/null; then
+step "install (virtualenv .venv; bubblewrap, slirp4netns and libseccomp: the model sandbox)"
+# The sandbox (bubblewrap), the network its install steps get without the host's (slirp4netns,
+# fenced with iproute2's ip), and its seccomp filter (libseccomp, through pyseccomp).
+sandbox_packages=()
+for cmd in bwrap:bubblewrap slirp4netns:slirp4netns ip:iproute2 nsenter:util-linux; do
+  command -v "${cmd%%:*}" >/dev/null || sandbox_packages+=("${cmd##*:}")
+done
+ldconfig -p 2>/dev/null | grep -q libseccomp.so.2 || sandbox_packages+=(libseccomp2)
+if [ ${#sandbox_packages[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y -qq bubblewrap >/dev/null || { apt-get update -qq && apt-get install -y -qq bubblewrap >/dev/null; }
+    apt-get install -y -qq "${sandbox_packages[@]}" >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq "${sandbox_packages[@]}" >/dev/null; }
   else
-    echo "model code runs in a bubblewrap sandbox: install it (sudo apt-get install bubblewrap) and re-run" >&2
+    echo "model code runs in a sandbox that needs ${sandbox_packages[*]}: install them (sudo apt-get install ${sandbox_packages[*]}) and re-run" >&2
     exit 1
   fi
 fi
