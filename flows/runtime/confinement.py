@@ -244,6 +244,10 @@ class Confinement:
 
     # ---- after the model ---------------------------------------------------------------
 
+    def oom_killed(self) -> bool:
+        """Whether the kernel has killed one of the call's processes for its memory."""
+        return self.cgroup is not None and self.cgroup.usage().oom_killed
+
     def usage(self) -> cgroups.CgroupUsage | None:
         return self.cgroup.usage() if self.cgroup is not None else None
 

@@ -18,7 +18,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +126,7 @@ def call_model(
             stderr=subprocess.STDOUT,
         )
         try:
-            finished, output = read_tail(proc, timeout)
+            finished, output = read_tail(proc, timeout, give_up=box.oom_killed)
             lived = time.perf_counter() - started
         finally:
             stop(proc, inner_first=sandbox.mode == "bwrap")
@@ -136,14 +136,14 @@ def call_model(
             box.kill_all()
         counted = box.usage()
         usage = Usage.of_cgroup(counted) if counted is not None else usage
+        hit = box.limit_hit(counted)
+        if hit:  # one FAIL naming the bound, even where the model caught what the kernel refused
+            return ModelCall(ok=False, error=hit, output=output, seconds=lived, usage=usage)
         if not finished:
             error = f"the model did not finish within its time limit of {timeout:g} seconds and was stopped"
             return ModelCall(ok=False, error=error, output=output, seconds=lived, usage=usage)
         call = _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
         call.seconds, call.usage = _run_seconds(call.seconds, lived), usage
-        hit = box.limit_hit(counted)
-        if hit:  # one FAIL naming the bound, even where the model caught what the kernel refused
-            call.ok, call.result, call.error = False, None, hit
         return call
 
 
@@ -161,22 +161,30 @@ def _exit_status(proc: subprocess.Popen, sandbox: Sandbox) -> int:
     return 128 - code if sandbox.mode == "bwrap" and code > 128 else code
 
 
-def read_tail(proc: subprocess.Popen, timeout: float) -> tuple[bool, str]:
+def read_tail(
+    proc: subprocess.Popen, timeout: float, give_up: Callable[[], bool] | None = None
+) -> tuple[bool, str]:
     """Read the child's output until it exits or the deadline passes, keeping a bounded tail.
 
     Returns (exited in time, tail). Whatever the model prints beyond
     CS_LIMITS_STDOUT_TAIL_BYTES is read and dropped, so a flood does not grow the
     flow; a grandchild that keeps the pipe open cannot hold the call past the
-    child's exit (plus DRAIN_SECONDS) or the deadline.
+    child's exit (plus DRAIN_SECONDS) or the deadline. give_up (asked about every
+    0.2 s): the call is already lost (the kernel killed one of its processes), stop now.
     """
     from prefect_cs.core.settings import get_settings
 
     cap = get_settings().limits.stdout_tail_bytes
     tail, deadline, stop_at = bytearray(), time.monotonic() + timeout, None
     fd = proc.stdout.fileno()  # type: ignore[union-attr]
+    asked = time.monotonic()
     while (now := time.monotonic()) < (stop_at or deadline):
         if stop_at is None and exited(proc):
             stop_at = min(now + DRAIN_SECONDS, deadline)
+        if give_up is not None and stop_at is None and now - asked >= 0.2:
+            asked = now
+            if give_up():
+                break
         if not select.select([fd], [], [], min((stop_at or deadline) - now, 0.2))[0]:
             continue
         chunk = os.read(fd, 1 << 16)
