@@ -15,6 +15,10 @@ fi
 export PREFECT_HOME="${PREFECT_HOME:-$CS_HOME/prefect}"
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Publish clones only remote repositories (https, ssh, git) unless the operator lists local folders:
+# the sample app's repository is made below in this one. Set before `stack start`, whose workers
+# (they run publish) inherit it.
+export CS_LOCAL_REPO_PREFIXES="${CS_LOCAL_REPO_PREFIXES:-$CS_HOME/sample-repos}"
 mkdir -p "$PREFECT_HOME"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }

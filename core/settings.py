@@ -14,14 +14,16 @@ tests/test_settings.py check it): add a field here and read `get_settings()`.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from prefect_cs.core.errors import SettingsError
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 FORWARD = {"forward": True}  # a job or inputs server on another tier gets it too
 JOB_CREDENTIAL = {"job_credential": True}  # a secret a model job may hold (local workers get it)
@@ -300,6 +302,13 @@ class CSSettings(BaseSettings):
     inputs_model: str | None = Field(
         default=None, description="OWNER/TITLE: set in a model's own inputs server container."
     )
+    local_repo_prefixes: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Absolute folders under which a model's repo_url may be a local path (or a"
+        " file:// URL): the quickstart's and the tests' sample repositories. Empty: only https://,"
+        " ssh://, git:// and user@host:path repositories. A JSON list or paths separated by ':'.",
+        json_schema_extra=FORWARD,
+    )
     notify: NotifySettings = Field(default_factory=NotifySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -308,6 +317,21 @@ class CSSettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+
+    @field_validator("local_repo_prefixes", mode="before")
+    @classmethod
+    def _prefixes(cls, value: Any) -> Any:
+        """`["/a", "/b"]` or `/a:/b` (as PATH is written); each must be absolute, since a relative
+        prefix would mean a different folder in every process's working directory."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(os.pathsep)
+        if isinstance(value, list):
+            value = [p for p in value if str(p).strip()]
+            relative = [str(p) for p in value if not Path(str(p)).is_absolute()]
+            if relative:
+                raise ValueError(f"prefixes must be absolute paths, got {relative}")
+        return value
 
     @property
     def envs_dir(self) -> Path:
@@ -397,6 +421,8 @@ def as_env(value: Any) -> str:
         return value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return json.dumps([str(item) for item in value])
     return str(value)
 
 

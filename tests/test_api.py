@@ -412,6 +412,28 @@ def test_sync_refuses_invalid_names_listing_them_and_writes_nothing(client, plat
     assert good not in {m.title for m in all_models()}
 
 
+@pytest.mark.parametrize(
+    ("repo_url", "said"),
+    [
+        ("file:///etc", "resolves to /etc, which is not under CS_LOCAL_REPO_PREFIXES"),
+        ("/root", "resolves to /root, which is not under CS_LOCAL_REPO_PREFIXES"),
+        ("ext::sh -c id", "remote helper"),
+        ("http://github.com/PSLmodels/Tax-Cruncher", "plain http"),
+    ],
+)
+def test_sync_refuses_local_paths_and_other_transports_and_writes_nothing(
+    client, platform, repo_url, said
+):
+    """The clone runs as the platform's user: a project cannot point it at the cluster's files."""
+    from prefect_cs.registry.configs import all_models
+
+    good, bad = f"Good-{uuid.uuid4().hex[:6]}", f"Local-{uuid.uuid4().hex[:6]}"
+    r = client.post("/sync/", json=[project(good), project(bad, repo_url=repo_url)])
+    assert r.status_code == 400, r.text
+    assert said in r.json()["refused"][f"synced/{bad}"]
+    assert not {good, bad} & {m.title for m in all_models()}
+
+
 def test_sync_skips_a_project_without_a_repository_yet(client, platform):
     title = f"Draft-{uuid.uuid4().hex[:6]}"
     r = client.post("/sync/", json=[project(title, repo_url="")])

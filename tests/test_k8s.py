@@ -45,7 +45,7 @@ def k8s_model(platform):
         ModelConfig(
             owner="tests",
             title="K8s_Demo",
-            repo_url="/nonexistent",
+            repo_url="https://example.invalid/k8s-demo.git",
             cpu=2,
             memory="4Gi",
             time_limit=600,
@@ -489,7 +489,7 @@ def hang_model(misbehaving):
         ModelConfig(
             owner="tests",
             title="K8s_Hang",
-            repo_url="/nonexistent",
+            repo_url="https://example.invalid/k8s-hang.git",
             time_limit=60,
             secrets=["API_TOKEN"],
         )
