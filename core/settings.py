@@ -40,10 +40,13 @@ class NotifySettings(BaseSettings):
 
 
 class LimitsSettings(BaseSettings):
-    """Size caps on what model code hands the platform (prefix `CS_LIMITS_`); jobs inherit them.
+    """Caps on what model code and callers hand the platform (prefix `CS_LIMITS_`); jobs inherit them.
 
     Without them one model's output, result or prints grows the flow (or the shared
-    inputs worker) without bound; a run over a cap ends in a FAIL naming the variable.
+    inputs worker) without bound, and a deeply nested body or adjustment breaks the
+    platform's own JSON handling (Python's recursion limit) where it should be the
+    caller's error; a run over a cap ends in a FAIL naming the variable, a request
+    over one in a 4xx naming it.
     """
 
     model_config = SettingsConfigDict(env_prefix="CS_LIMITS_", extra="ignore")
@@ -70,6 +73,17 @@ class LimitsSettings(BaseSettings):
         default=64 * 1024,
         gt=0,
         description="How much of a model's last printed output is kept (logged); the rest is read and dropped.",
+        json_schema_extra=FORWARD,
+    )
+    json_depth: int = Field(
+        default=100,
+        ge=8,
+        le=200,
+        description="Deepest nesting of JSON taken from outside: a cluster API or webhook request"
+        " body (400 past it), and a simulation's or parse's adjustment and meta_param_dict (one"
+        " FAIL naming the input). Real adjustments nest fewer than 10 levels; Prefect cannot"
+        " store flow run parameters nested past 255 (pydantic's serializer), Python's json"
+        " module breaks near 1,000.",
         json_schema_extra=FORWARD,
     )
 

@@ -334,6 +334,43 @@ def test_body_over_the_cap_413(client, misbehaving):
     assert r.status_code == 413 and "CS_API_MAX_BODY_BYTES" in r.json()["error"]
 
 
+def nested(depth: int) -> Any:
+    """A value `depth` levels deep (lists, as a hostile body would be: cheapest per level)."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("path", ["/tests/Misbehaving/", "/sync/"])
+def test_a_body_nested_past_the_limit_is_400_naming_it_not_a_platform_error(
+    client, misbehaving, path
+):
+    """100,000 levels raised RecursionError in json.loads: a 503 "retry" for the caller's error."""
+    body = b'{"task_name": "version", "task_kwargs": {"x": ' + b"[" * 100_000 + b"]" * 100_000
+    r = client.post(path, content=body + b"}}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nested 100,002 levels deep, over the limit of 100 (CS_LIMITS_JSON_DEPTH)" in r.text
+
+
+@pytest.mark.parametrize("name", ["sim", "parse"])
+def test_a_too_deep_adjustment_is_refused_before_it_is_acknowledged(
+    client, misbehaving, webapp, name
+):
+    task_id = str(uuid.uuid4())
+    body = task(name, "v1", task_id, meta_param_dict={}, adjustment={"control": nested(900)})
+    r = client.post("/tests/Misbehaving/", json=body)
+    assert r.status_code == 400, r.text
+    assert "nested 903 levels deep, over the limit of 100 (CS_LIMITS_JSON_DEPTH)" in r.text
+    time.sleep(2)  # an acknowledged request would have made its run or PUT by now
+    assert not runs_of(task_id) and not webapp.about(task_id)
+
+
+def test_a_body_within_the_limit_is_answered(client, misbehaving, task_worker):
+    r = client.post("/tests/Misbehaving/", json=task("version", padding=nested(95)))
+    assert r.status_code == 200 and r.json()["status"] == "SUCCESS", r.text
+
+
 # ---- sync: the web app's projects into the registry -----------------------------------
 
 
