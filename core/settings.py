@@ -75,6 +75,13 @@ class LimitsSettings(BaseSettings):
         description="How much of a model's last printed output is kept (logged); the rest is read and dropped.",
         json_schema_extra=FORWARD,
     )
+    output_count: int = Field(
+        default=1000,
+        gt=0,
+        description="Most outputs (renderable and downloadable together) one run_model result may"
+        " have; each is checked, zipped and listed for the web app.",
+        json_schema_extra=FORWARD,
+    )
     json_depth: int = Field(
         default=100,
         ge=8,

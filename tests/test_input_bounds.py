@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from prefect_cs.core import json_depth
-from prefect_cs.core.errors import TooDeep
+from prefect_cs.core.errors import MalformedOutputs, TooDeep
 from prefect_cs.flows import inputs
 from prefect_cs.flows.simulate import simulate
 
@@ -123,3 +123,59 @@ def test_a_too_deep_adjustment_to_parse_is_one_fail_naming_it(misbehaving, task_
     assert answer["status"] == "FAIL"
     body = webapp.only_put(task_id, "/inputs/api/")
     assert body["status"] == "FAIL" and "your adjustment is nested 151 levels" in body["traceback"]
+
+
+# ---- outputs: counted first, every check linear -----------------------------------------
+
+
+def outputs(count: int, title: str = "n") -> dict[str, list[dict[str, Any]]]:
+    tiny = [{"media_type": "Text", "title": title, "data": "1"} for _ in range(count)]
+    return {"renderable": tiny[:1], "downloadable": tiny[1:]}
+
+
+def test_more_outputs_than_the_cap_is_refused_naming_the_figure_and_the_setting():
+    from prefect_cs.flows.outputs import validate_outputs
+
+    assert len(validate_outputs(outputs(1000))["downloadable"]) == 999
+    with pytest.raises(MalformedOutputs) as refused:
+        validate_outputs(outputs(1001))
+    text = str(refused.value)
+    assert "run_model returned 1,001 outputs (1 renderable, 1,000 downloadable)" in text
+    assert "over the cap of 1,000 outputs per result" in text and "CS_LIMITS_OUTPUT_COUNT" in text
+
+
+def test_output_checks_read_the_settings_once_per_result(monkeypatch):
+    """The settings tree was rebuilt per output: 20,000 outputs cost minutes before the model's
+    answer was even looked at."""
+    from prefect_cs.flows import outputs as module
+
+    reads = []
+    real = module.get_settings
+    monkeypatch.setattr(module, "get_settings", lambda: reads.append(1) or real())
+    module.validate_outputs(outputs(1000))
+    assert len(reads) == 1
+
+
+def test_duplicate_titles_are_numbered_in_linear_time():
+    from prefect_cs.flows.outputs import member_names
+
+    started = time.perf_counter()
+    names = member_names(outputs(20_000)["downloadable"])
+    assert time.perf_counter() - started < 5  # 63 s before (every copy tried 2, 3, … again)
+    assert names[:3] == ["n.txt", "n (2).txt", "n (3).txt"] and names[-1] == "n (19999).txt"
+    assert len(set(names)) == len(names)
+
+
+def test_twenty_thousand_tiny_outputs_are_one_fail_that_comes_back_fast(misbehaving, webapp):
+    task_id = str(uuid.uuid4())
+    started = time.perf_counter()
+    state = simulate("tests", "Misbehaving", task_id, {}, behave("many_outputs"), return_state=True)
+    elapsed = time.perf_counter() - started
+    assert state.is_failed(), state.message
+    body = webapp.only_put(task_id)
+    assert body["status"] == "FAIL"
+    assert "run_model returned 20,002 outputs" in body["traceback"]
+    assert "over the cap of 1,000 outputs per result" in body["traceback"]
+    assert "CS_LIMITS_OUTPUT_COUNT" in body["traceback"]
+    print(f"20,002 outputs: FAIL delivered in {elapsed:.1f} s (flow, model child included)")
+    assert elapsed < 60, f"{elapsed:.1f} s: a worker held by a model's output count"

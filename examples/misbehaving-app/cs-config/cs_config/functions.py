@@ -36,6 +36,7 @@ BEHAVIORS = [
     "pdf_bytes",
     "empty_title",
     "csv_bytes",
+    "many_outputs",
 ]
 
 # A small PDF whose second line is binary (as real PDFs start): what run_model returns raw.
@@ -180,6 +181,10 @@ def misbehave(behavior, result):
         line = "y" * 1023
         for _ in range(20 * 1024):
             print(line)
+    if behavior == "many_outputs":  # tiny, all titled alike: the count is the burden
+        downloadable.extend(
+            {"media_type": "Text", "title": "n", "data": "1"} for _ in range(20_000)
+        )
 
 
 def binary_outputs(behavior, renderable, downloadable):
