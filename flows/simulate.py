@@ -49,10 +49,12 @@ def call_meta(call: ModelCall | None) -> dict[str, Any]:
 def success_payload(
     task_id: str, call: ModelCall, outputs: dict[str, Any], published_version: str | None = None
 ) -> dict[str, Any]:
+    """model_version is the one publish recorded (the platform's own get_version call), never
+    `call.version`: the child's answer file is written where the model can write too."""
     return {
         "task_id": task_id,
         "status": "SUCCESS",
-        "model_version": model_version(call.version, published_version),
+        "model_version": model_version(published_version),
         "meta": call_meta(call),
         "outputs": outputs,
         "version": "v1",

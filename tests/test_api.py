@@ -510,8 +510,9 @@ def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
     [
         (None, "0.3.0", "0.3.0"),  # get_version raised at run time: the version publish recorded
         (None, None, "unknown"),  # nothing known: a placeholder, never null (null → 400)
-        ("  ", None, "unknown"),
-        ("1.2.3", "0.3.0", "1.2.3"),
+        ("  ", "  ", "unknown"),
+        ("1.2.3", None, "unknown"),  # a run's own claim is never sent (issue 18)
+        ("9.9", "0.3.0", "0.3.0"),  # what publish recorded wins over what the run said
     ],
 )
 def test_model_version_is_never_null(reported, published, sent):
@@ -526,8 +527,8 @@ def test_model_version_is_at_most_50_characters():
     from prefect_cs.flows.runtime.model_process import ModelCall
     from prefect_cs.flows.simulate import success_payload
 
-    call = ModelCall(ok=True, result={}, version="1.0.0+" + "g" * 80)
-    sent = success_payload(str(uuid.uuid4()), call, {})["model_version"]
+    call = ModelCall(ok=True, result={})
+    sent = success_payload(str(uuid.uuid4()), call, {}, "1.0.0+" + "g" * 80)["model_version"]
     assert len(sent) == 50 and sent.startswith("1.0.0+ggg")
 
 

@@ -179,3 +179,20 @@ def test_twenty_thousand_tiny_outputs_are_one_fail_that_comes_back_fast(misbehav
     assert "CS_LIMITS_OUTPUT_COUNT" in body["traceback"]
     print(f"20,002 outputs: FAIL delivered in {elapsed:.1f} s (flow, model child included)")
     assert elapsed < 60, f"{elapsed:.1f} s: a worker held by a model's output count"
+
+
+# ---- model_version: the platform's own record, not the run's claim ----------------------
+
+
+def test_a_model_written_answer_file_does_not_choose_the_model_version(misbehaving, webapp):
+    """The run's answer file says 9.9; get_version said 0.3.0 when publish asked it."""
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    assert ModelConfig.for_model("tests", "Misbehaving").published("v1").version == "0.3.0"
+    task_id = str(uuid.uuid4())
+    state = simulate(
+        "tests", "Misbehaving", task_id, {}, behave("forge_version"), return_state=True
+    )
+    assert state.is_completed(), state.message
+    body = webapp.only_put(task_id)
+    assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
