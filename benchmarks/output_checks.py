@@ -35,7 +35,8 @@ from prefect_cs.flows import outputs as new  # noqa: E402
 
 def before_cap_ref() -> str:
     """The parent of the commit that introduced the output count cap."""
-    argv = ["git", "-C", str(ROOT), "rev-list", "-n1", "-S_check_count(", "HEAD"]
+    argv = ["git", "-C", str(ROOT), "log", "-n1", "--format=%H", "-S_check_count("]
+    argv += ["--", "flows/outputs.py"]
     commit = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
     if not commit:
         raise SystemExit("no commit introduces _check_count: pass --old-ref")
