@@ -495,8 +495,12 @@ def hang_model(misbehaving):
         )
     )
     get_backend("tests/K8s_Hang").set("API_TOKEN", SECRET_VALUE)
-    entry = PublishedTag(
-        tag="v1", tier="kubernetes", python=python, image="registry.example:5000/tests_k8s_hang:v1"
+    entry = PublishedTag(  # version: what publish records from get_version, and the web app gets
+        tag="v1",
+        tier="kubernetes",
+        python=python,
+        image="registry.example:5000/tests_k8s_hang:v1",
+        version="0.3.0",
     )
     model.record(entry)
     model.latest_tag = "v1"
