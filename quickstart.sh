@@ -16,6 +16,10 @@ fi
 # CS_HOME itself (0711, private folders 0700): nothing here creates folders in it before it does.
 export PREFECT_API_URL="${PREFECT_API_URL:-http://127.0.0.1:4200/api}"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
+# Publish clones only remote repositories (https, ssh, git) unless the operator lists local folders:
+# the sample app's repository is made below in this one. Set before `stack start`, whose workers
+# (they run publish) inherit it.
+export CS_LOCAL_REPO_PREFIXES="${CS_LOCAL_REPO_PREFIXES:-$CS_HOME/sample-repos}"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(ROOT))
-from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import repos_folder, scratch_environment  # noqa: E402
 
 WORK = scratch_environment(
     "cs-bench-docker-",
@@ -105,7 +105,7 @@ def main() -> None:
         stub.start()
         WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
 
-        cold_repo = make_repo(args.app, WORK / "cold")
+        cold_repo = make_repo(args.app, repos_folder(WORK) / "cold")
         register_model("bench", cold_title, cold_repo, repo_tag="v1", time_limit=60)
         DockerTier.no_cache = not args.skip_cold
         try:
@@ -113,7 +113,7 @@ def main() -> None:
         finally:
             DockerTier.no_cache = False
 
-        repo = make_repo(args.app, WORK / "repo")
+        repo = make_repo(args.app, repos_folder(WORK) / "repo")
         register_model("bench", title, repo, repo_tag="v1", time_limit=60, memory="1Gi")
         first = timed_publish(title, "v1")
         add_tag(repo, "v2", "code only", code_change)

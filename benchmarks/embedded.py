@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 sys.path.insert(0, str(ROOT))
-from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
+from prefect_cs.testing.scratch import repos_folder, scratch_environment  # noqa: E402
 
 WORK = scratch_environment("cs-bench-")
 
@@ -88,7 +88,7 @@ def main() -> None:
         stack.ensure_storage_blocks()
         stub.start()
         WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
-        repo = make_repo("misbehaving-app", WORK / "repo")
+        repo = make_repo("misbehaving-app", repos_folder(WORK) / "repo")
         register_model("bench", "Misbehaving", repo, repo_tag="v1", time_limit=60)
         assert publish_model("bench", "Misbehaving").is_completed()
         for worker in workers:

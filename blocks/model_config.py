@@ -73,7 +73,10 @@ class ModelConfig(Block):
 
     owner: str
     title: str
-    repo_url: str = Field(description="A git URL or a local path to a git repository.")
+    repo_url: str = Field(
+        description="The git repository: https://, ssh://, git:// or user@host:path; a local"
+        " path only under the operator's CS_LOCAL_REPO_PREFIXES (checked at register and clone)."
+    )
     repo_tag: str = Field(default="main", description="The git tag (or branch) to publish.")
     cs_config_path: str = Field(
         default="cs-config", description="Folder holding install.sh and cs_config."

@@ -37,7 +37,11 @@ def models_main(
 @models_app.command("register")
 def models_register(
     path: Path = typer.Argument(..., help="A model config YAML, e.g. config/OWNER/TITLE.yaml"),
-    repo_url: str = typer.Option(None, help="Override repo_url (a git URL or local path)."),
+    repo_url: str = typer.Option(
+        None,
+        help="Override repo_url: https://, ssh://, git:// or user@host:path (a local path only"
+        " under CS_LOCAL_REPO_PREFIXES).",
+    ),
     repo_tag: str = typer.Option(None, help="Override repo_tag."),
 ) -> None:
     """Register (or update) a model from its YAML config; its published tags are kept."""

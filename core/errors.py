@@ -26,6 +26,10 @@ class SettingsError(CSError, ValueError):
     """A CS_* environment variable with a value the settings tree refuses; names the variable."""
 
 
+class TooDeep(CSError, ValueError):
+    """JSON from outside (a request body, an adjustment) nested deeper than CS_LIMITS_JSON_DEPTH."""
+
+
 class StepFailed(CSError, RuntimeError):
     """A publish step failed; the message carries the step's own output."""
 

@@ -14,14 +14,16 @@ tests/test_settings.py check it): add a field here and read `get_settings()`.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from prefect_cs.core.errors import SettingsError
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 FORWARD = {"forward": True}  # a job or inputs server on another tier gets it too
 JOB_CREDENTIAL = {"job_credential": True}  # a secret a model job may hold (local workers get it)
@@ -38,10 +40,13 @@ class NotifySettings(BaseSettings):
 
 
 class LimitsSettings(BaseSettings):
-    """Size caps on what model code hands the platform (prefix `CS_LIMITS_`); jobs inherit them.
+    """Caps on what model code and callers hand the platform (prefix `CS_LIMITS_`); jobs inherit them.
 
     Without them one model's output, result or prints grows the flow (or the shared
-    inputs worker) without bound; a run over a cap ends in a FAIL naming the variable.
+    inputs worker) without bound, and a deeply nested body or adjustment breaks the
+    platform's own JSON handling (Python's recursion limit) where it should be the
+    caller's error; a run over a cap ends in a FAIL naming the variable, a request
+    over one in a 4xx naming it.
     """
 
     model_config = SettingsConfigDict(env_prefix="CS_LIMITS_", extra="ignore")
@@ -68,6 +73,24 @@ class LimitsSettings(BaseSettings):
         default=64 * 1024,
         gt=0,
         description="How much of a model's last printed output is kept (logged); the rest is read and dropped.",
+        json_schema_extra=FORWARD,
+    )
+    output_count: int = Field(
+        default=1000,
+        gt=0,
+        description="Most outputs (renderable and downloadable together) one run_model result may"
+        " have; each is checked, zipped and listed for the web app.",
+        json_schema_extra=FORWARD,
+    )
+    json_depth: int = Field(
+        default=100,
+        ge=8,
+        le=200,
+        description="Deepest nesting of JSON taken from outside: a cluster API or webhook request"
+        " body (400 past it), and a simulation's or parse's adjustment and meta_param_dict (one"
+        " FAIL naming the input). Real adjustments nest fewer than 10 levels; Prefect cannot"
+        " store flow run parameters nested past 255 (pydantic's serializer), Python's json"
+        " module breaks near 1,000.",
         json_schema_extra=FORWARD,
     )
 
@@ -309,6 +332,13 @@ class CSSettings(BaseSettings):
     inputs_model: str | None = Field(
         default=None, description="OWNER/TITLE: set in a model's own inputs server container."
     )
+    local_repo_prefixes: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Absolute folders under which a model's repo_url may be a local path (or a"
+        " file:// URL): the quickstart's and the tests' sample repositories. Empty: only https://,"
+        " ssh://, git:// and user@host:path repositories. A JSON list or paths separated by ':'.",
+        json_schema_extra=FORWARD,
+    )
     notify: NotifySettings = Field(default_factory=NotifySettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
@@ -317,6 +347,21 @@ class CSSettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+
+    @field_validator("local_repo_prefixes", mode="before")
+    @classmethod
+    def _prefixes(cls, value: Any) -> Any:
+        """`["/a", "/b"]` or `/a:/b` (as PATH is written); each must be absolute, since a relative
+        prefix would mean a different folder in every process's working directory."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else text.split(os.pathsep)
+        if isinstance(value, list):
+            value = [p for p in value if str(p).strip()]
+            relative = [str(p) for p in value if not Path(str(p)).is_absolute()]
+            if relative:
+                raise ValueError(f"prefixes must be absolute paths, got {relative}")
+        return value
 
     @property
     def envs_dir(self) -> Path:
@@ -406,6 +451,8 @@ def as_env(value: Any) -> str:
         return value.get_secret_value()
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return json.dumps([str(item) for item in value])
     return str(value)
 
 

@@ -23,7 +23,9 @@ from prefect import Task, task
 from prefect.blocks.core import Block
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.blocks import load_storage_block
+from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id, slug
+from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
 from prefect_cs.flows.runtime.confinement import Bounds
@@ -185,6 +187,9 @@ def parse_payload(
     adjustment: dict[str, Any],
     tag: str | None,
 ) -> dict[str, Any]:
+    """validate_inputs' answer in the envelope; inputs nested past CS_LIMITS_JSON_DEPTH raise
+    TooDeep naming them (parse_task makes it the one FAIL), before a model sees them."""
+    check_inputs(meta_param_dict, adjustment, get_settings().limits.json_depth)
     model, entry = _resolve(owner, title, tag)
     inputs = warm_call(model, entry, "get_inputs", [meta_param_dict])
     if not inputs.ok:

@@ -6,7 +6,10 @@ A title is the model's text, not a path: the member name is derived from it
 (separators, `..`, NUL and control characters replaced, empty titles and
 duplicates numbered, long names cut), while the description sent to the web
 app keeps the title as the model gave it. Each output and the whole result
-are size-capped (`CS_LIMITS_*`).
+are size-capped, and a result has at most CS_LIMITS_OUTPUT_COUNT outputs
+(`CS_LIMITS_*`, read once per result). Every step is linear in the number of
+outputs: 20,000 tiny outputs once held a worker for 336 s (the settings tree
+rebuilt per output, duplicate titles numbered by trying 2, 3, … each time).
 
 What is accepted is what Compute Studio accepted, cs-storage's schema and
 serializer (`cs_storage.serialize_to_json`), so an app whose cs-kit tests pass
@@ -49,6 +52,7 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
 
 def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:
     """Check every output against the contract and name the first problem found."""
+    limits = get_settings().limits
     if not isinstance(result, dict):
         raise MalformedOutputs(
             f"run_model must return a dict with {CATEGORIES}, got {type(result).__name__}"
@@ -63,13 +67,29 @@ def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:
             raise MalformedOutputs(
                 f"'{category}' must be a list of outputs, got {type(result[category]).__name__}"
             )
+    _check_count(result, limits.output_count)
     return {
-        c: [_check_output(f"{c}[{i}]", output) for i, output in enumerate(result[c])]
+        c: [
+            _check_output(f"{c}[{i}]", output, limits.output_bytes)
+            for i, output in enumerate(result[c])
+        ]
         for c in CATEGORIES
     }
 
 
-def _check_output(where: str, output: Any) -> dict[str, Any]:
+def _check_count(result: dict[str, Any], cap: int) -> None:
+    """At most `cap` outputs in all, counted before any is looked at."""
+    count = sum(len(result[category]) for category in CATEGORIES)
+    if count > cap:
+        counts = ", ".join(f"{len(result[c]):,} {c}" for c in CATEGORIES)
+        raise MalformedOutputs(
+            f"run_model returned {count:,} outputs ({counts}), over the cap of {cap:,} outputs"
+            " per result: return fewer (put many tables in one CSV or a few downloadable"
+            " files), or raise CS_LIMITS_OUTPUT_COUNT on the cluster"
+        )
+
+
+def _check_output(where: str, output: Any, cap: int) -> dict[str, Any]:
     """The output as stored: checked, binary data as canonical base64 text."""
     if not isinstance(output, dict):
         raise MalformedOutputs(f"output {where} must be a dict, got {type(output).__name__}")
@@ -89,13 +109,12 @@ def _check_output(where: str, output: Any) -> dict[str, Any]:
         )
     if media_type in BINARY_TYPES:
         output = {**output, "data": _base64_text(where, title, media_type, data)}
-    _check_size(where, title, output["data"])
+    _check_size(where, title, output["data"], cap)
     return output
 
 
-def _check_size(where: str, title: Any, data: Any) -> None:
+def _check_size(where: str, title: Any, data: Any, cap: int) -> None:
     """Text and base64 by their length; bokeh by the JSON it becomes."""
-    cap = get_settings().limits.output_bytes
     size = len(data) if isinstance(data, str) else len(json.dumps(data, default=str))
     if size > cap:
         raise MalformedOutputs(
@@ -151,16 +170,22 @@ def _cut(stem: str, suffix: str) -> str:
 
 
 def member_names(outputs: list[dict[str, Any]]) -> list[str]:
-    """One distinct member name per output, in order: a repeated name gets ` (2)`, ` (3)`…"""
+    """One distinct member name per output, in order: a repeated name gets ` (2)`, ` (3)`…
+
+    Each stem remembers the last copy number it tried: names are only ever added, so every
+    lower number is still taken, and n outputs of one title cost n tries, not n²/2."""
     names: list[str] = []
     seen: set[str] = set()
+    tried: dict[tuple[str, str], int] = {}
     for number, output in enumerate(outputs, start=1):
         extension = EXTENSIONS[output["media_type"]]
         name = safe_member(output.get("title"), extension, number)
-        stem, copy = name[: -len(extension) - 1], 1
+        stem = name[: -len(extension) - 1]
+        copy = tried.get((stem, extension), 1)
         while name.lower() in seen:
             copy += 1
             name = _cut(stem, f" ({copy}).{extension}")
+        tried[(stem, extension)] = copy
         seen.add(name.lower())
         names.append(name)
     return names

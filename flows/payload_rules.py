@@ -18,16 +18,16 @@ UNKNOWN_VERSION = "unknown"
 EMPTY_TRACEBACK = "the model failed without a message (no traceback was produced)"
 
 
-def model_version(reported: object, published: str | None = None) -> str:
-    """The version to send: what get_version said at run time, else what it said at publish,
-    else "unknown"; never null, at most 50 characters (the web app's column)."""
-    for candidate in (reported, published):
-        text = str(candidate).strip() if candidate is not None else ""
-        if text:
-            return (
-                text if len(text) <= MODEL_VERSION_LIMIT else text[: MODEL_VERSION_LIMIT - 1] + "…"
-            )
-    return UNKNOWN_VERSION
+def model_version(recorded: object) -> str:
+    """The version to send: what get_version said when the platform itself asked it at publish
+    (PublishedTag.version; a published tag's code never changes), else "unknown" (a tag
+    published before versions were recorded). Never what a run reports: the model writes its
+    own answer file and can change its module, so a run's version is the model's claim. Never
+    null, at most 50 characters (the web app's column)."""
+    text = str(recorded).strip() if recorded is not None else ""
+    if not text:
+        return UNKNOWN_VERSION
+    return text if len(text) <= MODEL_VERSION_LIMIT else text[: MODEL_VERSION_LIMIT - 1] + "…"
 
 
 def fail_traceback(text: str | None) -> str:

@@ -20,7 +20,8 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.github import CommitStatus
 from prefect_cs.core.home import traverse_folder
-from prefect_cs.core.names import check_repo_url, check_tag, path_component
+from prefect_cs.core.names import check_tag, path_component
+from prefect_cs.core.repo_urls import clone_source, git_protocols
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers import get_tier
 from prefect_cs.tiers.steps import run_step
@@ -29,16 +30,21 @@ Steps = Literal["all", "stage", "promote"]
 
 
 def git_source(repo_url: str) -> str:
-    """Local paths become file:// URLs so a shallow clone works on them too."""
-    path = Path(repo_url).expanduser()
-    return path.resolve().as_uri() if path.exists() else repo_url
+    """What git clones: checked here again, whatever wrote the config (core/repo_urls.py): a
+    remote URL, or file:// of a local repository under CS_LOCAL_REPO_PREFIXES (resolved, so a
+    shallow clone works and no `..` or symlink leads elsewhere)."""
+    return clone_source(repo_url, get_settings().local_repo_prefixes)
 
 
-def clone_command(repo_url: str, tag: str, dest: Path) -> list[str]:
-    """`git clone` of one tag; `--` ends the options, so a URL starting with '-' stays a URL."""
-    source = git_source(check_repo_url(repo_url))
+def clone_command(source: str, tag: str, dest: Path) -> list[str]:
+    """`git clone` of one tag of `source` (git_source's answer). git itself allows only the
+    transports the rule allows (no `ext::`, no `file://` through a redirect or a submodule);
+    `--` ends the options, so a URL starting with '-' stays a URL."""
+    rule = ["protocol.allow=never"]
+    rule += [f"protocol.{name}.allow=always" for name in git_protocols(source).split(":")]
     return [
         "git",
+        *(arg for setting in rule for arg in ("-c", setting)),
         "clone",
         "--quiet",
         "--depth",
@@ -54,12 +60,13 @@ def clone_command(repo_url: str, tag: str, dest: Path) -> list[str]:
 @task(name="clone")
 def clone(model: ModelConfig, tag: str) -> Path:
     logger = get_run_logger()
+    source = git_source(model.repo_url)  # a ConfigError naming the fix, before git runs
     prefix = f"{model.slug}-{path_component(tag)}-"
     dest = Path(tempfile.mkdtemp(prefix=prefix, dir=_repos_dir()))
     dest.chmod(0o711)  # the model's sandboxed steps (its uid) build and test in this checkout
     run_step(
         "git-clone",
-        clone_command(model.repo_url, tag, dest),
+        clone_command(source, tag, dest),
         logger,
         timeout=600,
         hint=f"Check that {model.repo_url} is reachable and has the tag {tag!r}.",

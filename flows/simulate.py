@@ -19,7 +19,9 @@ from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
+from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
+from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
@@ -48,10 +50,12 @@ def call_meta(call: ModelCall | None) -> dict[str, Any]:
 def success_payload(
     task_id: str, call: ModelCall, outputs: dict[str, Any], published_version: str | None = None
 ) -> dict[str, Any]:
+    """model_version is the one publish recorded (the platform's own get_version call), never
+    `call.version`: the child's answer file is written where the model can write too."""
     return {
         "task_id": task_id,
         "status": "SUCCESS",
-        "model_version": model_version(call.version, published_version),
+        "model_version": model_version(published_version),
         "meta": call_meta(call),
         "outputs": outputs,
         "version": "v1",
@@ -218,9 +222,12 @@ def collect(call: ModelCall, entry: PublishedTag, task_id: str, scrub: Callable[
 def resolve_inputs(
     task_id: str, meta: dict | None, adjustment: dict | None, in_redis: bool
 ) -> tuple[dict, dict]:
-    if in_redis:
-        return read_inputs_task(task_id)
-    return meta or {}, adjustment or {}
+    """The run's inputs, from its parameters or Redis; TooDeep (the user's, one FAIL naming the
+    input) when they nest past CS_LIMITS_JSON_DEPTH. The cluster API refuses those with a 400;
+    a run started through Prefect directly, or inputs left in Redis, are checked here."""
+    meta, adjustment = read_inputs_task(task_id) if in_redis else (meta or {}, adjustment or {})
+    check_inputs(meta, adjustment, get_settings().limits.json_depth)
+    return meta, adjustment
 
 
 def platform_fault(exc: BaseException) -> str:

@@ -1,4 +1,9 @@
-"""Reading model config YAML files (`config/OWNER/TITLE.yaml`) into the registry."""
+"""Reading model config YAML files (`config/OWNER/TITLE.yaml`) into the registry.
+
+`register` is the one door into the registry (`models register`, `/sync/`, the tests'
+helpers): it keeps the platform's record of tags and refuses a repo_url the platform
+would not clone (core/repo_urls.py), so the operator hears it at once, not at publish.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from prefect.client.orchestration import get_client
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import ConfigError
 from prefect_cs.core.names import image_name
+from prefect_cs.core.repo_urls import clone_source
+from prefect_cs.core.settings import get_settings
 from pydantic import ValidationError
 
 # Fields a YAML file may set; the rest (published tags, staging/latest) is the platform's record.
@@ -39,8 +46,15 @@ def read_config(path: Path, overrides: dict[str, Any] | None = None) -> ModelCon
         raise ConfigError(f"{path}: {problems}") from exc
 
 
+def check_repo_source(config: ModelConfig) -> ModelConfig:
+    """A ConfigError naming the fix when publish would refuse to clone the config's repo_url."""
+    clone_source(config.repo_url, get_settings().local_repo_prefixes)
+    return config
+
+
 def register(config: ModelConfig) -> ModelConfig:
     """Save the config, keeping the platform's record of published and promoted tags."""
+    check_repo_source(config)
     try:
         existing = ModelConfig.for_model(config.owner, config.title)
     except LookupError:

@@ -8,7 +8,8 @@ can be the source of the registry. The map (README, "Connecting a web app"):
 | project field   | model config field   | how                                                   |
 |-----------------|----------------------|-------------------------------------------------------|
 | owner, title    | owner, title         | as given; an invalid name refuses the whole list (400)|
-| repo_url        | repo_url             | as given; needed for a model not registered yet       |
+| repo_url        | repo_url             | https/ssh/git only (core/repo_urls.py); needed for a  |
+|                 |                      | model not registered yet                              |
 | repo_tag        | repo_tag             | when non-empty                                        |
 | cpu             | cpu                  | float                                                 |
 | memory (GB)     | memory               | `<n>Gi` (the web app counts GB; we write Gi)          |
@@ -32,7 +33,7 @@ from typing import Any
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import ConfigError
 from prefect_cs.core.names import check_name
-from prefect_cs.registry.configs import all_models, register
+from prefect_cs.registry.configs import all_models, check_repo_source, register
 from pydantic import ValidationError
 
 RECORD = {"published_tags", "staging_tag", "latest_tag"}  # the platform's own record
@@ -117,7 +118,7 @@ def planned(
     data = {**base, **fields}
     if data.get("time_limit", 600) < data.get("expected_task_time", 0):
         data["time_limit"] = data["expected_task_time"]
-    return ModelConfig(**data), None
+    return check_repo_source(ModelConfig(**data)), None
 
 
 def _placeholder(fields: dict[str, Any]) -> dict[str, Any]:

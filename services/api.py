@@ -40,7 +40,8 @@ from uuid import UUID
 import anyio
 from prefect.exceptions import ObjectNotFound
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound
+from prefect_cs.core import json_depth
+from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound, TooDeep
 from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
@@ -76,19 +77,31 @@ def answer(code: int, /, **body: Any) -> JSONResponse:
 # ---- the body -------------------------------------------------------------------------
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON."""
+def too_large(limit: int) -> Refused:
+    return Refused(
+        413,
+        f"body larger than {limit:,} bytes (CS_API_MAX_BODY_BYTES): send less, or raise"
+        " CS_API_MAX_BODY_BYTES on the cluster",
+    )
+
+
+async def read_json(request: Request, limit: int, depth: int) -> Any:
+    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON or
+    nested deeper than `depth` (measured before parsing: json.loads would recurse into a
+    RecursionError, which is the caller's mistake, not a platform error to retry)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise Refused(413, f"body larger than {limit} bytes (CS_API_MAX_BODY_BYTES)")
+        raise too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise Refused(413, f"body larger than {limit} bytes (CS_API_MAX_BODY_BYTES)")
+            raise too_large(limit)
         chunks.append(chunk)
     try:
-        return json.loads(b"".join(chunks))
+        return json_depth.loads(b"".join(chunks), depth)
+    except TooDeep as exc:
+        raise Refused(400, str(exc)) from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise Refused(400, f"body is not JSON: {exc}") from exc
 
@@ -224,10 +237,12 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
 
 
 class ClusterApi:
-    def __init__(self, settings: ApiSettings, token: str | None, pending: Path) -> None:
+    def __init__(
+        self, settings: ApiSettings, token: str | None, pending: Path, depth_limit: int
+    ) -> None:
         """`pending` is this API's own folder: two APIs on one machine never take each other's
-        requests."""
-        self.settings, self.token = settings, token
+        requests. `depth_limit`: CS_LIMITS_JSON_DEPTH, the deepest body it parses."""
+        self.settings, self.token, self.depth_limit = settings, token, depth_limit
         self.models = ModelDirectory(settings.config_ttl_seconds)
         self.answers = AnswerCache()
         self.parses = PendingQueue("parse", pending / "parse", submit_parse, parse_failed)
@@ -288,7 +303,8 @@ class ClusterApi:
 
     async def task(self, request: Request) -> JSONResponse:
         owner, title = model_names(request)
-        req = task_request(await read_json(request, self.settings.max_body_bytes))
+        body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
+        req = task_request(body)
         name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
         model, entry = await anyio.to_thread.run_sync(self.models.published, owner, title, tag)
         if name == "version":
@@ -375,7 +391,7 @@ class ClusterApi:
     async def sync(self, request: Request) -> JSONResponse:
         from prefect_cs.registry.sync import SyncRefused, sync_projects
 
-        body = await read_json(request, self.settings.max_body_bytes)
+        body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
         try:
             report = await anyio.to_thread.run_sync(sync_projects, body)
         except SyncRefused as exc:
@@ -427,7 +443,8 @@ OPENAPI_PATHS = {
                 code: {"description": why}
                 for code, why in {
                     "200": "the answer (status SUCCESS or FAIL), or {task_id}",
-                    "400": "malformed body (the reason says which field)",
+                    "400": "malformed body (the reason says which field), or one nested"
+                    " deeper than CS_LIMITS_JSON_DEPTH",
                     "401": "missing or wrong bearer token",
                     "404": "unknown model, tag or task_name",
                     "413": "body over CS_API_MAX_BODY_BYTES",
@@ -469,9 +486,11 @@ def create_app(
 ) -> Starlette:
     """The app; the token is read once here, so rotate it by restarting. Parse and sim requests
     wait in a folder of this port's."""
-    settings = settings or get_settings().api
-    pending = get_settings().home / "api" / f"pending-{port or settings.port}"
-    api = ClusterApi(settings, (token or load_token(settings)) if auth else None, pending)
+    everything = get_settings()
+    settings = settings or everything.api
+    pending = everything.home / "api" / f"pending-{port or settings.port}"
+    token = (token or load_token(settings)) if auth else None
+    api = ClusterApi(settings, token, pending, everything.limits.json_depth)
     routes = [
         Route("/health", health),
         Route("/sync/", api.guarded(api.sync), methods=["POST"]),

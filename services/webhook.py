@@ -4,9 +4,10 @@ It only decides *what* to publish and says so with a Prefect event; the
 publish deployment's trigger (deployments/triggers.py) starts the run.
 Order of checks, cheapest and safest first: body size (413), a well-formed
 signature header (401), the signature itself (401, nothing else happens),
-headers and JSON (400), then the event's meaning (202 with a reason when it
-asks for nothing), then at-most-once (a SQLite file under CS_HOME, so
-restarts remember): per `X-GitHub-Delivery` *and* per signed body.
+headers and JSON (400, as is a body nested past CS_LIMITS_JSON_DEPTH), then
+the event's meaning (202 with a reason when it asks for nothing), then
+at-most-once (a SQLite file under CS_HOME, so restarts remember): per
+`X-GitHub-Delivery` *and* per signed body.
 
 Keys. One cluster key would let any model owner sign a push "from" another
 model's repository. A model may therefore declare its own key, the model
@@ -53,7 +54,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import os
 import re
@@ -71,7 +71,8 @@ import anyio
 import yaml
 from packaging.version import InvalidVersion, Version
 from prefect_cs.blocks.model_config import ModelConfig
-from prefect_cs.core.errors import NotConfigured
+from prefect_cs.core import json_depth
+from prefect_cs.core.errors import NotConfigured, TooDeep
 from prefect_cs.core.github import GitHubClient, GitHubError
 from prefect_cs.core.home import PRIVATE_FILE, private_folder
 from prefect_cs.core.names import WEBHOOK_SECRET
@@ -607,9 +608,12 @@ async def read_body(request: Request, limit: int) -> bytes | None:
 
 
 def parse_payload(body: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """(the JSON object, None) or (None, why it is not one)."""
+    """(the JSON object, None) or (None, why it is not one: not JSON, or nested deeper than
+    CS_LIMITS_JSON_DEPTH, which json.loads would meet as a RecursionError)."""
     try:
-        payload = json.loads(body)
+        payload = json_depth.loads(body, get_settings().limits.json_depth)
+    except TooDeep as exc:
+        return None, str(exc)
     except (ValueError, UnicodeDecodeError) as exc:
         return None, (
             f"body is not JSON (set the webhook's content type to application/json): {exc}"
@@ -635,7 +639,11 @@ class Receiver:
     async def github(self, request: Request) -> JSONResponse:
         body = await read_body(request, self.settings.max_body_bytes)
         if body is None:
-            return answer(413, error=f"body larger than {self.settings.max_body_bytes} bytes")
+            return answer(
+                413,
+                error=f"body larger than {self.settings.max_body_bytes} bytes"
+                " (CS_WEBHOOK_MAX_BODY_BYTES)",
+            )
         header = request.headers.get("x-hub-signature-256")
         if not well_formed(header):
             return answer(401, error=UNSIGNED)

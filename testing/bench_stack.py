@@ -30,7 +30,7 @@ from prefect_cs.security.secrets import get_backend
 from prefect_cs.services import stack
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings
 from prefect_cs.testing.models import make_repo, publish_model, register_model
-from prefect_cs.testing.scratch import free_port
+from prefect_cs.testing.scratch import free_port, repos_folder
 from prefect_cs.testing.webapp_standin import WebAppStub
 from prefect_cs.tiers import tier_for_pool_type
 from prefect_cs.work_pools.pools import ensure_pool
@@ -124,7 +124,7 @@ def prepare_platform(work: Path, stub: WebAppStub, pool: str, pool_type: PoolTyp
     ensure_pool(pool, pool_type)
     WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
     get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
-    repo = make_repo("misbehaving-app", work / "repo")
+    repo = make_repo("misbehaving-app", repos_folder(work) / "repo")
     register_model(OWNER, TITLE, repo, repo_tag="v1", time_limit=60)
     with docker_tier() if pool_type == "docker" else nullcontext():
         state = publish_model(OWNER, TITLE)

@@ -57,11 +57,17 @@ class OperatorStack:
             PREFECT_SERVER_ANALYTICS_ENABLED="false",
             CS_API_PORT=str(free_port()),
             CS_STACK_STANDIN_PORT=str(free_port()),
+            CS_LOCAL_REPO_PREFIXES=str(self.repos),
         )
 
     @property
     def home(self) -> Path:
         return self.work / "cs-home"
+
+    @property
+    def repos(self) -> Path:
+        """The sample repositories, outside CS_HOME: the folder CS_LOCAL_REPO_PREFIXES allows."""
+        return self.work / "repos"
 
     @property
     def stack_dir(self) -> Path:
@@ -92,7 +98,7 @@ class OperatorStack:
     def register_misbehaving(self, owner: str) -> None:
         """The misbehaving sample app in a git repository tagged v1, registered as OWNER/Misbehaving."""
         # Beside CS_HOME, not in it: the stack refuses a CS_HOME holding files others may read.
-        repo = make_repo("misbehaving-app", self.work / "sources" / f"{owner}-misbehaving")
+        repo = make_repo("misbehaving-app", self.repos / f"{owner}-misbehaving")
         config = self.work / f"{owner}-Misbehaving.yaml"
         text = (EXAMPLES / "config" / "examples" / "Misbehaving.yaml").read_text()
         config.write_text(text.replace("owner: examples", f"owner: {owner}"))

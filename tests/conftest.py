@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from prefect_cs.testing.scratch import scratch_environment
+from prefect_cs.testing.scratch import repos_folder, scratch_environment
 
 _ROOT = scratch_environment(
     "cs-tests-",
@@ -67,8 +67,9 @@ def webapp(platform):
 
 
 @pytest.fixture(scope="session")
-def repos(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("repos")
+def repos() -> Path:
+    """The sample repositories' folder: the only one CS_LOCAL_REPO_PREFIXES allows to clone."""
+    return repos_folder(_ROOT)
 
 
 @pytest.fixture(scope="session")

@@ -334,6 +334,43 @@ def test_body_over_the_cap_413(client, misbehaving):
     assert r.status_code == 413 and "CS_API_MAX_BODY_BYTES" in r.json()["error"]
 
 
+def nested(depth: int) -> Any:
+    """A value `depth` levels deep (lists, as a hostile body would be: cheapest per level)."""
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("path", ["/tests/Misbehaving/", "/sync/"])
+def test_a_body_nested_past_the_limit_is_400_naming_it_not_a_platform_error(
+    client, misbehaving, path
+):
+    """100,000 levels raised RecursionError in json.loads: a 503 "retry" for the caller's error."""
+    body = b'{"task_name": "version", "task_kwargs": {"x": ' + b"[" * 100_000 + b"]" * 100_000
+    r = client.post(path, content=body + b"}}", headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert "nested 100,002 levels deep, over the limit of 100 (CS_LIMITS_JSON_DEPTH)" in r.text
+
+
+@pytest.mark.parametrize("name", ["sim", "parse"])
+def test_a_too_deep_adjustment_is_refused_before_it_is_acknowledged(
+    client, misbehaving, webapp, name
+):
+    task_id = str(uuid.uuid4())
+    body = task(name, "v1", task_id, meta_param_dict={}, adjustment={"control": nested(900)})
+    r = client.post("/tests/Misbehaving/", json=body)
+    assert r.status_code == 400, r.text
+    assert "nested 903 levels deep, over the limit of 100 (CS_LIMITS_JSON_DEPTH)" in r.text
+    time.sleep(2)  # an acknowledged request would have made its run or PUT by now
+    assert not runs_of(task_id) and not webapp.about(task_id)
+
+
+def test_a_body_within_the_limit_is_answered(client, misbehaving, task_worker):
+    r = client.post("/tests/Misbehaving/", json=task("version", padding=nested(95)))
+    assert r.status_code == 200 and r.json()["status"] == "SUCCESS", r.text
+
+
 # ---- sync: the web app's projects into the registry -----------------------------------
 
 
@@ -412,6 +449,28 @@ def test_sync_refuses_invalid_names_listing_them_and_writes_nothing(client, plat
     assert good not in {m.title for m in all_models()}
 
 
+@pytest.mark.parametrize(
+    ("repo_url", "said"),
+    [
+        ("file:///etc", "resolves to /etc, which is not under CS_LOCAL_REPO_PREFIXES"),
+        ("/root", "resolves to /root, which is not under CS_LOCAL_REPO_PREFIXES"),
+        ("ext::sh -c id", "remote helper"),
+        ("http://github.com/PSLmodels/Tax-Cruncher", "plain http"),
+    ],
+)
+def test_sync_refuses_local_paths_and_other_transports_and_writes_nothing(
+    client, platform, repo_url, said
+):
+    """The clone runs as the platform's user: a project cannot point it at the cluster's files."""
+    from prefect_cs.registry.configs import all_models
+
+    good, bad = f"Good-{uuid.uuid4().hex[:6]}", f"Local-{uuid.uuid4().hex[:6]}"
+    r = client.post("/sync/", json=[project(good), project(bad, repo_url=repo_url)])
+    assert r.status_code == 400, r.text
+    assert said in r.json()["refused"][f"synced/{bad}"]
+    assert not {good, bad} & {m.title for m in all_models()}
+
+
 def test_sync_skips_a_project_without_a_repository_yet(client, platform):
     title = f"Draft-{uuid.uuid4().hex[:6]}"
     r = client.post("/sync/", json=[project(title, repo_url="")])
@@ -451,8 +510,9 @@ def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
     [
         (None, "0.3.0", "0.3.0"),  # get_version raised at run time: the version publish recorded
         (None, None, "unknown"),  # nothing known: a placeholder, never null (null → 400)
-        ("  ", None, "unknown"),
-        ("1.2.3", "0.3.0", "1.2.3"),
+        ("  ", "  ", "unknown"),
+        ("1.2.3", None, "unknown"),  # a run's own claim is never sent (issue 18)
+        ("9.9", "0.3.0", "0.3.0"),  # what publish recorded wins over what the run said
     ],
 )
 def test_model_version_is_never_null(reported, published, sent):
@@ -467,8 +527,8 @@ def test_model_version_is_at_most_50_characters():
     from prefect_cs.flows.runtime.model_process import ModelCall
     from prefect_cs.flows.simulate import success_payload
 
-    call = ModelCall(ok=True, result={}, version="1.0.0+" + "g" * 80)
-    sent = success_payload(str(uuid.uuid4()), call, {})["model_version"]
+    call = ModelCall(ok=True, result={})
+    sent = success_payload(str(uuid.uuid4()), call, {}, "1.0.0+" + "g" * 80)["model_version"]
     assert len(sent) == 50 and sent.startswith("1.0.0+ggg")
 
 

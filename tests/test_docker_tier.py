@@ -389,7 +389,8 @@ def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
     from prefect_cs.registry.configs import register
     from prefect_cs.services.lost_runs import scan_once
 
-    model = register(ModelConfig(owner=OWNER, title="Ghost-Docker", repo_url="/nonexistent"))
+    ghost = ModelConfig(owner=OWNER, title="Ghost-Docker", repo_url="https://example.invalid/g.git")
+    model = register(ghost)
     entry = PublishedTag(
         tag="v1", tier="docker", python=MODEL_PYTHON, image=f"{REGISTRY}/tests_ghost-docker:v1"
     )

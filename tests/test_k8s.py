@@ -45,7 +45,7 @@ def k8s_model(platform):
         ModelConfig(
             owner="tests",
             title="K8s_Demo",
-            repo_url="/nonexistent",
+            repo_url="https://example.invalid/k8s-demo.git",
             cpu=2,
             memory="4Gi",
             time_limit=600,
@@ -489,14 +489,18 @@ def hang_model(misbehaving):
         ModelConfig(
             owner="tests",
             title="K8s_Hang",
-            repo_url="/nonexistent",
+            repo_url="https://example.invalid/k8s-hang.git",
             time_limit=60,
             secrets=["API_TOKEN"],
         )
     )
     get_backend("tests/K8s_Hang").set("API_TOKEN", SECRET_VALUE)
-    entry = PublishedTag(
-        tag="v1", tier="kubernetes", python=python, image="registry.example:5000/tests_k8s_hang:v1"
+    entry = PublishedTag(  # version: what publish records from get_version, and the web app gets
+        tag="v1",
+        tier="kubernetes",
+        python=python,
+        image="registry.example:5000/tests_k8s_hang:v1",
+        version="0.3.0",
     )
     model.record(entry)
     model.latest_tag = "v1"

@@ -27,7 +27,7 @@ TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 def model(**fields) -> ModelConfig:
     fields.setdefault("owner", "tests")
     fields.setdefault("title", "Names")
-    fields.setdefault("repo_url", "/tmp/repo")
+    fields.setdefault("repo_url", "https://example.org/tests/repo.git")
     return ModelConfig(**fields)
 
 
@@ -134,15 +134,14 @@ def test_repo_url_starting_with_a_dash_is_refused(url):
         model(repo_url=url)
 
 
-def test_repo_url_never_reaches_git_as_an_option(tmp_path, monkeypatch):
+def test_repo_url_never_reaches_git_as_an_option(tmp_path):
     """Even a URL that got past the model config is a URL to git: `--` ends the options."""
     from prefect_cs.flows import publish
 
     marker = tmp_path / "pwned"
     url = f"--upload-pack=touch {marker};false"
     with pytest.raises(ValueError, match="repo_url"):
-        publish.clone_command(url, "v1", tmp_path / "dest")
-    monkeypatch.setattr(publish, "check_repo_url", lambda value: value)
+        publish.git_source(url)
     argv = publish.clone_command(url, "v1", tmp_path / "dest")
     done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode != 0

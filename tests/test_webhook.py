@@ -226,6 +226,17 @@ def test_forged_unsigned_oversized_and_malformed_deliveries_start_nothing(
         assert runs_stay(publish_deployment, 0, hold=0.3, sha=sha) == [], name
 
 
+def test_a_body_nested_past_the_limit_is_400_naming_it_not_a_crash(receiver, webhook_secret):
+    """The receiver parses before it checks the signature (to find the repository's key): a
+    30,000-deep body raised RecursionError there, for anyone who could reach the port."""
+    deep = b'{"ref": "refs/tags/v9", "x": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"
+    forged = deliver(receiver, "not-the-secret", "push", None, body=deep)
+    signed = deliver(receiver, webhook_secret, "push", None, body=deep)
+    assert forged.status_code == 401, forged.text
+    assert signed.status_code == 400, signed.text
+    assert "nested 30,001 levels deep, over the limit of 100 (CS_LIMITS_JSON_DEPTH)" in signed.text
+
+
 def test_events_it_does_not_act_on_get_202_with_a_reason(receiver, webhook_secret):
     cases = [
         ("push", {**tag_push(MODEL_REPO, "x", new_sha()), "ref": "refs/heads/main"}, "not a tag"),

@@ -5,7 +5,9 @@ does; the meta parameter dict's `behavior` key chooses what get_inputs does.
 """
 
 import base64
+import json
 import os
+import sys
 import time
 
 import paramtools
@@ -36,6 +38,8 @@ BEHAVIORS = [
     "pdf_bytes",
     "empty_title",
     "csv_bytes",
+    "many_outputs",
+    "forge_version",
 ]
 
 # A small PDF whose second line is binary (as real PDFs start): what run_model returns raw.
@@ -147,7 +151,18 @@ def run_model(meta_param_dict, adjustment):
     if behavior == "print_noise":
         for i in range(10000):
             print(f'{{"renderable": "noise line {i}"}}')
+    if behavior == "forge_version":
+        forge_answer(result)
     return result
+
+
+def forge_answer(result):
+    """Write the runner's answer file (its last argument) as the runner would, claiming another
+    version, and leave before the runner writes its own: the model's word, not get_version's."""
+    answer = {"ok": True, "result": result, "seconds": 0.1, "version": "9.9"}
+    with open(sys.argv[-1], "w") as f:
+        json.dump(answer, f)
+    os._exit(0)
 
 
 def nested(depth):
@@ -180,6 +195,10 @@ def misbehave(behavior, result):
         line = "y" * 1023
         for _ in range(20 * 1024):
             print(line)
+    if behavior == "many_outputs":  # tiny, all titled alike: the count is the burden
+        downloadable.extend(
+            {"media_type": "Text", "title": "n", "data": "1"} for _ in range(20_000)
+        )
 
 
 def binary_outputs(behavior, renderable, downloadable):
