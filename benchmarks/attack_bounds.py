@@ -80,8 +80,12 @@ def main() -> None:
     parser.add_argument("--disk", default="2Gi")
     args = parser.parse_args()
     model = ModelConfig(
-        owner="bench", title="Attacker", repo_url="https://example.invalid/a.git",
-        memory=args.memory, pids=args.pids, disk=args.disk,
+        owner="bench",
+        title="Attacker",
+        repo_url="https://example.invalid/a.git",
+        memory=args.memory,
+        pids=args.pids,
+        disk=args.disk,
     )
     bounds = Bounds(model.memory_limit_mib, model.pids, model.cpu, model.disk_mib)
     python = package_venv(EXAMPLES / "attacker-app" / "cs-config" / "cs_config")
