@@ -201,3 +201,20 @@ def test_warm_call_over_memory_fails_naming_it_and_the_next_call_works():
         warm.stop()
     assert not hog.ok and "memory limit of 256 MiB" in hog.error, hog.error
     assert after.ok, after.error
+
+
+def test_a_too_deep_answer_is_the_models_failure_not_the_platforms():
+    """An answer file nested 100,000 deep: one FAIL naming the model's answer, never a
+    RecursionError reported as a platform error."""
+    from prefect_cs.testing.model_code import functions_runner, model_python
+
+    functions = (
+        "import os, sys\n"
+        "def run_model(meta, adjustment):\n"
+        "    with open(sys.argv[2], 'w') as answer:\n"
+        "        answer.write('[' * 100000 + ']' * 100000)\n"
+        "    os._exit(0)  # the runner never writes its own answer over this one\n"
+    )
+    runner = functions_runner(functions)
+    call = call_model(model_python(), "run_model", [{}, {}], timeout=60, runner=runner)
+    assert not call.ok and "nested too deep" in call.error, call.error

@@ -32,6 +32,10 @@ from prefect_cs.flows.runtime.sandbox import (
 from prefect_cs.flows.runtime.usage import Usage, exited, measured, reap, stop, wait_exit
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
+TOO_DEEP = (
+    "the model's answer is nested too deep to read as JSON (thousands of levels): return"
+    " flatter data"
+)
 DRAIN_SECONDS = 1.0  # after the child ends: what it printed last, not what a grandchild holds open
 SAFE_ENV = ("LANG", "LC_ALL", "TZ", "SSL_CERT_FILE")
 
@@ -208,6 +212,8 @@ def _read_response(
         data["ok"]  # noqa: B018 - a dict with the child's keys, or the model wrote it itself
     except (ValueError, TypeError, KeyError):
         data = {"ok": False, "traceback": "the model's response file is not the runner's JSON"}
+    except RecursionError:  # the model's doing, not the platform's: name it as such
+        data = {"ok": False, "traceback": TOO_DEEP}
     if not data["ok"]:
         reason = data["traceback"]
         if "MemoryError" in reason and memory_limit_mib:

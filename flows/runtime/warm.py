@@ -31,7 +31,12 @@ from typing import Any
 
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.confinement import Bounds, Confinement
-from prefect_cs.flows.runtime.model_process import ModelCall, _kill_group, child_environment
+from prefect_cs.flows.runtime.model_process import (
+    TOO_DEEP,
+    ModelCall,
+    _kill_group,
+    child_environment,
+)
 from prefect_cs.flows.runtime.sandbox import environment_paths, model_sandbox
 
 
@@ -93,6 +98,8 @@ class WarmModel:
             except (_NoAnswer, OSError, ValueError) as exc:
                 data = {"ok": False, "traceback": str(exc) or f"{function} gave no answer"}
                 self._stop_after = True
+            except RecursionError:
+                data, self._stop_after = {"ok": False, "traceback": TOO_DEEP}, True
             hit = self.box.limit_hit() if self.box is not None else None
             if hit or self._stop_after:  # a bound's counters are the process's: start afresh
                 self.stop()
