@@ -269,7 +269,9 @@ def test_peak_memory_is_the_whole_tree_not_its_largest_process(make_group):
     largest = rusage.ru_maxrss / 1024
     assert tree.returncode == 0
     assert usage.peak_memory_mib >= 140, f"{usage} (ru_maxrss says {largest:.0f} MiB)"
-    assert largest < 100  # what wait4 alone reports: the largest single process
+    # wait4's ru_maxrss is the largest single process; it is not compared here, because the
+    # child forked from this test process (preexec_fn joins the group) counts the test
+    # process's own pages before exec: 247 MiB under pytest-xdist in CI, 60 MiB alone.
 
 
 def test_kill_all_catches_processes_that_keep_forking(make_group):
