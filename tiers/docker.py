@@ -49,6 +49,13 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_syst
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.names import image_name, image_tag, model_code_secrets, secret_env_name
 from prefect_cs.core.settings import forwarded_environment, get_settings
+from prefect_cs.flows.runtime.confinement import Bounds
+from prefect_cs.flows.runtime.container import (
+    call_in_image,
+    cli_flags,
+    container_options,
+    model_environment,
+)
 from prefect_cs.flows.runtime.environment import RUNTIME_DIR
 from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier, system_package_lines
@@ -288,12 +295,13 @@ def docker_cli() -> str:
     return path
 
 
-CONFINED = [
-    *("--user", f"{MODEL_UID}:{MODEL_UID}", "--read-only", "--tmpfs", "/tmp", "-e", "HOME=/tmp"),
-    *("--cap-drop", "ALL", "--security-opt", "no-new-privileges"),
-]
-"""`docker run` options for the model's own code at publish (its tests): its uid, no
-capabilities, a read-only image with a scratch /tmp, and (for every run here) no network."""
+VERSION_BOUNDS = Bounds(memory_mib=1024, pids=256, cpus=1.0, disk_mib=256)
+"""get_version at publish: the model config's bounds are for its runs; a version needs less."""
+
+
+def model_bounds(model: ModelConfig) -> Bounds:
+    """A container of the model's code gets its declared memory, pids, CPUs and disk."""
+    return Bounds(model.memory_limit_mib, model.pids, model.cpu, model.disk_mib)
 
 
 def run_in_image(
@@ -303,11 +311,12 @@ def run_in_image(
     logger: Logger,
     timeout: float,
     hint: str = "",
-    confined: bool = False,
+    flags: list[str] | None = None,
 ) -> str:
-    """`docker run --rm` with its output streamed; the container is removed even on a timeout."""
+    """`docker run --rm` with its output streamed; the container is removed even on a timeout.
+    flags: the model's confinement (container.cli_flags); without it, no network at least."""
     container = f"cs-{name}-{uuid.uuid4().hex[:10]}"
-    options = ["--rm", "--name", container, "--network", "none", *(CONFINED if confined else [])]
+    options = ["--rm", "--name", container, *(flags or ["--network", "none"])]
     try:
         return run_step(
             name,
@@ -467,41 +476,48 @@ class DockerTier(Tier):
     def run_tests(
         self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
     ) -> None:
+        """In a container of the new image as every model call runs (flows/runtime/container.py):
+        uid 10001, read-only, no capabilities, the model's own bounds, no network unless the
+        model declares `internet`; never the platform's code."""
+        options = container_options(
+            model_bounds(model), model.internet, model_environment(MODEL_PYTHON)
+        )
+        tests = f"{MODEL_SRC}/cs_config/tests"
         run_in_image(
             "model-tests",
             entry.image or "",
-            [MODEL_PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "cs_config/tests"],
+            [
+                MODEL_PYTHON,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+                MODEL_SRC,
+                tests,
+            ],
             logger,
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new image; nothing was pushed and the previous tag keeps serving.",
-            confined=True,
+            flags=cli_flags(options),
         )
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
-        """get_version() through the same child runner simulations use, inside the image."""
-        probe = (  # confined as in a job: the model's uid, not root (no bubblewrap in images)
-            f"import os; os.environ.update(CS_SANDBOX='uid', CS_MODEL_UID='{MODEL_UID}'); "
-            "import json; from prefect_cs.flows.runtime.model_process import call_model; "
-            f"c = call_model({MODEL_PYTHON!r}, 'get_version', [], timeout=120, "
-            f"runner={MODEL_VENV + '/' + RUNTIME_DIR + '/child.py'!r}); "
-            "print('CS-VERSION ' + json.dumps({'ok': c.ok, 'result': c.result, 'error': c.error}))"
-        )
-        output = run_in_image(
-            "get-version",
+        """get_version() in a container of the new image, with the platform's runner bound in
+        read-only (flows/runtime/container.py): no platform code of the image runs."""
+        call = call_in_image(
+            docker_client(),
             entry.image or "",
-            [f"{PLATFORM_VENV}/bin/python", "-c", probe],
-            logger,
+            MODEL_PYTHON,
+            "get_version",
+            [],
             timeout=180,
+            bounds=VERSION_BOUNDS,
         )
-        line = next(
-            (ln for ln in reversed(output.splitlines()) if ln.startswith("CS-VERSION ")), ""
-        )
-        if not line:
-            raise StepFailed(f"get_version() printed no result in the new image:\n{output}")
-        answer = json.loads(line.removeprefix("CS-VERSION "))
-        if not answer["ok"]:
-            raise StepFailed(f"get_version() failed in the new image: {answer['error']}")
-        return str(answer["result"])
+        if not call.ok:
+            raise StepFailed(f"get_version() failed in the new image: {call.error}")
+        return str(call.result)
 
     def push(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> PublishedTag:
         registry = resolve_registry()

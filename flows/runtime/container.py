@@ -1,0 +1,198 @@
+"""A model call in a container of the model's own image: the container tiers' model sandbox.
+
+On the Docker and Kubernetes tiers the model's environment is an image its own build wrote, as
+root: anything in it (a `.pth`, `sitecustomize`, `/etc/ld.so.preload`, the interpreter) may be
+the model's. So the platform never runs its own code in that image: each call of the model's
+code is one container of it, started by the flow from outside through the Docker SDK, that
+holds nothing of the platform but two things bound in per call:
+
+- the platform's runner (child.py), read-only, from the platform's own files, never a copy
+  the image carries;
+- a fresh exchange folder holding the request; the model writes its answer there, and the flow
+  reads it as it reads the process tier's (model_process: no links followed, size-capped).
+
+The container runs as uid 10001 with a read-only root filesystem, every capability dropped,
+`no-new-privileges`, Docker's default seccomp profile, no network (unless the model declares
+`internet`, then a bridge network of its own, never the host's), and the kernel limits of the
+model config: memory (no swap), pids, CPUs, and a size-limited tmpfs for its work folder (its
+HOME and TMPDIR). It gets only the environment `child_environment` gives every model call:
+its declared secrets, nothing of the platform's. It is removed when the call ends.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect_cs.flows.runtime.confinement import Bounds
+from prefect_cs.flows.runtime.model_process import (
+    CHILD_SCRIPT,
+    ModelCall,
+    _read_response,
+    _run_seconds,
+    child_environment,
+)
+
+MODEL_UID = 10001
+EXCHANGE = "/cs/exchange"  # the per-call folder: request.json in, response.json out
+RUNNER = "/cs/runtime/child.py"  # the platform's runner, bound read-only
+WORK = "/cs/work"  # the model's writable tmpfs: cwd, HOME, TMPDIR
+INTERNET_NETWORK = "cs-model-internet"  # a bridge of its own for `internet: true` models
+TAIL_BYTES = 64 * 1024
+
+
+def container_options(
+    bounds: Bounds, network: bool, env: dict[str, str], exchange: Path | None = None
+) -> dict[str, Any]:
+    """The Docker SDK's `containers.run` options for one piece of model code (see the module
+    docstring); tiers/docker.py builds its `docker run` flags for the model's tests from them."""
+    memory = f"{bounds.memory_mib}m" if bounds.memory_mib else None
+    options: dict[str, Any] = {
+        "user": f"{MODEL_UID}:{MODEL_UID}",
+        "read_only": True,
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges"],
+        "network_mode": "bridge" if network else "none",
+        "environment": env,
+        "working_dir": WORK,
+        "tmpfs": {WORK: f"size={bounds.disk_mib or 1024}m,mode=0700,uid={MODEL_UID}"},
+        "mem_limit": memory,
+        "memswap_limit": memory,  # the same figure: no swap to escape into
+        "pids_limit": bounds.pids,
+        "nano_cpus": int(bounds.cpus * 1e9) if bounds.cpus else None,
+        "shm_size": f"{min(bounds.memory_mib or 64, 64)}m",
+        "volumes": {str(CHILD_SCRIPT): {"bind": RUNNER, "mode": "ro"}},
+    }
+    if network:
+        options["network"] = INTERNET_NETWORK
+        options.pop("network_mode")
+    if exchange is not None:
+        options["volumes"][str(exchange)] = {"bind": EXCHANGE, "mode": "rw"}
+    return {key: value for key, value in options.items() if value is not None}
+
+
+def cli_flags(options: dict[str, Any]) -> list[str]:
+    """The same options as `docker run` flags (for steps that stream their output: the model's
+    tests). Environment values go on the command line, so never use it with declared secrets."""
+    flags = ["--user", options["user"], "--read-only", "--cap-drop", "ALL"]
+    flags += ["--security-opt", "no-new-privileges", "--workdir", options["working_dir"]]
+    flags += ["--network", options.get("network", options.get("network_mode", "none"))]
+    for path, spec in options["tmpfs"].items():
+        flags += ["--tmpfs", f"{path}:{spec}"]
+    for name in ("mem_limit", "memswap_limit", "pids_limit", "shm_size"):
+        if name in options:
+            flag = {"mem_limit": "--memory", "memswap_limit": "--memory-swap"}.get(
+                name, "--" + name.replace("_", "-")
+            )
+            flags += [flag, str(options[name])]
+    if "nano_cpus" in options:
+        flags += ["--cpus", f"{options['nano_cpus'] / 1e9:g}"]
+    for source, bind in options["volumes"].items():
+        flags += ["--volume", f"{source}:{bind['bind']}:{bind['mode']}"]
+    for name, value in options["environment"].items():
+        flags += ["--env", f"{name}={value}"]  # on argv: only for environments without secrets
+    return flags
+
+
+def model_environment(python: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    """What a model call in a container gets: `child_environment`, with the container's own
+    work folder as HOME and TMPDIR, and nothing of the flow's environment."""
+    values = child_environment(python, env, home=WORK)
+    values["TMPDIR"] = WORK
+    values.pop("SSL_CERT_FILE", None)  # a path of the flow's machine, not of the image
+    return values
+
+
+def call_in_image(
+    client: Any,
+    image: str,
+    python: str,
+    function: str,
+    args: list[Any],
+    timeout: float,
+    bounds: Bounds,
+    env: dict[str, str] | None = None,
+    network: bool = False,
+) -> ModelCall:
+    """Run `cs_config.functions.<function>(*args)` in a container of `image` (see the module
+    docstring); `python` is the image's model interpreter. Never raises for the model's faults."""
+    exchange = Path(tempfile.mkdtemp(prefix="cs-exchange-"))
+    name = f"cs-call-{uuid.uuid4().hex[:12]}"
+    try:
+        (exchange / "request.json").write_text(
+            json.dumps({"function": function, "args": args, "with_version": True})
+        )
+        os.chown(exchange, MODEL_UID, MODEL_UID) if os.geteuid() == 0 else None
+        exchange.chmod(0o700)
+        if network:
+            ensure_internet_network(client)
+        argv = [python, "-I", RUNNER, f"{EXCHANGE}/request.json", f"{EXCHANGE}/response.json"]
+        options = container_options(bounds, network, model_environment(python, env), exchange)
+        started = time.perf_counter()
+        container = client.containers.run(image, argv, name=name, detach=True, **options)
+        return _finish(container, exchange, timeout, bounds, started)
+    finally:
+        _remove(client, name)
+        shutil.rmtree(exchange, ignore_errors=True)
+
+
+def _finish(
+    container: Any, exchange: Path, timeout: float, bounds: Bounds, started: float
+) -> ModelCall:
+    """Wait (bounded), then read the answer, the output's tail and how the container ended."""
+    try:
+        code = container.wait(timeout=timeout)["StatusCode"]
+    except Exception:  # noqa: BLE001 - the SDK's timeout is a requests error: the call overran
+        container.kill()
+        lived = time.perf_counter() - started
+        error = (
+            f"the model did not finish within its time limit of {timeout:g} seconds and was stopped"
+        )
+        return ModelCall(ok=False, error=error, output=_tail(container), seconds=lived)
+    lived = time.perf_counter() - started
+    container.reload()
+    output = _tail(container)
+    if container.attrs["State"].get("OOMKilled"):
+        error = (
+            f"the model used more than its memory limit of {bounds.memory_mib:,} MiB and was"
+            " killed by the kernel: raise `memory` (or `memory_limit_factor`) in the model config"
+        )
+        return ModelCall(ok=False, error=error, output=output, seconds=lived)
+    call = _read_response(exchange / "response.json", code, bounds.memory_mib, output)
+    call.seconds = _run_seconds(call.seconds, lived)
+    return call
+
+
+def _tail(container: Any) -> str:
+    try:
+        return container.logs(tail=200)[-TAIL_BYTES:].decode(errors="replace")
+    except Exception:  # noqa: BLE001 - the output is informative only
+        return ""
+
+
+def _remove(client: Any, name: str) -> None:
+    try:
+        client.containers.get(name).remove(force=True)
+    except Exception:  # noqa: BLE001 - never started, or already gone
+        pass
+
+
+def ensure_internet_network(client: Any) -> None:
+    """A bridge network for models with the internet: their own namespace (not the host's),
+    with no inter-container traffic between the models on it."""
+    import docker.errors
+
+    try:
+        client.networks.get(INTERNET_NETWORK)
+    except docker.errors.NotFound:
+        client.networks.create(
+            INTERNET_NETWORK,
+            driver="bridge",
+            options={"com.docker.network.bridge.enable_icc": "false"},
+        )

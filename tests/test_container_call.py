@@ -1,0 +1,137 @@
+"""A model call in a container of the model's own image (flows/runtime/container.py), for real.
+
+The image is the attacker app on the local base image, built the way a model's build could
+leave it: its own `.pth` and `sitecustomize.py` in the model venv, a runner of its own where
+the old images kept the platform's, and no platform venv at all. The calls must work (the
+platform's runner is bound in from outside), and the attacks from inside must get nothing:
+the flow's environment, any network, the image's files, more memory or processes than the
+bounds give.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+
+import pytest
+from prefect_cs.flows.runtime.confinement import Bounds
+from prefect_cs.flows.runtime.container import call_in_image
+from prefect_cs.testing.docker_tier import BASE_IMAGE, ensure_docker
+from prefect_cs.testing.models import EXAMPLES
+
+ATTACKER = EXAMPLES / "attacker-app" / "cs-config" / "cs_config"
+MODEL_PYTHON = "/opt/cs/model/bin/python"
+PLANTED = "cs-planted-ran"
+DOCKERFILE = f"""
+FROM {BASE_IMAGE}
+RUN python3 -m venv /opt/cs/model
+COPY cs_config /opt/cs/model/lib/python3.11/site-packages/cs_config
+# What a model's root build step may leave: code that runs in every interpreter of the image,
+# and a runner of its own where the old images kept the platform's.
+RUN echo 'import os; open("/tmp/{PLANTED}", "w") if os.access("/tmp", os.W_OK) else None' \\
+      > /opt/cs/model/lib/python3.11/site-packages/zz-planted.pth \\
+ && mkdir -p /opt/cs/model/cs-runtime \\
+ && echo 'raise SystemExit("the image runner ran")' > /opt/cs/model/cs-runtime/child.py
+"""
+
+
+def build_context() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        data = DOCKERFILE.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        tar.add(str(ATTACKER), arcname="cs_config")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def client():
+    import docker
+
+    ensure_docker()
+    return docker.from_env(timeout=600)
+
+
+@pytest.fixture(scope="module")
+def image(client):
+    tag = f"cs-tests-container-call:{uuid.uuid4().hex[:8]}"
+    client.images.build(fileobj=io.BytesIO(build_context()), custom_context=True, tag=tag, rm=True)
+    yield tag
+    client.images.remove(tag, force=True)
+
+
+def call(client, image, function, args, bounds=None, **kwargs):
+    bounds = bounds or Bounds(memory_mib=512, pids=128, cpus=1.0, disk_mib=64)
+    return call_in_image(
+        client, image, MODEL_PYTHON, function, args, timeout=120, bounds=bounds, **kwargs
+    )
+
+
+def test_the_platforms_runner_answers_in_an_image_without_platform_code(client, image):
+    """get_version works though the image's own runner would exit and it has no platform venv:
+    the runner that ran is the platform's, bound in read-only."""
+    result = call(client, image, "get_version", [])
+    assert result.ok, result.error
+    assert result.result == "1.0.0"
+
+
+def test_attacks_from_inside_the_container_get_nothing(client, image):
+    """The attacker's probes (the flow's environment, the API, Redis, the web app, the files,
+    writes outside its folder, nested namespaces) from run_model in its container."""
+    targets = {"api": "http://127.0.0.1:4200/api", "webapp": "http://127.0.0.1:8765"}
+    result = call(client, image, "run_model", [{"targets": targets}, {}])
+    assert result.ok, result.error
+    report = json.loads(result.result["downloadable"][0]["data"])
+    assert report["ran"] == 14, report  # every probe ran: a broken one cannot pass
+    assert report["uid"] == 10001
+    got = {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
+    assert got == {}, got
+
+
+def test_the_memory_bound_holds_across_processes(client, image):
+    meta = {"bound_attack": "memory_hog", "args": {"children": 4, "mib": 200, "shm_mib": 0}}
+    result = call(client, image, "run_model", [meta, {}], bounds=Bounds(memory_mib=256, pids=64))
+    assert not result.ok
+    assert "memory limit of 256 MiB" in result.error, result.error
+
+
+def test_the_pids_bound_stops_a_fork_bomb(client, image):
+    meta = {"bound_attack": "fork_bomb", "args": {"limit": 500}}
+    result = call(client, image, "run_model", [meta, {}], bounds=Bounds(memory_mib=512, pids=64))
+    assert result.ok, result.error
+    figures = json.loads(result.result["renderable"][0]["data"])
+    assert figures["stopped_by"] is not None and figures["processes"] < 64, figures
+
+
+def test_the_work_folder_is_a_bounded_tmpfs(client, image):
+    meta = {"bound_attack": "disk_fill", "args": {"mib": 500}}
+    result = call(
+        client, image, "run_model", [meta, {}], bounds=Bounds(memory_mib=1024, disk_mib=32)
+    )
+    assert result.ok, result.error
+    figures = json.loads(result.result["renderable"][0]["data"])
+    assert figures["stopped_by"] is not None and figures["written_mib"] <= 32, figures
+
+
+def test_a_container_outliving_its_time_limit_is_stopped_and_removed(client, image):
+    functions_hang = {
+        "bound_attack": "memory_hog",
+        "args": {"children": 1, "mib": 1, "shm_mib": 0, "hold": 600},
+    }
+    before = {c.name for c in client.containers.list(all=True)}
+    result = call_in_image(
+        client,
+        image,
+        MODEL_PYTHON,
+        "run_model",
+        [functions_hang, {}],
+        timeout=3,
+        bounds=Bounds(memory_mib=256, pids=64),
+    )
+    assert not result.ok and "time limit of 3 seconds" in result.error, result.error
+    left = {c.name for c in client.containers.list(all=True)} - before
+    assert not [n for n in left if n.startswith("cs-call-")]
