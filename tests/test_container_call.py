@@ -58,8 +58,18 @@ def client():
 
 @pytest.fixture(scope="module")
 def image(client):
+    import docker.errors
+
     tag = f"cs-tests-container-call:{uuid.uuid4().hex[:8]}"
-    client.images.build(fileobj=io.BytesIO(build_context()), custom_context=True, tag=tag, rm=True)
+    for attempt in (1, 2):  # the engine has failed a build once under a concurrent one here
+        try:
+            client.images.build(
+                fileobj=io.BytesIO(build_context()), custom_context=True, tag=tag, rm=True
+            )
+            break
+        except (docker.errors.BuildError, docker.errors.APIError):
+            if attempt == 2:
+                raise
     yield tag
     client.images.remove(tag, force=True)
 
