@@ -275,3 +275,51 @@ def test_two_tags_promoted_at_once_never_end_on_the_older_one(misbehaving):
     assert again.returncode == 1 and "models rollback tests/Race v3.10" in " ".join(out.split())
     assert ModelConfig.for_model("tests", "Race").latest_tag == "v3.20"
     assert read_deployment("simulate/tests-race").version == "v3.20"
+
+
+def test_the_record_lock_makes_read_check_write_one_step(misbehaving, monkeypatch):
+    """The same race with the window between promote's read and its write held open (a slow
+    save): without the model's record lock both promotes read v3.0, both pass the check, and
+    the later write (v3.10) wins. With it, v3.10 reads the record only after v3.20's write."""
+    import threading
+    import time
+
+    from prefect_cs.flows.publish import publish
+
+    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
+    ModelConfig(
+        owner="tests",
+        title="RaceLock",
+        repo_url=misbehaving.repo_url,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
+        latest_tag="v3.0",
+    ).save_model()
+    save = ModelConfig.save_model
+
+    def slow_save(self: ModelConfig) -> None:
+        if self.title == "RaceLock":
+            time.sleep(1.5)
+        save(self)
+
+    monkeypatch.setattr(ModelConfig, "save_model", slow_save)
+    states: dict[str, object] = {}
+
+    def promote(tag: str) -> None:
+        states[tag] = publish(
+            "tests", "RaceLock", tag, "promote", forward_only=True, return_state=True
+        )
+
+    threads = [threading.Thread(target=promote, args=(tag,)) for tag in ("v3.20", "v3.10")]
+    threads[0].start()
+    time.sleep(0.5)
+    threads[1].start()
+    for thread in threads:
+        thread.join(300)
+    monkeypatch.undo()
+    assert ModelConfig.for_model("tests", "RaceLock").latest_tag == "v3.20"
+    assert states["v3.20"].is_completed() and states["v3.10"].is_failed()
+    assert "older than the promoted 'v3.20'" in states["v3.10"].message

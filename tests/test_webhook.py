@@ -677,30 +677,30 @@ def test_the_signature_is_checked_before_the_body_is_parsed(
 ):
     """The receiver app itself, in this process, with parse_payload watched: a forged
     delivery is refused without the body ever reaching the JSON parser."""
+    import anyio
     import prefect_cs.services.webhook as webhook
     from prefect_cs.core.settings import WebhookSettings
-    from starlette.testclient import TestClient
 
     parsed: list[bytes] = []
     real = webhook.parse_payload
     monkeypatch.setattr(webhook, "parse_payload", lambda body: parsed.append(body) or real(body))
     settings = WebhookSettings(db_path=tmp_path / "d.sqlite3", publishes_per_hour=0)
-    with TestClient(webhook.create_app(settings, secret=webhook_secret)) as client:
-        body = json.dumps(tag_push(MODEL_REPO, "v1", new_sha())).encode()
-        headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "parse-" + new_sha()[:10]}
-        forged = client.post(
-            "/github",
-            content=body,
-            headers=headers | {"X-Hub-Signature-256": signature("not-the-secret", body)},
-        )
+    transport = httpx.ASGITransport(app=webhook.create_app(settings, secret=webhook_secret))
+    body = json.dumps(tag_push(MODEL_REPO, "v1", new_sha())).encode()
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "parse-" + new_sha()[:10]}
+
+    async def post(raw: bytes, key: str, event: str = "push") -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            signed = {"X-GitHub-Event": event, "X-Hub-Signature-256": signature(key, raw)}
+            return await client.post("/github", content=raw, headers=headers | signed)
+
+    async def attack() -> None:
+        forged = await post(body, "not-the-secret")
         assert forged.status_code == 401 and parsed == []
-        ping = client.post(
-            "/github",
-            content=b"{}",
-            headers=headers
-            | {"X-GitHub-Event": "ping", "X-Hub-Signature-256": signature(webhook_secret, b"{}")},
-        )
+        ping = await post(b"{}", webhook_secret, "ping")
         assert ping.json() == {"status": "pong"} and parsed == [b"{}"]
+
+    anyio.run(attack)
 
 
 def test_a_status_never_goes_to_the_repository_or_commit_a_payload_names(
