@@ -61,7 +61,15 @@ class PublishedTag(BaseModel):
         " interpreter it was made from), recorded by the platform before any model code ran:"
         " never read from the venv's pyvenv.cfg or symlinks, which the model could rewrite.",
     )
-    published_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    published_at: datetime = Field(
+        default_factory=lambda: datetime.now(UTC),
+        description="When the tag was first published on this tier; a re-publish keeps it.",
+    )
+    commit: str | None = Field(
+        default=None,
+        description="The commit the clone resolved the tag to (what was built and tested); the"
+        " commit status of a later promote goes on it.",
+    )
 
 
 class ModelConfig(Block):
@@ -224,10 +232,16 @@ class ModelConfig(Block):
         )
 
     def record(self, entry: PublishedTag) -> None:
-        """Keep one entry per tag and tier, the newest last."""
-        self.published_tags = [
-            e for e in self.published_tags if (e.tag, e.tier) != (entry.tag, entry.tier)
-        ] + [entry]
+        """Keep one entry per tag and tier. A new one goes last; a re-publish (e.g. a pull
+        request staged again) replaces its entry in place and keeps its first `published_at`:
+        publish order, which tells non-version tags apart for the older-tag rule, never moves."""
+        for index, old in enumerate(self.published_tags):
+            if (old.tag, old.tier) == (entry.tag, entry.tier):
+                kept = entry.model_copy(update={"published_at": old.published_at})
+                tags = self.published_tags
+                self.published_tags = [*tags[:index], kept, *tags[index + 1 :]]
+                return
+        self.published_tags = [*self.published_tags, entry]
 
     @classmethod
     def for_model(cls, owner: str, title: str) -> ModelConfig:

@@ -96,6 +96,11 @@ def models_publish(
     name: str,
     tag: str = typer.Option(None, help="Git tag to publish (default: the config's repo_tag)."),
     steps: str = typer.Option("all", help="all | stage | promote"),
+    forward_only: bool = typer.Option(
+        False,
+        "--forward-only",
+        help="Refuse to promote a tag older than the promoted one (as webhooks do).",
+    ),
 ) -> None:
     """Publish a model: clone, build, test, push, stage, promote, deploy (a flow run you can watch in the UI)."""
     from prefect_cs.flows.publish import publish
@@ -103,7 +108,7 @@ def models_publish(
     owner, title = split_model(name)
     if steps not in ("all", "stage", "promote"):
         exit_with_error("--steps must be all, stage or promote")
-    state = publish(owner, title, tag, steps, return_state=True)
+    state = publish(owner, title, tag, steps, forward_only=forward_only, return_state=True)
     if state.is_failed():
         exit_with_error(f"publish of {name} failed: {state.message}")
     exit_with_success(f"[green]published[/green] {name}: {state.result()}")

@@ -30,6 +30,11 @@ class TooDeep(CSError, ValueError):
     """JSON from outside (a request body, an adjustment) nested deeper than CS_LIMITS_JSON_DEPTH."""
 
 
+class OlderTag(CSError, ValueError):
+    """A forward-only promote (every webhook publish) refused a tag older than the promoted one;
+    the message names both and the rollback command."""
+
+
 class StepFailed(CSError, RuntimeError):
     """A publish step failed; the message carries the step's own output."""
 

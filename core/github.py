@@ -21,7 +21,7 @@ import logging
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
 import httpx
 from prefect_cs.core.errors import CSError
@@ -40,6 +40,27 @@ PR_FILES_PER_PAGE = 100
 READ_TIMEOUT_CAP = 8.0
 READS = Retry(attempts=1, timeout=READ_TIMEOUT_CAP)
 STATUS_BACKOFF, STATUS_MAX_DELAY = 1.0, 2.0  # seconds before the 2nd try, and the cap after
+
+
+def repository_of(repo_url: str) -> str | None:
+    """ "owner/name" of a model's registered repo_url (https, ssh, git:// or user@host:path, with
+    or without .git), or None for a local path: the only repository a publish reports to,
+    whatever a delivery's payload named."""
+    url = repo_url.strip()
+    if scp := re.match(r"^[\w.-]+@[\w.-]+:(?!//)(.+)$", url):
+        path = scp[1]
+    elif re.match(r"^(https?|ssh|git)://", url):
+        path = urlparse(url).path
+    else:
+        return None
+    name = path.strip("/").removesuffix(".git")
+    return name if REPO_RE.fullmatch(name) else None
+
+
+def status_context(base: str, owner: str, title: str) -> str:
+    """One context per model (`prefect-cs/publish/OWNER/TITLE`): several models of one
+    repository or pull request each keep their own status instead of the last one winning."""
+    return f"{base}/{owner}/{title}"
 
 
 def get_github_settings() -> GitHubSettings:
@@ -134,6 +155,14 @@ class GitHubClient:
                 break
         return names
 
+    def pull_request(self, repo: str, number: int) -> dict[str, Any]:
+        """GET /repos/{repo}/pulls/{number}: GitHub's own word on its state, `merged` and
+        `merge_commit_sha` (a delivery's payload is only what its signer wrote)."""
+        data = self._get_json(f"/repos/{repo}/pulls/{number}", {})
+        if not isinstance(data, dict):
+            raise GitHubError(f"GitHub API pull request {repo}#{number}: unexpected answer")
+        return data
+
     def file_at(self, repo: str, path: str, ref: str) -> str:
         """The text of `path` at commit/branch/tag `ref`."""
         data = self._get_json(f"/repos/{repo}/contents/{quote(path)}", {"ref": ref})
@@ -184,6 +213,7 @@ class CommitStatus:
     target_url: str | None
     logger: logging.Logger | logging.LoggerAdapter
     settings: GitHubSettings | None = None
+    context: str | None = None  # default: CS_GITHUB_STATUS_CONTEXT
 
     @property
     def active(self) -> bool:
@@ -218,7 +248,12 @@ class CommitStatus:
                 return False
             try:
                 github.post_status(
-                    repo, sha, state, description, settings.status_context, self.target_url
+                    repo,
+                    sha,
+                    state,
+                    description,
+                    self.context or settings.status_context,
+                    self.target_url,
                 )
             except RequestFailed as exc:
                 self.logger.warning(

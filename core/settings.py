@@ -190,6 +190,17 @@ class WebhookSettings(BaseSettings):
     db_path: Path | None = Field(
         default=None, description="Default: $CS_HOME/webhook/deliveries.sqlite3"
     )
+    publishes_per_hour: int = Field(
+        default=30,
+        ge=0,
+        description="Most publishes the receiver starts for one model in any hour (a key holder"
+        " cannot flood the pool); later deliveries get 202 with the reason; 0 turns it off.",
+    )
+    publish_repo_secret_name: str | None = Field(
+        default=None,
+        description="Cluster secret holding the publish repository's own HMAC key: when set, its"
+        " pull requests are accepted only signed with it (the cluster key no longer does).",
+    )
 
 
 class ApiSettings(BaseSettings):

@@ -46,6 +46,9 @@ PUBLISH_TRIGGERS: list[dict[str, Any]] = [
             "steps": _label("cs.steps"),
             "sha": _label("cs.sha"),
             "repo": _label("cs.repo"),
+            # whatever emitted the event, its publish never promotes an older tag (promote
+            # checks under the model's record lock); `prefect-cs models rollback` goes back
+            "forward_only": True,
         },
     }
 ]

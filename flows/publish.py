@@ -3,6 +3,18 @@
 Each step is a task, so the Prefect UI shows them one by one. Promotion is the
 last thing that changes the model record: any failure before it leaves the
 previously promoted tag serving.
+
+Forward only. A webhook-started publish (the trigger sets `forward_only`) and an
+operator who asks for it never promote a tag older than the one promoted at that
+moment: `promote` re-reads the record under the model's record lock
+(flows/model_lock.py), compares (core/tag_order.py) and writes, so two tags
+pushed at once cannot end with the older one promoted. `prefect-cs models
+rollback` is the way back on purpose.
+
+Commit statuses go to the model's own repository (its registered repo_url) and
+the commit the clone resolved the tag to (recorded with the published tag for a
+later promote), never to a repository or commit a request named; one context
+per model.
 """
 
 from __future__ import annotations
@@ -17,12 +29,14 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import StepFailed
-from prefect_cs.core.github import CommitStatus
+from prefect_cs.core.errors import OlderTag, StepFailed
+from prefect_cs.core.github import CommitStatus, repository_of, status_context
 from prefect_cs.core.home import traverse_folder
 from prefect_cs.core.names import check_tag, path_component
 from prefect_cs.core.repo_urls import clone_source, git_protocols
 from prefect_cs.core.settings import get_settings
+from prefect_cs.core.tag_order import older_tag_message, older_than_promoted
+from prefect_cs.flows.model_lock import model_record_lock
 from prefect_cs.tiers import get_tier
 from prefect_cs.tiers.steps import run_step
 
@@ -112,24 +126,40 @@ def push(model: ModelConfig, entry: PublishedTag) -> PublishedTag:
 
 @task(name="register")
 def register(owner: str, title: str, entry: PublishedTag) -> None:
-    model = ModelConfig.for_model(owner, title)
-    model.record(entry)
-    model.save_model()
+    with model_record_lock(owner, title):
+        model = ModelConfig.for_model(owner, title)
+        model.record(entry)
+        model.save_model()
     get_run_logger().info("registered %s/%s@%s (%s tier)", owner, title, entry.tag, entry.tier)
 
 
 @task(name="stage")
 def stage(owner: str, title: str, tag: str) -> None:
-    model = ModelConfig.for_model(owner, title)
-    model.staging_tag = tag
-    model.save_model()
+    with model_record_lock(owner, title):
+        model = ModelConfig.for_model(owner, title)
+        model.staging_tag = tag
+        model.save_model()
+
+
+def refuse_older(model: ModelConfig, tag: str) -> None:
+    """OlderTag when `tag` is older than the tag `model` (just re-read) has promoted."""
+    history = [e.tag for e in model.published_tags]
+    how = older_than_promoted(tag, model.latest_tag, history)
+    if how is not None:
+        raise OlderTag(
+            older_tag_message(f"{model.owner}/{model.title}", tag, model.latest_tag, how)
+        )
 
 
 @task(name="promote")
-def promote(owner: str, title: str, tag: str) -> PublishedTag:
-    """Make `tag` the default for new simulations (it must have been published)."""
+def promote(owner: str, title: str, tag: str, forward_only: bool = False) -> PublishedTag:
+    """Make `tag` the default for new simulations (it must have been published). Call it under
+    the model's record lock: the record is read here, checked, and written, one writer at a
+    time. forward_only: refuse (OlderTag) a tag older than the one promoted right now."""
     model = ModelConfig.for_model(owner, title)
     entry = model.published(tag)
+    if forward_only:
+        refuse_older(model, tag)
     previous, model.latest_tag = model.latest_tag, tag
     model.save_model()
     get_run_logger().info("promoted %s/%s: %s → %s", owner, title, previous, tag)
@@ -175,22 +205,33 @@ def publish(
     steps: Steps = "all",
     sha: str | None = None,
     repo: str | None = None,
+    forward_only: bool = False,
 ) -> dict:
     """Publish OWNER/TITLE at `tag` (default: the model config's repo_tag).
 
     steps: "all" (build, test, push, stage, promote, deploy), "stage" (stop after
     staging: a pull request's check), "promote" (promote and deploy an already
     published tag: the merge).
-    repo ("owner/name" on GitHub) and sha: the commit that gets a status
-    (pending, then success or failure linked to this run); without repo, none.
+    repo: when given, the run reports commit statuses (pending, then success or
+    failure linked to this run) — always on the model's own repository (its
+    repo_url) and the commit the clone resolved; sha is the commit the requester
+    saw, only compared with it (logged when they differ).
+    forward_only: refuse to promote a tag older than the promoted one (webhooks set it).
     """
-    status = CommitStatus(repo or None, sha or None, flow_run.ui_url, get_run_logger())
-    status.report("pending", f"publishing {owner}/{title}@{tag or 'repo_tag'} ({steps})")
+    logger = get_run_logger()
+    status = CommitStatus(None, None, flow_run.ui_url, logger)
     try:
-        result = _publish(owner, title, tag, steps, status)
+        result = _publish(owner, title, tag, steps, status, forward_only, report=bool(repo))
+    except OlderTag as exc:
+        status.report("failure", f"refused: {exc}")
+        raise
     except BaseException:
         status.report("failure", f"publish of {owner}/{title} failed: see the flow run")
         raise
+    if sha and status.sha and sha != status.sha:
+        logger.warning(
+            "the request named commit %s; the status went on %s, the one built", sha, status.sha
+        )
     done = "staged" if "staged" in result else "promoted and deployed"
     status.report(
         "success", f"{owner}/{title}@{result.get('staged') or result.get('promoted')} {done}"
@@ -198,26 +239,46 @@ def publish(
     return result
 
 
-def _publish(owner: str, title: str, tag: str | None, steps: Steps, status: CommitStatus) -> dict:
+def report_on(status: CommitStatus, model: ModelConfig, commit: str | None, what: str) -> None:
+    """Point the status at the model's own repository and `commit` (what was built), then
+    report pending; no repository (a local repo_url) or no commit: nothing is reported."""
+    status.repo, status.sha = repository_of(model.repo_url), commit
+    status.context = status_context(get_settings().github.status_context, model.owner, model.title)
+    status.report("pending", f"publishing {what}")
+
+
+def _publish(
+    owner: str,
+    title: str,
+    tag: str | None,
+    steps: Steps,
+    status: CommitStatus,
+    forward_only: bool = False,
+    report: bool = False,
+) -> dict:
     model = ModelConfig.for_model(owner, title)
     tag = check_tag(tag or model.repo_tag)
+    what = f"{owner}/{title}@{tag} ({steps})"
     if steps != "promote":
         source = clone(model, tag)
         try:
-            if status.repo and not status.sha:  # a release names no commit: report on the clone's
-                status.sha = head_commit(source)
-                status.report("pending", f"publishing {owner}/{title}@{tag} ({steps})")
+            commit = head_commit(source)
+            if report:
+                report_on(status, model, commit, what)
             entry = build_environment(model, source, tag)
             version = run_model_tests(model, entry, source)
-            entry = push(model, entry.model_copy(update={"version": version}))
+            entry = push(model, entry.model_copy(update={"version": version, "commit": commit}))
             register(owner, title, entry)
             stage(owner, title, tag)
         finally:
             shutil.rmtree(source, ignore_errors=True)
         if steps == "stage":
             return {"staged": tag}
-    entry = promote(owner, title, tag)
-    name = deploy(owner, title, entry)
+    elif report:
+        report_on(status, model, model.published(tag).commit, what)
+    with model_record_lock(owner, title):
+        entry = promote(owner, title, tag, forward_only)
+        name = deploy(owner, title, entry)
     warm_inputs(owner, title, entry)
     create_markdown_artifact(
         key=f"publish-{model.slug}"[:100],

@@ -3,8 +3,10 @@
 It only decides *what* to publish and says so with a Prefect event; the
 publish deployment's trigger (deployments/triggers.py) starts the run.
 Order of checks, cheapest and safest first: body size (413), a well-formed
-signature header (401), the signature itself (401, nothing else happens),
-headers and JSON (400, as is a body nested past CS_LIMITS_JSON_DEPTH), then
+signature header (401), the signature itself against the bytes (401, nothing
+else happens: the body is not parsed), headers and JSON (400, as is a body
+that is not an object or nested past CS_LIMITS_JSON_DEPTH), whether the key
+that signed is the one the payload's repository needs (401), then
 the event's meaning (202 with a reason when it asks for nothing), then
 at-most-once (a SQLite file under CS_HOME, so restarts remember): per
 `X-GitHub-Delivery` *and* per signed body.
@@ -15,9 +17,13 @@ secret `GITHUB_WEBHOOK_SECRET` (`prefect-cs models -n OWNER/TITLE secrets set
 --name GITHUB_WEBHOOK_SECRET`); a delivery whose payload names that model's
 repository is valid only with that key. Models without one fall back to the
 cluster secret, as do deliveries for no model's repository (the publish
-repository's pull requests). Finding the key means reading the payload's
-`repository` before the signature is checked: the body is bounded and parsed
-as data, and nothing is acted on before a key has verified it. A model that
+repository's pull requests; or the publish repository's own key, the cluster
+secret named by `CS_WEBHOOK_PUBLISH_REPO_SECRET_NAME`, when set). The body is
+checked against every key the receiver knows (cluster, publish repository,
+each model's own) before it is read as anything but bytes; only then is it
+parsed, and the payload's repository must need one of the keys that signed
+it. A model with its own key is never published by a delivery signed with
+another one, the publish repository's pull requests included. A model that
 declares the secret without setting it accepts nothing (logged with the fix).
 Keys are cached for `CS_WEBHOOK_MODELS_CACHE_SECONDS`.
 
@@ -32,16 +38,24 @@ shows as an error. Real GitHub deliveries never repeat a body (a push names
 
 Older tags. A push or release never promotes a tag older than the model's
 promoted one (PEP 440 order where both tags parse, else the order they were
-published in; the registry as of at most CS_WEBHOOK_MODELS_CACHE_SECONDS ago):
-answered 202 with why. Rolling back is the CLI's job
-(`prefect-cs models rollback`).
+first published in): answered 202 with why from the registry as of at most
+CS_WEBHOOK_MODELS_CACHE_SECONDS ago, and every run the event starts is
+`forward_only`, so `promote` checks again against the record it overwrites
+(flows/publish.py); that check is the one that holds. Rolling back is the
+CLI's job (`prefect-cs models rollback`). Tags `check_tag` refuses and
+publishes past `CS_WEBHOOK_PUBLISHES_PER_HOUR` per model are answered 202 with
+the reason (services/webhook_rules.py).
 
 Mapping:
 - `push` of `refs/tags/T` or `release` published in a model's repository
   → publish that model (found by repository URL in the registry) at T;
 - `pull_request` opened/synchronize/reopened in the publish repository
   touching `config/OWNER/TITLE.yaml` → steps="stage" at the tag the PR's file names;
-- that pull request closed with merged=true → steps="promote".
+- that pull request closed with merged=true → steps="promote", only once
+  GitHub itself says it is merged (`GET /repos/{repo}/pulls/{n}`), reading the
+  config at the merge commit GitHub names; the payload's word is not enough.
+Each request names the model's own repository for its commit status (the
+publish run reports on the commit it built there), never the payload's.
 GitHub does not put a PR's changed files in the payload: they are read from
 `{CS_GITHUB_API_URL}/repos/{repo}/pulls/{n}/files`, and the file itself from
 `/contents/{path}?ref={sha}` (the stand-in in tests, api.github.com otherwise),
@@ -69,15 +83,16 @@ from urllib.parse import urlparse
 
 import anyio
 import yaml
-from packaging.version import InvalidVersion, Version
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core import json_depth
 from prefect_cs.core.errors import NotConfigured, TooDeep
-from prefect_cs.core.github import GitHubClient, GitHubError
+from prefect_cs.core.github import SHA_RE, GitHubClient, GitHubError, repository_of
 from prefect_cs.core.home import PRIVATE_FILE, private_folder
 from prefect_cs.core.names import WEBHOOK_SECRET
 from prefect_cs.core.settings import WebhookSettings, get_settings
+from prefect_cs.core.tag_order import older_tag_message, older_than_promoted, tag_version
 from prefect_cs.deployments.triggers import PublishRequest, emit_publish_requested
+from prefect_cs.services.webhook_rules import PublishBudget, tag_refusal
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -91,6 +106,8 @@ DELIVERY_RE = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 SIGNATURE_RE = re.compile(r"^sha256=[0-9a-f]{64}$")
 PR_STAGE_ACTIONS = {"opened", "synchronize", "reopened"}
 GITHUB_BUDGET_SECONDS = 8.0  # all GitHub API calls of one delivery; GitHub gives up after 10 s
+CLUSTER, PUBLISH_REPO_KEY = "cluster", "publish-repository"  # labels of the non-model keys
+__all__ = ["older_than_promoted", "tag_version"]  # kept importable from here
 
 
 # ---- signature ------------------------------------------------------------------
@@ -227,6 +244,11 @@ class DeliveryStore:
                 raise
         return fresh
 
+    def forget_requests(self, keys: Sequence[str]) -> None:
+        """Un-record requests that were not sent after all (e.g. over the publish budget)."""
+        with self._lock:
+            self._db.executemany("DELETE FROM requests WHERE key = ?", [(k,) for k in keys])
+
     def release(self, delivery: str, keys: Sequence[str] = ()) -> None:
         """Forget a claim whose event could not be sent, so GitHub's redelivery is acted on."""
         with self._lock:
@@ -274,8 +296,17 @@ def normalize_repo_url(url: str) -> str:
 
 
 def repository_urls(repository: dict[str, Any]) -> set[str]:
+    """The payload's repository URLs, normalized; one that is not a URL at all (urlparse
+    raises on 'http://[x') names nothing."""
     keys = ("clone_url", "ssh_url", "html_url", "git_url", "svn_url", "url")
-    return {normalize_repo_url(v) for k in keys if isinstance(v := repository.get(k), str) and v}
+    urls = set()
+    for value in (repository.get(k) for k in keys):
+        if isinstance(value, str) and value:
+            try:
+                urls.add(normalize_repo_url(value))
+            except ValueError:
+                continue
+    return urls
 
 
 class Target(NamedTuple):
@@ -304,11 +335,19 @@ class ModelIndex:
 
     async def config(self, owner: str, title: str) -> ModelConfig | None:
         """The model's config as of at most `ttl` seconds ago; None when it is not registered."""
+        await self._fresh()
+        return self._configs.get((owner, title))
+
+    async def targets(self) -> list[Target]:
+        """Every registered model (whose own keys may have signed a delivery)."""
+        await self._fresh()
+        return sorted({t for found in self._by_url.values() for t in found})
+
+    async def _fresh(self) -> None:
         if time.monotonic() - self._loaded > self.ttl:
             async with self._lock:
                 if time.monotonic() - self._loaded > self.ttl:
                     await self._refresh()
-        return self._configs.get((owner, title))
 
     async def models_for(self, urls: set[str]) -> list[Target]:
         found = self._lookup(urls)
@@ -349,6 +388,7 @@ class KeyRing:
     cluster: str
     ttl: float
     lookup: Callable[[str, str], str | None] = model_key
+    publish_repo: str | None = None  # the publish repository's own key, if it has one
     _cache: dict[Target, tuple[float, str | None]] = field(
         default_factory=dict, init=False, repr=False
     )
@@ -368,6 +408,33 @@ class KeyRing:
             )
             return None
         return self.cluster
+
+    async def signer_of(self, target: Target) -> str | None:
+        """The label of the one key that signs for `target`: its name when it has its own key,
+        CLUSTER when not, None when it declares one that is not set (nothing signs for it)."""
+        key = await self.key_for(target)
+        if key is None:
+            return None
+        return CLUSTER if key is self.cluster else target.name
+
+    async def verified(self, body: bytes, header: str, targets: Sequence[Target]) -> set[str]:
+        """Labels of every known key that signed `body` (CLUSTER, PUBLISH_REPO_KEY, model names),
+        each distinct key tried once in constant time, before the body is parsed."""
+        candidates = [(CLUSTER, self.cluster)]
+        if self.publish_repo:
+            candidates.append((PUBLISH_REPO_KEY, self.publish_repo))
+        for target in targets:
+            if (own := await self._own(target)) is not None:
+                candidates.append((target.name, own))
+        by_key: dict[str, list[str]] = {}
+        for label, key in candidates:
+            by_key.setdefault(key, []).append(label)
+        return {
+            label
+            for key, labels in by_key.items()
+            if signature_ok(key, body, header)
+            for label in labels
+        }
 
     async def _own(self, target: Target) -> str | None:
         cached = self._cache.get(target)
@@ -395,6 +462,10 @@ class UpstreamError(Exception):
     """GitHub's API could not tell us what we need: answered 502, nothing recorded."""
 
 
+class Unsigned(Exception):
+    """Signed, but not with the key this delivery needs: answered 401."""
+
+
 def _dict(payload: dict[str, Any], key: str) -> dict[str, Any]:
     value = payload.get(key)
     if not isinstance(value, dict):
@@ -415,23 +486,31 @@ class Planner:
     settings: WebhookSettings
     models: ModelIndex
     github: GitHubClient
+    keys: KeyRing
 
     async def plan(
-        self, event: str, payload: dict[str, Any], delivery: str, signed_for: list[Target]
-    ) -> list[PublishRequest]:
-        """`signed_for`: the models of the payload's repository whose key verified the body."""
+        self,
+        event: str,
+        payload: dict[str, Any],
+        delivery: str,
+        signed_for: list[Target],
+        signers: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> tuple[list[PublishRequest], list[str]]:
+        """The requests, and why the delivery's other models are skipped. `signed_for`: the
+        models of the payload's repository whose key verified the body; `signers`: labels of
+        every key that did (KeyRing.verified)."""
         if event == "push":
             tag, sha = self._push_tag(payload), self._push_sha(payload)
-            return self._tag(payload, delivery, signed_for, tag, sha)
+            return await self._tag(payload, delivery, signed_for, tag, sha), []
         if event == "release":
             if payload.get("action") != "published":
                 raise Ignored(f"release action {payload.get('action')!r} is not 'published'")
             tag = _str(_dict(payload, "release").get("tag_name"), "release.tag_name")
-            return self._tag(payload, delivery, signed_for, tag, None)
+            return await self._tag(payload, delivery, signed_for, tag, None), []
         if event == "pull_request":
             try:
                 with anyio.fail_after(GITHUB_BUDGET_SECONDS):
-                    return await self._pull_request(payload, delivery)
+                    return await self._pull_request(payload, delivery, signers)
             except TimeoutError:
                 raise UpstreamError(
                     f"GitHub API ({self.github.api_url}) did not answer within"
@@ -454,8 +533,8 @@ class Planner:
         sha = head.get("id") if isinstance(head, dict) else payload.get("after")
         return sha if isinstance(sha, str) and sha.strip("0") else None
 
-    @staticmethod
-    def _tag(
+    async def _tag(
+        self,
         payload: dict[str, Any],
         delivery: str,
         models: list[Target],
@@ -465,47 +544,87 @@ class Planner:
         repository = _dict(payload, "repository")
         if not models:
             raise Ignored(f"no registered model has repository {repository.get('html_url')!r}")
-        full_name = (
-            repository.get("full_name") if isinstance(repository.get("full_name"), str) else None
-        )
+        if reason := tag_refusal(tag):
+            raise Ignored(reason)
         return [
-            PublishRequest(m.owner, m.title, tag, "all", delivery, sha=sha, repo=full_name)
+            PublishRequest(
+                m.owner, m.title, tag, "all", delivery, sha=sha, repo=await self._own_repo(m)
+            )
             for m in models
         ]
 
-    async def _pull_request(self, payload: dict[str, Any], delivery: str) -> list[PublishRequest]:
+    async def _own_repo(self, model: Target) -> str | None:
+        """The model's registered repository: where its publish reports (never the payload's)."""
+        config = await self.models.config(model.owner, model.title)
+        return repository_of(config.repo_url) if config is not None else None
+
+    async def _pull_request(
+        self, payload: dict[str, Any], delivery: str, signers: set[str]
+    ) -> tuple[list[PublishRequest], list[str]]:
         repository = _dict(payload, "repository")
         full_name = _str(repository.get("full_name"), "repository.full_name")
         if not self.settings.publish_repo:
             raise Ignored("no publish repository configured (CS_WEBHOOK_PUBLISH_REPO)")
         if full_name.lower() != self.settings.publish_repo.lower():
             raise Ignored(f"pull request in {full_name}, not the publish repository")
+        needed = PUBLISH_REPO_KEY if self.keys.publish_repo else CLUSTER
+        if needed not in signers:
+            raise Unsigned(f"pull requests of {full_name} must be signed with the {needed} key")
         pr = _dict(payload, "pull_request")
         action = payload.get("action")
-        if action in PR_STAGE_ACTIONS:
-            steps, sha = "stage", _str(_dict(pr, "head").get("sha"), "pull_request.head.sha")
-        elif action == "closed" and pr.get("merged") is True:
-            steps, sha = (
-                "promote",
-                _str(pr.get("merge_commit_sha"), "pull_request.merge_commit_sha"),
-            )
-        else:
-            raise Ignored(f"pull request action {action!r} asks for nothing")
         number = payload.get("number", pr.get("number"))
         if not isinstance(number, int):
             raise BadDelivery("payload has no pull request number")
+        if action in PR_STAGE_ACTIONS:
+            steps, sha = "stage", _str(_dict(pr, "head").get("sha"), "pull_request.head.sha")
+        elif action == "closed" and pr.get("merged") is True:
+            steps, sha = "promote", await self._merge_commit(full_name, number)
+        else:
+            raise Ignored(f"pull request action {action!r} asks for nothing")
         files = await self._github(self.github.pr_files, full_name, number)
         paths = [p for p in files if CONFIG_PATH_RE.match(p)]
         if not paths:
             raise Ignored(f"pull request #{number} changes no config/OWNER/TITLE.yaml")
-        requests = []
+        requests, skipped = [], []
         for path in paths:
             owner, title = CONFIG_PATH_RE.match(path).groups()  # type: ignore[union-attr]
+            if reason := await self._own_key_refusal(owner, title):
+                skipped.append(reason)
+                continue
             tag = repo_tag_of(await self._github(self.github.file_at, full_name, path, sha), path)
-            requests.append(
-                PublishRequest(owner, title, tag, steps, delivery, sha=sha, repo=full_name)
+            if reason := tag_refusal(tag):
+                skipped.append(f"{owner}/{title}: {reason}")
+                continue
+            repo = await self._own_repo(Target(owner, title))
+            requests.append(PublishRequest(owner, title, tag, steps, delivery, sha=sha, repo=repo))
+        if not requests:
+            raise Ignored("; ".join(skipped))
+        return requests, skipped
+
+    async def _merge_commit(self, repo: str, number: int) -> str:
+        """The merge commit GitHub itself names for a merged pull request; Ignored when GitHub
+        says it is not merged (a payload claiming so is only its signer's word)."""
+        found = await self._github(self.github.pull_request, repo, number)
+        sha = found.get("merge_commit_sha")
+        if found.get("merged") is not True or not isinstance(sha, str) or not SHA_RE.match(sha):
+            raise Ignored(
+                f"pull request #{number} of {repo} is not merged according to GitHub"
+                " (the delivery said it was): nothing is promoted"
             )
-        return requests
+        return sha
+
+    async def _own_key_refusal(self, owner: str, title: str) -> str | None:
+        """Why a publish-repository pull request must not publish this model: it has its own
+        key, and the pull request was signed with another."""
+        config = await self.models.config(owner, title)
+        declares = config is not None and WEBHOOK_SECRET in config.secrets
+        if await self.keys.signer_of(Target(owner, title, declares)) == CLUSTER:
+            return None
+        return (
+            f"{owner}/{title} has its own webhook key ({WEBHOOK_SECRET}): a publish-repository"
+            " pull request, signed with another key, never publishes it; push its tag signed"
+            f" with its key, or run `prefect-cs models publish {owner}/{title}`"
+        )
 
     @staticmethod
     async def _github(call: Callable[..., T], *args: Any) -> T:
@@ -529,42 +648,15 @@ def repo_tag_of(text: str, path: str) -> str | None:
 # ---- never back to an older tag ----------------------------------------------------------
 
 
-def tag_version(tag: str) -> Version | None:
-    """The tag as a PEP 440 version ('v1.10', '2.0rc1'), or None when it is not one ('stable')."""
-    try:
-        return Version(tag)
-    except InvalidVersion:
-        return None
-
-
-def older_than_promoted(tag: str, promoted: str | None, history: Sequence[str]) -> str | None:
-    """How `tag` is older than the promoted tag, or None when it is not (or cannot be told).
-    By version when both parse, else by the order tags were published in (`history`, oldest
-    first, as `ModelConfig.published_tags` keeps it); a tag never published is new."""
-    if promoted is None or tag == promoted:
-        return None
-    mine, theirs = tag_version(tag), tag_version(promoted)
-    if mine is not None and theirs is not None:
-        return "by version order" if mine < theirs else None
-    last = {name: index for index, name in enumerate(history)}
-    if tag in last and promoted in last and last[tag] < last[promoted]:
-        return "it was published before it"
-    return None
-
-
 def why_not_promoted(request: PublishRequest, model: ModelConfig | None) -> str | None:
     """Why a webhook must not run this request (it would promote an older tag), or None."""
     if request.steps == "stage" or model is None:
         return None  # staging promotes nothing; publish itself says a model is not registered
     tag = request.tag or model.repo_tag
     how = older_than_promoted(tag, model.latest_tag, [e.tag for e in model.published_tags])
-    if how is None:
+    if how is None or model.latest_tag is None:
         return None
-    name = f"{request.owner}/{request.title}"
-    return (
-        f"{name}: tag {tag!r} is older than the promoted {model.latest_tag!r} ({how}); a webhook"
-        f" never goes back to an older tag: roll back with `prefect-cs models rollback {name} {tag}`"
-    )
+    return older_tag_message(f"{request.owner}/{request.title}", tag, model.latest_tag, how)
 
 
 async def drop_older(
@@ -635,6 +727,7 @@ class Receiver:
     settings: WebhookSettings
     store: DeliveryStore
     planner: Planner
+    budget: PublishBudget
 
     async def github(self, request: Request) -> JSONResponse:
         body = await read_body(request, self.settings.max_body_bytes)
@@ -647,36 +740,35 @@ class Receiver:
         header = request.headers.get("x-hub-signature-256")
         if not well_formed(header):
             return answer(401, error=UNSIGNED)
-        payload, error = parse_payload(body)
-        signed_for = await self.signed_for(body, header, payload)
-        if signed_for is None:
+        targets = await self.planner.models.targets()
+        signers = await self.keys.verified(body, header.strip(), targets)  # type: ignore[union-attr]
+        if not signers:  # no key signed these bytes: they are never parsed
             return answer(401, error=UNSIGNED)
         event = request.headers.get("x-github-event", "")
         delivery = request.headers.get("x-github-delivery", "")
         if not event or not DELIVERY_RE.match(delivery):
             return answer(400, error="X-GitHub-Event and X-GitHub-Delivery headers are required")
+        payload, error = parse_payload(body)
         if payload is None:
             return answer(400, error=error)
-        return await self.handle(event, delivery, payload, signed_for, body_hash(body))
+        signed_for = await self.signed_for(payload, signers)
+        if signed_for is None:
+            return answer(401, error=UNSIGNED)
+        return await self.handle(event, delivery, payload, signed_for, body_hash(body), signers)
 
-    async def signed_for(
-        self, body: bytes, header: str | None, payload: dict[str, Any] | None
-    ) -> list[Target] | None:
-        """The models of the payload's repository whose key signed the body; [] when the payload
-        names no model's repository and the cluster key signed it; None when no needed key did."""
-        repository = payload.get("repository") if payload is not None else None
+    async def signed_for(self, payload: dict[str, Any], signers: set[str]) -> list[Target] | None:
+        """The models of the payload's repository whose key is among `signers`; [] when the
+        payload names no model's repository and the cluster (or publish repository) key signed
+        it; None when no key that repository needs did."""
+        repository = payload.get("repository")
         targets = (
             await self.planner.models.models_for(repository_urls(repository))
             if isinstance(repository, dict)
             else []
         )
         if not targets:
-            return [] if signature_ok(self.keys.cluster, body, header) else None
-        signed = []
-        for target in targets:
-            key = await self.keys.key_for(target)
-            if key is not None and signature_ok(key, body, header):
-                signed.append(target)
+            return [] if signers & {CLUSTER, PUBLISH_REPO_KEY} else None
+        signed = [t for t in targets if await self.keys.signer_of(t) in signers]
         return signed or None
 
     async def handle(
@@ -686,16 +778,22 @@ class Receiver:
         payload: dict[str, Any],
         signed_for: list[Target],
         digest: str | None = None,
+        signers: set[str] = frozenset(),  # type: ignore[assignment]
     ) -> JSONResponse:
         if event == "ping":
             return answer(200, status="pong")
         if duplicate := self.store.duplicate(delivery, digest):
             return ignored(delivery, duplicate)
         try:
-            requests = await self.planner.plan(event, payload, delivery, signed_for)
+            requests, skipped = await self.planner.plan(
+                event, payload, delivery, signed_for, signers
+            )
             requests, older = await drop_older(requests, self.planner.models)
+            older = skipped + older
         except Ignored as exc:
             return ignored(delivery, str(exc))
+        except Unsigned as exc:
+            return answer(401, error=f"{UNSIGNED}: {exc}")
         except BadDelivery as exc:
             return answer(400, error=str(exc), delivery=delivery)
         except UpstreamError as exc:
@@ -715,12 +813,22 @@ class Receiver:
         if not requests:
             return ignored(
                 delivery,
-                "already requested by another delivery (e.g. the release of a pushed tag)",
+                "; ".join(
+                    ["already requested by another delivery (e.g. the release of a pushed tag)"]
+                    + older
+                ),
             )
+        requests, limited = self.budget.admit(requests)
+        sent = {r.key() for r in requests}
+        self.store.forget_requests([k for k in keys if k not in sent])
+        older = older + limited
+        if not requests:
+            return ignored(delivery, "; ".join(older))
         try:
             for publish in requests:
                 emit_publish_requested(publish)
         except Exception as exc:
+            self.budget.release(delivery)
             self.store.release(delivery, keys)
             logger.error("delivery %s: event not sent: %s", delivery, type(exc).__name__)
             return answer(503, error="could not send the publish event; redeliver later")
@@ -737,15 +845,17 @@ class Receiver:
         )
 
 
-def load_secret(settings: WebhookSettings) -> str:
-    """The HMAC key from the cluster's secrets store; a clear error when it is not set."""
+def load_secret(settings: WebhookSettings, name: str | None = None) -> str:
+    """An HMAC key from the cluster's secrets store (default: the cluster key); a clear error
+    when it is not set."""
     from prefect_cs.security.secrets import SecretNotFound, get_backend
 
+    wanted = name or settings.secret_name
     try:
-        return get_backend(None).get(settings.secret_name)
+        return get_backend(None).get(wanted)
     except SecretNotFound as exc:
         raise NotConfigured(
-            f"the webhook secret is not set: `prefect-cs secrets set --name {settings.secret_name} --stdin`"
+            f"the webhook secret is not set: `prefect-cs secrets set --name {wanted} --stdin`"
         ) from exc
 
 
@@ -758,11 +868,16 @@ def create_app(settings: WebhookSettings | None = None, secret: str | None = Non
     db_path = settings.db_path or root.home / "webhook" / "deliveries.sqlite3"
     store = DeliveryStore(db_path, settings.retention_days * 86400, settings.max_deliveries)
     github = GitHubClient.from_settings()
+    publish_name = settings.publish_repo_secret_name
+    publish_key = load_secret(settings, publish_name) if publish_name else None
+    keys = KeyRing(secret, settings.models_cache_seconds, publish_repo=publish_key)
+    budget = PublishBudget(db_path, settings.publishes_per_hour)
     receiver = Receiver(
-        KeyRing(secret, settings.models_cache_seconds),
+        keys,
         settings,
         store,
-        Planner(settings, ModelIndex(settings.models_cache_seconds), github),
+        Planner(settings, ModelIndex(settings.models_cache_seconds), github, keys),
+        budget,
     )
 
     async def health(_: Request) -> JSONResponse:
@@ -772,6 +887,7 @@ def create_app(settings: WebhookSettings | None = None, secret: str | None = Non
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
         github.close()
+        budget.close()
         store.close()
 
     return Starlette(

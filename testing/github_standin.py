@@ -1,7 +1,8 @@
 """A real HTTP server standing in for the GitHub API: it records every request.
 
-It answers the three calls the platform makes — a pull request's files, a
-file's contents at a commit, and a commit status — so tests and benchmarks
+It answers the calls the platform makes — a pull request itself (whether and
+where it was merged), its files, a file's contents at a commit, and a commit
+status — so tests and benchmarks
 exercise the real HTTP path without GitHub. `hang()` makes it a GitHub that
 accepts every connection and request and never answers (until `answer_again()`
 or `stop()`): what the platform's timeouts are for.
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
+PULL = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)$")
 PR_FILES = re.compile(r"^/repos/([^/]+/[^/]+)/pulls/(\d+)/files$")
 CONTENTS = re.compile(r"^/repos/([^/]+/[^/]+)/contents/(.+)$")
 STATUSES = re.compile(r"^/repos/([^/]+/[^/]+)/statuses/([0-9a-fA-F]+)$")
@@ -29,6 +31,7 @@ class GitHubStandIn(StandIn):
     token: str = "github-test-token"
     pr_files: dict[tuple[str, int], list[str]] = field(default_factory=dict)
     contents: dict[tuple[str, str, str], str] = field(default_factory=dict)  # (repo, path, ref)
+    pulls: dict[tuple[str, int], dict] = field(default_factory=dict)  # GitHub's pull request JSON
     status_code: int = 201  # what POST /statuses answers (e.g. 500 to test failures)
     answering: threading.Event = field(default_factory=threading.Event, repr=False)
 
@@ -63,6 +66,9 @@ class GitHubStandIn(StandIn):
         self.answering.wait(HOLD_SECONDS)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Bad credentials"}
+        if request.method == "GET" and (m := PULL.match(request.route)):
+            found = self.pulls.get((m[1], int(m[2])))
+            return (200, found) if found is not None else NOT_FOUND
         if request.method == "GET" and (m := PR_FILES.match(request.route)):
             return self.files_page(m[1], int(m[2]), int(request.query.get("page", ["1"])[0]))
         if request.method == "GET" and (m := CONTENTS.match(request.route)):
@@ -71,6 +77,16 @@ class GitHubStandIn(StandIn):
             body = request.body if isinstance(request.body, dict) else {}
             return self.status_code, {"state": body.get("state")}
         return NOT_FOUND
+
+    def merge(self, repo: str, number: int, head: str, merge: str) -> None:
+        """Record the pull request as merged at `merge`, as GitHub would answer for it."""
+        self.pulls[(repo, number)] = {
+            "number": number,
+            "state": "closed",
+            "merged": True,
+            "merge_commit_sha": merge,
+            "head": {"sha": head},
+        }
 
     def files_page(self, repo: str, number: int, page: int) -> Reply:
         files = self.pr_files.get((repo, number))

@@ -205,3 +205,121 @@ def test_published_venv_is_sealed_against_the_model(slash_tag_model):
     ]
     assert open_modes == []
     assert (venv / "cs-runtime" / "child.py").read_text() == CHILD_SCRIPT.read_text()
+
+
+def test_a_republished_tag_keeps_its_first_place_and_time():
+    """A pull request staged again re-publishes its tag: before, the tag moved to the end of
+    published_tags, so for tags that are no versions a re-stage made an old tag "newer"."""
+    from prefect_cs.blocks.model_config import PublishedTag
+    from prefect_cs.core.tag_order import older_than_promoted
+
+    model = ModelConfig(owner="tests", title="Order", repo_url="https://github.com/o/r")
+    first = PublishedTag(tag="stable", python="/old/python")
+    model.record(first)
+    model.record(PublishedTag(tag="nightly", python="/python"))
+    model.record(PublishedTag(tag="stable", python="/new/python", version="2"))
+    assert [e.tag for e in model.published_tags] == ["stable", "nightly"]
+    again = model.published("stable")
+    assert (again.python, again.version) == ("/new/python", "2")  # the new build serves
+    assert again.published_at == first.published_at  # first publish time kept
+    history = [e.tag for e in model.published_tags]
+    assert older_than_promoted("stable", "nightly", history) is not None
+
+
+def test_two_tags_promoted_at_once_never_end_on_the_older_one(misbehaving):
+    """Issue 24: v3.20 and then v3.10 pushed at once, both accepted by the receiver (nothing
+    newer was promoted when they arrived). Two real `prefect-cs models publish --steps promote
+    --forward-only` processes (what a webhook run does: the trigger sets forward_only) race;
+    whichever order their promotes land in, v3.20 ends promoted and deployed, and v3.10,
+    promoted after it, is refused naming why. Then v3.10 alone, once more: refused."""
+    import subprocess
+    import sys
+    import time
+
+    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
+    ModelConfig(
+        owner="tests",
+        title="Race",
+        repo_url=misbehaving.repo_url,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
+        latest_tag="v3.0",
+    ).save_model()
+    cli = Path(sys.executable).parent / "prefect-cs"
+
+    def promote(tag: str) -> subprocess.Popen:
+        command = ["models", "publish", "tests/Race", "--tag", tag, "--steps", "promote"]
+        return subprocess.Popen(
+            [str(cli), *command, "--forward-only"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    newer = promote("v3.20")
+    time.sleep(0.5)
+    older = promote("v3.10")
+    newer_out, _ = newer.communicate(timeout=300)
+    older_out, _ = older.communicate(timeout=300)
+    assert newer.returncode == 0, newer_out
+    assert ModelConfig.for_model("tests", "Race").latest_tag == "v3.20", (newer_out, older_out)
+    assert read_deployment("simulate/tests-race").version == "v3.20"
+    if older.returncode != 0:  # its promote came second
+        assert "older than the promoted 'v3.20'" in " ".join(older_out.split()), older_out
+
+    again = promote("v3.10")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 1 and "models rollback tests/Race v3.10" in " ".join(out.split())
+    assert ModelConfig.for_model("tests", "Race").latest_tag == "v3.20"
+    assert read_deployment("simulate/tests-race").version == "v3.20"
+
+
+def test_the_record_lock_makes_read_check_write_one_step(misbehaving, monkeypatch):
+    """The same race with the window between promote's read and its write held open (a slow
+    save): without the model's record lock both promotes read v3.0, both pass the check, and
+    the later write (v3.10) wins. With it, v3.10 reads the record only after v3.20's write."""
+    import threading
+    import time
+
+    from prefect_cs.flows.publish import publish
+
+    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
+    ModelConfig(
+        owner="tests",
+        title="RaceLock",
+        repo_url=misbehaving.repo_url,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
+        latest_tag="v3.0",
+    ).save_model()
+    save = ModelConfig.save_model
+
+    def slow_save(self: ModelConfig) -> None:
+        if self.title == "RaceLock":
+            time.sleep(1.5)
+        save(self)
+
+    monkeypatch.setattr(ModelConfig, "save_model", slow_save)
+    states: dict[str, object] = {}
+
+    def promote(tag: str) -> None:
+        states[tag] = publish(
+            "tests", "RaceLock", tag, "promote", forward_only=True, return_state=True
+        )
+
+    threads = [threading.Thread(target=promote, args=(tag,)) for tag in ("v3.20", "v3.10")]
+    threads[0].start()
+    time.sleep(0.5)
+    threads[1].start()
+    for thread in threads:
+        thread.join(300)
+    monkeypatch.undo()
+    assert ModelConfig.for_model("tests", "RaceLock").latest_tag == "v3.20"
+    assert states["v3.20"].is_completed() and states["v3.10"].is_failed()
+    assert "older than the promoted 'v3.20'" in states["v3.10"].message

@@ -135,6 +135,8 @@ def receiver(
         "CS_GITHUB_TIMEOUT_SECONDS": "2",
         # the tests change promoted tags and keys between deliveries: no cached registry
         "CS_WEBHOOK_MODELS_CACHE_SECONDS": "0",
+        # the many pushes of hooks/Tagged here are not a flood (strict_receiver tests the limit)
+        "CS_WEBHOOK_PUBLISHES_PER_HOUR": "1000",
     }
     proc, url = start_receiver(env, folder / "receiver.log")
     yield url
@@ -172,6 +174,7 @@ def test_signed_tag_push_starts_exactly_one_publish_run(
         "steps": "all",
         "sha": sha,
         "repo": MODEL_REPO,
+        "forward_only": True,
     }
 
     # The same delivery again (GitHub's "Redeliver"): acknowledged, nothing new.
@@ -279,7 +282,8 @@ def test_pull_request_stages_and_its_merge_promotes(
         "tag": "v9",
         "steps": "stage",
         "sha": head,
-        "repo": PUBLISH_REPO,
+        "repo": MODEL_REPO,  # the model's own repository, where its status goes
+        "forward_only": True,
     }
 
     unmerged = pull_request(PUBLISH_REPO, number, "closed", head, merge=None, merged=False)
@@ -289,6 +293,7 @@ def test_pull_request_stages_and_its_merge_promotes(
     )
 
     merged = pull_request(PUBLISH_REPO, number, "closed", head, merge=merge, merged=True)
+    github.merge(PUBLISH_REPO, number, head, merge)  # what GitHub answers when asked
     assert deliver(receiver, webhook_secret, "pull_request", merged).status_code == 202
     (promoted,) = wait_for_runs(publish_deployment, merge)
     assert promoted.parameters["steps"] == "promote" and promoted.parameters["tag"] == "v9"
@@ -321,6 +326,7 @@ def test_published_release_starts_a_publish_of_its_tag(
         "steps": "all",
         "sha": None,
         "repo": MODEL_REPO,
+        "forward_only": True,
     }
 
 
@@ -585,6 +591,7 @@ def test_a_webhook_never_promotes_a_tag_older_than_the_promoted_one(
     )
     assert staged.json()["status"] == "accepted", staged.text
     merged = pull_request(PUBLISH_REPO, number, "closed", head, merge=merge, merged=True)
+    github.merge(PUBLISH_REPO, number, head, merge)
     refused = deliver(receiver, webhook_secret, "pull_request", merged)
     assert "older than the promoted 'stable'" in refused.json()["reason"], refused.text
 
@@ -643,3 +650,227 @@ def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, mon
     monkeypatch.setenv("CS_SECRET_MODEL_TOKEN", "from-the-job")
     monkeypatch.setenv("CS_SECRET_GITHUB_WEBHOOK_SECRET", own_keys["OwnKey"])
     assert declared_secrets(model) == {"MODEL_TOKEN": "from-the-job"}
+
+
+# ---- issue 24: act only on what the verified key and GitHub itself vouch for ---------------
+
+RACE_REPO = "hooks-org/race"  # hooks/Race, on the cluster key
+PUBLISH_KEY_NAME = "PUBLISH_REPO_WEBHOOK_SECRET"
+
+
+def test_an_unsigned_body_is_never_parsed_so_it_cannot_crash_the_receiver(receiver, webhook_secret):
+    """Before: the receiver parsed the body to find the repository's key, so an unsigned body
+    naming a repository URL urlparse cannot read was a 500 with a traceback. Now no key signed
+    it: 401, unread. Signed, a body that is no JSON object is a 400 after the signature."""
+    crashing = {"ref": "refs/tags/v1", "repository": {"html_url": "http://[not-a-host"}}
+    for body in (json.dumps(crashing).encode(), b"[1, 2]", b"\xff\xfe{", b"[" * 50_000):
+        response = deliver(receiver, "not-the-secret", "push", None, body=body)
+        assert response.status_code == 401, (body[:20], response.status_code, response.text)
+    signed = deliver(receiver, webhook_secret, "push", crashing)
+    assert signed.status_code == 202 and "no registered model" in signed.json()["reason"]
+    not_object = deliver(receiver, webhook_secret, "push", None, body=b"[1, 2]")
+    assert not_object.status_code == 400 and "JSON object" in not_object.json()["error"]
+
+
+def test_the_signature_is_checked_before_the_body_is_parsed(
+    platform, webhook_secret, github, monkeypatch, tmp_path
+):
+    """The receiver app itself, in this process, with parse_payload watched: a forged
+    delivery is refused without the body ever reaching the JSON parser."""
+    import anyio
+    import prefect_cs.services.webhook as webhook
+    from prefect_cs.core.settings import WebhookSettings
+
+    parsed: list[bytes] = []
+    real = webhook.parse_payload
+    monkeypatch.setattr(webhook, "parse_payload", lambda body: parsed.append(body) or real(body))
+    settings = WebhookSettings(db_path=tmp_path / "d.sqlite3", publishes_per_hour=0)
+    transport = httpx.ASGITransport(app=webhook.create_app(settings, secret=webhook_secret))
+    body = json.dumps(tag_push(MODEL_REPO, "v1", new_sha())).encode()
+    headers = {"X-GitHub-Event": "push", "X-GitHub-Delivery": "parse-" + new_sha()[:10]}
+
+    async def post(raw: bytes, key: str, event: str = "push") -> httpx.Response:
+        async with httpx.AsyncClient(transport=transport, base_url="http://receiver") as client:
+            signed = {"X-GitHub-Event": event, "X-Hub-Signature-256": signature(key, raw)}
+            return await client.post("/github", content=raw, headers=headers | signed)
+
+    async def attack() -> None:
+        forged = await post(body, "not-the-secret")
+        assert forged.status_code == 401 and parsed == []
+        ping = await post(b"{}", webhook_secret, "ping")
+        assert ping.json() == {"status": "pong"} and parsed == [b"{}"]
+
+    anyio.run(attack)
+
+
+def test_a_status_never_goes_to_the_repository_or_commit_a_payload_names(
+    receiver, webhook_secret, publish_deployment
+):
+    """Before: a push signed with the cluster key for hooks/Tagged but naming the publish
+    repository as its full_name made the run report on that repository. Now the run names
+    the model's own repository (and the flow reports on the commit it built, see
+    tests/test_github_status.py)."""
+    sha = new_sha()
+    payload = tag_push(MODEL_REPO, "status-" + sha[:8], sha)
+    payload["repository"]["full_name"] = PUBLISH_REPO
+    response = deliver(receiver, webhook_secret, "push", payload)
+    assert response.json()["status"] == "accepted", response.text
+    (run,) = wait_for_runs(publish_deployment, sha)
+    assert run.parameters["repo"] == MODEL_REPO and run.parameters["forward_only"] is True
+
+
+def test_a_forged_closed_merged_pull_request_promotes_nothing(
+    receiver, webhook_secret, publish_deployment, github, versioned
+):
+    """A cluster-key holder says "closed, merged" for a pull request GitHub says is open: the
+    receiver asks GitHub and promotes nothing; merged for real, it promotes the tag read at
+    the merge commit GitHub names, not the one the payload names."""
+    number, head, claimed, real = 91, new_sha(), new_sha(), new_sha()
+    path = "config/hooks/Versioned.yaml"
+    github.pr_files[(PUBLISH_REPO, number)] = [path]
+    github.contents[(PUBLISH_REPO, path, claimed)] = "repo_tag: v99.0\n"
+    github.contents[(PUBLISH_REPO, path, real)] = "repo_tag: v98.0\n"
+    github.pulls[(PUBLISH_REPO, number)] = {"number": number, "state": "open", "merged": False}
+    forged = pull_request(PUBLISH_REPO, number, "closed", head, merge=claimed, merged=True)
+    response = deliver(receiver, webhook_secret, "pull_request", forged)
+    assert response.status_code == 202, response.text
+    assert "not merged according to GitHub" in response.json()["reason"], response.text
+    asked = [r for r in github.requests if r.route == f"/repos/{PUBLISH_REPO}/pulls/{number}"]
+    assert asked and asked[-1].headers["Authorization"] == f"Bearer {github.token}"
+
+    github.merge(PUBLISH_REPO, number, head, real)
+    merged = pull_request(PUBLISH_REPO, number, "closed", head, merge=claimed, merged=True)
+    merged["pull_request"]["updated_at"] = "later"  # a new body: not a replay
+    accepted = deliver(receiver, webhook_secret, "pull_request", merged)
+    assert accepted.json()["status"] == "accepted", accepted.text
+    (run,) = wait_for_runs(publish_deployment, real)
+    assert (run.parameters["tag"], run.parameters["steps"]) == ("v98.0", "promote")
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 0, hold=0.3, sha=claimed)
+
+
+def test_a_model_with_its_own_key_is_not_published_through_the_publish_repository(
+    receiver, webhook_secret, publish_deployment, github, own_keys
+):
+    """Before: a pull request signed with the cluster key touching config/hooks/OwnKey.yaml
+    staged (and, merged, promoted) a model that has its own key. Now it is skipped, named."""
+    number, head, merge = 92, new_sha(), new_sha()
+    own, shared = "config/hooks/OwnKey.yaml", "config/hooks/Tagged.yaml"
+    github.pr_files[(PUBLISH_REPO, number)] = [own, shared]
+    for path in (own, shared):
+        for ref in (head, merge):
+            github.contents[(PUBLISH_REPO, path, ref)] = "repo_tag: v9.1\n"
+    opened = deliver(
+        receiver, webhook_secret, "pull_request", pull_request(PUBLISH_REPO, number, "opened", head)
+    )
+    assert [p["model"] for p in opened.json()["publish"]] == ["hooks/Tagged"], opened.text
+    assert "hooks/OwnKey has its own webhook key" in opened.json()["skipped"][0]
+    github.merge(PUBLISH_REPO, number, head, merge)
+    only_own = 93
+    github.pr_files[(PUBLISH_REPO, only_own)] = [own]
+    github.merge(PUBLISH_REPO, only_own, head, merge)
+    merged = pull_request(PUBLISH_REPO, only_own, "closed", head, merge=merge, merged=True)
+    response = deliver(receiver, webhook_secret, "pull_request", merged)
+    assert response.status_code == 202 and "own webhook key" in response.json()["reason"]
+    # signed with the model's own key, the publish repository's pull request is not accepted
+    by_own = deliver(receiver, own_keys["OwnKey"], "pull_request", merged)
+    assert by_own.status_code == 401, by_own.text
+    wait_for_runs(publish_deployment, head, owner="hooks", title="Tagged")
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 0, hold=0.3, owner="hooks", title="OwnKey", sha=head)
+    runs_stay(publish_deployment, 0, hold=0.3, owner="hooks", title="OwnKey", sha=merge)
+
+
+@pytest.mark.parametrize("tag", ["../x", "--upload-pack=x", "x;touch pwned", "a..b", "v1.lock"])
+def test_a_tag_check_tag_refuses_is_202_with_the_reason_and_no_run(
+    receiver, webhook_secret, publish_deployment, tag
+):
+    sha = new_sha()
+    response = deliver(receiver, webhook_secret, "push", tag_push(MODEL_REPO, tag, sha))
+    assert response.status_code == 202, response.text
+    assert response.json()["status"] == "ignored" and "invalid tag" in response.json()["reason"]
+    settled(receiver, webhook_secret, publish_deployment)
+    runs_stay(publish_deployment, 0, hold=0.2, sha=sha)
+
+
+def test_two_tags_pushed_at_once_both_start_forward_only_runs(
+    receiver, webhook_secret, publish_deployment, platform
+):
+    """v3.20 then v3.10, both signed, at once: both may be accepted (nothing promoted yet when
+    they arrive), so what keeps v3.10 from ending promoted is the runs' forward_only
+    (tests/test_publish.py races two such promotes)."""
+    register_hook_model("Race", RACE_REPO)
+    shas = {tag: new_sha() for tag in ("v3.20", "v3.10")}
+    with httpx.Client() as client:
+        answers = [
+            deliver(receiver, webhook_secret, "push", tag_push(RACE_REPO, t, s), client=client)
+            for t, s in shas.items()
+        ]
+    assert [a.json()["status"] for a in answers] == ["accepted", "accepted"]
+    for sha in shas.values():
+        (run,) = wait_for_runs(publish_deployment, sha)
+        assert run.parameters["forward_only"] is True
+
+
+@pytest.fixture(scope="module")
+def strict_receiver(github, webhook_secret, publish_deployment, hook_model, tmp_path_factory):
+    """A second receiver: 3 publishes per model and hour, and a publish repository with its
+    own key (which no model holds)."""
+    from prefect_cs.security.secrets import get_backend
+
+    publish_key = secrets.token_urlsafe(32)
+    get_backend(None).set(PUBLISH_KEY_NAME, publish_key)
+    register_hook_model("Flood", "hooks-org/flood")
+    folder = tmp_path_factory.mktemp("strict-webhook")
+    env = {
+        "CS_WEBHOOK_PUBLISH_REPO": PUBLISH_REPO,
+        "CS_WEBHOOK_DB_PATH": str(folder / "deliveries.sqlite3"),
+        "CS_GITHUB_API_URL": github.url,
+        "CS_WEBHOOK_MODELS_CACHE_SECONDS": "0",
+        "CS_WEBHOOK_PUBLISHES_PER_HOUR": "3",
+        "CS_WEBHOOK_PUBLISH_REPO_SECRET_NAME": PUBLISH_KEY_NAME,
+    }
+    proc, url = start_receiver(env, folder / "receiver.log")
+    yield url, publish_key
+    stop_receiver(proc)
+    assert publish_key not in (folder / "receiver.log").read_text()
+
+
+def test_a_key_holder_cannot_flood_the_pool_past_the_per_model_limit(
+    strict_receiver, webhook_secret, publish_deployment
+):
+    url, _ = strict_receiver
+    shas = [new_sha() for _ in range(6)]
+    answers = [
+        deliver(url, webhook_secret, "push", tag_push("hooks-org/flood", f"f{i}", sha)).json()
+        for i, sha in enumerate(shas)
+    ]
+    assert [a["status"] for a in answers] == ["accepted"] * 3 + ["ignored"] * 3, answers
+    assert "CS_WEBHOOK_PUBLISHES_PER_HOUR" in answers[-1]["reason"]
+    for sha in shas[:3]:
+        wait_for_runs(publish_deployment, sha)
+    other = new_sha()  # another model is not limited by this one's flood
+    assert (
+        deliver(url, webhook_secret, "push", tag_push(MODEL_REPO, "nf", other)).status_code == 202
+    )
+    wait_for_runs(publish_deployment, other)
+    for sha in shas[3:]:
+        runs_stay(publish_deployment, 0, hold=0.2, sha=sha)
+
+
+def test_the_publish_repository_may_have_its_own_key(
+    strict_receiver, webhook_secret, publish_deployment, github
+):
+    url, publish_key = strict_receiver
+    number, head = 94, new_sha()
+    path = "config/hooks/Tagged.yaml"
+    github.pr_files[(PUBLISH_REPO, number)] = [path]
+    github.contents[(PUBLISH_REPO, path, head)] = "repo_tag: v9.2\n"
+    payload = pull_request(PUBLISH_REPO, number, "opened", head)
+    assert deliver(url, webhook_secret, "pull_request", payload).status_code == 401
+    accepted = deliver(url, publish_key, "pull_request", payload)
+    assert accepted.json()["status"] == "accepted", accepted.text
+    wait_for_runs(publish_deployment, head)
+    # and the publish repository's key signs for no model's repository
+    pushed = deliver(url, publish_key, "push", tag_push(MODEL_REPO, "pk", new_sha()))
+    assert pushed.status_code == 401, pushed.text
