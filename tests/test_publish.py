@@ -226,6 +226,22 @@ def test_a_republished_tag_keeps_its_first_place_and_time():
     assert older_than_promoted("stable", "nightly", history) is not None
 
 
+def race_model(title: str, misbehaving: ModelConfig) -> None:
+    """tests/TITLE with v3.0 promoted and v3.10, v3.20 published (misbehaving's environment)."""
+    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
+    ModelConfig(
+        owner="tests",
+        title=title,
+        repo_url=misbehaving.repo_url,
+        repo_tag="v1",
+        time_limit=8,
+        expected_task_time=1,
+        memory="512Mi",
+        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
+        latest_tag="v3.0",
+    ).save_model()
+
+
 def test_two_tags_promoted_at_once_never_end_on_the_older_one(misbehaving):
     """Issue 24: v3.20 and then v3.10 pushed at once, both accepted by the receiver (nothing
     newer was promoted when they arrived). Two real `prefect-cs models publish --steps promote
@@ -236,18 +252,7 @@ def test_two_tags_promoted_at_once_never_end_on_the_older_one(misbehaving):
     import sys
     import time
 
-    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
-    ModelConfig(
-        owner="tests",
-        title="Race",
-        repo_url=misbehaving.repo_url,
-        repo_tag="v1",
-        time_limit=8,
-        expected_task_time=1,
-        memory="512Mi",
-        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
-        latest_tag="v3.0",
-    ).save_model()
+    race_model("Race", misbehaving)
     cli = Path(sys.executable).parent / "prefect-cs"
 
     def promote(tag: str) -> subprocess.Popen:
@@ -286,18 +291,7 @@ def test_the_record_lock_makes_read_check_write_one_step(misbehaving, monkeypatc
 
     from prefect_cs.flows.publish import publish
 
-    entry = ModelConfig.for_model("tests", "Misbehaving").published("v1")
-    ModelConfig(
-        owner="tests",
-        title="RaceLock",
-        repo_url=misbehaving.repo_url,
-        repo_tag="v1",
-        time_limit=8,
-        expected_task_time=1,
-        memory="512Mi",
-        published_tags=[entry.model_copy(update={"tag": t}) for t in ("v3.0", "v3.10", "v3.20")],
-        latest_tag="v3.0",
-    ).save_model()
+    race_model("RaceLock", misbehaving)
     save = ModelConfig.save_model
 
     def slow_save(self: ModelConfig) -> None:

@@ -77,8 +77,8 @@ class Confinement:
 
     def __init__(self, sandbox: Sandbox, name: str, bounds: Bounds, network: bool = False):
         self.sandbox, self.name, self.bounds, self.network = sandbox, name, bounds, network
-        self.enforced = sandbox.mode == "bwrap" and os.geteuid() == 0
-        self.enforced = self.enforced and not self.measure_without_bounds
+        root = os.geteuid() == 0
+        self.enforced = sandbox.mode == "bwrap" and root and not self.measure_without_bounds
         self.work = Path()
         self.shm: Path | None = None
         self.cgroup: cgroups.CallCgroup | None = None

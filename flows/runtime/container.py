@@ -38,8 +38,9 @@ from prefect_cs.flows.runtime.model_process import (
     _run_seconds,
     child_environment,
 )
+from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID
 
-MODEL_UID = 10001
+MODEL_UID = DEFAULT_MODEL_UID  # the model's own uid, as on the process tier
 EXCHANGE = "/cs/exchange"  # the per-call folder: request.json in, response.json out
 RUNNER = "/cs/runtime/child.py"  # the platform's runner, bound read-only
 WORK = "/cs/work"  # the model's writable tmpfs: cwd, HOME, TMPDIR
@@ -128,7 +129,8 @@ def call_in_image(
         (exchange / "request.json").write_text(
             json.dumps({"function": function, "args": args, "with_version": True})
         )
-        os.chown(exchange, MODEL_UID, MODEL_UID) if os.geteuid() == 0 else None
+        if os.geteuid() == 0:  # the model's uid writes its answer there
+            os.chown(exchange, MODEL_UID, MODEL_UID)
         exchange.chmod(0o700)
         if network:
             ensure_internet_network(client)
