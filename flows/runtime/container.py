@@ -137,11 +137,28 @@ def call_in_image(
         argv = [python, "-I", RUNNER, f"{EXCHANGE}/request.json", f"{EXCHANGE}/response.json"]
         options = container_options(bounds, network, model_environment(python, env), exchange)
         started = time.perf_counter()
-        container = client.containers.run(image, argv, name=name, detach=True, **options)
+        container = _start(client, image, argv, name, options)
         return _finish(container, exchange, timeout, bounds, started)
     finally:
         _remove(client, name)
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+def _start(client: Any, image: str, argv: list[str], name: str, options: dict[str, Any]) -> Any:
+    """Start the call's container; once more if the engine refuses the start itself (seen here
+    once under concurrent builds: runc's "stat …/bin/python: permission denied" for a path
+    that was readable the moment after). The model's own faults come later, from _finish."""
+    import docker.errors
+
+    for attempt in (1, 2):
+        try:
+            return client.containers.run(image, argv, name=name, detach=True, **options)
+        except docker.errors.APIError:
+            _remove(client, name)
+            if attempt == 2:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 def _finish(
