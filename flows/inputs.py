@@ -29,17 +29,12 @@ from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
 from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
 from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.environment import (
-    call_bounds,
-    memory_rlimit_mib,
-    model_env,
-    runner_for,
-    scrubber_for,
-)
-from prefect_cs.flows.runtime.warm import WarmModel
+from prefect_cs.flows.runtime.environment import call_bounds, model_env, scrubber_for
+from prefect_cs.tiers import get_tier
+from prefect_cs.tiers.base import WarmCaller
 
 LIGHT_CALL_LIMIT = 30.0
-_warm: dict[tuple[str, str], WarmModel] = {}
+_warm: dict[tuple[str, str], WarmCaller] = {}
 _warm_lock = threading.Lock()
 
 
@@ -91,33 +86,33 @@ def checked(function: str, result: Any, keys: tuple[str, ...]) -> dict[str, Any]
 
 
 def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list[Any]):
-    """The call on the model's warm process, restarted first if what it was started with
-    (environment and secrets, memory, network) has changed since."""
-    key = (model.slug, entry.python)
-    env, limit = model_env(model), memory_rlimit_mib(model)
-    fingerprint = _fingerprint(env, limit, model.internet, call_bounds(model))
+    """The call on the model's warm process (or container: the tier's `warm_model`), restarted
+    first if what it was started with (environment and secrets, bounds, network, image) has
+    changed since."""
+    key = (model.slug, entry.image or entry.python)
+    env = model_env(model)
+    fingerprint = _fingerprint(env, model.internet, call_bounds(model), entry)
     with _warm_lock:  # the task worker's threads and the start-up warming share the table
         warm = _warm.get(key)
         if warm is not None and warm.fingerprint != fingerprint:
             warm.stop()
             warm = None
         if warm is None:
-            warm = _warm[key] = WarmModel(
-                entry.python,
-                runner_for(entry.python),
-                env,
-                network=model.internet,
-                memory_limit_mib=limit,
-                fingerprint=fingerprint,
-                binds=tuple(entry.sandbox_binds),
-                bounds=call_bounds(model),
-            )
+            _stop_other_tags(model.slug)
+            warm = _warm[key] = get_tier(entry.tier).warm_model(model, entry, env, fingerprint)
     return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
 
 
-def _fingerprint(env: dict[str, str], limit: int | None, internet: bool, bounds: Bounds) -> str:
+def _stop_other_tags(model_slug: str) -> None:
+    """One warm process or container per model: the tag asked for now replaces the last one
+    (after a promote, the old tag's would otherwise hold its memory for ever)."""
+    for key in [key for key in _warm if key[0] == model_slug]:
+        _warm.pop(key).stop()
+
+
+def _fingerprint(env: dict[str, str], internet: bool, bounds: Bounds, entry: PublishedTag) -> str:
     """A digest, not the values: the secrets it covers are not kept in memory twice."""
-    text = json.dumps([sorted(env.items()), limit, internet, bounds.describe()])
+    text = json.dumps([sorted(env.items()), internet, bounds.describe(), entry.tier])
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -233,8 +228,11 @@ def for_model(background_task: Task, owner: str, title: str) -> Task:
 
 
 def route(background_task: Task, entry: PublishedTag, owner: str, title: str) -> Task:
-    """Local virtualenvs are all on the shared worker's machine; images serve their own model."""
-    return background_task if entry.tier == "local" else for_model(background_task, owner, title)
+    """The shared worker starts local venvs' and Docker images' warm models itself; on
+    Kubernetes each model's inputs server serves it alone (tiers/base.py)."""
+    if get_tier(entry.tier).inputs_on_shared_worker:
+        return background_task
+    return for_model(background_task, owner, title)
 
 
 # ---- the caller's side: what a web app (or the CLI) calls -------------------

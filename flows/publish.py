@@ -175,11 +175,7 @@ def deploy(owner: str, title: str, entry: PublishedTag) -> str:
     get_run_logger().info(
         "deployment %s (%s) now serves %s", deployment_name(model), deployment_id, entry.tag
     )
-    if entry.tier == "docker":
-        from prefect_cs.deployments.docker_inputs import refresh_if_running
-
-        if refresh_if_running(model):
-            get_run_logger().info("inputs server of %s/%s moved to %s", owner, title, entry.image)
+    get_tier(entry.tier).after_deploy(model, entry, get_run_logger())
     return deployment_name(model)
 
 

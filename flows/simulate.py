@@ -25,18 +25,12 @@ from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
-from prefect_cs.flows.runtime.environment import (
-    call_bounds,
-    memory_rlimit_mib,
-    model_env,
-    runner_for,
-    scrubber_for,
-)
-from prefect_cs.flows.runtime.model_process import ModelCall, call_model
-from prefect_cs.flows.runtime.sandbox import UNSANDBOXED, model_sandbox
+from prefect_cs.flows.runtime.environment import model_env, scrubber_for
+from prefect_cs.flows.runtime.model_process import ModelCall
 from prefect_cs.flows.runtime.usage import Usage
 from prefect_cs.flows.storage import store_zips
 from prefect_cs.flows.usage import record_usage
+from prefect_cs.tiers import get_tier
 
 
 def call_meta(call: ModelCall | None) -> dict[str, Any]:
@@ -77,32 +71,19 @@ def fail_payload(task_id: str, reason: str, call: ModelCall | None = None) -> di
 def run_model_task(
     model: ModelConfig, entry: PublishedTag, meta_param_dict: dict, adjustment: dict
 ) -> ModelCall:
-    """The model's own run, time-limited, in a clean child process inside the model sandbox."""
+    """The model's own run, time-limited and bounded, where its tier runs the model's code
+    (tiers/base.py `call_model`): never in this flow's interpreter."""
     logger = get_run_logger()
     try:
         env = model_env(model)
-        sandbox = model_sandbox()
+        tier = get_tier(entry.tier)
     except LookupError as exc:  # a declared secret that is not set, no sandbox: cannot start
         return ModelCall(ok=False, error=str(exc))
     logger.info(
-        "running %s/%s@%s (time limit %ss, sandbox %s)",
-        *(model.owner, model.title, entry.tag, model.time_limit, sandbox.mode),
+        "running %s/%s@%s on the %s tier (time limit %ss)",
+        *(model.owner, model.title, entry.tag, entry.tier, model.time_limit),
     )
-    if sandbox.mode == "none":
-        logger.warning(UNSANDBOXED)
-    call = call_model(
-        entry.python,
-        "run_model",
-        [meta_param_dict, adjustment],
-        timeout=model.time_limit,
-        env=env,
-        memory_limit_mib=memory_rlimit_mib(model),
-        runner=runner_for(entry.python),
-        network=model.internet,
-        sandbox=sandbox,
-        binds=entry.sandbox_binds,
-        bounds=call_bounds(model),
-    )
+    call = tier.call_model(model, entry, "run_model", [meta_param_dict, adjustment], env)
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))
     return call

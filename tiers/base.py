@@ -14,11 +14,12 @@ import logging
 import re
 import shutil
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.runtime.model_process import ModelCall
 from pydantic import BaseModel, ConfigDict
 
 Logger = logging.Logger | logging.LoggerAdapter
@@ -26,6 +27,16 @@ Logger = logging.Logger | logging.LoggerAdapter
 INSTALL_SCRIPT = "install.sh"
 OVERRIDE_REQUIREMENTS = "override-requirements.txt"
 NO_INSTALL_SCRIPT = "echo 'no install.sh: nothing to install before cs-config'\n"
+
+
+class WarmCaller(Protocol):
+    """A model kept warm for light calls: the process tier's WarmModel, a container's WarmContainer."""
+
+    fingerprint: str
+
+    def call(self, function: str, args: list[Any], timeout: float) -> ModelCall: ...
+
+    def stop(self) -> None: ...
 
 
 class JobVariables(BaseModel):
@@ -124,6 +135,10 @@ class Tier:
     """The typed job variables this tier sets; a subset of the pool template's variables."""
     pip_install: ClassVar[str] = "pip install"
     """How install.sh installs a requirements override (the model venv is active)."""
+    inputs_on_shared_worker: ClassVar[bool] = True
+    """Whether the shared inputs worker (`prefect-cs stack start`) answers this tier's light
+    calls, starting the model's warm process or container itself; else (Kubernetes) each
+    model has an inputs server of its own, beside its model container."""
     installs_as_root: ClassVar[bool] = False
     """Whether install.sh and `system_packages` run as root (image builds); else an install.sh
     that calls apt-get is refused before it runs, and the packages must already be there."""
@@ -267,6 +282,31 @@ class Tier:
     def variables(self, model: ModelConfig, entry: PublishedTag) -> JobVariables:
         """This tier's typed job variables for `entry`."""
         return self.variables_model()
+
+    # ---- hooks: how the model's code is called (simulate, inputs) --------------------
+
+    def call_model(
+        self,
+        model: ModelConfig,
+        entry: PublishedTag,
+        function: str,
+        args: list[Any],
+        env: dict[str, str],
+    ) -> ModelCall:
+        """One call of `cs_config.functions.<function>` for a simulation, bounded by the model
+        config (time limit, memory, pids, CPUs, disk, network): in the model sandbox (local), in
+        a container of the model's image (docker), in the pod's model container (kubernetes).
+        Never raises for the model's faults: they come back as a failed ModelCall."""
+        raise NotImplementedError
+
+    def warm_model(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
+    ) -> WarmCaller:
+        """A warm process of the model's code for light calls (flows/runtime/warm.py)."""
+        raise NotImplementedError
+
+    def after_deploy(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
+        """What a new deployment of the model needs beyond the deployment itself (nothing here)."""
 
 
 # The tiers by name, imported on first use (the Docker and Kubernetes ones need their SDKs only then).

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
@@ -27,8 +28,13 @@ from prefect_cs.core.home import traverse_path
 from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.confinement import Bounds, Confinement
-from prefect_cs.flows.runtime.environment import RUNTIME_DIR, runner_for
-from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, call_model
+from prefect_cs.flows.runtime.environment import (
+    RUNTIME_DIR,
+    call_bounds,
+    memory_rlimit_mib,
+    runner_for,
+)
+from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, ModelCall, call_model
 from prefect_cs.flows.runtime.sandbox import (
     Sandbox,
     closed_folder,
@@ -37,6 +43,7 @@ from prefect_cs.flows.runtime.sandbox import (
     model_interpreter,
     model_sandbox,
 )
+from prefect_cs.flows.runtime.warm import WarmModel
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier
 from prefect_cs.tiers.steps import run_step
 
@@ -354,3 +361,45 @@ class LocalTier(Tier):
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
         shutil.rmtree(venv_of(entry), ignore_errors=True)
         logger.info("discarded the failed environment of %s", entry.tag)
+
+    def call_model(
+        self,
+        model: ModelConfig,
+        entry: PublishedTag,
+        function: str,
+        args: list[Any],
+        env: dict[str, str],
+    ) -> ModelCall:
+        """A child of the model's venv in the model sandbox and the call's kernel bounds."""
+        try:
+            sandbox = model_sandbox()  # warns when it is none
+        except LookupError as exc:  # no sandbox this machine can make: the call cannot start
+            return ModelCall(ok=False, error=str(exc))
+        return call_model(
+            entry.python,
+            function,
+            args,
+            timeout=model.time_limit,
+            env=env,
+            memory_limit_mib=memory_rlimit_mib(model),
+            runner=runner_for(entry.python),
+            network=model.internet,
+            sandbox=sandbox,
+            binds=entry.sandbox_binds,
+            bounds=call_bounds(model),
+        )
+
+    def warm_model(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
+    ) -> WarmModel:
+        """A zygote of the model's venv in its sandbox (flows/runtime/warm.py)."""
+        return WarmModel(
+            entry.python,
+            runner_for(entry.python),
+            env,
+            network=model.internet,
+            memory_limit_mib=memory_rlimit_mib(model),
+            fingerprint=fingerprint,
+            binds=tuple(entry.sandbox_binds),
+            bounds=call_bounds(model),
+        )

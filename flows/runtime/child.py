@@ -10,6 +10,11 @@ base64-encodes them, so real apps return bytes for a PDF or a PNG. They are
 encoded here, where the bytes are, since JSON cannot carry them.
 
     python -I child.py REQUEST.json RESPONSE.json
+    python -I child.py --serve FD_IN FD_OUT [--reap]        (a warm model over a private pipe)
+    python -I child.py --serve-paths IN OUT [--reap]        (the same over two named pipes:
+                                                             a warm model container)
+    python -I child.py --wait-for REQUEST RESPONSE SECONDS  (a model container beside the flow's
+                                                             in one pod: waits for the request)
 """
 
 import base64
@@ -196,8 +201,37 @@ def _reap() -> None:
                 pass
 
 
+def serve_paths(path_in: str, path_out: str, reap: bool = False) -> None:
+    """`serve` over two named pipes the platform made in the call's exchange folder: a model
+    container cannot inherit the platform's file descriptors, but a FIFO bound in works the same."""
+    fd_out = os.open(path_out, os.O_WRONLY)
+    fd_in = os.open(path_in, os.O_RDONLY)
+    serve(fd_in, fd_out, reap=reap)
+
+
+def wait_for(request_path: str, response_path: str, seconds: float) -> int:
+    """The model container of a pod whose other container runs the flow: wait (bounded) for
+    the flow's request, answer it, exit. A request of `{"function": null}` means the flow
+    ended without a call (it failed before); exit 0 so the pod ends too."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(request_path):
+        if time.monotonic() > deadline:
+            print(f"no request in {request_path} within {seconds:g} seconds", file=sys.stderr)
+            return 3
+        time.sleep(0.1)
+    with open(request_path) as f:
+        if json.load(f).get("function") is None:
+            return 0
+    main(request_path, response_path)
+    return 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), int(sys.argv[3]), reap="--reap" in sys.argv[4:])
+    elif sys.argv[1] == "--serve-paths":
+        serve_paths(sys.argv[2], sys.argv[3], reap="--reap" in sys.argv[4:])
+    elif sys.argv[1] == "--wait-for":
+        sys.exit(wait_for(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     else:
         main(sys.argv[1], sys.argv[2])
