@@ -107,6 +107,7 @@ class KubernetesTier(DockerTier):
     pool_type = "kubernetes"
     pool_setting = "kubernetes_pool"
     variables_model = KubernetesJobVariables
+    inputs_on_shared_worker = False  # each model's inputs server runs in the cluster
 
     def variables(self, model: ModelConfig, entry: PublishedTag) -> KubernetesJobVariables:
         """What the simulate deployment tells work_pools/kubernetes.json for this model and tag."""
