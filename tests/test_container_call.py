@@ -166,3 +166,24 @@ def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
                 container.remove(force=True)
             except Exception:  # noqa: BLE001 - already swept
                 pass
+
+
+def test_the_kernel_bills_the_containers_whole_tree(client, image):
+    """CPU time and peak memory from the counting group the engine nested the call's container
+    under, read after the container is gone; the groups go with it."""
+    import subprocess
+
+    hog = {
+        "bound_attack": "memory_hog",
+        "args": {"children": 2, "mib": 100, "shm_mib": 0, "hold": 1},
+    }
+    result = call(client, image, "run_model", [hog, {}])
+    assert result.ok, result.error
+    assert result.usage is not None and result.usage.peak_memory_mib >= 200, result.usage
+    assert result.usage.cpu_seconds > 0
+    left = subprocess.run(
+        ["find", "/sys/fs/cgroup", "-type", "d", "-path", "*cs-docker-calls/*"],
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert left == "", left

@@ -197,6 +197,8 @@ def test_simulation_runs_in_container(worker, webapp, cs_home):
     body = only_put(webapp, task_id)
     assert body["status"] == "SUCCESS" and body["model_version"]
     assert 0 <= body["meta"]["task_times"][0] < 5
+    # Billed from the kernel's count of the model's container, as on the process tier.
+    assert body["meta"]["cpu_seconds"] > 0 and body["meta"]["peak_memory_mib"] > 5, body["meta"]
     for category in ("renderable", "downloadable"):
         location = body["outputs"][category]["ziplocation"]
         with zipfile.ZipFile(cs_home / "outputs" / location) as archive:

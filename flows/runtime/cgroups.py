@@ -365,6 +365,52 @@ class CallCgroup:
             pass
 
 
+ENGINE_PARENT = "cs-docker-calls"
+
+
+def engine_group(name: str) -> tuple[CallCgroup, str] | None:
+    """A group with no limits for a container engine's `cgroup_parent` (cgroupfs driver, cgroup
+    v1), and that path. The engine makes the container's own group under it, so the group's
+    hierarchical counters (peak memory, CPU time) hold what the container used even after the
+    engine removed the container's group. One relative path in every controller (the engine
+    takes one), under this process's memory group; None where that cannot be (v2: not yet)."""
+    try:
+        where, own = hierarchy(), _own_paths()
+    except (NotConfigured, OSError):
+        return None
+    mounts = {point: root for root, point, fstype, _ in _mounts() if fstype == "cgroup"}
+    if where.version != 1 or "memory" not in own:
+        return None
+    relative = f"{own['memory'].rstrip('/')}/{ENGINE_PARENT}/{_clean(name)}-{secrets.token_hex(4)}"
+    dirs = {}
+    for controller in V1_NEEDED:
+        point = next((pt for pt in mounts if pt.name == controller), None)
+        if point is None or mounts[point] != "/":
+            return None
+        dirs[controller] = point / relative.lstrip("/")
+    group = CallCgroup(1, dirs, Limits())
+    try:
+        for path in group.paths:
+            path.mkdir(parents=True)
+    except OSError:
+        group.close()
+        return None
+    return group, relative
+
+
+def remove_engine_leftovers(parent: str) -> None:
+    """The empty groups an engine made under `parent` in controllers the platform does not
+    manage (devices, blkio, …): removed deepest first, so nothing is left behind per call."""
+    for _, point, _, _ in _mounts():  # v1 controllers and a hybrid host's unified tree
+        base = point / parent.lstrip("/")
+        if not base.is_dir():
+            continue
+        for folder in sorted(base.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if folder.is_dir():
+                _rmdir(folder)
+        _rmdir(base)
+
+
 @functools.cache
 def cgroups_problem() -> str | None:
     """Why per-call cgroups cannot be made here (not root, controllers missing, read-only), or

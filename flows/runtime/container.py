@@ -21,16 +21,19 @@ its declared secrets, nothing of the platform's. It is removed when the call end
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect_cs.flows.runtime.cgroups import engine_group, remove_engine_leftovers
 from prefect_cs.flows.runtime.confinement import Bounds
 from prefect_cs.flows.runtime.model_process import (
     CHILD_SCRIPT,
@@ -40,6 +43,7 @@ from prefect_cs.flows.runtime.model_process import (
     child_environment,
 )
 from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID
+from prefect_cs.flows.runtime.usage import Usage
 from prefect_cs.flows.runtime.warm import WarmModel, _NoAnswer
 
 MODEL_UID = DEFAULT_MODEL_UID  # the model's own uid, as on the process tier
@@ -140,12 +144,46 @@ def call_in_image(
         options = container_options(bounds, network, model_environment(python, env), exchange)
         options["labels"] = {**(labels or {}), **deadline_label(timeout)}
         sweep_expired(client)
-        started = time.perf_counter()
-        container = _start_container(client, image, argv, name, options)
-        return _finish(container, exchange, timeout, bounds, started)
+        with counting_group(options) as counted:
+            started = time.perf_counter()
+            container = _start_container(client, image, argv, name, options)
+            call = _finish(container, exchange, timeout, bounds, started)
+            _remove(client, name)  # its group goes; the counting group keeps the figures
+        call.usage = counted.usage
+        return call
     finally:
         _remove(client, name)
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+@dataclass
+class Counted:
+    """What the kernel counted for one call's container, once it is gone (None: not counted)."""
+
+    usage: Usage | None = None
+
+
+@contextlib.contextmanager
+def counting_group(options: dict[str, Any]) -> Iterator[Counted]:
+    """A cgroup of the platform's own, given to the engine as the container's `cgroup_parent`,
+    so that what the call used (CPU time, peak memory: the kernel's counters, as the process
+    tier bills) is still readable once the container and its own group are gone. Without
+    cgroups here, or with an engine path it cannot take, the call runs and bills zeros."""
+    counted, made = Counted(), engine_group("call")
+    if made is None:
+        yield counted
+        return
+    group, parent = made
+    options["cgroup_parent"] = parent
+    try:
+        yield counted
+    finally:
+        try:
+            counted.usage = Usage.of_cgroup(group.usage())
+        except OSError:  # the figures are the bill's, never a reason to lose the answer
+            pass
+        group.close()
+        remove_engine_leftovers(parent)
 
 
 CALL_LABEL = "cs.compute.studio/call-deadline"
