@@ -221,7 +221,8 @@ def _start_container(
 ) -> Any:
     """Start the call's container; once more if the engine refuses the start itself (seen here
     once under concurrent builds: runc's "stat …/bin/python: permission denied" for a path
-    that was readable the moment after). The model's own faults come later, from _finish."""
+    that was readable the moment after); the second time without the counting group, should
+    the engine refuse that (the call then bills zeros). The model's own faults come later."""
     import docker.errors
 
     for attempt in (1, 2):
@@ -231,6 +232,7 @@ def _start_container(
             _remove(client, name)
             if attempt == 2:
                 raise
+            options.pop("cgroup_parent", None)
             time.sleep(1.0)
     raise AssertionError("unreachable")
 
