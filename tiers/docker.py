@@ -592,6 +592,7 @@ class DockerTier(Tier):
             runner=RUNNER,
             env=env,
             image=image,
+            client=docker_client(timeout=120),
             bounds=model_bounds(model),
             network=model.internet,
             fingerprint=fingerprint,

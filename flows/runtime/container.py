@@ -315,13 +315,12 @@ class WarmContainer(WarmModel):
     """
 
     image: str = ""
+    client: Any = None  # the Docker SDK's client (tiers/docker.py docker_client)
     container: Any = None
     exchange: Path | None = None
 
     def _start(self) -> None:
-        from prefect_cs.tiers.docker import docker_client  # the SDK's client, with its fix
-
-        client = docker_client(timeout=120)
+        client = self.client
         self.exchange = Path(tempfile.mkdtemp(prefix="cs-warm-"))
         for name in ("in", "out"):
             os.mkfifo(self.exchange / name, 0o600)
