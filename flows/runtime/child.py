@@ -222,7 +222,9 @@ def wait_for(request_path: str, response_path: str, seconds: float) -> int:
     with open(request_path) as f:
         if json.load(f).get("function") is None:
             return 0
-    main(request_path, response_path)
+    partial = response_path + ".part"  # the flow sees the answer whole, or not at all
+    main(request_path, partial)
+    os.replace(partial, response_path)
     return 0
 
 
