@@ -114,3 +114,23 @@ def job_cmd(
 
     manifest = asyncio.run(render_job(flow_run_id, worker_name))
     typer.echo(json.dumps(manifest, indent=2))
+
+
+@k8s_app.command("platform-image")
+def platform_image_cmd() -> None:
+    """Build and push the platform's own image (each Job's flow runs in it); print its digest.
+
+    Set CS_PLATFORM_IMAGE to what it prints wherever publish runs: the kubernetes tier's
+    deployments name it. The Docker build cache makes a repeat with an unchanged platform quick.
+    """
+    import logging
+
+    from prefect_cs.core.errors import StepFailed
+    from prefect_cs.tiers.platform_image import build_platform_image
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        image = build_platform_image(logging.getLogger("prefect_cs.platform_image"))
+    except StepFailed as exc:
+        exit_with_error(str(exc))
+    typer.echo(image)

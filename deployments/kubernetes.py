@@ -310,6 +310,100 @@ def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Mani
     }
 
 
+PRIVATE_RANGES = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+]
+ROLE_LABEL = f"{LABEL_PREFIX}/role"
+INTERNET_LABEL = f"{LABEL_PREFIX}/internet"
+
+
+def _destination(url: str) -> tuple[dict[str, Any], int]:
+    """(a NetworkPolicy peer, the port) for a service the flow calls. An in-cluster name
+    (`svc.namespace[.svc…]`) is its namespace; any other host may be anywhere outside the
+    cluster, and NetworkPolicy cannot name hosts: every public address, no private one."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    port = parts.port or {"https": 443, "rediss": 6379, "redis": 6379}.get(parts.scheme, 80)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) >= 2 and (len(labels) == 2 or labels[2] == "svc"):
+        selector = {"matchLabels": {"kubernetes.io/metadata.name": labels[1]}}
+        return {"namespaceSelector": selector}, port
+    return {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}, port
+
+
+def job_network_policies(jobs_ns: str, flow_services: Iterable[str]) -> list[Manifest]:
+    """What simulation pods (label cs.compute.studio/role=job) may reach.
+
+    A NetworkPolicy selects pods, not containers: the model container shares the pod's network
+    with the flow container, so whatever the flow must reach (the Prefect API, Redis, the web
+    app, the outputs bucket: `flow_services`) the model can reach too. What keeps it out there
+    is that it holds none of the credentials (the API and Redis ask for a login, the web app for
+    its token); the policy keeps it off everything else (other pods, the node's and the cloud's
+    metadata addresses, the internet). Nothing may connect in. A model with `internet: true`
+    (label cs.compute.studio/internet=true) also gets every public address, no private one.
+    """
+    rules: list[dict[str, Any]] = [
+        {  # DNS, at the cluster's resolver
+            "to": [
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+            ],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }
+    ]
+    for url in dict.fromkeys(flow_services):
+        peer, port = _destination(url)
+        rules.append({"to": [peer], "ports": [{"protocol": "TCP", "port": port}]})
+    jobs = {"matchLabels": {ROLE_LABEL: "job"}}
+    internet = {"matchLabels": {ROLE_LABEL: "job", INTERNET_LABEL: "true"}}
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "cs-model-jobs", "namespace": jobs_ns},
+            "spec": {
+                "podSelector": jobs,
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": rules,
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "cs-model-jobs-internet", "namespace": jobs_ns},
+            "spec": {
+                "podSelector": internet,
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}]}],
+            },
+        },
+    ]
+
+
+def flow_services(api_url: str) -> list[str]:
+    """Where a Job's flow container connects: the API, and Redis and the web app when configured
+    (the outputs bucket is https on a public address, as is a web app outside the cluster)."""
+    from prefect_cs.core.settings import get_settings
+
+    services = [api_url]
+    redis = get_settings().redis
+    if redis.url or redis.host:
+        services.append(redis.url or f"redis://{redis.host}:{redis.port or 6379}")
+    try:
+        from prefect_cs.flows.notify import load_webapp
+
+        services.append(load_webapp().base_url)
+    except Exception:  # noqa: BLE001 - no web app block here: the operator adds its rule
+        pass
+    services.append("https://storage.googleapis.com")
+    return services
+
+
 def kubernetes_entry(model: ModelConfig) -> PublishedTag | None:
     """The promoted tag when it runs on Kubernetes; None for models on other tiers."""
     try:
@@ -334,6 +428,7 @@ def operator_manifests(
     manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
     manifests += worker_rbac(jobs_ns, worker_ns)
     manifests.append(model_job_service_account(jobs_ns))
+    manifests += job_network_policies(jobs_ns, flow_services(api_url))
     if with_secrets and (pull_secret := registry_pull_secret(jobs_ns)):
         manifests.append(pull_secret)
     if platform_image:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import label_value, model_code_secrets
+from prefect_cs.core.names import check_secret_name, label_value, model_code_secrets
 from prefect_cs.flows.runtime.model_process import ModelCall
 from prefect_cs.flows.runtime.pod_exchange import (
     EXCHANGE,
@@ -69,7 +69,7 @@ def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
     Under the model's own names: only the model container gets them (the flow holds none)."""
     return [
         {
-            "name": name,
+            "name": check_secret_name(name),
             "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
         }
         for name in model_code_secrets(model.secrets)  # never the webhook key
