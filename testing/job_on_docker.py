@@ -204,6 +204,7 @@ def run_pod(
     host folders for the emptyDirs more than one container mounts. flow_extra: more `docker run`
     flags for the flow container (the stand-ins: host network, the outputs folder). keep: copy
     the shared folders there before they are removed (a test reads what the model saw)."""
+    docker = shutil.which("docker") or "docker"  # found on this PATH, not a container's
     pod = Path(tempfile.mkdtemp(prefix="cs-pod-"))
     folders = {volume: pod / volume for volume in SHARED_VOLUMES}
     for folder in folders.values():
@@ -215,6 +216,7 @@ def run_pod(
             argv, env = docker_run_args(
                 job, resolve_secret, f"{name}-{init['name']}", init["name"], folders, "none"
             )
+            argv[0] = docker
             done = subprocess.run(argv, env=_env(env), capture_output=True, text=True, timeout=120)
             ended[init["name"]] = (done.returncode, done.stdout + done.stderr)
             if done.returncode:
@@ -230,6 +232,7 @@ def run_pod(
                 folders,
                 None if flow else "none",
             )
+            argv[0] = docker
             if flow and flow_extra:
                 argv = argv[:3] + flow_extra + argv[3:]
             started[container["name"]] = subprocess.Popen(
@@ -239,14 +242,14 @@ def run_pod(
             try:
                 output, _ = process.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
-                subprocess.run(["docker", "rm", "-f", f"{name}-{container_name}"], check=False)
+                subprocess.run([docker, "rm", "-f", f"{name}-{container_name}"], check=False)
                 output, _ = process.communicate()
             ended[container_name] = (process.returncode, output)
         return PodRun(ended)
     finally:
         for container in ended.keys() | {c["name"] for c in pod_spec(job)["containers"]}:
             subprocess.run(
-                ["docker", "rm", "-f", f"{name}-{container}"], capture_output=True, check=False
+                [docker, "rm", "-f", f"{name}-{container}"], capture_output=True, check=False
             )
         if keep is not None:
             shutil.copytree(pod, keep, dirs_exist_ok=True)

@@ -322,23 +322,40 @@ def test_operator_manifests_are_valid(k8s_model):
         "prefect-cs",
         "watch",
     ]
-    container = inputs["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == IMAGE
-    assert container["command"][-2:] == ["-m", "prefect_cs.services.inputs_server"]
+    pod = inputs["spec"]["template"]["spec"]
+    worker, model = pod["containers"]
+    (init,) = pod["initContainers"]
+    assert (worker["name"], model["name"]) == ("inputs", "model")
+    assert worker["image"] == init["image"] == "r/prefect-cs:1" and model["image"] == IMAGE
+    assert worker["command"][-2:] == ["-m", "prefect_cs.services.inputs_server"]
     # the module the pod runs exists and is runnable (it once pointed at a module with no __main__)
-    spec = importlib.util.find_spec(container["command"][-1])
+    spec = importlib.util.find_spec(worker["command"][-1])
     assert spec and 'if __name__ == "__main__":' in Path(spec.origin).read_text()
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
+    assert model["command"][2:] == [
+        "/cs/runtime/child.py",
+        "--serve-paths",
+        "/cs/exchange/in",
+        "/cs/exchange/out",
+        "--reap",
+    ]
+    assert model["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
+    assert model["securityContext"]["runAsUser"] == 10001
+    assert model["securityContext"]["readOnlyRootFilesystem"] is True
     assert {
-        "name": "CS_SECRET_API_TOKEN",
+        "name": "API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
-    } in container["env"]
+    } in model["env"]
+    assert not [e for e in worker["env"] if "API_TOKEN" in e["name"]]  # the model's only
+    assert not [e for e in model["env"] if e["name"].startswith(("PREFECT", "CS_"))]
+    assert {"name": "CS_EXCHANGE_DIR", "value": "/cs/exchange"} in worker["env"]
+    assert inputs["spec"]["template"]["metadata"]["labels"][f"{CS}/role"] == "job"
     login = {
         "name": "PREFECT_API_AUTH_STRING",
         "valueFrom": {"secretKeyRef": {"name": "prefect-auth", "key": "auth-string"}},
     }
     for deployment in (watcher, inputs):
         assert login in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert login not in model["env"]
     assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(manifests)
     assert SECRET_VALUE not in json.dumps(inputs)
     policies = {m["metadata"]["name"]: m["spec"] for m in by_kind["NetworkPolicy"]}
@@ -847,3 +864,31 @@ def test_job_variables_need_the_platform_image_by_digest(monkeypatch):
     monkeypatch.setenv("CS_PLATFORM_IMAGE", "r/prefect-cs-platform:0.1.0")
     with pytest.raises(StepFailed, match="by digest"):
         KubernetesTier().job_variables(model, entry)
+
+
+def test_warm_pod_talks_to_a_serve_paths_zygote(misbehaving, tmp_path, monkeypatch):
+    """The inputs worker's side of a warm model container, against child.py --serve-paths of the
+    model's venv over named pipes in a shared folder: answers, a call over its time is stopped
+    by the zygote (the platform cannot reach across containers), and the next call works."""
+    from prefect_cs.flows.runtime import pod_exchange
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+
+    pod_exchange.make_pipes(tmp_path)
+    python = published_python("tests", "Misbehaving")
+    argv = [python, "-I", str(CHILD_SCRIPT), "--serve-paths"]
+    argv += [str(tmp_path / "in"), str(tmp_path / "out")]
+    zygote = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True)
+    warm = pod_exchange.WarmPod(tmp_path, fingerprint="f1")
+    try:
+        call = warm.call("get_version", [], timeout=30)
+        assert call.ok and call.result == "0.3.0", call
+        hang = {"control": {"behavior": [{"value": "hang"}]}}
+        slow = warm.call("run_model", [{}, hang], timeout=2)
+        assert not slow.ok and "did not answer within 2 seconds" in slow.error, slow
+        again = warm.call("get_version", [], timeout=30)
+        assert again.ok and again.result == "0.3.0"
+    finally:
+        warm.stop()
+        assert zygote.wait(timeout=30) == 0  # the end of its requests: it exits
+    none = pod_exchange.WarmPod(None).call("get_version", [], timeout=1)
+    assert not none.ok and "CS_EXCHANGE_DIR" in none.error

@@ -1,16 +1,18 @@
-"""The Kubernetes tier's Job, run for real on Docker: the same image, command, env and limits.
+"""The Kubernetes tier's Job, run for real on Docker: the same images, commands, env and limits.
 
-Publish runs with CS_TIER=kubernetes (the Docker builder builds, tests and
-pushes the image to the local registry; the deploy step moves the model to the
-kubernetes pool). A simulation is submitted as the web app does, its Job is
-rendered by prefect-kubernetes' own code in a worker-like process, and the
-Job's container is started with `docker run` (secretKeyRefs resolved from the
-secrets backend, as the kubelet would from the model's Secret). The flow must
-complete inside that container and the web app stand-in be notified.
+The platform's image is built once for the module (tiers/platform_image.py) and pushed to the
+local registry; CS_PLATFORM_IMAGE names it by digest. Publish runs with CS_TIER=kubernetes (the
+Docker builder builds, tests and pushes the model's image; the deploy step moves the model to
+the kubernetes pool). A simulation is submitted as the web app does, its Job is rendered by
+prefect-kubernetes' own code in a worker-like process, and the Job's pod is run with Docker
+(testing/job_on_docker.run_pod): the init container copies the runner, then the flow container
+(platform image) and the model container (model image, uid 10001, read-only, no capabilities,
+no network) run at once, sharing the exchange and runtime emptyDirs as host folders. The flow
+must complete and the web app stand-in be notified; the model container must end with it.
 
-Two stand-ins for what a cluster provides: host networking (the pod network
-reaching the Prefect API) and a bind mount of the local outputs folder (a
-bucket in production).
+Two stand-ins for what a cluster provides: host networking for the flow container (the pod
+network reaching the Prefect API) and a bind mount of the local outputs folder (a bucket in
+production).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import uuid
 import zipfile
+from pathlib import Path
 
 import pytest
 from prefect_cs.testing.docker_tier import REGISTRY, ensure_docker, registry_settings
@@ -31,14 +34,29 @@ SECRET_VALUE = f"k8s-tok-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="module")
-def k8s_published(platform, repos):
-    """The misbehaving app published on the kubernetes tier, with one declared secret."""
-    from prefect_cs.security.secrets import get_backend
+def platform_image(platform):
+    """The platform's image, built and pushed once for the module (the build cache makes a
+    rebuild of an unchanged platform quick); CS_PLATFORM_IMAGE names it by digest."""
+    import logging
+
+    from prefect_cs.tiers.platform_image import build_platform_image
 
     ensure_docker()
     mp = pytest.MonkeyPatch()
     for key, value in registry_settings().items():
         mp.setenv(key, value)
+    image = build_platform_image(logging.getLogger("tests.platform_image"))
+    mp.setenv("CS_PLATFORM_IMAGE", image)
+    yield image
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def k8s_published(platform_image, repos):
+    """The misbehaving app published on the kubernetes tier, with one declared secret."""
+    from prefect_cs.security.secrets import get_backend
+
+    mp = pytest.MonkeyPatch()
     mp.setenv("CS_TIER", "kubernetes")
     repo = make_repo("misbehaving-app", repos / "k8s-on-docker")
     register_model(
@@ -85,60 +103,99 @@ def mark_submitted(flow_run_id) -> None:
     anyio.run(submitted)
 
 
-def cluster_stand_ins(argv: list[str]) -> list[str]:
-    """Host networking and the outputs folder mounted, right after `docker run`."""
+def cluster_stand_ins() -> list[str]:
+    """The flow container's host networking and the outputs folder, as `docker run` flags."""
     from prefect_cs.tiers.docker import container_volumes
 
     extra = ["--network", "host"]
     for volume in container_volumes():
         extra += ["-v", volume]
-    return argv[:2] + extra + argv[2:]
+    return extra
 
 
-def test_rendered_job_runs_in_its_image_with_docker(k8s_published, webapp, cs_home):
-    import docker
-    from prefect.client.orchestration import get_client
+def run_simulation_pod(
+    owner: str, title: str, adjustment: dict, meta: dict | None = None, tag: str | None = None
+):
+    """Submit, render and run one simulation's pod on Docker: (task_id, run, job, pod run, the
+    exchange folder as the pod left it)."""
     from prefect_cs.deployments.submit import submit_simulation
-    from prefect_cs.testing.job_on_docker import backend_resolver, docker_run_args
+    from prefect_cs.testing.job_on_docker import backend_resolver, run_pod
 
     task_id = str(uuid.uuid4())
     run = submit_simulation(
-        OWNER,
-        TITLE,
-        adjustment={"control": {"behavior": [{"value": "leak_secret"}]}},
+        owner,
+        title,
+        meta_param_dict=meta or {},
+        adjustment=adjustment,
         task_id=task_id,
         wait_seconds=0,
+        tag=tag,
     )
     job = render_job(run.id)
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker@sha256:")  # by digest
-    refs = [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
-    assert sorted((e["name"], e["valueFrom"]["secretKeyRef"]["key"]) for e in refs) == [
-        ("CS_SECRET_DEMO_TOKEN", "DEMO_TOKEN"),
-        ("PREFECT_API_AUTH_STRING", "auth-string"),
-    ]
+    mark_submitted(run.id)
+    kept = Path(os.environ["CS_HOME"]) / f"pod-{task_id[:8]}"
+    pod = run_pod(
+        job,
+        backend_resolver(owner, title),
+        name=f"cs-job-{task_id[:8]}",
+        flow_extra=cluster_stand_ins(),
+        timeout=300,
+        keep=kept,
+    )
+    return task_id, run, job, pod, kept / "exchange"
+
+
+def _state(run_id):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(run_id).state
+
+
+def test_rendered_pod_runs_in_its_images_with_docker(
+    k8s_published, platform_image, webapp, cs_home
+):
+    import docker
+    from prefect_cs.testing.job_on_docker import job_container
+
+    task_id, run, job, pod, exchange = run_simulation_pod(
+        OWNER, TITLE, {"control": {"behavior": [{"value": "leak_secret"}]}}
+    )
+    flow, model = job_container(job), job_container(job, "model")
+    assert flow["image"] == platform_image
+    assert model["image"].startswith(f"{REGISTRY}/tests_k8s-on-docker@sha256:")  # by digest
+    refs = {
+        c["name"]: sorted(e["name"] for e in c["env"] if "valueFrom" in e) for c in (flow, model)
+    }
+    assert refs == {"prefect-job": ["PREFECT_API_AUTH_STRING"], "model": ["DEMO_TOKEN"]}
     assert SECRET_VALUE not in json.dumps(job)
     assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(job)
 
-    name = f"cs-job-{task_id[:8]}"
-    argv, env = docker_run_args(job, backend_resolver(OWNER, TITLE), name=name)
-    assert SECRET_VALUE not in " ".join(argv)
-    mark_submitted(run.id)
-    done = subprocess.run(
-        cluster_stand_ins(argv),
-        env={"PATH": os.environ["PATH"], **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-
-    with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run.id).state
-    assert state.is_completed(), state
+    assert pod.code("runtime") == 0, pod.output("runtime")
+    assert pod.code("prefect-job") == 0, pod.output("prefect-job")[-3000:]
+    assert pod.code("model") == 0, pod.output("model")[-3000:]  # answered, then ended
+    assert _state(run.id).is_completed(), _state(run.id)
     body = next(r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id)
     assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
     with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
-        assert "token: ***" in archive.read("Summary.md").decode()  # the secret reached the model
-    assert SECRET_VALUE not in done.stdout + done.stderr
-    assert docker.from_env().containers.list(all=True, filters={"name": name}) == []
+        summary = archive.read("Summary.md").decode()
+    # The secret reached the model container. The flow container holds no model secret, so it
+    # cannot mask one the model prints into its outputs (the other tiers' flows can).
+    assert f"token: {SECRET_VALUE}" in summary
+    assert SECRET_VALUE not in pod.output("prefect-job")
+    request = json.loads((exchange / "request.json").read_text())
+    assert set(request) == {"function", "args", "with_version"}  # no environment, no secret
+    names = {c.name for c in docker.from_env().containers.list(all=True)}
+    assert not [n for n in names if n.startswith(f"cs-job-{task_id[:8]}")]
+
+
+def test_a_run_that_never_calls_the_model_ends_the_model_container(k8s_published, webapp):
+    """A flow that fails before its model call (a tag that was never published) still ends the
+    pod: it writes `{"function": null}`, and the model container exits at once."""
+    task_id, run, job, pod, exchange = run_simulation_pod(OWNER, TITLE, {}, tag="v9-never")
+    assert pod.code("prefect-job") == 0, pod.output("prefect-job")[-3000:]
+    assert pod.code("model") == 0, pod.output("model")[-3000:]
+    assert json.loads((exchange / "request.json").read_text()) == {"function": None}
+    assert not (exchange / "response.json").exists()
+    body = next(r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id)
+    assert body["status"] == "FAIL"

@@ -27,6 +27,7 @@ from prefect_cs.flows.runtime.pod_exchange import (
     RESPONSE,
     RUNNER,
     WORK,
+    WarmPod,
     call_in_pod,
 )
 from prefect_cs.tiers.base import JobVariables
@@ -203,3 +204,12 @@ class KubernetesTier(DockerTier):
                 " container; start the run through the kubernetes work pool",
             )
         return call_in_pod(exchange, function, args, timeout=model.time_limit)
+
+    def warm_model(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
+    ) -> WarmPod:
+        """The model container of this model's inputs server pod, over its named pipes (the
+        inputs worker runs beside it, in the platform image; `env` is in the pod spec)."""
+        from prefect_cs.core.settings import get_settings
+
+        return WarmPod(get_settings().exchange_dir, fingerprint)
