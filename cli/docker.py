@@ -10,7 +10,7 @@ services.stack.docker_worker, shared with the tests and benchmarks.
 from __future__ import annotations
 
 import typer
-from prefect_cs.cli._utilities import CSTyper, exit_with_error, split_model
+from prefect_cs.cli._utilities import CSTyper, exit_with_error
 from prefect_cs.core.settings import get_settings
 from prefect_cs.services.stack import docker_worker
 
@@ -89,28 +89,9 @@ def worker(action: str = typer.Argument("start", help="start | stop | status")) 
     check_action(action)
     bg = docker_worker()
     if action == "start":
-        ensure_pool(get_settings().docker_pool, "docker")
+        ensure_pool(get_settings().docker_pool, "process")
         typer.echo(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
     elif action == "stop":
         typer.echo(f"{bg.name}: {'stopped' if bg.stop() else 'not running'}")
     else:
         typer.echo(f"{bg.name}: {'running, pid ' + str(bg.pid()) if bg.pid() else 'stopped'}")
-
-
-@docker_app.command("inputs-server")
-def inputs_server(
-    action: str = typer.Argument(..., help="start | stop | status"),
-    name: str = typer.Argument(..., help="OWNER/TITLE"),
-) -> None:
-    """A model's inputs server: a container of its promoted image answering version/defaults/parse."""
-    from prefect_cs.deployments import docker_inputs
-
-    check_action(action)
-    owner, title = split_model(name)
-    if action == "start":
-        typer.echo(f"started {docker_inputs.start_inputs_server(owner, title)}")
-    elif action == "stop":
-        gone = docker_inputs.stop_inputs_server(owner, title)
-        typer.echo("stopped" if gone else "not running")
-    else:
-        typer.echo(docker_inputs.inputs_server_status(owner, title) or "not running")

@@ -103,6 +103,13 @@ def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list
     return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
 
 
+def stop_warm() -> None:
+    """Stop every warm process and container (the inputs server is stopping)."""
+    with _warm_lock:
+        while _warm:
+            _warm.popitem()[1].stop()
+
+
 def _stop_other_tags(model_slug: str) -> None:
     """One warm process or container per model: the tag asked for now replaces the last one
     (after a promote, the old tag's would otherwise hold its memory for ever)."""

@@ -1,14 +1,18 @@
 """The inputs server: a Prefect task worker answering version, defaults and parse.
 
-On the embedded tier one shared server answers every model (its virtualenvs
-are on this machine); on container tiers each model's image runs one for that
-model alone (CS_INPUTS_MODEL=OWNER/TITLE), subscribed to its own task keys.
+One shared server answers every model of the process and Docker tiers: it keeps
+each model warm itself (a sandboxed process of its virtualenv, or a confined
+container of its image). On Kubernetes each model has a server of its own
+(CS_INPUTS_MODEL=OWNER/TITLE) in the platform's image, subscribed to its own
+task keys, beside the model's container.
 Run it with `prefect-cs inputs serve [--model OWNER/TITLE]` or
 `python -m prefect_cs.services.inputs_server`.
 """
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 
 from prefect import Task
@@ -17,7 +21,13 @@ from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.names import check_name
 from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import task_storage
-from prefect_cs.flows.inputs import defaults_task, for_model, parse_task, version_task
+from prefect_cs.flows.inputs import (
+    defaults_task,
+    for_model,
+    parse_task,
+    stop_warm,
+    version_task,
+)
 
 logger = get_logger("prefect_cs.inputs_server")
 
@@ -34,14 +44,20 @@ def served_tasks(model: str | None = None) -> list[Task]:
 
 
 def served_models(model: str | None = None) -> list[ModelConfig]:
-    """The one model of a container's server, or every model the shared server answers for
-    (those whose promoted tag is a virtualenv on this machine)."""
+    """The one model of a pod's server, or every model the shared server answers for (those
+    whose promoted tag's tier keeps its models warm on the shared worker)."""
     if model:
         owner, _, title = model.partition("/")
         return [ModelConfig.for_model(owner, title)]
     from prefect_cs.registry.configs import all_models
 
-    return [m for m in all_models() if promoted_tier(m) == "local"]
+    return [m for m in all_models() if served_here(promoted_tier(m))]
+
+
+def served_here(tier: str | None) -> bool:
+    from prefect_cs.tiers import get_tier
+
+    return tier is not None and get_tier(tier).inputs_on_shared_worker
 
 
 def promoted_tier(model: ModelConfig) -> str | None:
@@ -74,9 +90,15 @@ def serve(model: str | None = None) -> None:
     from prefect.task_worker import serve as serve_tasks
 
     model = model or get_settings().inputs_model
-    with task_storage():
-        threading.Thread(target=warm_served, args=(model,), daemon=True).start()
-        serve_tasks(*served_tasks(model), limit=20)
+    # A stop (SIGTERM) unwinds like Ctrl-C, so the warm processes and containers go with it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        with task_storage():
+            threading.Thread(target=warm_served, args=(model,), daemon=True).start()
+            serve_tasks(*served_tasks(model), limit=20)
+    finally:
+        stop_warm()
 
 
 if __name__ == "__main__":

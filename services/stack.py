@@ -400,12 +400,10 @@ def started_process_workers() -> list[Background]:
 
 
 def docker_worker(pool: str | None = None) -> Background:
-    """`prefect worker start --type docker` with the minimal worker environment.
-
-    Workers copy their PREFECT_* settings into every container they start, so
-    the worker gets only the API URL, CS_* settings and fast polling.
-    """
-    return pool_worker(pool or get_settings().docker_pool, "docker")
+    """The Docker tier's worker: a process worker on the tier's own pool (CS_DOCKER_POOL), on a
+    host with a Docker engine. Its flows run here, in the platform's environment, and start a
+    container of the model's image for each call of the model's code (tiers/docker.py)."""
+    return pool_worker(pool or get_settings().docker_pool, "process")
 
 
 def inputs_worker() -> Background:

@@ -1,8 +1,8 @@
 """The Docker tier end to end on real parts: dockerd, a registry on 127.0.0.1:5000, a base image
-made with debootstrap, a real `prefect worker start --type docker`, the web app stand-in.
+made with debootstrap, a real process worker on the tier's pool, the web app stand-in.
 
-Publish builds, tests and pushes an image; simulations run in containers the
-worker starts and removes. The re-publish comes last because it moves the
+Publish builds, tests and pushes an image; the flow runs on the worker's host and
+each model call is a confined container of the image, started and removed by the flow. The re-publish comes last because it moves the
 model's promoted tag; each test still stands alone (`-k` runs any one of them).
 """
 
@@ -20,7 +20,6 @@ from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack import docker_worker
 from prefect_cs.testing.docker_tier import (
     REGISTRY,
-    REGISTRY_BLOCK,
     containers,
     docker_tier,
     ensure_docker,
@@ -151,29 +150,6 @@ def flow_run_logs(state) -> list[str]:
         return [log.message for log in client.read_logs(run_filter)]
 
 
-PROBE = (
-    "import os\n"
-    "for pid in set(filter(str.isdigit, os.listdir('/proc'))) - {str(os.getpid())}:\n"
-    "    try:\n"
-    "        if b'child.py' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
-    "            print(os.stat(f'/proc/{pid}').st_uid, open(f'/proc/{pid}/oom_score_adj').read().strip())\n"
-    "    except OSError:\n"
-    "        pass\n"
-)
-
-
-def model_children(container, timeout: float = 30) -> set[str]:
-    """`uid oom_score_adj` of the model's child processes (child.py) in a running container."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = container.exec_run(["python3", "-c", PROBE])
-        found = set(result.output.decode().split("\n")) - {""}
-        if found:
-            return found
-        time.sleep(0.3)
-    raise AssertionError("the model's child process did not start")
-
-
 def simulate_on_worker(behavior: str, title: str = TITLE, adjustment: dict | None = None):
     task_id = str(uuid.uuid4())
     run = submit_simulation(
@@ -198,19 +174,12 @@ def test_publish_pushes_image_and_deploys_on_docker_pool(docker_repo):
 
     dep = deployment()
     assert dep.work_pool_name == "cs-docker"
-    variables = dep.job_variables
-    assert variables["image"] == entry.image and "@sha256:" in variables["image"]
-    assert variables["mem_limit"] == variables["memswap_limit"] == "640m"
-    assert variables["nano_cpus"] == 1_000_000_000
-    assert variables["env"]["CS_SECRET_MODEL_TOKEN"].startswith(
-        "{{ prefect.blocks.secret.cs-model--"
-    )
-    assert "MODEL_TOKEN" not in variables["env"] and variables["env"]["CS_SECRETS_SOURCE"] == "env"
+    assert dep.job_variables == {}, "the run reads the image, bounds and secrets from the config"
     assert SECRET_VALUE not in json.dumps(dep.model_dump(mode="json"))
     with get_client(sync_client=True) as client:
         pool = client.read_work_pool("cs-docker")
-    assert pool.type == "docker"
-    assert pool.base_job_template == base_job_template("docker")
+    assert pool.type == "process", "the flow runs on the host, never in the model's image"
+    assert pool.base_job_template == base_job_template("process")
 
 
 def test_image_carries_no_secret(docker_repo):
@@ -266,24 +235,28 @@ def test_failure_in_container_is_delivered(worker, webapp, behavior, reason):
 
 
 def test_hang_container_limits_env_and_cleanup(worker, webapp):
-    """While the model hangs: the container's limits and environment; after: FAIL and no container."""
+    """While the model hangs: its call container's confinement and environment; after: FAIL
+    and no container."""
     from prefect.client.orchestration import get_client
 
     task_id = str(uuid.uuid4())
     run = submit_simulation(OWNER, TITLE, {}, behave("hang"), task_id=task_id, wait_seconds=0)
     label = f"io.prefect.flow-run-id={run.id}"
     container = wait_for_container(label)
-    config = container.attrs["Config"]
+    config, host = container.attrs["Config"], container.attrs["HostConfig"]
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["CS_SECRET_MODEL_TOKEN"] == SECRET_VALUE, "the worker resolves the block at start"
-    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in env
-    assert "PREFECT_API_KEY" not in env
-    host = container.attrs["HostConfig"]
+    assert env["MODEL_TOKEN"] == SECRET_VALUE, "its declared secret, under its own name"
+    assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))], env.keys()
+    assert config["User"] == "10001:10001" and config["Image"] == model_image()
+    assert host["ReadonlyRootfs"] is True and host["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in host["SecurityOpt"] and host["NetworkMode"] == "none"
     assert host["Memory"] == host["MemorySwap"] == 640 * 1024 * 1024
-    assert host["NanoCpus"] == 1_000_000_000
-    assert host["AutoRemove"] is True
-    # The model runs as CS_MODEL_UID, not root, and is the OOM killer's first choice.
-    assert model_children(container) == {"10001 1000"}
+    assert host["NanoCpus"] == 1_000_000_000 and host["PidsLimit"] == 512
+    assert not host.get("Privileged") and not host.get("PidMode")
+    assert sorted(m["Destination"] for m in container.attrs["Mounts"]) == [
+        "/cs/exchange",
+        "/cs/runtime/child.py",
+    ]
 
     body = only_put(webapp, task_id, timeout=120)
     assert body["status"] == "FAIL" and "time limit of 8 seconds" in body["traceback"]
@@ -294,6 +267,10 @@ def test_hang_container_limits_env_and_cleanup(worker, webapp):
     assert containers(label) == [], "the container was not removed after the run"
     with get_client(sync_client=True) as client:
         assert client.read_flow_run(run.id).state.is_final()
+
+
+def model_image(title: str = TITLE) -> str:
+    return ModelConfig.for_model(OWNER, title).published().image or ""
 
 
 def test_paramtools_app_in_container(docker_ready, worker, webapp, repos, cs_home):
@@ -321,7 +298,7 @@ def test_paramtools_app_in_container(docker_ready, worker, webapp, repos, cs_hom
 
 def test_registry_login_push_and_worker_pull(docker_repo, worker, webapp):
     """The registry asks for a login: publish pushes with the cs-registry block's, the deployment
-    holds only a reference to the block, and the worker pulls with it (local copies removed)."""
+    holds none of it, and the flow pulls with it (local copies removed)."""
     import docker
     import httpx
 
@@ -341,9 +318,6 @@ def test_registry_login_push_and_worker_pull(docker_repo, worker, webapp):
     assert with_login.json()["tags"] == ["v1"]
 
     dep = deployment("Auth-Docker")
-    assert dep.job_variables["registry_credentials"] == (
-        "{{ prefect.blocks.docker-registry-credentials." + REGISTRY_BLOCK + " }}"
-    )
     logs = flow_run_logs(state)
     # Computed outside the asserts: a failing assert must not print the password.
     in_deployment = password in json.dumps(dep.model_dump(mode="json"))
@@ -355,39 +329,43 @@ def test_registry_login_push_and_worker_pull(docker_repo, worker, webapp):
     task_id, run = simulate_on_worker("ok", title="Auth-Docker")
     assert run.state.is_completed(), run.state.message
     assert only_put(webapp, task_id)["status"] == "SUCCESS"
-    assert docker.from_env().images.get(image), "the worker pulled the image with the login"
+    assert docker.from_env().images.get(image), "the flow pulled the image with the login"
 
 
-def test_inputs_server_container_answers_for_its_model(docker_repo, webapp):
-    """version, defaults and parse answered by a container of the model's own image."""
-    from prefect_cs.deployments import docker_inputs
+def test_warm_container_answers_light_calls(docker_repo, task_worker, webapp):
+    """version, defaults and parse answered by the shared inputs worker from a warm, confined
+    container of the model's own image; it goes when the worker stops."""
     from prefect_cs.flows import inputs
+    from prefect_cs.flows.runtime.container import WARM_LABEL
 
-    name = docker_inputs.start_inputs_server(OWNER, TITLE)
-    try:
-        assert docker_inputs.inputs_server_status(OWNER, TITLE)["status"] == "running"
-        version = inputs.get_version(OWNER, TITLE)
-        assert version["status"] == "SUCCESS" and version["version"] == "0.3.0", version
-        task_id = str(uuid.uuid4())
-        bad = {"control": {"behavior": [{"value": "explode-the-sun"}]}}
-        parsed = inputs.parse(OWNER, TITLE, task_id, {}, bad)
-        assert parsed["status"] == "SUCCESS"
-        assert parsed["outputs"]["errors_warnings"]["control"]["errors"]["behavior"]
-        puts = [r.body for r in webapp.accepted("/inputs/api/") if r.body["task_id"] == task_id]
-        assert len(puts) == 1 and puts[0]["status"] == "SUCCESS"
-    finally:
-        assert docker_inputs.stop_inputs_server(OWNER, TITLE)
+    version = inputs.get_version(OWNER, TITLE)
+    assert version["status"] == "SUCCESS" and version["version"] == "0.3.0", version
+    task_id = str(uuid.uuid4())
+    bad = {"control": {"behavior": [{"value": "explode-the-sun"}]}}
+    parsed = inputs.parse(OWNER, TITLE, task_id, {}, bad)
+    assert parsed["status"] == "SUCCESS"
+    assert parsed["outputs"]["errors_warnings"]["control"]["errors"]["behavior"]
+    puts = [r.body for r in webapp.accepted("/inputs/api/") if r.body["task_id"] == task_id]
+    assert len(puts) == 1 and puts[0]["status"] == "SUCCESS"
+    warm = containers(f"{WARM_LABEL}={model_image()}", all_states=False)
+    assert len(warm) == 1, "one warm container per model"
     import docker
 
-    assert docker.from_env().containers.list(all=True, filters={"name": name}) == []
+    attrs = docker.from_env().containers.get(warm[0]).attrs
+    assert attrs["Config"]["User"] == "10001:10001" and attrs["Config"]["Image"] == model_image()
+    assert attrs["HostConfig"]["ReadonlyRootfs"] and attrs["HostConfig"]["NetworkMode"] == "none"
+    env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
+    assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))], env.keys()
+    task_worker.stop()
+    task_worker.start()  # the module's later tests still have a worker
+    assert containers(WARM_LABEL) == [], "warm containers outlived their server"
 
 
-def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
-    """An image that cannot be pulled: the flow never runs, the run ends Crashed, the watcher sends a FAIL."""
+def test_image_that_cannot_be_pulled_is_a_fail_naming_it(worker, webapp):
+    """An image the registry does not have: the flow (on the host) reports FAIL naming the pull."""
     from prefect_cs.blocks.model_config import PublishedTag
     from prefect_cs.deployments.deploy import deploy_model
     from prefect_cs.registry.configs import register
-    from prefect_cs.services.lost_runs import scan_once
 
     ghost = ModelConfig(owner=OWNER, title="Ghost-Docker", repo_url="https://example.invalid/g.git")
     model = register(ghost)
@@ -399,12 +377,9 @@ def test_container_that_never_starts_is_reported_by_the_watcher(worker, webapp):
     model.save_model()
     deploy_model(model, entry)
     task_id, run = simulate_on_worker("ok", title="Ghost-Docker")
-    assert run.state.is_crashed(), run.state
-    assert not [r for r in webapp.received("/outputs/api/") if r.body["task_id"] == task_id]
-    reports = scan_once(pending_timeout=3600, only=[run.id], crash_grace=0)
-    assert [r["task_id"] for r in reports] == [task_id]
+    assert run.state.is_failed(), run.state
     body = only_put(webapp, task_id)
-    assert body["status"] == "FAIL" and "Crashed" in body["traceback"]
+    assert body["status"] == "FAIL" and "docker pull" in body["traceback"], body["traceback"]
 
 
 def test_code_only_republish_reuses_dependency_layer(docker_repo):
@@ -422,7 +397,7 @@ def test_code_only_republish_reuses_dependency_layer(docker_repo):
         v2, "pip install /opt/cs/src/cs-config"
     )
     digest = registry_digest(REGISTRY, REPOSITORY, "v2")
-    assert deployment().job_variables["image"] == f"{REGISTRY}/{REPOSITORY}@{digest}"
+    assert model_image() == f"{REGISTRY}/{REPOSITORY}@{digest}"
 
 
 @pytest.fixture
@@ -430,7 +405,7 @@ def serving(docker_repo) -> tuple[str, str]:
     """(promoted tag, deployment image) before the test: v1 alone, or v2 after the re-publish,
     so the failing publish checks "the previous tag keeps serving" whatever ran before it."""
     model = ModelConfig.for_model(OWNER, TITLE)
-    return model.latest_tag, deployment().job_variables["image"]
+    return model.latest_tag, model_image()
 
 
 def test_failing_model_tests_stop_publish(docker_repo, worker, webapp, serving):
@@ -450,7 +425,7 @@ def test_failing_model_tests_stop_publish(docker_repo, worker, webapp, serving):
     assert any(m.startswith("[model-tests]") and "broken on purpose" in m for m in logs)
     assert "v3" not in registry_tags(REPOSITORY)
     model = ModelConfig.for_model(OWNER, TITLE)
-    assert (model.latest_tag, deployment().job_variables["image"]) == serving
+    assert (model.latest_tag, model_image()) == serving
     assert "@sha256:" in serving[1]  # the serving image, by digest
     assert build_tags(image_repository(REGISTRY, model)) == []
     task_id, run = simulate_on_worker("ok")

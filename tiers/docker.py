@@ -1,25 +1,37 @@
-"""The Docker tier: one image per model and tag, pushed to a registry, run by the Docker pool.
+"""The Docker tier: one image per model and tag, pushed to a registry; each model call a container of it.
 
-The image is built from tiers/Dockerfile (package data). Layers go from what
-every model shares to what changes most, so the Docker build cache does the
-work of a re-publish:
+The image holds the model and nothing of the platform (tiers/Dockerfile). Its
+build ran the model's install.sh as root, so anything in it may be the model's
+(a `.pth`, `sitecustomize`, `/etc/ld.so.preload`, the interpreter): the
+platform never runs its own code in it. The simulate flow runs on a process
+worker of the tier's own pool (CS_DOCKER_POOL, a `process` pool) in the
+platform's environment on a host with a Docker engine, and each call of the
+model's code (simulate, the model's tests and get_version at publish, the
+warm inputs process) is one container of the image started by the flow with
+the Docker SDK (flows/runtime/container.py): uid 10001, read-only root, no
+capabilities, no network unless declared (then a bridge of its own, never the
+host's), the model config's memory, pids, CPUs and disk, with the platform's
+runner bound in read-only and a per-call exchange folder. Why this shape and
+not a flow container beside it: a flow inside a container would need the
+engine's socket to start its sibling, and that socket is root on the host;
+the process worker already is the platform, on the host, so nothing is given
+to a container that a model could reach.
+
+Layers go from what every model shares to what changes most, so the Docker
+build cache does the work of a re-publish:
 
 1. the base image (`CS_BASE_IMAGE`) and the host's CA bundle;
-2. the platform venv `/opt/cs/platform` with the project's pinned dependencies
-   (Prefect and its collections; the flow runs there, the Docker worker
-   starting it with `python -m prefect.engine`);
-3. the model venv `/opt/cs/model` with cs-kit and pytest (same for every model);
-4. the model's dependencies, as root as on Compute Studio: the Debian packages
+2. the model venv `/opt/cs/model` with cs-kit and pytest (same for every model);
+3. the model's dependencies, as root as on Compute Studio: the Debian packages
    its config lists (`system_packages`), then its `install.sh` alone (or the
    install override), run as on every tier (tiers/base.py); one that calls
    apt-get gets the package lists first;
-5. the platform's own wheel (small; a platform change keeps layers 1-4);
-6. the model's code (`cs-config`) and the child runner.
+4. the model's code (`cs-config`).
 
-A code-only change rebuilds only layer 6. The image is built under a
+A code-only change rebuilds only layer 4. The image is built under a
 throw-away tag, tested, and only then tagged `<registry>/<owner>_<title>:<tag>`
 and pushed, so a failing build never replaces the image a deployment uses.
-Deployments and jobs name the image by the digest the push returned
+Deployments and runs name the image by the digest the push returned
 (`<registry>/<owner>_<title>@sha256:…`), never by its tag: a tag pushed again
 later (by a rebuild, or by anyone who can push) does not change what runs.
 
@@ -28,8 +40,8 @@ The registry asks for a login on every push and pull (the local one on
 that reaches it can neither read nor overwrite another model's image. The login
 lives in a DockerRegistryCredentials block (CS_REGISTRY_BLOCK; `prefect-cs docker
 up` saves the local registry's as `cs-registry`): publish sends it to the engine
-with each push (the SDK's auth_config, never a `docker login` or a config file),
-and deployments name the block, which the Docker worker resolves when it pulls.
+with each push, and the flow with each pull (the SDK's auth_config, never a
+`docker login` or a config file); no model container ever holds it.
 """
 
 from __future__ import annotations
@@ -43,27 +55,26 @@ import uuid
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_system_package
 from prefect_cs.core.errors import StepFailed
-from prefect_cs.core.names import image_name, image_tag, model_code_secrets, secret_env_name
-from prefect_cs.core.settings import forwarded_environment, get_settings
+from prefect_cs.core.names import image_name, image_tag
+from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.confinement import Bounds
 from prefect_cs.flows.runtime.container import (
+    RUNNER,
+    WarmContainer,
     call_in_image,
     cli_flags,
     container_options,
     model_environment,
 )
-from prefect_cs.flows.runtime.environment import RUNTIME_DIR
-from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+from prefect_cs.flows.runtime.model_process import ModelCall
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier, system_package_lines
 from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS
 from prefect_cs.tiers.steps import run_step
-from prefect_cs.tiers.wheel import platform_requirements, platform_wheel
 
-PLATFORM_VENV = "/opt/cs/platform"
 MODEL_VENV = "/opt/cs/model"
 MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
@@ -234,11 +245,9 @@ def dockerfile(system_packages: list[str] | None = None, install_uses_apt: bool 
     return (
         template.replace("{system_packages}", apt_install_step(system_packages or []))
         .replace("{apt_lists}", apt_lists)
-        .replace("{platform}", PLATFORM_VENV)
         .replace("{model}", MODEL_VENV)
         .replace("{src}", MODEL_SRC)
         .replace("{install}", INSTALL_DIR)
-        .replace("{runtime}", RUNTIME_DIR)
         .replace("{test_requirements}", " ".join(TEST_REQUIREMENTS))
     )
 
@@ -399,30 +408,21 @@ def pushed_digest(repository: str, tag: str, reported: str) -> str:
 
 
 class DockerJobVariables(JobVariables):
-    """What a model's deployment sets in work_pools/docker.json; the pool's defaults do the rest
-    (auto_remove, stream_output, no privileges, the container's name and labels)."""
-
-    image: str
-    command: str
-    image_pull_policy: Literal["IfNotPresent", "Always", "Never"]
-    mem_limit: str
-    memswap_limit: str
-    nano_cpus: int
-    env: dict[str, str]
-    volumes: list[str]
-    registry_credentials: str | None = None
+    """None: the flow runs on the tier's process pool in the platform's environment, and takes
+    the image (by digest), bounds and secrets from the model config when the run starts."""
 
 
 class DockerTier(Tier):
-    """Builds, tests and pushes a model's image; deploys it on the Docker pool.
+    """Builds, tests and pushes a model's image; each call of its code is a container of it.
 
     Its own: the environment is an image built under a throw-away tag (never
-    pushed before its tests pass), tests and get_version() run in `docker run
-    --rm --network none`, push tags and pushes it, discard drops the build tag.
+    pushed before its tests pass), tests and get_version() run in a confined
+    container of it, push tags and pushes it, discard drops the build tag; the
+    flow runs on the tier's process pool and calls the model in containers.
     """
 
     name = "docker"
-    pool_type = "docker"
+    pool_type = "process"  # the flow on the host, in the platform's environment
     pool_setting = "docker_pool"
     variables_model = DockerJobVariables
     installs_as_root = True  # the image build's RUN lines, as Compute Studio's Dockerfile did
@@ -452,17 +452,11 @@ class DockerTier(Tier):
             self.write_install_folder(model, cs_config, context / "install")
             ca = Path(CA_BUNDLE)
             (context / "ca-certificates.crt").write_bytes(ca.read_bytes() if ca.exists() else b"")
-            (context / "platform" / "wheels").mkdir(parents=True)
-            (context / "platform" / "requirements.txt").write_text(
-                "\n".join(platform_requirements()) + "\n"
-            )
-            shutil.copy2(platform_wheel(logger), context / "platform" / "wheels")
             shutil.copytree(
                 cs_config,
                 context / "cs-config",
                 ignore=shutil.ignore_patterns(".git", "__pycache__", "*.pyc"),
             )
-            shutil.copy2(CHILD_SCRIPT, context / "child.py")
             install = (context / "install" / INSTALL_SCRIPT).read_text()
             (context / "Dockerfile").write_text(
                 dockerfile(model.system_packages, bool(system_package_lines(install)))
@@ -555,93 +549,64 @@ class DockerTier(Tier):
         return entry.image
 
     def variables(self, model: ModelConfig, entry: PublishedTag) -> DockerJobVariables:
-        """The image, cpu and memory limits, mounts, and secrets as block references (never values)."""
-        limit = f"{model.memory_limit_mib}m"
-        return DockerJobVariables(
-            image=self.image_of(model, entry),
-            # The engine itself rather than `prefect flow-run execute`, which starts the CLI and
-            # then the engine in a second interpreter: one Python start-up less per simulation.
-            command=f"{PLATFORM_VENV}/bin/python -m prefect.engine",
-            image_pull_policy="IfNotPresent",
-            mem_limit=limit,
-            memswap_limit=limit,
-            nano_cpus=int(model.cpu * 1_000_000_000),
-            env=container_env(model),
-            volumes=container_volumes(),
-            registry_credentials=(
-                registry_credentials_reference() if get_settings().registry_block else None
-            ),
+        """Checks the entry has an image; the run reads everything else from the model config."""
+        self.image_of(model, entry)
+        return DockerJobVariables()
+
+    def call_model(
+        self,
+        model: ModelConfig,
+        entry: PublishedTag,
+        function: str,
+        args: list[Any],
+        env: dict[str, str],
+    ) -> ModelCall:
+        """A container of the model's image, pulled with the registry's login if this engine
+        lacks it (flows/runtime/container.py)."""
+        try:
+            image = self.image_of(model, entry)
+            ensure_image(image)
+            client = docker_client()
+        except (ValueError, StepFailed) as exc:
+            return ModelCall(ok=False, error=str(exc))
+        return call_in_image(
+            client,
+            image,
+            MODEL_PYTHON,
+            function,
+            args,
+            timeout=model.time_limit,
+            bounds=model_bounds(model),
+            env=env,
+            network=model.internet,
+            labels=call_labels(model, entry),
+        )
+
+    def warm_model(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
+    ) -> WarmContainer:
+        """A long-running container of the image serving light calls (a zygote, as locally)."""
+        image = self.image_of(model, entry)
+        ensure_image(image)
+        return WarmContainer(
+            python=MODEL_PYTHON,
+            runner=RUNNER,
+            env=env,
+            image=image,
+            bounds=model_bounds(model),
+            network=model.internet,
+            fingerprint=fingerprint,
         )
 
 
-def registry_credentials_reference() -> str:
-    """The credentials block by name; the worker resolves it to the block's data when it pulls
-    (work_pools/docker.json accepts this string form). Never the password itself."""
-    return (
-        "{{ prefect.blocks.docker-registry-credentials."
-        + str(get_settings().registry_block)
-        + " }}"
-    )
+def call_labels(model: ModelConfig, entry: PublishedTag) -> dict[str, str]:
+    """Who a call's container belongs to: the model, its tag, and the flow run, when there is one."""
+    from prefect.runtime import flow_run
 
-
-def container_env(model: ModelConfig) -> dict[str, str]:
-    """Settings the flow needs, and each declared secret as a reference the worker resolves at start."""
-
-    env = forwarded_environment()
-    env["CS_HOME"] = str(get_settings().home)
-    env["CS_MEMORY_BY_CONTAINER"] = "true"
-    env["CS_MODEL_UID"] = str(MODEL_UID)
-    env["CS_SANDBOX"] = "uid"  # Docker's seccomp profile forbids bubblewrap's namespaces
-    references = secret_references(model)
-    if references:  # the flow then reads declared secrets only from these (runtime.environment)
-        env["CS_SECRETS_SOURCE"] = "env"
-    env.update(references)
-    return env
-
-
-def secret_references(model: ModelConfig) -> dict[str, str]:
-    """`CS_SECRET_<name>: {{ prefect.blocks.secret.<id> }}` per declared secret: the model's own,
-    else the cluster's."""
-    names = model_code_secrets(model.secrets)  # the webhook key a model may declare stays out
-    if not names:
-        return {}
-    from prefect_cs.security.secrets import (
-        PrefectSecretsBackend,
-        get_backend,
-        parse_scope,
-        secret_id,
-    )
-
-    scope = f"{model.owner}/{model.title}"
-    if not isinstance(get_backend(scope), PrefectSecretsBackend):
-        return {}  # other backends: the flow resolves them itself (runtime.declared_secrets)
-    own, cluster = set(PrefectSecretsBackend(scope).list()), set(PrefectSecretsBackend(None).list())
-    refs = {}
-    for name in names:
-        if name in own:
-            ident = secret_id(parse_scope(scope), name)
-        elif name in cluster:
-            ident = secret_id(None, name)
-        else:
-            raise StepFailed(
-                f"model {scope} declares secret {name!r}, which is set neither for the model nor"
-                f" for the cluster: run `prefect-cs models -n {scope} secrets set --name {name}`"
-            )
-        refs[secret_env_name(name)] = "{{ prefect.blocks.secret." + ident + " }}"
-    return refs
-
-
-def container_volumes() -> list[str]:
-    """Host folders the flow in the container writes: a LocalFileSystem outputs block, kept results."""
-    from prefect.filesystems import LocalFileSystem
-    from prefect_cs.core.blocks import load_outputs_storage
-
-    settings = get_settings()
-    folders = [settings.undelivered_dir]
-    storage = load_outputs_storage()
-    if isinstance(storage, LocalFileSystem):
-        folders.append(Path(storage.basepath))
-    for folder in folders:
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(0o700)  # the flow (root) writes there; the model's uid may not even list it
-    return [f"{folder}:{folder}" for folder in folders]
+    labels = {
+        "cs.compute.studio/model": f"{model.owner}/{model.title}",
+        "cs.compute.studio/tag": entry.tag,
+    }
+    if flow_run.id:
+        labels["io.prefect.flow-run-id"] = str(flow_run.id)
+    return labels

@@ -11,7 +11,7 @@ encoded here, where the bytes are, since JSON cannot carry them.
 
     python -I child.py REQUEST.json RESPONSE.json
     python -I child.py --serve FD_IN FD_OUT [--reap]        (a warm model over a private pipe)
-    python -I child.py --serve-paths IN OUT [--reap]        (the same over two named pipes:
+    python -I child.py --serve-paths IN OUT [--reap] [--empty DIR]  (the same over named pipes:
                                                              a warm model container)
     python -I child.py --wait-for REQUEST RESPONSE SECONDS  (a model container beside the flow's
                                                              in one pod: waits for the request)
@@ -115,7 +115,7 @@ def main(request_path: str, response_path: str) -> None:
         f.write(text)
 
 
-def serve(fd_in: int, fd_out: int, reap: bool = False) -> None:
+def serve(fd_in: int, fd_out: int, reap: bool = False, empty: str | None = None) -> None:
     """Answer JSON-line requests on a private pipe until it closes: a warm model for light calls.
 
     This process is a zygote: it has imported the model once, and each request is answered by
@@ -140,6 +140,8 @@ def serve(fd_in: int, fd_out: int, reap: bool = False) -> None:
                 )
             if reap:
                 _reap()
+            if empty:
+                _empty(empty)
 
 
 def _import_model() -> None:
@@ -204,7 +206,8 @@ def _wait_call(pid: int, timeout: object = None) -> str | None:
 
 
 def _reap() -> None:
-    """Kill every process of this pid namespace but its init (1) and this one."""
+    """Kill every process of this pid namespace but its init (1) and this one; when this one
+    is the init (a container's), also collect what it inherited, so no zombie holds a pid."""
     import signal
 
     for name in os.listdir("/proc"):
@@ -213,14 +216,43 @@ def _reap() -> None:
                 os.kill(int(name), signal.SIGKILL)
             except OSError:
                 pass
+    if os.getpid() == 1:
+        _collect_zombies()
 
 
-def serve_paths(path_in: str, path_out: str, reap: bool = False) -> None:
+def _collect_zombies() -> None:
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            time.sleep(0.01)
+
+
+def _empty(folder: str) -> None:
+    """Remove what a call left in the work folder (links are removed, never followed)."""
+    import shutil
+
+    for entry in os.scandir(folder):
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+
+
+def serve_paths(path_in: str, path_out: str, reap: bool = False, empty: str | None = None) -> None:
     """`serve` over two named pipes the platform made in the call's exchange folder: a model
-    container cannot inherit the platform's file descriptors, but a FIFO bound in works the same."""
+    container cannot inherit the platform's file descriptors, but a FIFO bound in works the
+    same. `empty`: the work folder, emptied after each call (a container has no outside view
+    of its tmpfs, as the process tier's platform has)."""
     fd_out = os.open(path_out, os.O_WRONLY)
     fd_in = os.open(path_in, os.O_RDONLY)
-    serve(fd_in, fd_out, reap=reap)
+    serve(fd_in, fd_out, reap=reap, empty=empty)
 
 
 def wait_for(request_path: str, response_path: str, seconds: float) -> int:
@@ -246,7 +278,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "--serve":
         serve(int(sys.argv[2]), int(sys.argv[3]), reap="--reap" in sys.argv[4:])
     elif sys.argv[1] == "--serve-paths":
-        serve_paths(sys.argv[2], sys.argv[3], reap="--reap" in sys.argv[4:])
+        rest = sys.argv[4:]
+        empty = rest[rest.index("--empty") + 1] if "--empty" in rest else None
+        serve_paths(sys.argv[2], sys.argv[3], reap="--reap" in rest, empty=empty)
     elif sys.argv[1] == "--wait-for":
         sys.exit(wait_for(sys.argv[2], sys.argv[3], float(sys.argv[4])))
     else:

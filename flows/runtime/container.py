@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from prefect_cs.flows.runtime.model_process import (
     child_environment,
 )
 from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID
+from prefect_cs.flows.runtime.warm import WarmModel, _NoAnswer
 
 MODEL_UID = DEFAULT_MODEL_UID  # the model's own uid, as on the process tier
 EXCHANGE = "/cs/exchange"  # the per-call folder: request.json in, response.json out
@@ -120,28 +122,60 @@ def call_in_image(
     bounds: Bounds,
     env: dict[str, str] | None = None,
     network: bool = False,
+    labels: dict[str, str] | None = None,
 ) -> ModelCall:
     """Run `cs_config.functions.<function>(*args)` in a container of `image` (see the module
-    docstring); `python` is the image's model interpreter. Never raises for the model's faults."""
+    docstring); `python` is the image's model interpreter. Never raises for the model's faults.
+    labels: the call's own (model, flow run), beside its deadline (`sweep_expired`)."""
     exchange = Path(tempfile.mkdtemp(prefix="cs-exchange-"))
     name = f"cs-call-{uuid.uuid4().hex[:12]}"
     try:
         (exchange / "request.json").write_text(
             json.dumps({"function": function, "args": args, "with_version": True})
         )
-        if os.geteuid() == 0:  # the model's uid writes its answer there
-            os.chown(exchange, MODEL_UID, MODEL_UID)
-        exchange.chmod(0o700)
+        _give_to_model(exchange)  # the model's uid writes its answer there
         if network:
             ensure_internet_network(client)
         argv = [python, "-I", RUNNER, f"{EXCHANGE}/request.json", f"{EXCHANGE}/response.json"]
         options = container_options(bounds, network, model_environment(python, env), exchange)
+        options["labels"] = {**(labels or {}), **deadline_label(timeout)}
+        sweep_expired(client)
         started = time.perf_counter()
         container = _start(client, image, argv, name, options)
         return _finish(container, exchange, timeout, bounds, started)
     finally:
         _remove(client, name)
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+CALL_LABEL = "cs.compute.studio/call-deadline"
+SWEEP_GRACE = 60.0
+
+
+def deadline_label(timeout: float) -> dict[str, str]:
+    """When the call's container must be gone by (its time limit, plus a grace)."""
+    return {CALL_LABEL: str(int(time.time() + timeout + SWEEP_GRACE))}
+
+
+def sweep_expired(client: Any) -> list[str]:
+    """Remove model containers past their deadline: what a flow killed from outside (its
+    process gone, so its `finally` never ran) left running. Every call sweeps first, and the
+    lost-run watcher on each scan, so an orphan outlives its time limit by a scan at most."""
+    removed = []
+    try:
+        found = client.api.containers(all=True, filters={"label": CALL_LABEL})
+    except Exception:  # noqa: BLE001 - a sweep is housekeeping, never a reason to fail a call
+        return removed
+    now = time.time()
+    for container in found:
+        try:
+            expired = float(container["Labels"][CALL_LABEL]) < now
+        except (KeyError, ValueError):
+            expired = True  # a deadline label that is not a number: not one of ours to keep
+        if expired:
+            _remove(client, container["Id"])
+            removed.append(container["Id"])
+    return removed
 
 
 def _start(client: Any, image: str, argv: list[str], name: str, options: dict[str, Any]) -> Any:
@@ -183,9 +217,15 @@ def _finish(
             " killed by the kernel: raise `memory` (or `memory_limit_factor`) in the model config"
         )
         return ModelCall(ok=False, error=error, output=output, seconds=lived)
-    call = _read_response(exchange / "response.json", code, bounds.memory_mib, output)
+    call = _read_response(exchange / "response.json", exit_code(code), bounds.memory_mib, output)
     call.seconds = _run_seconds(call.seconds, lived)
     return call
+
+
+def exit_code(status: int) -> int:
+    """The engine reports a pid 1 killed by signal N as 128 + N; as a process's returncode
+    that is -N, so the FAIL names the signal (a segmentation fault) as on the process tier."""
+    return -(status - 128) if 128 < status < 128 + 65 else status
 
 
 def _tail(container: Any) -> str:
@@ -215,3 +255,100 @@ def ensure_internet_network(client: Any) -> None:
             driver="bridge",
             options={"com.docker.network.bridge.enable_icc": "false"},
         )
+
+
+WARM_LABEL = "cs.compute.studio/warm"
+
+
+@dataclass
+class WarmContainer(WarmModel):
+    """A model kept warm in a container of its image: warm.py's zygote and line protocol,
+    over two named pipes in the container's exchange folder instead of inherited pipes.
+
+    The container is confined like every call (container_options); the zygote is its pid 1,
+    and after each call it kills what the call left (`--reap`) and empties the work folder
+    (`--empty`) from inside, since the platform has no outside view of the container's tmpfs.
+    The platform holds both pipes open read-write, so neither end ever sees an early EOF: a
+    dead container is noticed by asking the engine, as warm.py asks the kernel for a process.
+    """
+
+    image: str = ""
+    container: Any = None
+    exchange: Path | None = None
+
+    def _start(self) -> None:
+        from prefect_cs.tiers.docker import docker_client  # the SDK's client, with its fix
+
+        client = docker_client(timeout=120)
+        self.exchange = Path(tempfile.mkdtemp(prefix="cs-warm-"))
+        for name in ("in", "out"):
+            os.mkfifo(self.exchange / name, 0o600)
+        _give_to_model(self.exchange, "in", "out")
+        self._to_child = os.open(self.exchange / "in", os.O_RDWR)
+        self._from_child = os.open(self.exchange / "out", os.O_RDWR)
+        self._buffer = b""
+        bounds = self.bounds or Bounds()
+        argv = [self.python, "-I", RUNNER, "--serve-paths", f"{EXCHANGE}/in", f"{EXCHANGE}/out"]
+        argv += ["--reap", "--empty", WORK]
+        env = model_environment(self.python, self.env)
+        options = container_options(bounds, self.network, env, self.exchange)
+        if self.network:
+            ensure_internet_network(client)
+        options["labels"] = {WARM_LABEL: self.image}
+        name = f"cs-warm-{uuid.uuid4().hex[:12]}"
+        self.container = _start(client, self.image, argv, name, options)
+
+    def _running(self) -> bool:
+        if self.container is None:
+            return False
+        try:
+            self.container.reload()
+        except Exception:  # noqa: BLE001 - gone
+            return False
+        return self.container.status == "running"
+
+    def _check_alive(self, function: str, wait: float = 0.0) -> None:
+        if self.container is not None and not self._running():
+            code = self.container.attrs.get("State", {}).get("ExitCode")
+            raise _NoAnswer(
+                f"the model's container exited with code {code} while {function} ran, without"
+                " answering"
+            )
+
+    def _limit_hit(self) -> str | None:
+        if self.container is None or self._running():
+            return None
+        if self.container.attrs.get("State", {}).get("OOMKilled"):
+            memory = (self.bounds.memory_mib if self.bounds else None) or 0
+            return (
+                f"the model used more than its memory limit of {memory:,} MiB and was killed by"
+                " the kernel: raise `memory` (or `memory_limit_factor`) in the model config"
+            )
+        return None
+
+    def _after_call(self) -> None:
+        """Done inside the container by the zygote (see the class docstring)."""
+
+    def stop(self) -> None:
+        if self.container is not None:
+            try:
+                self.container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already gone
+                pass
+        if self.exchange is not None:
+            for fd in (self._to_child, self._from_child):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            shutil.rmtree(self.exchange, ignore_errors=True)
+        self.container, self.exchange, self._stop_after = None, None, False
+
+
+def _give_to_model(folder: Path, *names: str) -> None:
+    """The exchange folder and its pipes to the model's uid (it writes there), closed to others."""
+    if os.geteuid() == 0:
+        os.chown(folder, MODEL_UID, MODEL_UID)
+        for name in names:
+            os.chown(folder / name, MODEL_UID, MODEL_UID)
+    folder.chmod(0o700)

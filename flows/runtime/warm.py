@@ -100,7 +100,7 @@ class WarmModel:
                 self._stop_after = True
             except RecursionError:
                 data, self._stop_after = {"ok": False, "traceback": TOO_DEEP}, True
-            hit = self.box.limit_hit() if self.box is not None else None
+            hit = self._limit_hit()
             if hit or self._stop_after:  # a bound's counters are the process's: start afresh
                 self.stop()
             else:
@@ -111,8 +111,15 @@ class WarmModel:
                 return ModelCall(ok=False, error=str(data.get("traceback")))
             return ModelCall(ok=True, result=data.get("result"), seconds=data.get("seconds", 0.0))
 
+    def _running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def _limit_hit(self) -> str | None:
+        """The kernel bound the last call hit, if any (its cgroup's counters)."""
+        return self.box.limit_hit() if self.box is not None else None
+
     def _ask(self, function: str, args: list[Any], timeout: float) -> dict[str, Any]:
-        if self.proc is None or self.proc.poll() is not None:
+        if not self._running():
             self.stop()
             self._start()
         call = uuid.uuid4().hex
