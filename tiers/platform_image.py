@@ -26,7 +26,6 @@ from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.settings import get_settings
 from prefect_cs.tiers.base import Logger
 from prefect_cs.tiers.docker import (
-    PLATFORM_VENV,
     push_stream,
     pushed_digest,
     resolve_registry,
@@ -35,6 +34,7 @@ from prefect_cs.tiers.docker import (
 from prefect_cs.tiers.local import CA_BUNDLE
 from prefect_cs.tiers.wheel import platform_distribution, platform_requirements, platform_wheel
 
+PLATFORM_VENV = "/opt/cs/platform"  # in this image only: model images hold no platform code
 REPOSITORY_NAME = "prefect-cs-platform"
 RUNTIME_FOLDER = "/opt/cs/runtime"  # the image's copy of child.py, for the init container
 CHILD_IN_IMAGE = f"{RUNTIME_FOLDER}/child.py"
