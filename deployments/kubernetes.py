@@ -240,7 +240,8 @@ def inputs_server(
 
     `inputs`: the task worker, in the platform's image, with the API login and no model
     secret. `model`: the model's image as uid 10001 (read-only, no capabilities), its warm
-    zygote (child.py `--serve-paths … --reap`) with the model's secrets, limits and work
+    zygote (child.py `--serve-paths … --reap --empty /cs/work`: each call a fresh fork, what it
+    left killed and its work folder emptied after it) with the model's secrets, limits and work
     folder. They share the `exchange` emptyDir, where the init container (platform image)
     makes the two named pipes and copies the runner into `runtime` (read-only to the model).
     It stays off the autoscaled model pool (no node selector) so that pool can scale to zero;
@@ -306,6 +307,8 @@ def inputs_server(
             f"{EXCHANGE}/{PIPE_IN}",
             f"{EXCHANGE}/{PIPE_OUT}",
             "--reap",
+            "--empty",
+            WORK,
         ],
         "workingDir": WORK,
         "env": model_env(model),

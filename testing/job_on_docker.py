@@ -274,3 +274,21 @@ def backend_resolver(owner: str, title: str) -> SecretResolver:
         return model_secret_env(owner, title, [key])[key]
 
     return resolve
+
+
+def outputs_volumes() -> list[str]:
+    """The host folders the flow container writes in a test (a bucket in production): the
+    LocalFileSystem outputs block's folder and the kept undelivered results, bound at the same
+    paths. Owned by the flow's user (root here) and closed to others."""
+    from prefect.filesystems import LocalFileSystem
+    from prefect_cs.core.blocks import load_outputs_storage
+    from prefect_cs.core.settings import get_settings
+
+    folders = [get_settings().undelivered_dir]
+    storage = load_outputs_storage()
+    if isinstance(storage, LocalFileSystem):
+        folders.append(Path(storage.basepath))
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(0o700)
+    return [f"{folder}:{folder}" for folder in folders]

@@ -337,6 +337,8 @@ def test_operator_manifests_are_valid(k8s_model):
         "/cs/exchange/in",
         "/cs/exchange/out",
         "--reap",
+        "--empty",
+        "/cs/work",
     ]
     assert model["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
     assert model["securityContext"]["runAsUser"] == 10001

@@ -105,10 +105,10 @@ def mark_submitted(flow_run_id) -> None:
 
 def cluster_stand_ins() -> list[str]:
     """The flow container's host networking and the outputs folder, as `docker run` flags."""
-    from prefect_cs.tiers.docker import container_volumes
+    from prefect_cs.testing.job_on_docker import outputs_volumes
 
     extra = ["--network", "host"]
-    for volume in container_volumes():
+    for volume in outputs_volumes():
         extra += ["-v", volume]
     return extra
 
@@ -199,3 +199,72 @@ def test_a_run_that_never_calls_the_model_ends_the_model_container(k8s_published
     assert not (exchange / "response.json").exists()
     body = next(r.body for r in webapp.accepted("/outputs/api/") if r.body["task_id"] == task_id)
     assert body["status"] == "FAIL"
+
+
+# ---- the attacker: what its image plants runs only in the model container ---------------------
+
+PLANT = r"""
+# Planted by the attacker's install.sh (tests/test_k8s_on_docker.py): code that runs in every
+# interpreter of the model venv, recording where it ran and what it saw.
+site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+record='import os, json, sys; d = "/cs/exchange"; os.path.isdir(d) and os.access(d, os.W_OK) and open(os.path.join(d, "planted-%s-%d.json" % (KIND, os.getpid())), "w").write(json.dumps({"uid": os.getuid(), "env": sorted(os.environ), "auth": os.environ.get("PREFECT_API_AUTH_STRING")}))'
+echo "KIND = 'pth'; $record" | sed 's/^/import os; /' > "$site/zz_planted.pth"
+printf 'KIND = "sitecustomize"\n%s\n' "$record" > "$site/sitecustomize.py"
+# Debian's own sitecustomize comes first on sys.path: root in the build rewrites that one too.
+for f in /etc/python3*/sitecustomize.py; do
+  [ -f "$f" ] && printf '\nKIND = "sitecustomize"\n%s\n' "$record" >> "$f"
+done
+true
+"""
+
+
+@pytest.fixture(scope="module")
+def k8s_attacker(platform_image, repos, cs_home):
+    """The attacker app on the kubernetes tier, its install.sh planting a .pth and a
+    sitecustomize.py in the model venv (as root, in the image build)."""
+    import shutil
+
+    from prefect_cs.testing.models import EXAMPLES, add_tag, git
+
+    from tests.test_attacks import attack_targets
+
+    repo = repos / f"attacker-k8s-{uuid.uuid4().hex[:6]}"
+    shutil.copytree(EXAMPLES / "attacker-app", repo)
+    (repo / "cs-config" / "cs_config" / "targets.json").write_text(
+        json.dumps(attack_targets(cs_home))
+    )
+    install = repo / "cs-config" / "install.sh"
+    install.write_text(install.read_text() + PLANT)
+    git(repo, "init", "-q")
+    add_tag(repo, "v1", "attacker")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CS_TIER", "kubernetes")
+    register_model(OWNER, "Attacker-K8s", repo, repo_tag="v1", time_limit=60)
+    state = publish_model(OWNER, "Attacker-K8s")
+    mp.undo()
+    assert state.is_completed(), state.message
+
+
+def test_what_the_model_image_plants_never_runs_with_the_flow_credentials(
+    k8s_attacker, webapp, cs_home
+):
+    """The attacker's .pth and sitecustomize run, but only in the model container: as uid
+    10001, with no Prefect login and no platform setting in its environment. The flow ran in the
+    platform's image and completed; every probe of the attacker's run_model got nothing."""
+    from tests.test_attacks import assert_got_nothing, delivered_report
+
+    task_id, run, job, pod, exchange = run_simulation_pod(
+        OWNER, "Attacker-K8s", {}, meta={"targets": {"webapp": webapp.url}}
+    )
+    assert pod.code("prefect-job") == 0, pod.output("prefect-job")[-3000:]
+    assert pod.code("model") == 0, pod.output("model")[-3000:]
+    report = delivered_report(webapp, cs_home, task_id)
+    assert_got_nothing(report, "run_model")
+    records = [json.loads(p.read_text()) for p in sorted(exchange.glob("planted-*.json"))]
+    kinds = {p.name.split("-")[1] for p in exchange.glob("planted-*.json")}
+    assert kinds == {"pth", "sitecustomize"}, kinds  # the planted code did run: in the model's
+    for record in records:
+        assert record["uid"] == 10001 and record["auth"] is None, record
+        assert not [n for n in record["env"] if n.startswith(("PREFECT", "CS_"))], record
+    assert "planted" not in pod.output("prefect-job")
+    assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(records)
