@@ -55,6 +55,16 @@ def _file_name(index: int, manifest: dict) -> str:
     return f"{index:02d}-{manifest['kind'].lower()}-{meta.get('namespace', 'cluster')}-{meta['name']}.yaml"
 
 
+def _webapp_url() -> str | None:
+    """The web app block's URL, for the simulation pods' NetworkPolicy; None without a block."""
+    from prefect_cs.flows.notify import load_webapp
+
+    try:
+        return load_webapp().base_url
+    except Exception:  # noqa: BLE001 - no web app block yet: the policy leaves it out
+        return None
+
+
 @k8s_app.command("render")
 def render_cmd(
     model: list[str] = typer.Option(
@@ -88,6 +98,7 @@ def render_cmd(
         worker_namespace,
         with_secrets=not no_secrets,
         platform_image=platform_image,
+        webapp_url=_webapp_url(),
     )
     if out is None:
         typer.echo(yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False), nl=False)

@@ -468,21 +468,17 @@ def job_network_policies(jobs_ns: str, flow_services: Iterable[str]) -> list[Man
     ]
 
 
-def flow_services(api_url: str) -> list[str]:
-    """Where a Job's flow container connects: the API, and Redis and the web app when configured
-    (the outputs bucket is https on a public address, as is a web app outside the cluster)."""
+def flow_services(api_url: str, webapp_url: str | None = None) -> list[str]:
+    """Where a Job's flow container connects: the API, Redis when configured, the web app (the
+    CLI passes its block's URL), the outputs bucket (https on a public address)."""
     from prefect_cs.core.settings import get_settings
 
     services = [api_url]
     redis = get_settings().redis
     if redis.url or redis.host:
         services.append(redis.url or f"redis://{redis.host}:{redis.port or 6379}")
-    try:
-        from prefect_cs.flows.notify import load_webapp
-
-        services.append(load_webapp().base_url)
-    except Exception:  # noqa: BLE001 - no web app block here: the operator adds its rule
-        pass
+    if webapp_url:
+        services.append(webapp_url)
     services.append("https://storage.googleapis.com")
     return services
 
@@ -503,8 +499,10 @@ def operator_manifests(
     worker_ns: str = WORKER_NAMESPACE,
     with_secrets: bool = True,
     platform_image: str | None = None,
+    webapp_url: str | None = None,
 ) -> list[Manifest]:
-    """Everything the operator applies, in apply order (namespaces first)."""
+    """Everything the operator applies, in apply order (namespaces first). webapp_url: where
+    the Jobs' flows notify the web app (the simulation pods' NetworkPolicy lets them reach it)."""
     from prefect_cs.security.secrets import model_secret_env
     from prefect_cs.tiers.platform_image import configured_platform_image
 
@@ -512,7 +510,7 @@ def operator_manifests(
     manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
     manifests += worker_rbac(jobs_ns, worker_ns)
     manifests.append(model_job_service_account(jobs_ns))
-    manifests += job_network_policies(jobs_ns, flow_services(api_url))
+    manifests += job_network_policies(jobs_ns, flow_services(api_url, webapp_url))
     if with_secrets and (pull_secret := registry_pull_secret(jobs_ns)):
         manifests.append(pull_secret)
     if platform_image:
