@@ -192,6 +192,88 @@ class PodRun:
         return self.containers[name][1]
 
 
+PLATFORM_CONTAINERS = ("prefect-job", "inputs")  # the platform's: the pod network's stand-in
+
+
+class Pod:
+    """A pod's spec (a Job's or a Deployment's template) on Docker: `start` runs the init
+    containers in order, then every container at once, sharing host folders for the emptyDirs
+    more than one container mounts; `wait` collects how they ended; `stop` removes them all.
+    extra: more `docker run` flags for the platform's container (the stand-ins: host network,
+    the outputs folder); every other container gets `--network none`."""
+
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        resolve_secret: SecretResolver,
+        name: str,
+        extra: list[str] | None = None,
+    ) -> None:
+        self.job = {"spec": {"template": spec}}  # docker_run_args reads job.spec.template.spec
+        self.resolve, self.name, self.extra = resolve_secret, name, extra or []
+        self.docker = shutil.which("docker") or "docker"  # found on this PATH, not a container's
+        self.folder = Path(tempfile.mkdtemp(prefix="cs-pod-"))
+        self.folders = {volume: self.folder / volume for volume in SHARED_VOLUMES}
+        for folder in self.folders.values():
+            folder.mkdir()
+            folder.chmod(0o777)  # an emptyDir's mode: every container's user may write
+        self.ended: dict[str, tuple[int, str]] = {}
+        self.started: dict[str, subprocess.Popen] = {}
+
+    def _argv(self, container: str, network: str | None) -> tuple[list[str], dict[str, str]]:
+        argv, env = docker_run_args(
+            self.job, self.resolve, f"{self.name}-{container}", container, self.folders, network
+        )
+        argv[0] = self.docker
+        return argv, env
+
+    def start(self) -> bool:
+        """Whether every init container succeeded (then the containers run)."""
+        for init in pod_spec(self.job).get("initContainers", []):
+            argv, env = self._argv(init["name"], "none")
+            done = subprocess.run(argv, env=_env(env), capture_output=True, text=True, timeout=120)
+            self.ended[init["name"]] = (done.returncode, done.stdout + done.stderr)
+            if done.returncode:
+                return False
+        for container in pod_spec(self.job)["containers"]:
+            platform = container["name"] in PLATFORM_CONTAINERS
+            argv, env = self._argv(container["name"], None if platform else "none")
+            if platform:
+                argv = argv[:3] + self.extra + argv[3:]
+            self.started[container["name"]] = subprocess.Popen(
+                argv, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        return True
+
+    def wait(self, timeout: float) -> PodRun:
+        for container, process in self.started.items():
+            try:
+                output, _ = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self._remove(container)
+                output, _ = process.communicate()
+            self.ended[container] = (process.returncode, output)
+        return PodRun(self.ended)
+
+    def stop(self, keep: Path | None = None) -> PodRun:
+        """Remove every container (what still runs is killed); keep: copy the shared folders."""
+        for container in self.ended.keys() | self.started.keys():
+            self._remove(container)
+        for container, process in self.started.items():
+            if container not in self.ended:
+                output, _ = process.communicate()
+                self.ended[container] = (process.returncode, output)
+        if keep is not None:
+            shutil.copytree(self.folder, keep, dirs_exist_ok=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+        return PodRun(self.ended)
+
+    def _remove(self, container: str) -> None:
+        subprocess.run(
+            [self.docker, "rm", "-f", f"{self.name}-{container}"], capture_output=True, check=False
+        )
+
+
 def run_pod(
     job: dict[str, Any],
     resolve_secret: SecretResolver,
@@ -200,60 +282,15 @@ def run_pod(
     timeout: float = 300,
     keep: Path | None = None,
 ) -> PodRun:
-    """The Job's pod on Docker: init containers in order, then all containers at once, sharing
-    host folders for the emptyDirs more than one container mounts. flow_extra: more `docker run`
-    flags for the flow container (the stand-ins: host network, the outputs folder). keep: copy
-    the shared folders there before they are removed (a test reads what the model saw)."""
-    docker = shutil.which("docker") or "docker"  # found on this PATH, not a container's
-    pod = Path(tempfile.mkdtemp(prefix="cs-pod-"))
-    folders = {volume: pod / volume for volume in SHARED_VOLUMES}
-    for folder in folders.values():
-        folder.mkdir()
-        folder.chmod(0o777)  # an emptyDir's mode: every container's user may write
-    ended: dict[str, tuple[int, str]] = {}
+    """The Job's pod on Docker (`Pod`), run until every container ends. keep: copy the shared
+    folders there before they are removed (a test reads what the model saw)."""
+    pod = Pod(job["spec"]["template"], resolve_secret, name, flow_extra)
     try:
-        for init in pod_spec(job).get("initContainers", []):
-            argv, env = docker_run_args(
-                job, resolve_secret, f"{name}-{init['name']}", init["name"], folders, "none"
-            )
-            argv[0] = docker
-            done = subprocess.run(argv, env=_env(env), capture_output=True, text=True, timeout=120)
-            ended[init["name"]] = (done.returncode, done.stdout + done.stderr)
-            if done.returncode:
-                return PodRun(ended)
-        started = {}
-        for container in pod_spec(job)["containers"]:
-            flow = container["name"] == "prefect-job"
-            argv, env = docker_run_args(
-                job,
-                resolve_secret,
-                f"{name}-{container['name']}",
-                container["name"],
-                folders,
-                None if flow else "none",
-            )
-            argv[0] = docker
-            if flow and flow_extra:
-                argv = argv[:3] + flow_extra + argv[3:]
-            started[container["name"]] = subprocess.Popen(
-                argv, env=_env(env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-            )
-        for container_name, process in started.items():
-            try:
-                output, _ = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                subprocess.run([docker, "rm", "-f", f"{name}-{container_name}"], check=False)
-                output, _ = process.communicate()
-            ended[container_name] = (process.returncode, output)
-        return PodRun(ended)
+        if pod.start():
+            pod.wait(timeout)
     finally:
-        for container in ended.keys() | {c["name"] for c in pod_spec(job)["containers"]}:
-            subprocess.run(
-                [docker, "rm", "-f", f"{name}-{container}"], capture_output=True, check=False
-            )
-        if keep is not None:
-            shutil.copytree(pod, keep, dirs_exist_ok=True)
-        shutil.rmtree(pod, ignore_errors=True)
+        result = pod.stop(keep)
+    return result
 
 
 def _env(env: dict[str, str]) -> dict[str, str]:

@@ -268,3 +268,53 @@ def test_what_the_model_image_plants_never_runs_with_the_flow_credentials(
         assert not [n for n in record["env"] if n.startswith(("PREFECT", "CS_"))], record
     assert "planted" not in pod.output("prefect-job")
     assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(records)
+
+
+# ---- the inputs server pod: the task worker in the platform image, the model's zygote beside it --
+
+
+def test_inputs_server_pod_answers_through_its_model_container(
+    k8s_published, platform_image, cs_home
+):
+    """`prefect-cs k8s render`'s inputs server Deployment, its pod run on Docker: the init
+    container makes the named pipes, the inputs worker (platform image, host network as the
+    pod network) answers version and defaults through the model container (model image, uid
+    10001, no network), which keeps the secret the worker never holds."""
+    from prefect_cs.deployments.kubernetes import operator_manifests
+    from prefect_cs.flows import inputs
+    from prefect_cs.testing.job_on_docker import Pod, backend_resolver
+
+    manifests = operator_manifests(
+        [model_config(OWNER, TITLE)],
+        os.environ["PREFECT_API_URL"],
+        with_secrets=False,
+        platform_image=platform_image,
+    )
+    (server,) = [m for m in manifests if m["metadata"]["name"].startswith("cs-inputs-")]
+    spec = server["spec"]["template"]
+    worker, model = spec["spec"]["containers"]
+    assert worker["image"] == platform_image and model["image"] != platform_image
+    name = f"cs-inputs-{uuid.uuid4().hex[:8]}"
+    pod = Pod(
+        spec,
+        backend_resolver(OWNER, TITLE),
+        name,
+        ["--network", "host", "-v", f"{cs_home}:{cs_home}"],
+    )
+    try:
+        assert pod.start(), pod.ended
+        version = inputs.for_model(inputs.version_task, OWNER, TITLE)
+        answer = inputs._run(version, OWNER, TITLE, None, timeout=120)
+        assert answer["status"] == "SUCCESS" and answer["version"] == "0.3.0", answer
+        defaults = inputs.for_model(inputs.defaults_task, OWNER, TITLE)
+        answer = inputs._run(defaults, OWNER, TITLE, {}, None, timeout=60)
+        assert answer["status"] == "SUCCESS" and "model_parameters" in answer, answer
+    finally:
+        ended = pod.stop()
+    assert SECRET_VALUE not in ended.output("inputs")
+
+
+def model_config(owner: str, title: str):
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    return ModelConfig.for_model(owner, title)
