@@ -7,9 +7,15 @@ both idempotent). Prints:
 - publish times of the sample app: cold (no build cache at all), first publish
   of a new model (platform layers cached), and a re-publish after a code-only
   change, with the ratio re-publish / cold (goal ≤ 0.2);
-- simulate overhead on the Docker pool: submit → web app notified, minus the
-  model's own task time, median of N runs on a real Docker worker;
+- simulate overhead on the Docker tier: submit → web app notified, minus the
+  model's own task time, median of N runs on the tier's real worker (a process
+  worker whose flows start the model's container);
+- light-call latency: `parse` answered by the shared inputs worker from the
+  model's warm container (the first call starts it), median of N;
 - the size of the sample app's image.
+
+benchmarks/docker_split.py runs this script in a baseline checkout and in this
+one, alternately, and prints the figures side by side.
 """
 
 from __future__ import annotations
@@ -69,6 +75,27 @@ def simulate_overhead(stub: WebAppStub, title: str, runs: int) -> list[float]:
         assert body["status"] == "SUCCESS", body
         overheads.append(received - submitted - sum(body["meta"]["task_times"]))
     return overheads
+
+
+def inputs_latency(title: str, runs: int) -> None:
+    """`parse` through the shared inputs worker, answered by the model's warm container."""
+    from prefect_cs.flows import inputs
+
+    server = stack.inputs_worker()
+    server.start()
+    try:
+        times = []
+        for _ in range(runs + 1):  # the first starts the container (and imports the model)
+            started = time.perf_counter()
+            answer = inputs.parse("bench", title, str(uuid.uuid4()), {}, {})
+            times.append(time.perf_counter() - started)
+            assert answer["status"] == "SUCCESS", answer
+        print(
+            f"parse through the inputs worker, docker tier: first {times[0]:.2f} s,"
+            f" then median {statistics.median(times[1:]):.3f} s of {runs}"
+        )
+    finally:
+        server.stop()
 
 
 def code_change(repo: Path) -> None:
@@ -137,6 +164,7 @@ def main() -> None:
             f"simulate overhead, docker pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
             f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
         )
+        inputs_latency(title, args.runs)
     finally:
         worker.stop()
         stub.stop()

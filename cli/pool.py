@@ -11,11 +11,15 @@ import typer
 from prefect_cs.cli._utilities import console
 
 
-def pool_cmd(kind: str = typer.Argument(..., help="process | docker | kubernetes")) -> None:
-    """Create or update a work pool from its base job template in work_pools/."""
-    from prefect_cs.tiers import tier_for_pool_type
+def pool_cmd(
+    kind: str = typer.Argument(..., help="a tier (local | docker | kubernetes) or process"),
+) -> None:
+    """Create or update a tier's work pool from its base job template in work_pools/."""
+    from prefect_cs.tiers import get_tier, tier_for_pool_type
+    from prefect_cs.tiers.base import TIERS
     from prefect_cs.work_pools.pools import ensure_pool
 
-    tier = tier_for_pool_type(kind)  # an unknown kind is a ValueError naming the known ones
+    # A tier's name, or a pool type (an unknown one is a ValueError naming the known ones).
+    tier = get_tier(kind) if kind in TIERS else tier_for_pool_type(kind)
     ensure_pool(tier.pool_name, tier.pool_type)
     console.print(f"work pool {tier.pool_name} ({tier.pool_type}) is up to date")

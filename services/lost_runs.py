@@ -243,4 +243,20 @@ def watch(pending_timeout: float = DEFAULT_PENDING_TIMEOUT, interval: float = 30
             scan_once(pending_timeout)
         except Exception:  # noqa: BLE001 - a watcher that dies reports nothing
             logger.exception("scan failed; retrying in %ss", interval)
+        sweep_model_containers()
         time.sleep(max(interval, 1.0))
+
+
+def sweep_model_containers() -> None:
+    """Model containers past their deadline (a Docker-tier flow killed from outside left them):
+    removed, where this machine has a Docker engine (flows/runtime/container.sweep_expired)."""
+    try:
+        import docker
+        from prefect_cs.flows.runtime.container import sweep_expired
+
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception:  # noqa: BLE001 - no engine here (or no SDK): nothing of ours can run
+        return
+    for ident in sweep_expired(client):
+        logger.warning("removed model container %s: past its deadline", ident[:12])

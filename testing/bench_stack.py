@@ -32,7 +32,7 @@ from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_
 from prefect_cs.testing.models import make_repo, publish_model, register_model
 from prefect_cs.testing.scratch import free_port, repos_folder
 from prefect_cs.testing.webapp_standin import WebAppStub
-from prefect_cs.tiers import tier_for_pool_type
+from prefect_cs.tiers import Tier, get_tier
 from prefect_cs.work_pools.pools import ensure_pool
 
 Database = Literal["sqlite", "postgresql"]
@@ -79,7 +79,7 @@ def bench_stack(
     stack.choose(database, None)
     if pool_type == "docker":
         prepare_docker()
-    tier = tier_for_pool_type(pool_type)
+    tier = tier_of(pool_type)
     with ExitStack() as cleanup:
         cleanup.callback(stack.stop_database)  # last: after the server (none on SQLite)
         start_server(cleanup)
@@ -89,7 +89,7 @@ def bench_stack(
         api = stack.api_server(port)
         parts = [stack.inputs_worker(), api]
         if pool_worker:
-            parts.insert(0, stack.pool_worker(tier.pool_name, pool_type))
+            parts.insert(0, stack.pool_worker(tier.pool_name, tier.pool_type))
         stub = WebAppStub().start()
         cleanup.callback(stub.stop)
         repo = prepare_platform(work, stub, tier.pool_name, pool_type)
@@ -100,6 +100,12 @@ def bench_stack(
         if not stack.wait_healthy(url, api, timeout=API_START_SECONDS):
             raise RuntimeError(f"the cluster API did not start; see {api.log_file}")
         yield BenchStack(url, TOKEN, stub, repo, database, pool_type, tier.pool_name)
+
+
+def tier_of(pool_type: PoolType) -> Tier:
+    """The benchmarks' "docker pool" is the Docker tier's (a process pool, its models in
+    containers); "process" is the local tier's."""
+    return get_tier("docker" if pool_type == "docker" else "local")
 
 
 def prepare_docker() -> None:
@@ -121,7 +127,7 @@ def prepare_platform(work: Path, stub: WebAppStub, pool: str, pool_type: PoolTyp
     on `pool_type`'s tier. Its repository's path."""
     stack.register_blocks()
     stack.ensure_storage_blocks()
-    ensure_pool(pool, pool_type)
+    ensure_pool(pool, tier_of(pool_type).pool_type)
     WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
     get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
     repo = make_repo("misbehaving-app", repos_folder(work) / "repo")

@@ -37,10 +37,11 @@ def test_a_pools_limit_is_a_setting_and_0_lifts_it(platform, monkeypatch):
         assert client.read_work_pool("cs-admission-lifted").concurrency_limit is None
 
 
-def test_the_docker_pool_counts_memory_too(monkeypatch):
+def test_the_process_pools_count_memory_too(monkeypatch):
+    """The process tier's and the Docker tier's pools (a flow and its model per run)."""
     monkeypatch.delenv("CS_POOL_CONCURRENCY")
     cores, gib = os.cpu_count() or 1, pools.machine_memory_gib()
-    assert pools.pool_concurrency("docker") == max(1, min(cores, int(gib // 2)))
+    assert pools.pool_concurrency("process") == max(1, min(cores, int(gib // 2)))
     assert pools.pool_concurrency("kubernetes") is None  # the cluster's quotas decide
 
 

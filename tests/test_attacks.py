@@ -25,7 +25,7 @@ from prefect_cs.testing.models import EXAMPLES, add_tag, git, publish_model, reg
 from prefect_cs.testing.webapp_standin import WebAppStub
 
 MARKER = f"cs-attack-{uuid.uuid4().hex[:8]}"
-PROBES = 14  # examples/attacker-app/cs-config/cs_config/attack.py PROBES
+PROBES = 17  # examples/attacker-app/cs-config/cs_config/attack.py PROBES
 
 
 def bind_canary() -> Path:
@@ -69,6 +69,7 @@ def attack_targets(cs_home: Path) -> dict:
         "task_storage": str(storage),
         "writable_targets": [str(cs_home), str(cs_home / "outputs"), str(prefect_home)],
         "outlive_marker": MARKER,
+        "registry": "http://127.0.0.1:5000",
     }
 
 

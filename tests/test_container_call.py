@@ -96,7 +96,7 @@ def test_attacks_from_inside_the_container_get_nothing(client, image):
     result = call(client, image, "run_model", [{"targets": targets}, {}])
     assert result.ok, result.error
     report = json.loads(result.result["downloadable"][0]["data"])
-    assert report["ran"] == 14, report  # every probe ran: a broken one cannot pass
+    assert report["ran"] == 17, report  # every probe ran: a broken one cannot pass
     assert report["uid"] == 10001
     got = {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
     assert got == {}, got
@@ -145,3 +145,24 @@ def test_a_container_outliving_its_time_limit_is_stopped_and_removed(client, ima
     assert not result.ok and "time limit of 3 seconds" in result.error, result.error
     left = {c.name for c in client.containers.list(all=True)} - before
     assert not [n for n in left if n.startswith("cs-call-")]
+
+
+def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
+    """A flow killed from outside never removes its call's container: the next call's sweep
+    (and the lost-run watcher's) removes those past their deadline label, and only those."""
+    from prefect_cs.flows.runtime.container import CALL_LABEL, sweep_expired
+
+    argv = ["sleep", "600"]
+    late = client.containers.run(image, argv, detach=True, labels={CALL_LABEL: "1"})
+    alive = client.containers.run(image, argv, detach=True, labels={CALL_LABEL: "99999999999"})
+    try:
+        removed = sweep_expired(client)
+        assert late.id in removed and alive.id not in removed
+        ids = {c.id for c in client.containers.list(all=True)}
+        assert late.id not in ids and alive.id in ids
+    finally:
+        for container in (late, alive):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - already swept
+                pass

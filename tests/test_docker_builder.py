@@ -79,24 +79,31 @@ def test_context_layers_and_no_secrets(tmp_path, monkeypatch):
         "install.sh",
         "override-requirements.txt",
     ]
-    assert list((context / "platform" / "wheels").glob("prefect_cs-*.whl"))
+    # Nothing of the platform: no wheel, no requirements, no runner (issue 19).
+    assert sorted(p.name for p in context.iterdir()) == [
+        ".dockerignore",
+        "Dockerfile",
+        "ca-certificates.crt",
+        "cs-config",
+        "install",
+    ]
+    assert "/opt/cs/platform" not in dockerfile and "child.py" not in dockerfile
     try:
         for path in context.rglob("*"):
-            if path.is_file() and path.suffix != ".whl":
+            if path.is_file():
                 assert b"never-in-an-image" not in path.read_bytes(), path
     finally:
         shutil.rmtree(context)
 
 
-def test_job_variables_carry_limits(monkeypatch, platform):
+def test_job_variables_are_none_and_need_an_image(monkeypatch, platform):
+    """The flow reads image, bounds and secrets from the config: the deployment carries none."""
     from prefect_cs.blocks.model_config import PublishedTag
 
     entry = PublishedTag(tag="v1", tier="docker", python="/opt/cs/model/bin/python", image="r/x:v1")
-    variables = DockerTier().job_variables(model(cpu=1.5, memory="1Gi"), entry)
-    assert variables["mem_limit"] == variables["memswap_limit"] == "1280m"
-    assert variables["nano_cpus"] == 1_500_000_000
-    assert variables["env"]["CS_MEMORY_BY_CONTAINER"] == "true"
-    assert all(v.split(":")[0] == v.split(":")[1] for v in variables["volumes"])
+    assert DockerTier().job_variables(model(cpu=1.5, memory="1Gi"), entry) == {}
+    with pytest.raises(ValueError, match="publish the tag with CS_TIER=docker"):
+        DockerTier().job_variables(model(), entry.model_copy(update={"image": None}))
 
 
 def test_model_child_is_the_oom_killers_first_choice(tmp_path):

@@ -83,6 +83,8 @@ def test_container_tier_entries_are_routed_per_model():
         tag="v1", tier="kubernetes", python="/opt/cs/model/bin/python", image="r/x:v1"
     )
     assert inputs.route(inputs.parse_task, local, "a", "b") is inputs.parse_task
+    docker = image.model_copy(update={"tier": "docker"})  # warm containers on the shared worker
+    assert inputs.route(inputs.parse_task, docker, "a", "b") is inputs.parse_task
     assert "__a-b" in inputs.route(inputs.parse_task, image, "a", "b").task_key
     with pytest.raises(ValueError, match="invalid owner"):
         inputs_server.served_tasks("bad owner/x")

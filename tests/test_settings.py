@@ -153,18 +153,6 @@ def test_forwarded_environment_leaves_out_what_is_not_set(monkeypatch):
     assert "CS_GCP_PROJECT" not in forwarded_environment()
 
 
-def test_docker_inputs_server_gets_what_jobs_get(everything_set):
-    from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.deployments.docker_inputs import server_environment
-
-    model = ModelConfig(owner="acme", title="Calc", repo_url="/nowhere")
-    env = server_environment(model)
-    assert forwarded_environment().items() <= env.items()
-    assert env["CS_GCP_PROJECT"] == "cs-project" and env["CS_HOME"]
-    assert env["CS_INPUTS_MODEL"] == "acme/Calc"
-    assert not set(env) & set(everything_set)
-
-
 def test_local_workers_get_the_executor_password_only(everything_set):
     env = worker_settings_environment()
     assert env["CS_REDIS_EXECUTOR_PASSWORD"] == everything_set["CS_REDIS_EXECUTOR_PASSWORD"]

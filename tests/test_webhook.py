@@ -628,12 +628,11 @@ def test_a_github_api_that_never_answers_is_a_bounded_502(receiver, webhook_secr
 
 
 def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, monkeypatch):
-    """Declared for the receiver only: not in the child's secrets, a container job's env
-    references, a Kubernetes Job's env, or the model's Kubernetes Secret."""
+    """Declared for the receiver only: not in the child's secrets (the process and Docker
+    tiers'), a Kubernetes Job's env, or the model's Kubernetes Secret."""
     from prefect_cs.blocks.model_config import ModelConfig
     from prefect_cs.flows.runtime.environment import declared_secrets
     from prefect_cs.security.secrets import get_backend, model_secret_env
-    from prefect_cs.tiers.docker import secret_references
     from prefect_cs.tiers.kubernetes import secret_env
 
     get_backend("hooks/OwnKey").set("MODEL_TOKEN", "model-token-value")
@@ -643,7 +642,6 @@ def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, mon
     assert model_secret_env("hooks", "OwnKey", model.secrets) == {
         "MODEL_TOKEN": "model-token-value"
     }
-    assert list(secret_references(model)) == ["CS_SECRET_MODEL_TOKEN"]
     assert [e["name"] for e in secret_env(model)] == ["MODEL_TOKEN"]  # the model container's
     # In a container job only CS_SECRET_<name> variables count, and the key's is never needed.
     monkeypatch.setenv("CS_SECRETS_SOURCE", "env")

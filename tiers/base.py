@@ -335,5 +335,5 @@ def tier_for_pool_type(pool_type: str) -> Tier:
         cls = _tier_class(name)
         if cls.pool_type == pool_type:
             return cls()
-    types = ", ".join(_tier_class(name).pool_type for name in TIERS)
+    types = ", ".join(dict.fromkeys(_tier_class(name).pool_type for name in TIERS))
     raise ValueError(f"unknown pool type {pool_type!r}: use one of {types}")

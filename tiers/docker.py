@@ -78,7 +78,6 @@ from prefect_cs.tiers.steps import run_step
 MODEL_VENV = "/opt/cs/model"
 MODEL_SRC = "/opt/cs/src/cs-config"
 MODEL_PYTHON = f"{MODEL_VENV}/bin/python"
-MODEL_UID = 10001  # model children in containers: not root, not the flow's user
 BUILD_TIMEOUT = 1800
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kept in the image

@@ -24,7 +24,7 @@ SIMULATIONS_QUEUE = "simulations"
 PUBLISHES_QUEUE = "publishes"
 # name: (priority, concurrency limit); 1 is the highest priority
 QUEUES: dict[str, tuple[int, int | None]] = {SIMULATIONS_QUEUE: (1, None), PUBLISHES_QUEUE: (2, 1)}
-GIB_PER_CONTAINER_RUN = 2
+GIB_PER_RUN = 2  # a run's flow and its model, at the default memory
 
 
 def machine_memory_gib() -> float:
@@ -37,10 +37,10 @@ def pool_concurrency(pool_type: str) -> int | None:
     if configured is not None:
         return configured or None
     cores = os.cpu_count() or 1
-    if pool_type == "process":
-        return cores
-    if pool_type == "docker":
-        return max(1, min(cores, int(machine_memory_gib() // GIB_PER_CONTAINER_RUN)))
+    if (
+        pool_type == "process"
+    ):  # the process tier's, and the Docker tier's flows with their containers
+        return max(1, min(cores, int(machine_memory_gib() // GIB_PER_RUN)))
     return None  # kubernetes: the cluster's autoscaler and resource quotas decide
 
 

@@ -141,7 +141,7 @@ def call_in_image(
         options["labels"] = {**(labels or {}), **deadline_label(timeout)}
         sweep_expired(client)
         started = time.perf_counter()
-        container = _start(client, image, argv, name, options)
+        container = _start_container(client, image, argv, name, options)
         return _finish(container, exchange, timeout, bounds, started)
     finally:
         _remove(client, name)
@@ -178,7 +178,9 @@ def sweep_expired(client: Any) -> list[str]:
     return removed
 
 
-def _start(client: Any, image: str, argv: list[str], name: str, options: dict[str, Any]) -> Any:
+def _start_container(
+    client: Any, image: str, argv: list[str], name: str, options: dict[str, Any]
+) -> Any:
     """Start the call's container; once more if the engine refuses the start itself (seen here
     once under concurrent builds: runc's "stat …/bin/python: permission denied" for a path
     that was readable the moment after). The model's own faults come later, from _finish."""
@@ -296,7 +298,7 @@ class WarmContainer(WarmModel):
             ensure_internet_network(client)
         options["labels"] = {WARM_LABEL: self.image}
         name = f"cs-warm-{uuid.uuid4().hex[:12]}"
-        self.container = _start(client, self.image, argv, name, options)
+        self.container = _start_container(client, self.image, argv, name, options)
 
     def _running(self) -> bool:
         if self.container is None:

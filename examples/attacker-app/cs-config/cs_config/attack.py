@@ -251,6 +251,53 @@ def injected_binds(t: dict) -> dict:
     return _got(got) if got else _blocked("the canary is not in the sandbox")
 
 
+def planted_code(t: dict) -> dict:
+    """install.sh planted a .pth, sitecustomize.py and /etc/ld.so.preload: every Python of this
+    environment since ran planted.py, which recorded who it ran as (uid, the platform's
+    variables it saw, whether a Prefect API login let it write). GOT: it ran as the platform."""
+    import builtins
+
+    records = list(getattr(builtins, "_cs_planted", []))
+    for folder in {os.environ.get("HOME") or ".", os.getcwd(), "/tmp"}:
+        try:
+            lines = Path(folder, "cs-planted.log").read_text().splitlines()
+        except OSError:
+            continue
+        records += [json.loads(line) for line in lines if line.strip()]
+    platform = [
+        r
+        for r in records
+        if r["uid"] == 0 or r["platform_env"] or str(r.get("api", "")).startswith("2")
+    ]
+    detail = json.dumps({"runs": len(records), "as_platform": platform})
+    return _got(detail) if platform else _blocked(detail)
+
+
+def loopback_scan(t: dict) -> dict:
+    """Every TCP port of 127.0.0.1: anything answering is a service this call should not see
+    (the sandbox's or container's own loopback is empty; the host's is not)."""
+    open_ports = []
+    for port in range(1, 65536):
+        with socket.socket() as probe:
+            probe.settimeout(0.05)
+            # A connect to a free port of the ephemeral range can be a TCP self-connect.
+            if probe.connect_ex(("127.0.0.1", port)) == 0 and probe.getsockname()[1] != port:
+                open_ports.append(port)
+    return _got(f"open: {open_ports}") if open_ports else _blocked("no port open")
+
+
+def registry(t: dict) -> dict:
+    """The image registry's catalogue and a push, without a login and with any found."""
+    url = t.get("registry")
+    if not url:
+        return _blocked("no registry target")
+    try:
+        status, text = _http("GET", url + "/v2/_catalog", {}, {})
+    except OSError as exc:
+        return _blocked(f"no route: {exc}")
+    return _got(text) if status == 200 else _blocked(f"HTTP {status}")
+
+
 PROBES = {
     "api_without_credentials": api_without_credentials,
     "api_with_found_credentials": api_with_found_credentials,
@@ -266,6 +313,9 @@ PROBES = {
     "outlive": outlive,
     "nested_namespaces": nested_namespaces,
     "injected_binds": injected_binds,
+    "planted_code": planted_code,
+    "loopback_scan": loopback_scan,
+    "registry": registry,
 }
 
 
