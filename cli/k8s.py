@@ -55,6 +55,16 @@ def _file_name(index: int, manifest: dict) -> str:
     return f"{index:02d}-{manifest['kind'].lower()}-{meta.get('namespace', 'cluster')}-{meta['name']}.yaml"
 
 
+def _webapp_url() -> str | None:
+    """The web app block's URL, for the simulation pods' NetworkPolicy; None without a block."""
+    from prefect_cs.flows.notify import load_webapp
+
+    try:
+        return load_webapp().base_url
+    except Exception:  # noqa: BLE001 - no web app block yet: the policy leaves it out
+        return None
+
+
 @k8s_app.command("render")
 def render_cmd(
     model: list[str] = typer.Option(
@@ -88,6 +98,7 @@ def render_cmd(
         worker_namespace,
         with_secrets=not no_secrets,
         platform_image=platform_image,
+        webapp_url=_webapp_url(),
     )
     if out is None:
         typer.echo(yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False), nl=False)
@@ -114,3 +125,23 @@ def job_cmd(
 
     manifest = asyncio.run(render_job(flow_run_id, worker_name))
     typer.echo(json.dumps(manifest, indent=2))
+
+
+@k8s_app.command("platform-image")
+def platform_image_cmd() -> None:
+    """Build and push the platform's own image (each Job's flow runs in it); print its digest.
+
+    Set CS_PLATFORM_IMAGE to what it prints wherever publish runs: the kubernetes tier's
+    deployments name it. The Docker build cache makes a repeat with an unchanged platform quick.
+    """
+    import logging
+
+    from prefect_cs.core.errors import StepFailed
+    from prefect_cs.tiers.platform_image import build_platform_image
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        image = build_platform_image(logging.getLogger("prefect_cs.platform_image"))
+    except StepFailed as exc:
+        exit_with_error(str(exc))
+    typer.echo(image)

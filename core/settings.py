@@ -139,7 +139,9 @@ class SecretsSettings(BaseSettings):
     )
     secrets_source: str | None = Field(
         default=None,
-        description="`env` in Kubernetes pods: declared secrets are in the environment (secretKeyRef).",
+        description="`env`: declared secrets are in the job's environment (Docker block references);"
+        " `pod` in a Kubernetes Job's flow container: they are only in the model container's"
+        " (secretKeyRef), the flow holds none and sends none.",
     )
     gcp_project: str | None = Field(default=None, json_schema_extra=FORWARD)
     gcp_credentials_block: str | None = Field(default=None, json_schema_extra=FORWARD)
@@ -311,6 +313,17 @@ class CSSettings(BaseSettings):
         default=None,
         description="Name of a prefect-docker DockerRegistryCredentials block (`prefect-cs docker up`"
         " saves the local registry's login as `cs-registry`); wins over `registry`.",
+    )
+    platform_image: str | None = Field(
+        default=None,
+        description="The platform's own image, by digest (`prefect-cs k8s platform-image` builds,"
+        " pushes and prints it): the kubernetes tier runs each Job's flow in it, never in a"
+        " model's image.",
+    )
+    exchange_dir: Path | None = Field(
+        default=None,
+        description="Set in a Kubernetes Job's flow container: the emptyDir it shares with the"
+        " model container (request.json in, response.json out; flows/runtime/pod_exchange.py).",
     )
     memory_by_container: bool = Field(
         default=False,

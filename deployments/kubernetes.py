@@ -25,18 +25,12 @@ from uuid import UUID
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import label_value
-from prefect_cs.tiers.kubernetes import (
-    LABEL_PREFIX,
-    model_labels,
-    model_secret_name,
-    secret_env,
-)
+from prefect_cs.tiers.kubernetes import LABEL_PREFIX, model_labels, model_secret_name
 from prefect_cs.work_pools.pools import base_job_template
 
 KUBERNETES_VERSION = "1.37.0"
 WORKER_NAMESPACE = "prefect"
 WORKER_SERVICE_ACCOUNT = "prefect-worker"
-PLATFORM_PYTHON = "/opt/cs/platform/bin/python"
 # The Secrets (name, key) the API credentials come from, unless the worker's own
 # PREFECT_INTEGRATIONS_KUBERNETES_WORKER_API_{AUTH_STRING,KEY}_SECRET_{NAME,KEY} say otherwise.
 API_AUTH_SECRET = ("prefect-auth", "auth-string")
@@ -216,35 +210,118 @@ def model_secret(model: ModelConfig, values: dict[str, str], jobs_ns: str) -> Ma
     }
 
 
-def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url: str) -> Manifest:
-    """The model's inputs task worker (version, defaults, parse), always on, in the model image.
+MODEL_SECURITY = {
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+PLATFORM_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+INPUTS_INIT = (
+    "import os, shutil\n"
+    "shutil.copy('/opt/cs/runtime/child.py', '/cs/runtime/child.py')\n"
+    "for name in ('in', 'out'):\n"
+    "    os.mkfifo('/cs/exchange/' + name)\n"
+    "    os.chmod('/cs/exchange/' + name, 0o666)\n"
+)
 
-    It stays off the autoscaled model pool (no node selector) so that pool can
-    scale to zero; CPU request is small (the calls are light), the limits are the model's.
+
+def inputs_server(
+    model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url: str, platform_image: str
+) -> Manifest:
+    """The model's inputs task worker (version, defaults, parse), always on, split like a Job.
+
+    `inputs`: the task worker, in the platform's image, with the API login and no model
+    secret. `model`: the model's image as uid 10001 (read-only, no capabilities), its warm
+    zygote (child.py `--serve-paths … --reap --empty /cs/work`: each call a fresh fork, what it
+    left killed and its work folder emptied after it) with the model's secrets, limits and work
+    folder. They share the `exchange` emptyDir, where the init container (platform image)
+    makes the two named pipes and copies the runner into `runtime` (read-only to the model).
+    It stays off the autoscaled model pool (no node selector) so that pool can scale to zero;
+    CPU request is small (the calls are light), the limits are the model's. The pod has the
+    simulation pods' role label: their NetworkPolicy holds it too.
     """
-    from prefect_cs.tiers.kubernetes import resources
+    from prefect_cs.flows.runtime.pod_exchange import EXCHANGE, PIPE_IN, PIPE_OUT, RUNNER, WORK
+    from prefect_cs.tiers.docker import MODEL_PYTHON
+    from prefect_cs.tiers.kubernetes import model_env, resources
+    from prefect_cs.tiers.platform_image import PLATFORM_PYTHON
 
     labels = {**model_labels(model, entry.tag), "app.kubernetes.io/component": "inputs"}
     selector = {k: v for k, v in labels.items() if not k.endswith("/tag")}
+    pod_labels = {
+        **labels,
+        f"{LABEL_PREFIX}/role": "job",
+        f"{LABEL_PREFIX}/internet": "true" if model.internet else "false",
+    }
     res = resources(model)
-    env = [
-        {"name": "PREFECT_API_URL", "value": api_url},
-        {"name": "CS_SECRETS_SOURCE", "value": "env"},
-        {"name": "CS_INPUTS_MODEL", "value": f"{model.owner}/{model.title}"},
-        *api_login_env(),
-        *secret_env(model),
-    ]
-    container = {
+    pull = template_default("image_pull_policy")
+    exchange = {"name": "exchange", "mountPath": EXCHANGE}
+    runtime = {"name": "runtime", "mountPath": "/cs/runtime"}
+    init = {
+        "name": "runtime",
+        "image": platform_image,
+        "imagePullPolicy": pull,
+        "command": [PLATFORM_PYTHON, "-I", "-c", INPUTS_INIT],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "32Mi"},
+            "limits": {"cpu": "200m", "memory": "64Mi"},
+        },
+        "securityContext": MODEL_SECURITY,
+        "volumeMounts": [exchange, runtime],
+    }
+    worker = {
         "name": "inputs",
-        "image": entry.image,
-        "imagePullPolicy": template_default("image_pull_policy"),
+        "image": platform_image,
+        "imagePullPolicy": pull,
         "command": [PLATFORM_PYTHON, "-m", "prefect_cs.services.inputs_server"],
-        "env": env,
+        "env": [
+            {"name": "PREFECT_API_URL", "value": api_url},
+            {"name": "CS_SECRETS_SOURCE", "value": "pod"},
+            {"name": "CS_EXCHANGE_DIR", "value": EXCHANGE},
+            {"name": "CS_INPUTS_MODEL", "value": f"{model.owner}/{model.title}"},
+            *api_login_env(),
+        ],
+        "resources": {
+            "requests": {"cpu": "50m", "memory": "256Mi"},
+            "limits": {"cpu": "500m", "memory": "512Mi"},
+        },
+        "securityContext": PLATFORM_SECURITY,
+        "volumeMounts": [exchange],
+    }
+    model_container = {
+        "name": "model",
+        "image": entry.image,
+        "imagePullPolicy": pull,
+        "command": [
+            MODEL_PYTHON,
+            "-I",
+            RUNNER,
+            "--serve-paths",
+            f"{EXCHANGE}/{PIPE_IN}",
+            f"{EXCHANGE}/{PIPE_OUT}",
+            "--reap",
+            "--empty",
+            WORK,
+        ],
+        "workingDir": WORK,
+        "env": model_env(model),
         "resources": {
             "requests": {"cpu": "100m", "memory": res["memory_request"]},
             "limits": {"cpu": res["cpu_limit"], "memory": res["memory_limit"]},
         },
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "securityContext": MODEL_SECURITY,
+        "volumeMounts": [
+            exchange,
+            {**runtime, "readOnly": True},
+            {"name": "work", "mountPath": WORK},
+        ],
     }
     return {
         "apiVersion": "apps/v1",
@@ -258,13 +335,19 @@ def inputs_server(model: ModelConfig, entry: PublishedTag, jobs_ns: str, api_url
             "replicas": 1,
             "selector": {"matchLabels": selector},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": pod_labels},
                 "spec": {
                     "serviceAccountName": template_default("service_account_name"),
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
                     "imagePullSecrets": template_default("image_pull_secrets"),
-                    "containers": [container],
+                    "initContainers": [init],
+                    "containers": [worker, model_container],
+                    "volumes": [
+                        {"name": "exchange", "emptyDir": {"sizeLimit": "64Mi"}},
+                        {"name": "runtime", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "work", "emptyDir": {"sizeLimit": f"{model.disk_mib}Mi"}},
+                    ],
                 },
             },
         },
@@ -310,6 +393,96 @@ def watcher(image: str, api_url: str, worker_ns: str = WORKER_NAMESPACE) -> Mani
     }
 
 
+PRIVATE_RANGES = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "169.254.0.0/16",
+    "100.64.0.0/10",
+]
+ROLE_LABEL = f"{LABEL_PREFIX}/role"
+INTERNET_LABEL = f"{LABEL_PREFIX}/internet"
+
+
+def _destination(url: str) -> tuple[dict[str, Any], int]:
+    """(a NetworkPolicy peer, the port) for a service the flow calls. An in-cluster name
+    (`svc.namespace[.svc…]`) is its namespace; any other host may be anywhere outside the
+    cluster, and NetworkPolicy cannot name hosts: every public address, no private one."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url if "://" in url else f"tcp://{url}")
+    port = parts.port or {"https": 443, "rediss": 6379, "redis": 6379}.get(parts.scheme, 80)
+    labels = (parts.hostname or "").split(".")
+    if len(labels) >= 2 and (len(labels) == 2 or labels[2] == "svc"):
+        selector = {"matchLabels": {"kubernetes.io/metadata.name": labels[1]}}
+        return {"namespaceSelector": selector}, port
+    return {"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}, port
+
+
+def job_network_policies(jobs_ns: str, flow_services: Iterable[str]) -> list[Manifest]:
+    """What simulation pods (label cs.compute.studio/role=job) may reach.
+
+    A NetworkPolicy selects pods, not containers: the model container shares the pod's network
+    with the flow container, so whatever the flow must reach (the Prefect API, Redis, the web
+    app, the outputs bucket: `flow_services`) the model can reach too. What keeps it out there
+    is that it holds none of the credentials (the API and Redis ask for a login, the web app for
+    its token); the policy keeps it off everything else (other pods, the node's and the cloud's
+    metadata addresses, the internet). Nothing may connect in. A model with `internet: true`
+    (label cs.compute.studio/internet=true) also gets every public address, no private one.
+    """
+    rules: list[dict[str, Any]] = [
+        {  # DNS, at the cluster's resolver
+            "to": [
+                {"namespaceSelector": {}, "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+            ],
+            "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+        }
+    ]
+    for url in dict.fromkeys(flow_services):
+        peer, port = _destination(url)
+        rules.append({"to": [peer], "ports": [{"protocol": "TCP", "port": port}]})
+    jobs = {"matchLabels": {ROLE_LABEL: "job"}}
+    internet = {"matchLabels": {ROLE_LABEL: "job", INTERNET_LABEL: "true"}}
+    return [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "cs-model-jobs", "namespace": jobs_ns},
+            "spec": {
+                "podSelector": jobs,
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": [],
+                "egress": rules,
+            },
+        },
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "cs-model-jobs-internet", "namespace": jobs_ns},
+            "spec": {
+                "podSelector": internet,
+                "policyTypes": ["Egress"],
+                "egress": [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": PRIVATE_RANGES}}]}],
+            },
+        },
+    ]
+
+
+def flow_services(api_url: str, webapp_url: str | None = None) -> list[str]:
+    """Where a Job's flow container connects: the API, Redis when configured, the web app (the
+    CLI passes its block's URL), the outputs bucket (https on a public address)."""
+    from prefect_cs.core.settings import get_settings
+
+    services = [api_url]
+    redis = get_settings().redis
+    if redis.url or redis.host:
+        services.append(redis.url or f"redis://{redis.host}:{redis.port or 6379}")
+    if webapp_url:
+        services.append(webapp_url)
+    services.append("https://storage.googleapis.com")
+    return services
+
+
 def kubernetes_entry(model: ModelConfig) -> PublishedTag | None:
     """The promoted tag when it runs on Kubernetes; None for models on other tiers."""
     try:
@@ -326,14 +499,18 @@ def operator_manifests(
     worker_ns: str = WORKER_NAMESPACE,
     with_secrets: bool = True,
     platform_image: str | None = None,
+    webapp_url: str | None = None,
 ) -> list[Manifest]:
-    """Everything the operator applies, in apply order (namespaces first)."""
+    """Everything the operator applies, in apply order (namespaces first). webapp_url: where
+    the Jobs' flows notify the web app (the simulation pods' NetworkPolicy lets them reach it)."""
     from prefect_cs.security.secrets import model_secret_env
+    from prefect_cs.tiers.platform_image import configured_platform_image
 
     jobs_ns = jobs_ns or jobs_namespace()
     manifests = [namespace(n) for n in dict.fromkeys([worker_ns, jobs_ns])]
     manifests += worker_rbac(jobs_ns, worker_ns)
     manifests.append(model_job_service_account(jobs_ns))
+    manifests += job_network_policies(jobs_ns, flow_services(api_url, webapp_url))
     if with_secrets and (pull_secret := registry_pull_secret(jobs_ns)):
         manifests.append(pull_secret)
     if platform_image:
@@ -343,7 +520,8 @@ def operator_manifests(
             values = model_secret_env(model.owner, model.title, model.secrets)
             manifests.append(model_secret(model, values, jobs_ns))
         if entry := kubernetes_entry(model):
-            manifests.append(inputs_server(model, entry, jobs_ns, api_url))
+            image = platform_image or configured_platform_image()
+            manifests.append(inputs_server(model, entry, jobs_ns, api_url, image))
     return manifests
 
 

@@ -27,6 +27,7 @@ from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outp
 from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
 from prefect_cs.flows.runtime.environment import model_env, scrubber_for
 from prefect_cs.flows.runtime.model_process import ModelCall
+from prefect_cs.flows.runtime.pod_exchange import release
 from prefect_cs.flows.runtime.usage import Usage
 from prefect_cs.flows.storage import store_zips
 from prefect_cs.flows.usage import record_usage
@@ -305,7 +306,10 @@ def simulate(
     check_task_id(task_id)  # before it names a file, a Redis key or a label: a UUID only
     started = time.perf_counter()
     given = (meta_param_dict, adjustment, inputs_in_redis)
-    payload, stored, scrub = outcome(owner, title, task_id, given, tag)
+    try:
+        payload, stored, scrub = outcome(owner, title, task_id, given, tag)
+    finally:  # in a Kubernetes Job: a model container never asked must not wait for nothing
+        release(get_settings().exchange_dir)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
     _records(owner, title, task_id, stored, payload)

@@ -28,9 +28,19 @@ import yaml
 SECRET_VALUE = "s3cr3t-k8s-value-9f2c"
 DB_URL = "postgresql+asyncpg://prefect:db-password-77@db:5432/prefect"
 IMAGE = "registry.example:5000/tests_k8s_demo:v1"
+PLATFORM_IMAGE = "registry.example:5000/prefect-cs-platform@sha256:" + "ab" * 32
 VERSION = "1.37.0"
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 CS = "cs.compute.studio"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def platform_image_setting():
+    """Where publish's deploy step runs, CS_PLATFORM_IMAGE names the platform's image."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CS_PLATFORM_IMAGE", PLATFORM_IMAGE)
+    yield
+    mp.undo()
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +113,10 @@ def rendered(k8s_model):
     return task_id, run, render(run.id)
 
 
-def container_of(job: dict) -> dict:
-    return job["spec"]["template"]["spec"]["containers"][0]
+def container_of(job: dict, name: str = "prefect-job") -> dict:
+    from prefect_cs.testing.job_on_docker import job_container
+
+    return job_container(job, name)
 
 
 def test_deploy_step_moves_the_model_to_the_kubernetes_pool(k8s_model):
@@ -115,14 +127,12 @@ def test_deploy_step_moves_the_model_to_the_kubernetes_pool(k8s_model):
         pool = client.read_work_pool("cs-kubernetes")
     assert deployment.work_pool_name == "cs-kubernetes" and pool.type == "kubernetes"
     variables = deployment.job_variables
-    assert variables["image"] == IMAGE
+    assert variables["image"] == IMAGE and variables["platform_image"] == PLATFORM_IMAGE
     assert (variables["cpu_request"], variables["memory_request"]) == ("2", "4096Mi")
-    assert variables["secret_env"] == [
-        {
-            "name": "CS_SECRET_API_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
-        }
-    ]
+    assert {
+        "name": "API_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
+    } in variables["model_env"]
     assert SECRET_VALUE not in json.dumps(variables)
 
 
@@ -137,13 +147,23 @@ def test_rendered_job_is_valid_and_carries_the_model_config(rendered):
     assert spec["backoffLimit"] == 0
     assert spec["ttlSecondsAfterFinished"] == 600
     assert spec["activeDeadlineSeconds"] == 600 + 420
-    container = container_of(job)
-    assert container["image"] == IMAGE
-    assert container["resources"] == {
+    flow, model = spec["template"]["spec"]["containers"]
+    assert (flow["name"], model["name"]) == ("prefect-job", "model")  # the worker fills the first
+    assert flow["image"] == PLATFORM_IMAGE and model["image"] == IMAGE
+    assert model["resources"] == {
         "requests": {"cpu": "2", "memory": "4096Mi"},
         "limits": {"cpu": "2", "memory": "5120Mi"},
     }
-    assert container["args"] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
+    assert flow["args"] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
+    assert model["command"] == [
+        "/opt/cs/model/bin/python",
+        "-I",
+        "/cs/runtime/child.py",
+        "--wait-for",
+        "/cs/exchange/request.json",
+        "/cs/exchange/response.json",
+        "300",
+    ]
     pod = spec["template"]["spec"]
     assert pod["nodeSelector"] == {f"{CS}/pool": "models"}
     assert pod["tolerations"][0]["key"] == f"{CS}/models"
@@ -151,6 +171,65 @@ def test_rendered_job_is_valid_and_carries_the_model_config(rendered):
     assert pod["automountServiceAccountToken"] is False
     assert pod["serviceAccountName"] == "cs-model-job"
     assert job["metadata"]["namespace"] == "cs-models"
+
+
+def test_pod_splits_the_flow_from_the_model(rendered):
+    """The flow in the platform image with the API login and no model secret; the model in its
+    image as uid 10001, read-only, no capabilities, RuntimeDefault seccomp, its secrets only;
+    the init container copies the runner; the three emptyDirs; no service-account token."""
+    _, _, job = rendered
+    pod = job["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    flow, model = container_of(job), container_of(job, "model")
+    (init,) = pod["initContainers"]
+    assert init["image"] == PLATFORM_IMAGE
+    assert init["command"] == ["cp", "/opt/cs/runtime/child.py", "/cs/runtime/child.py"]
+    locked = {
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "runAsNonRoot": True,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert model["securityContext"] == locked and init["securityContext"] == locked
+    assert flow["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    mounts = {c["name"]: {m["name"]: m for m in c["volumeMounts"]} for c in (flow, model, init)}
+    assert set(mounts["prefect-job"]) == {"exchange"}
+    assert set(mounts["model"]) == {"exchange", "runtime", "work"}
+    assert mounts["model"]["runtime"]["readOnly"] is True
+    assert mounts["model"]["work"]["mountPath"] == model["workingDir"] == "/cs/work"
+    volumes = {v["name"]: v["emptyDir"] for v in pod["volumes"]}
+    assert volumes["work"] == {"sizeLimit": "2048Mi"}  # the model config's disk
+    assert set(volumes) == {"exchange", "runtime", "work"}
+
+    flow_env = {e["name"]: e for e in flow["env"]}
+    model_env = {e["name"]: e for e in model["env"]}
+    # The Prefect login and settings: the flow's only.
+    assert "PREFECT_API_AUTH_STRING" in flow_env and "PREFECT__FLOW_RUN_ID" in flow_env
+    assert not [name for name in model_env if name.startswith(("PREFECT", "CS_"))]
+    # The model's secret: the model's only.
+    refs = [e["valueFrom"]["secretKeyRef"] for e in flow["env"] if "valueFrom" in e]
+    assert refs == [{"name": "prefect-auth", "key": "auth-string"}]
+    assert model_env["API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "cs-model-tests-k8s-demo",
+        "key": "API_TOKEN",
+    }
+    assert flow_env["CS_SECRETS_SOURCE"]["value"] == "pod"
+    assert flow_env["CS_EXCHANGE_DIR"]["value"] == "/cs/exchange"
+    assert {k: model_env[k]["value"] for k in ("HOME", "TMPDIR", "PATH")} == {
+        "HOME": "/cs/work",
+        "TMPDIR": "/cs/work",
+        "PATH": "/opt/cs/model/bin:/usr/local/bin:/usr/bin:/bin",
+    }
+    assert model_env["OMP_NUM_THREADS"]["value"] == "2"
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels[f"{CS}/role"] == "job" and labels[f"{CS}/internet"] == "false"
 
 
 def test_labels_carry_owner_title_tag_task_and_flow_run(rendered):
@@ -168,12 +247,8 @@ def test_labels_carry_owner_title_tag_task_and_flow_run(rendered):
 def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
     _, run, job = rendered
     env = {e["name"]: e for e in container_of(job)["env"]}
-    assert "API_TOKEN" not in env  # only under the platform's prefix (flows/runtime/environment)
-    assert env["CS_SECRET_API_TOKEN"] == {
-        "name": "CS_SECRET_API_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
-    }
-    assert env["CS_SECRETS_SOURCE"]["value"] == "env"
+    assert "API_TOKEN" not in env and "CS_SECRET_API_TOKEN" not in env  # the model's only
+    assert env["CS_SECRETS_SOURCE"]["value"] == "pod"
     assert env["PREFECT__FLOW_RUN_ID"]["value"] == str(run.id)
     assert env["PREFECT_API_URL"]["value"] == os.environ["PREFECT_API_URL"]
     # Evicted pod (SIGTERM) -> Prefect reschedules the run instead of losing it.
@@ -233,7 +308,7 @@ def test_operator_manifests_are_valid(k8s_model):
     manifests = operator_manifests(
         [k8s_model], "http://prefect-server.prefect:4200/api", platform_image="r/prefect-cs:1"
     )
-    assert validate(manifests, VERSION) == len(manifests) == 9
+    assert validate(manifests, VERSION) == len(manifests) == 11
     by_kind = {}
     for manifest in manifests:
         by_kind.setdefault(manifest["kind"], []).append(manifest)
@@ -247,25 +322,60 @@ def test_operator_manifests_are_valid(k8s_model):
         "prefect-cs",
         "watch",
     ]
-    container = inputs["spec"]["template"]["spec"]["containers"][0]
-    assert container["image"] == IMAGE
-    assert container["command"][-2:] == ["-m", "prefect_cs.services.inputs_server"]
+    pod = inputs["spec"]["template"]["spec"]
+    worker, model = pod["containers"]
+    (init,) = pod["initContainers"]
+    assert (worker["name"], model["name"]) == ("inputs", "model")
+    assert worker["image"] == init["image"] == "r/prefect-cs:1" and model["image"] == IMAGE
+    assert worker["command"][-2:] == ["-m", "prefect_cs.services.inputs_server"]
     # the module the pod runs exists and is runnable (it once pointed at a module with no __main__)
-    spec = importlib.util.find_spec(container["command"][-1])
+    spec = importlib.util.find_spec(worker["command"][-1])
     assert spec and 'if __name__ == "__main__":' in Path(spec.origin).read_text()
-    assert container["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
+    assert model["command"][2:] == [
+        "/cs/runtime/child.py",
+        "--serve-paths",
+        "/cs/exchange/in",
+        "/cs/exchange/out",
+        "--reap",
+        "--empty",
+        "/cs/work",
+    ]
+    assert model["resources"]["limits"] == {"cpu": "2", "memory": "5120Mi"}
+    assert model["securityContext"]["runAsUser"] == 10001
+    assert model["securityContext"]["readOnlyRootFilesystem"] is True
     assert {
-        "name": "CS_SECRET_API_TOKEN",
+        "name": "API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
-    } in container["env"]
+    } in model["env"]
+    assert not [e for e in worker["env"] if "API_TOKEN" in e["name"]]  # the model's only
+    assert not [e for e in model["env"] if e["name"].startswith(("PREFECT", "CS_"))]
+    assert {"name": "CS_EXCHANGE_DIR", "value": "/cs/exchange"} in worker["env"]
+    assert inputs["spec"]["template"]["metadata"]["labels"][f"{CS}/role"] == "job"
     login = {
         "name": "PREFECT_API_AUTH_STRING",
         "valueFrom": {"secretKeyRef": {"name": "prefect-auth", "key": "auth-string"}},
     }
     for deployment in (watcher, inputs):
         assert login in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert login not in model["env"]
     assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(manifests)
     assert SECRET_VALUE not in json.dumps(inputs)
+    policies = {m["metadata"]["name"]: m["spec"] for m in by_kind["NetworkPolicy"]}
+    jobs = policies["cs-model-jobs"]
+    assert jobs["podSelector"] == {"matchLabels": {f"{CS}/role": "job"}}
+    assert jobs["ingress"] == [] and set(jobs["policyTypes"]) == {"Ingress", "Egress"}
+    dns, api, *_ = jobs["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert api == {  # prefect-server.prefect: the API's namespace, its port, nothing else there
+        "to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prefect"}}}],
+        "ports": [{"protocol": "TCP", "port": 4200}],
+    }
+    for rule in jobs["egress"]:  # nothing private but the named namespaces
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                assert "10.0.0.0/8" in peer["ipBlock"]["except"]
+    internet = policies["cs-model-jobs-internet"]
+    assert internet["podSelector"]["matchLabels"][f"{CS}/internet"] == "true"
     role = next(m for m in by_kind["Role"])
     verbs = {r["resources"][0]: set(r["verbs"]) for r in role["rules"]}
     assert verbs["jobs"] == {"create", "get", "list", "watch", "delete"}
@@ -308,8 +418,8 @@ def test_render_cli_writes_files_for_kubectl(k8s_model, tmp_path):
     texts = [f.read_text() for f in files]
     assert not any("&id" in text for text in texts)  # plain YAML, no anchors
     manifests = [yaml.safe_load(text) for text in texts]
-    assert len(manifests) == 8
-    assert validate(manifests, VERSION) == 8
+    assert len(manifests) == 10
+    assert validate(manifests, VERSION) == 10
     secret_file = next(f for f, m in zip(files, manifests, strict=True) if m["kind"] == "Secret")
     assert secret_file.stat().st_mode & 0o777 == 0o600
 
@@ -325,17 +435,33 @@ def test_container_spec_becomes_a_docker_run(rendered):
         return SECRET_VALUE
 
     argv, env = docker_run_args(job, resolve, name="sim")
-    assert sorted(resolved) == [
-        ("cs-model-tests-k8s-demo", "API_TOKEN"),
-        ("prefect-auth", "auth-string"),
-    ]
+    assert resolved == [("prefect-auth", "auth-string")]  # the flow container: the login only
     assert argv[:5] == ["docker", "run", "--rm", "--name", "sim"]
-    assert argv[argv.index("--cpus") + 1] == "2"
-    assert argv[argv.index("--memory") + 1] == str(5120 * 1024 * 1024)
-    image_at = argv.index(IMAGE)
+    image_at = argv.index(PLATFORM_IMAGE)
     assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
-    assert env["CS_SECRET_API_TOKEN"] == SECRET_VALUE and env["PREFECT__FLOW_RUN_ID"] == str(run.id)
-    assert SECRET_VALUE not in " ".join(argv)
+    assert env["PREFECT__FLOW_RUN_ID"] == str(run.id) and "API_TOKEN" not in env
+
+    folders = {"exchange": Path("/x/exchange"), "runtime": Path("/x/runtime")}
+    resolved.clear()
+    argv, env = docker_run_args(job, resolve, "sim-model", "model", folders, "none")
+    assert resolved == [("cs-model-tests-k8s-demo", "API_TOKEN")]
+    assert env["API_TOKEN"] == SECRET_VALUE and SECRET_VALUE not in " ".join(argv)
+    flags = " ".join(argv[: argv.index("--entrypoint")])
+    for flag in (
+        "--network none",
+        "--cpus 2",
+        f"--memory {5120 * 1024 * 1024} --memory-swap {5120 * 1024 * 1024}",
+        "--user 10001:10001",
+        "--read-only",
+        "--cap-drop ALL",
+        "--security-opt no-new-privileges",
+        "--volume /x/exchange:/cs/exchange:rw",
+        "--volume /x/runtime:/cs/runtime:ro",
+        f"--tmpfs /cs/work:size={2048 * 1024 * 1024},mode=0700,uid=10001,gid=10001",
+        "--workdir /cs/work",
+    ):
+        assert flag in flags, flag
+    assert argv[argv.index(IMAGE) - 2 :][:2] == ["--entrypoint", "/opt/cs/model/bin/python"]
     assert {argv[i + 1] for i, a in enumerate(argv) if a == "-e"} == set(env)
 
 
@@ -527,38 +653,73 @@ def _wait_for(predicate, timeout: float) -> bool:
     return False
 
 
-def job_process(flow_run_id, log: Path) -> subprocess.Popen:
-    """The rendered Job's container, run as a local process: its command and its env.
+def job_process(flow_run_id, log: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """The rendered Job's two containers, run as local processes: their commands and envs.
 
     secretKeyRefs are resolved from the secrets backend, as the kubelet would from the
-    model's Secret; the image's platform `prefect` is this virtualenv's. PATH, HOME and
-    CS_* stand in for what the image itself sets.
+    model's Secret; the platform image's `prefect` is this virtualenv's, the model image's
+    python the misbehaving app's venv, and a temporary folder the `exchange` emptyDir. PATH,
+    HOME and CS_* stand in for what the platform image itself sets. (tests/test_k8s_on_docker.py
+    runs the same pod in its real images, confined.)
     """
+    import tempfile
+
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.states import Pending
     from prefect.utilities.engine import propose_state
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
     from prefect_cs.testing.job_on_docker import backend_resolver, container_env
 
-    container = container_of(render(flow_run_id))
-    env, secret_names = container_env(container, backend_resolver("tests", "K8s_Hang"))
-    assert secret_names == {"CS_SECRET_API_TOKEN", "PREFECT_API_AUTH_STRING"}
+    job = render(flow_run_id)
+    resolve = backend_resolver("tests", "K8s_Hang")
+    flow, model = container_of(job), container_of(job, "model")
+    env, secret_names = container_env(flow, resolve)
+    assert secret_names == {"PREFECT_API_AUTH_STRING"}
+    model_env, model_secrets = container_env(model, resolve)
+    assert model_secrets == {"API_TOKEN"}
+    exchange = Path(tempfile.mkdtemp(prefix="cs-exchange-", dir=os.environ["CS_HOME"]))
+    work = Path(tempfile.mkdtemp(prefix="cs-work-", dir=os.environ["CS_HOME"]))
     env.update(PATH=os.environ["PATH"], HOME=os.environ.get("HOME", "/tmp"))
     env.update({k: v for k, v in os.environ.items() if k.startswith("CS_")})
-    # Not in a pod: the model's uid must be one no other test's sandbox uses, or the uid
-    # sandbox's after-call kill (CS_SANDBOX=uid, meant for a container) would reach them.
-    env["CS_MODEL_UID"] = "10079"
-    argv = [str(Path(sys.executable).parent / "prefect"), *container["args"][1:]]
+    env["CS_EXCHANGE_DIR"] = str(exchange)
+    env["CS_SECRETS_SOURCE"] = "pod"
+    argv = [str(Path(sys.executable).parent / "prefect"), *flow["args"][1:]]
     assert argv[1:] == ["flow-run", "execute"]
+    python = published_python("tests", "K8s_Hang")
+    model_env.update(HOME=str(work), TMPDIR=str(work))
+    model_argv = [python, "-I", str(CHILD_SCRIPT), "--wait-for"]
+    model_argv += [str(exchange / "request.json"), str(exchange / "response.json"), "120"]
+    assert model["command"][3:6] == [
+        "--wait-for",
+        "/cs/exchange/request.json",
+        "/cs/exchange/response.json",
+    ]
 
     async def submitted():  # what the worker does before it creates the Job
         async with get_client() as client:
             await propose_state(client, Pending(), flow_run_id=flow_run_id)
 
     anyio.run(submitted)
-    return subprocess.Popen(
+    model_log = log.with_suffix(".model.log")
+    model_process = subprocess.Popen(
+        model_argv,
+        env=model_env,
+        cwd=work,
+        start_new_session=True,
+        stdout=model_log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    flow_process = subprocess.Popen(
         argv, env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT
     )
+    return flow_process, model_process
+
+
+def published_python(owner: str, title: str) -> str:
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    return ModelConfig.for_model(owner, title).published().python
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -577,11 +738,13 @@ def test_rendered_job_runs_a_simulation_to_success(hang_model, webapp):
     task_id = str(uuid.uuid4())
     run = submit_simulation("tests", "K8s_Hang", adjustment={}, task_id=task_id, wait_seconds=0)
     log = Path(os.environ["CS_HOME"]) / f"job-{task_id}.log"
-    process = job_process(run.id, log)
+    process, model = job_process(run.id, log)
     try:
         assert process.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert model.wait(timeout=30) == 0  # answered, then ended: the Job ends with the run
     finally:
         _stop(process)
+        _stop(model)
     assert _state(run.id).is_completed(), _state(run.id)
     (body,) = _puts(webapp, task_id)
     assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
@@ -608,7 +771,7 @@ def test_evicted_pod_reschedules_its_run(hang_model, webapp):
         task_id=task_id,
         wait_seconds=0,
     )
-    process = job_process(run.id, Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log")
+    process, model = job_process(run.id, Path(os.environ["CS_HOME"]) / f"evict-{task_id}.log")
     try:
         assert _wait_for(lambda: _state(run.id).is_running(), 60), _state(run.id)
         time.sleep(2)  # the model child is now hanging
@@ -616,6 +779,118 @@ def test_evicted_pod_reschedules_its_run(hang_model, webapp):
         process.wait(timeout=120)
     finally:
         _stop(process)
+        _stop(model)
     state = _state(run.id)
     assert state.is_scheduled(), (state.name, state.message)
     assert _puts(webapp, task_id) == []  # it will run again: no FAIL for an eviction
+
+
+# ---- the pod's exchange: the flow's side against child.py --wait-for -----------------------
+
+
+def wait_for_child(python: str, exchange: Path, seconds: float = 60) -> subprocess.Popen:
+    """The model container's command, as a local process of the model's venv."""
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+
+    argv = [python, "-I", str(CHILD_SCRIPT), "--wait-for"]
+    argv += [str(exchange / "request.json"), str(exchange / "response.json"), str(seconds)]
+    return subprocess.Popen(argv, cwd=exchange, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def test_pod_exchange_asks_once_and_reads_the_answer(misbehaving, tmp_path):
+    from prefect_cs.flows.runtime.pod_exchange import call_in_pod, release
+
+    python = published_python("tests", "Misbehaving")
+    child = wait_for_child(python, tmp_path)
+    call = call_in_pod(tmp_path, "get_version", [], timeout=60)
+    assert call.ok and call.result == "0.3.0" and call.seconds > 0, call
+    assert child.wait(timeout=30) == 0
+    request = json.loads((tmp_path / "request.json").read_text())
+    assert request == {"function": "get_version", "args": [], "with_version": True}  # no env
+    assert not list(tmp_path.glob("*.part"))  # written whole, then renamed
+    assert release(tmp_path) is False  # the model was called: nothing to release
+    again = call_in_pod(tmp_path, "get_version", [], timeout=5)
+    assert not again.ok and "already asked once" in again.error
+
+
+def test_pod_exchange_releases_a_model_container_never_asked(misbehaving, tmp_path):
+    from prefect_cs.flows.runtime.pod_exchange import release
+
+    child = wait_for_child(published_python("tests", "Misbehaving"), tmp_path)
+    assert release(tmp_path) is True
+    assert child.wait(timeout=30) == 0 and not (tmp_path / "response.json").exists()
+    assert release(None) is False and release(tmp_path / "absent") is False
+
+
+def test_pod_exchange_fails_a_model_that_never_answers(tmp_path, monkeypatch):
+    from prefect_cs.flows.runtime import pod_exchange
+
+    monkeypatch.setattr(pod_exchange, "ANSWER_GRACE_SECONDS", 0)
+    call = pod_exchange.call_in_pod(tmp_path, "run_model", [{}, {}], timeout=0.5)
+    assert not call.ok and "time limit of 0.5 seconds" in call.error
+
+
+def test_pod_exchange_never_follows_a_link_the_model_planted(tmp_path):
+    from prefect_cs.flows.runtime.pod_exchange import call_in_pod
+
+    secret = tmp_path / "platform-secret"
+    secret.write_text(json.dumps({"ok": True, "result": "stolen", "seconds": 1}))
+    (tmp_path / "exchange").mkdir()
+    (tmp_path / "exchange" / "response.json").symlink_to(secret)
+    call = call_in_pod(tmp_path / "exchange", "run_model", [{}, {}], timeout=5)
+    assert not call.ok and call.result is None and "could not be read safely" in call.error
+
+
+def test_kubernetes_call_model_outside_a_pod_names_the_fix(monkeypatch):
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.tiers.kubernetes import KubernetesTier
+
+    monkeypatch.delenv("CS_EXCHANGE_DIR", raising=False)
+    model = ModelConfig(owner="o", title="t", repo_url="/x")
+    entry = PublishedTag(tag="v1", tier="kubernetes", python="/p", image="r/o_t@sha256:" + "0" * 64)
+    call = KubernetesTier().call_model(model, entry, "run_model", [{}, {}], {"S": "v"})
+    assert not call.ok and "CS_EXCHANGE_DIR" in call.error
+    assert KubernetesTier.inputs_on_shared_worker is False
+
+
+def test_job_variables_need_the_platform_image_by_digest(monkeypatch):
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.core.errors import StepFailed
+    from prefect_cs.tiers.kubernetes import KubernetesTier
+
+    model = ModelConfig(owner="o", title="t", repo_url="/x")
+    entry = PublishedTag(tag="v1", tier="kubernetes", python="/p", image="r/o_t@sha256:" + "0" * 64)
+    monkeypatch.delenv("CS_PLATFORM_IMAGE")
+    with pytest.raises(StepFailed, match="prefect-cs k8s platform-image"):
+        KubernetesTier().job_variables(model, entry)
+    monkeypatch.setenv("CS_PLATFORM_IMAGE", "r/prefect-cs-platform:0.1.0")
+    with pytest.raises(StepFailed, match="by digest"):
+        KubernetesTier().job_variables(model, entry)
+
+
+def test_warm_pod_talks_to_a_serve_paths_zygote(misbehaving, tmp_path, monkeypatch):
+    """The inputs worker's side of a warm model container, against child.py --serve-paths of the
+    model's venv over named pipes in a shared folder: answers, a call over its time is stopped
+    by the zygote (the platform cannot reach across containers), and the next call works."""
+    from prefect_cs.flows.runtime import pod_exchange
+    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+
+    pod_exchange.make_pipes(tmp_path)
+    python = published_python("tests", "Misbehaving")
+    argv = [python, "-I", str(CHILD_SCRIPT), "--serve-paths"]
+    argv += [str(tmp_path / "in"), str(tmp_path / "out")]
+    zygote = subprocess.Popen(argv, cwd=tmp_path, start_new_session=True)
+    warm = pod_exchange.WarmPod(tmp_path, fingerprint="f1")
+    try:
+        call = warm.call("get_version", [], timeout=30)
+        assert call.ok and call.result == "0.3.0", call
+        hang = {"control": {"behavior": [{"value": "hang"}]}}
+        slow = warm.call("run_model", [{}, hang], timeout=2)
+        assert not slow.ok and "did not answer within 2 seconds" in slow.error, slow
+        again = warm.call("get_version", [], timeout=30)
+        assert again.ok and again.result == "0.3.0"
+    finally:
+        warm.stop()
+        assert zygote.wait(timeout=30) == 0  # the end of its requests: it exits
+    none = pod_exchange.WarmPod(None).call("get_version", [], timeout=1)
+    assert not none.ok and "CS_EXCHANGE_DIR" in none.error

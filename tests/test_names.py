@@ -85,11 +85,13 @@ def test_declared_secrets_never_come_from_the_flows_environment(platform, monkey
         get_backend("tests/EnvOnly").delete("ENV_ONLY_TOKEN")
 
 
-def test_container_jobs_carry_declared_secrets_under_the_platform_prefix():
+def test_kubernetes_model_containers_carry_declared_secrets_under_their_own_names():
+    """Only the Job's model container holds them (the flow container none), so there they have
+    the names the model reads; reserved names stay refused."""
     from prefect_cs.tiers.kubernetes import secret_env
 
     entries = secret_env(model(title="K8sNames", secrets=["API_TOKEN"]))
-    assert [e["name"] for e in entries] == ["CS_SECRET_API_TOKEN"]
+    assert [e["name"] for e in entries] == ["API_TOKEN"]
     assert entries[0]["valueFrom"]["secretKeyRef"]["key"] == "API_TOKEN"
 
 

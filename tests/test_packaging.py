@@ -48,7 +48,7 @@ REQUIRED_DATA = {
         "docker/start-engine.sh",
         "docker/registry.yml",
     ],
-    "prefect_cs.tiers": ["Dockerfile"],
+    "prefect_cs.tiers": ["Dockerfile", "PlatformDockerfile"],
 }
 
 

@@ -72,7 +72,8 @@ def validate_against_template(tier: Tier, variables: dict) -> None:
         jsonschema.validate(value, {**schema["properties"][key], "$defs": schema.get("$defs", {})})
 
 
-def test_kubernetes_job_variables_fit_the_kubernetes_template():
+def test_kubernetes_job_variables_fit_the_kubernetes_template(monkeypatch):
+    monkeypatch.setenv("CS_PLATFORM_IMAGE", "r/prefect-cs-platform@sha256:" + "0" * 64)
     tier = get_tier("kubernetes")
     entry = PublishedTag(tag="v1", tier="kubernetes", python="/p", image="r/o_t:v1")
     variables = tier.job_variables(model(cpu=0.5, memory="512Mi", secrets=["API_KEY"]), entry)

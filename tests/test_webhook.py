@@ -642,7 +642,7 @@ def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, mon
     assert model_secret_env("hooks", "OwnKey", model.secrets) == {
         "MODEL_TOKEN": "model-token-value"
     }
-    assert [e["name"] for e in secret_env(model)] == ["CS_SECRET_MODEL_TOKEN"]
+    assert [e["name"] for e in secret_env(model)] == ["MODEL_TOKEN"]  # the model container's
     # In a container job only CS_SECRET_<name> variables count, and the key's is never needed.
     monkeypatch.setenv("CS_SECRETS_SOURCE", "env")
     monkeypatch.setenv("CS_SECRET_MODEL_TOKEN", "from-the-job")

@@ -4,6 +4,14 @@ Building, testing and pushing the image is the Docker tier's work, inherited
 unchanged. What is this tier's own is its pool and its job variables: the
 model's resources, time limit, labels and secret references, which the work
 pool's base job template (work_pools/kubernetes.json) turns into a Job.
+
+The Job's pod has two containers, so the flow never runs in the model's image (which the
+model's build wrote, as root): `prefect-job`, the flow, in the platform's own image
+(tiers/platform_image.py) with the Prefect login and no model secret; `model`, the model's
+image as uid 10001 with a read-only root, no capabilities, the model config's CPU, memory and
+disk, and only its declared secrets. They share one emptyDir, `exchange`: the flow writes the
+request there and reads the answer (flows/runtime/pod_exchange.py); an init container of the
+platform image copies the child runner into `runtime`, which the model mounts read-only.
 """
 
 from __future__ import annotations
@@ -11,9 +19,19 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import label_value, model_code_secrets, secret_env_name
+from prefect_cs.core.names import check_secret_name, label_value, model_code_secrets
+from prefect_cs.flows.runtime.model_process import ModelCall
+from prefect_cs.flows.runtime.pod_exchange import (
+    EXCHANGE,
+    REQUEST,
+    RESPONSE,
+    RUNNER,
+    WORK,
+    WarmPod,
+    call_in_pod,
+)
 from prefect_cs.tiers.base import JobVariables
-from prefect_cs.tiers.docker import DockerTier
+from prefect_cs.tiers.docker import MODEL_PYTHON, DockerTier
 
 # activeDeadlineSeconds counts from the Job's start, before the pod is even
 # scheduled: leave room for a node scale-up from zero (~3-4 min on GKE/EKS), the
@@ -48,13 +66,46 @@ def model_labels(model: ModelConfig, tag: str | None = None) -> dict[str, str]:
 
 
 def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
-    """One env entry per declared secret, by reference to the model's Secret: never a value."""
+    """One env entry per declared secret, by reference to the model's Secret: never a value.
+    Under the model's own names: only the model container gets them (the flow holds none)."""
     return [
         {
-            "name": secret_env_name(name),
+            "name": check_secret_name(name),
             "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
         }
         for name in model_code_secrets(model.secrets)  # never the webhook key
+    ]
+
+
+def model_env(model: ModelConfig) -> list[dict[str, Any]]:
+    """The model container's whole environment: a home and temp folder of its own (the `work`
+    emptyDir), the model venv first on PATH, thread counts matched to its CPUs (as
+    flows/runtime/environment.model_env gives a model call on the other tiers), its secrets."""
+    threads = str(max(1, int(model.cpu)))
+    plain = {
+        "HOME": WORK,
+        "TMPDIR": WORK,
+        "PATH": f"{MODEL_PYTHON.rsplit('/', 1)[0]}:/usr/local/bin:/usr/bin:/bin",
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "Agg",
+        "OMP_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "MALLOC_ARENA_MAX": "2",
+    }
+    return [{"name": k, "value": v} for k, v in plain.items()] + secret_env(model)
+
+
+def model_command(request_wait_seconds: int) -> list[str]:
+    """The model container: wait (bounded) for the flow's request, answer it, exit."""
+    return [
+        MODEL_PYTHON,
+        "-I",
+        RUNNER,
+        "--wait-for",
+        f"{EXCHANGE}/{REQUEST}",
+        f"{EXCHANGE}/{RESPONSE}",
+        str(request_wait_seconds),
     ]
 
 
@@ -89,34 +140,76 @@ class KubernetesJobVariables(JobVariables):
     set per flow run by the submitter (task_job_variables)."""
 
     image: str
+    platform_image: str
+    model_command: list[str]
     cpu_request: str
     cpu_limit: str
     memory_request: str
     memory_limit: str
+    disk: str
+    internet: str
     active_deadline_seconds: int
     finished_job_ttl: int
     backoff_limit: int
     labels: dict[str, str]
-    secret_env: list[dict[str, Any]]
+    model_env: list[dict[str, Any]]
 
 
 class KubernetesTier(DockerTier):
-    """The Docker tier's image and publish steps; a Kubernetes Job per simulation."""
+    """The Docker tier's image and publish steps; a two-container Kubernetes Job per simulation."""
 
     name = "kubernetes"
     pool_type = "kubernetes"
     pool_setting = "kubernetes_pool"
     variables_model = KubernetesJobVariables
-    inputs_on_shared_worker = False  # each model's inputs server runs in the cluster
+    inputs_on_shared_worker = False  # each model's inputs server, beside its model container
 
     def variables(self, model: ModelConfig, entry: PublishedTag) -> KubernetesJobVariables:
         """What the simulate deployment tells work_pools/kubernetes.json for this model and tag."""
+        from prefect_cs.tiers.platform_image import configured_platform_image
+
         return KubernetesJobVariables(
             image=self.image_of(model, entry),
+            platform_image=configured_platform_image(),
+            model_command=model_command(STARTUP_MARGIN_SECONDS),
             **resources(model),
+            disk=f"{model.disk_mib}Mi",
+            internet="true" if model.internet else "false",
             active_deadline_seconds=model.time_limit + DEADLINE_MARGIN_SECONDS,
             finished_job_ttl=FINISHED_JOB_TTL_SECONDS,
             backoff_limit=0,
             labels=model_labels(model, entry.tag),
-            secret_env=secret_env(model),
+            model_env=model_env(model),
         )
+
+    def call_model(
+        self,
+        model: ModelConfig,
+        entry: PublishedTag,
+        function: str,
+        args: list[Any],
+        env: dict[str, str],
+    ) -> ModelCall:
+        """The request to the pod's model container, through the shared `exchange` emptyDir.
+        `env` is not sent: the model container's environment is in the pod spec (model_env),
+        and the exchange file must never hold a secret."""
+        from prefect_cs.core.settings import get_settings
+
+        exchange = get_settings().exchange_dir
+        if exchange is None:
+            return ModelCall(
+                ok=False,
+                error="this flow is not running in a Kubernetes Job's flow container (no"
+                " CS_EXCHANGE_DIR): the kubernetes tier's model runs in the Job's `model`"
+                " container; start the run through the kubernetes work pool",
+            )
+        return call_in_pod(exchange, function, args, timeout=model.time_limit)
+
+    def warm_model(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
+    ) -> WarmPod:
+        """The model container of this model's inputs server pod, over its named pipes (the
+        inputs worker runs beside it, in the platform image; `env` is in the pod spec)."""
+        from prefect_cs.core.settings import get_settings
+
+        return WarmPod(get_settings().exchange_dir, fingerprint)

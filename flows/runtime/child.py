@@ -133,7 +133,7 @@ def serve(fd_in: int, fd_out: int, reap: bool = False, empty: str | None = None)
             pid = os.fork()
             if pid == 0:
                 _answer_in_fork(request, fd_out)
-            problem = _wait_call(pid)
+            problem = _wait_call(pid, request.get("timeout"))
             if problem:
                 _write_line(
                     fd_out, {"call": request.get("call"), "ok": False, "traceback": problem}
@@ -175,16 +175,30 @@ def _write_line(fd_out: int, answer: object) -> None:
         data = data[os.write(fd_out, data) :]
 
 
-def _wait_call(pid: int) -> str | None:
-    """Wait for a call's process; why it failed to answer, if it died of a signal."""
-    while True:
-        try:
-            _, status = os.waitpid(pid, 0)
-            break
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return None
+def _wait_call(pid: int, timeout: object = None) -> str | None:
+    """Wait for a call's process; why it failed to answer, if it died of a signal. With a
+    timeout (a model container's requests carry one: the platform cannot kill across
+    containers), a call still running after it is killed, so the next call is answered."""
+    if isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        deadline = time.monotonic() + timeout
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                return f"the call did not answer within {timeout:g} seconds and was stopped"
+            time.sleep(0.02)
+    else:
+        while True:
+            try:
+                _, status = os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                return None
     if os.WIFSIGNALED(status):
         return f"the call's process was killed by signal {os.WTERMSIG(status)} before it answered"
     code = os.waitstatus_to_exitcode(status)
@@ -254,7 +268,9 @@ def wait_for(request_path: str, response_path: str, seconds: float) -> int:
     with open(request_path) as f:
         if json.load(f).get("function") is None:
             return 0
-    main(request_path, response_path)
+    partial = response_path + ".part"  # the flow sees the answer whole, or not at all
+    main(request_path, partial)
+    os.replace(partial, response_path)
     return 0
 
 

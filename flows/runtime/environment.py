@@ -30,6 +30,8 @@ def declared_secrets(model: ModelConfig) -> dict[str, str]:
     names = model_code_secrets(model.secrets)  # never the webhook key a model may declare
     if not names:
         return {}
+    if _secrets_source() == "pod":  # a Job's flow container: only the model container has them
+        return {}
     if _secrets_source() != "env":
         from prefect_cs.security.secrets import model_secret_env
 
@@ -46,7 +48,8 @@ def declared_secrets(model: ModelConfig) -> dict[str, str]:
 
 
 def _secrets_source() -> str | None:
-    """`env` in Kubernetes pods (work_pools/kubernetes.json): secrets come only as secretKeyRefs."""
+    """`env`: secrets come only as the job's CS_SECRET_* variables; `pod` (a Kubernetes Job's flow
+    container, work_pools/kubernetes.json): the model container has them, the flow none."""
     from prefect_cs.core.settings import get_settings
 
     return get_settings().secrets.secrets_source
