@@ -358,9 +358,27 @@ def test_warm_container_answers_light_calls(docker_repo, task_worker, webapp):
     assert attrs["HostConfig"]["ReadonlyRootfs"] and attrs["HostConfig"]["NetworkMode"] == "none"
     env = dict(item.split("=", 1) for item in attrs["Config"]["Env"])
     assert not [k for k in env if k.startswith(("PREFECT_", "CS_"))], env.keys()
+    # Every warm container of this server's models (other test files' servers have their own).
+    ours = {ident for image in served_images() for ident in containers(f"{WARM_LABEL}={image}")}
+    assert warm[0] in ours
     task_worker.stop()
     task_worker.start()  # the module's later tests still have a worker
-    assert containers(WARM_LABEL) == [], "warm containers outlived their server"
+    assert ours.isdisjoint(containers(WARM_LABEL)), "warm containers outlived their server"
+
+
+def served_images() -> set[str]:
+    """The promoted images of the Docker-tier models on this test server."""
+    from prefect_cs.registry.configs import all_models
+
+    images = set()
+    for model in all_models():
+        try:
+            entry = model.published()
+        except LookupError:
+            continue
+        if entry.tier == "docker" and entry.image:
+            images.add(entry.image)
+    return images
 
 
 def test_image_that_cannot_be_pulled_is_a_fail_naming_it(worker, webapp):
