@@ -93,3 +93,10 @@ def test_models_show_prints_the_queue_of_waiting_simulations(one_at_a_time):
     assert "at most 1 at once" in result.output
     waiting = [line for line in result.output.splitlines() if "Scheduled" in line or "Late" in line]
     assert waiting and sum(int(line.split()[-2]) for line in waiting) == 2, result.output
+
+
+def test_a_pool_of_another_type_is_refused_with_the_fix(platform):
+    """The Docker tier's pool was a `docker` pool before issue 19: it is not silently rewritten."""
+    pools.ensure_pool("cs-admission-typed", "kubernetes")
+    with pytest.raises(ValueError, match="prefect work-pool delete cs-admission-typed"):
+        pools.ensure_pool("cs-admission-typed", "process")

@@ -68,7 +68,7 @@ def ensure_pool(name: str, pool_type: str) -> None:
     template, limit = base_job_template(pool_type), pool_concurrency(pool_type)
     with get_client(sync_client=True) as client:
         try:
-            client.read_work_pool(name)
+            found = client.read_work_pool(name)
         except ObjectNotFound:
             client.create_work_pool(
                 WorkPoolCreate(
@@ -76,9 +76,21 @@ def ensure_pool(name: str, pool_type: str) -> None:
                 )
             )
         else:
+            check_type(name, found.type, pool_type)
             update = WorkPoolUpdate(base_job_template=template, concurrency_limit=limit)
             client.update_work_pool(name, update)
         ensure_queues(client, name)
+
+
+def check_type(name: str, found: str, wanted: str) -> None:
+    """A pool of another type cannot take this template (the Docker tier's pool was a `docker`
+    pool before its flows moved to the host): refuse, naming the fix, rather than rewrite it."""
+    if found != wanted:
+        raise ValueError(
+            f"work pool {name!r} is a {found!r} pool, and this tier's runs need a {wanted!r} pool:"
+            f" delete it (`prefect work-pool delete {name}`; its runs' history stays) and run"
+            " `prefect-cs pool <tier>` or publish again, which creates it anew"
+        )
 
 
 def ensure_queues(client: SyncPrefectClient, pool: str) -> None:
