@@ -51,6 +51,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
@@ -323,20 +324,32 @@ def run_in_image(
 ) -> str:
     """`docker run --rm` with its output streamed; the container is removed even on a timeout.
     flags: the model's confinement (container.cli_flags); without it, no network at least."""
-    container = f"cs-{name}-{uuid.uuid4().hex[:10]}"
-    options = ["--rm", "--name", container, *(flags or ["--network", "none"])]
-    try:
-        return run_step(
-            name,
-            [docker_cli(), "run", *options, image, *argv],
-            logger,
-            timeout=timeout,
-            hint=hint,
-        )
-    finally:
-        subprocess.run(
-            [docker_cli(), "rm", "-f", container], capture_output=True, timeout=60, check=False
-        )
+    for attempt in (1, 2):
+        container = f"cs-{name}-{uuid.uuid4().hex[:10]}"
+        options = ["--rm", "--name", container, *(flags or ["--network", "none"])]
+        try:
+            return run_step(
+                name,
+                [docker_cli(), "run", *options, image, *argv],
+                logger,
+                timeout=timeout,
+                hint=hint,
+            )
+        except StepFailed as failed:
+            # The engine refusing the start itself (runc's "stat …/bin/python: permission
+            # denied", seen under concurrent builds) is not the model's fault: once more.
+            if attempt == 2 or ENGINE_START_REFUSED not in str(failed):
+                raise
+            logger.warning("the engine refused to start %s; starting it once more", name)
+            time.sleep(1.0)
+        finally:
+            subprocess.run(
+                [docker_cli(), "rm", "-f", container], capture_output=True, timeout=60, check=False
+            )
+    raise AssertionError("unreachable")
+
+
+ENGINE_START_REFUSED = "OCI runtime create failed"
 
 
 def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -> str:
