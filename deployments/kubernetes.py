@@ -25,7 +25,7 @@ from uuid import UUID
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.names import label_value
-from prefect_cs.tiers.kubernetes import LABEL_PREFIX, model_labels, model_secret_name
+from prefect_cs.tiers.kubernetes import LABEL_PREFIX, mask_env, model_labels, model_secret_name
 from prefect_cs.work_pools.pools import base_job_template
 
 KUBERNETES_VERSION = "1.37.0"
@@ -287,6 +287,7 @@ def inputs_server(
             {"name": "CS_EXCHANGE_DIR", "value": EXCHANGE},
             {"name": "CS_INPUTS_MODEL", "value": f"{model.owner}/{model.title}"},
             *api_login_env(),
+            *mask_env(model),  # to mask the model's secrets in its answers, never to give them
         ],
         "resources": {
             "requests": {"cpu": "50m", "memory": "256Mi"},

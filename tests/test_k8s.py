@@ -213,9 +213,14 @@ def test_pod_splits_the_flow_from_the_model(rendered):
     # The Prefect login and settings: the flow's only.
     assert "PREFECT_API_AUTH_STRING" in flow_env and "PREFECT__FLOW_RUN_ID" in flow_env
     assert not [name for name in model_env if name.startswith(("PREFECT", "CS_"))]
-    # The model's secret: the model's only.
-    refs = [e["valueFrom"]["secretKeyRef"] for e in flow["env"] if "valueFrom" in e]
-    assert refs == [{"name": "prefect-auth", "key": "auth-string"}]
+    # The model's secret: given to the model only; the flow holds a reference of its own under
+    # another name, to mask it in what leaves the Job, never one a model call is given.
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in flow["env"] if "valueFrom" in e}
+    assert refs == {
+        "PREFECT_API_AUTH_STRING": {"name": "prefect-auth", "key": "auth-string"},
+        "CS_SECRET_API_TOKEN": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"},
+    }
+    assert "API_TOKEN" not in flow_env
     assert model_env["API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
         "name": "cs-model-tests-k8s-demo",
         "key": "API_TOKEN",
@@ -247,7 +252,9 @@ def test_labels_carry_owner_title_tag_task_and_flow_run(rendered):
 def test_job_env_has_secret_references_and_no_platform_credentials(rendered):
     _, run, job = rendered
     env = {e["name"]: e for e in container_of(job)["env"]}
-    assert "API_TOKEN" not in env and "CS_SECRET_API_TOKEN" not in env  # the model's only
+    assert "API_TOKEN" not in env  # the model's only
+    # the flow's reference to mask it with: by reference, never a value
+    assert set(env["CS_SECRET_API_TOKEN"]) == {"name", "valueFrom"}
     assert env["CS_SECRETS_SOURCE"]["value"] == "pod"
     assert env["PREFECT__FLOW_RUN_ID"]["value"] == str(run.id)
     assert env["PREFECT_API_URL"]["value"] == os.environ["PREFECT_API_URL"]
@@ -347,7 +354,8 @@ def test_operator_manifests_are_valid(k8s_model):
         "name": "API_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "cs-model-tests-k8s-demo", "key": "API_TOKEN"}},
     } in model["env"]
-    assert not [e for e in worker["env"] if "API_TOKEN" in e["name"]]  # the model's only
+    # the model's only, but for the worker's reference to mask it with
+    assert [e["name"] for e in worker["env"] if "API_TOKEN" in e["name"]] == ["CS_SECRET_API_TOKEN"]
     assert not [e for e in model["env"] if e["name"].startswith(("PREFECT", "CS_"))]
     assert {"name": "CS_EXCHANGE_DIR", "value": "/cs/exchange"} in worker["env"]
     assert inputs["spec"]["template"]["metadata"]["labels"][f"{CS}/role"] == "job"
@@ -435,11 +443,13 @@ def test_container_spec_becomes_a_docker_run(rendered):
         return SECRET_VALUE
 
     argv, env = docker_run_args(job, resolve, name="sim")
-    assert resolved == [("prefect-auth", "auth-string")]  # the flow container: the login only
+    # the flow container: the login, and its own reference to the model's secret to mask it with
+    assert resolved == [("prefect-auth", "auth-string"), ("cs-model-tests-k8s-demo", "API_TOKEN")]
     assert argv[:5] == ["docker", "run", "--rm", "--name", "sim"]
     image_at = argv.index(PLATFORM_IMAGE)
     assert argv[image_at + 1 :] == ["/opt/cs/platform/bin/prefect", "flow-run", "execute"]
     assert env["PREFECT__FLOW_RUN_ID"] == str(run.id) and "API_TOKEN" not in env
+    assert env["CS_SECRET_API_TOKEN"] == SECRET_VALUE and SECRET_VALUE not in " ".join(argv)
 
     folders = {"exchange": Path("/x/exchange"), "runtime": Path("/x/runtime")}
     resolved.clear()
@@ -675,7 +685,7 @@ def job_process(flow_run_id, log: Path) -> tuple[subprocess.Popen, subprocess.Po
     resolve = backend_resolver("tests", "K8s_Hang")
     flow, model = container_of(job), container_of(job, "model")
     env, secret_names = container_env(flow, resolve)
-    assert secret_names == {"PREFECT_API_AUTH_STRING"}
+    assert secret_names == {"PREFECT_API_AUTH_STRING", "CS_SECRET_API_TOKEN"}  # the latter to mask
     model_env, model_secrets = container_env(model, resolve)
     assert model_secrets == {"API_TOKEN"}
     exchange = Path(tempfile.mkdtemp(prefix="cs-exchange-", dir=os.environ["CS_HOME"]))

@@ -167,7 +167,10 @@ def test_rendered_pod_runs_in_its_images_with_docker(
     refs = {
         c["name"]: sorted(e["name"] for e in c["env"] if "valueFrom" in e) for c in (flow, model)
     }
-    assert refs == {"prefect-job": ["PREFECT_API_AUTH_STRING"], "model": ["DEMO_TOKEN"]}
+    assert refs == {
+        "prefect-job": ["CS_SECRET_DEMO_TOKEN", "PREFECT_API_AUTH_STRING"],
+        "model": ["DEMO_TOKEN"],
+    }
     assert SECRET_VALUE not in json.dumps(job)
     assert os.environ["PREFECT_API_AUTH_STRING"] not in json.dumps(job)
 
@@ -179,9 +182,9 @@ def test_rendered_pod_runs_in_its_images_with_docker(
     assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
     with zipfile.ZipFile(cs_home / "outputs" / f"{task_id}_renderable.zip") as archive:
         summary = archive.read("Summary.md").decode()
-    # The secret reached the model container. The flow container holds no model secret, so it
-    # cannot mask one the model prints into its outputs (the other tiers' flows can).
-    assert f"token: {SECRET_VALUE}" in summary
+    # The secret reached the model container (it printed it into its outputs), and the flow
+    # container masked it with its own reference (mask_env), as the other tiers' flows do.
+    assert "token: ***" in summary and SECRET_VALUE not in summary
     assert SECRET_VALUE not in pod.output("prefect-job")
     request = json.loads((exchange / "request.json").read_text())
     assert set(request) == {"function", "args", "with_version"}  # no environment, no secret

@@ -19,7 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import check_secret_name, label_value, model_code_secrets
+from prefect_cs.core.names import (
+    check_secret_name,
+    label_value,
+    model_code_secrets,
+    secret_env_name,
+)
 from prefect_cs.flows.runtime.model_process import ModelCall
 from prefect_cs.flows.runtime.pod_exchange import (
     EXCHANGE,
@@ -74,6 +79,19 @@ def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
             "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
         }
         for name in model_code_secrets(model.secrets)  # never the webhook key
+    ]
+
+
+def mask_env(model: ModelConfig) -> list[dict[str, Any]]:
+    """The flow container's references to the same secrets, as `CS_SECRET_<name>`: it reads them
+    only to mask them in what leaves the Job (flows/runtime/environment.py `secrets_to_mask`);
+    under those names they are never what the model call is given."""
+    return [
+        {
+            "name": secret_env_name(check_secret_name(name)),
+            "valueFrom": {"secretKeyRef": {"name": model_secret_name(model), "key": name}},
+        }
+        for name in model_code_secrets(model.secrets)
     ]
 
 
@@ -153,6 +171,7 @@ class KubernetesJobVariables(JobVariables):
     backoff_limit: int
     labels: dict[str, str]
     model_env: list[dict[str, Any]]
+    mask_env: list[dict[str, Any]]
 
 
 class KubernetesTier(DockerTier):
@@ -180,6 +199,7 @@ class KubernetesTier(DockerTier):
             backoff_limit=0,
             labels=model_labels(model, entry.tag),
             model_env=model_env(model),
+            mask_env=mask_env(model),
         )
 
     def call_model(

@@ -83,11 +83,21 @@ def model_env(model: ModelConfig) -> dict[str, str]:
     return env
 
 
+def secrets_to_mask(model: ModelConfig) -> list[str]:
+    """The values to mask. In a Kubernetes Job's flow container (`pod`) the model's secrets are
+    not the flow's to give (the model container has them by reference); the flow gets its own
+    references under `CS_SECRET_<name>` (work_pools/kubernetes.json `mask_env`) to mask with."""
+    if _secrets_source() == "pod":
+        names = model_code_secrets(model.secrets)
+        return [value for name in names if (value := os.environ.get(secret_env_name(name)))]
+    return list(declared_secrets(model).values())
+
+
 def scrubber_for(model: ModelConfig) -> Callable[[Any], Any]:
     """Masks the model's secret values in anything leaving the job (payloads, logs, outputs)."""
     from prefect_cs.security.scrubber import Scrubber
 
     try:
-        return Scrubber(declared_secrets(model).values())
+        return Scrubber(secrets_to_mask(model))
     except LookupError:  # a secret that is not set never reached the model: nothing to mask
         return Scrubber([])
