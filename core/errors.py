@@ -63,10 +63,6 @@ class AclError(CSError, RuntimeError):
     """Redis ACL setup could not connect or was refused; the message names the fix."""
 
 
-class PlatformError(CSError, RuntimeError):
-    """The platform (not the model) could not finish a run; says so to the web app."""
-
-
 PLATFORM_ERROR = "platform error, not your model"  # how a FAIL that is the platform's begins
 
 

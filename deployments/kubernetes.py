@@ -24,7 +24,6 @@ from typing import Any
 from uuid import UUID
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import label_value
 from prefect_cs.tiers.kubernetes import LABEL_PREFIX, model_labels, model_secret_name
 from prefect_cs.work_pools.pools import base_job_template
 
@@ -553,8 +552,3 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
             flow_run, client=client, work_pool=pool, worker_name=worker_name, deployment=deployment
         )
     return credentials_by_reference(config.job_manifest)
-
-
-def pod_labels(task_id: str) -> str:
-    """The label selector of one task's Job and pod: `kubectl get pods -l …`."""
-    return f"{LABEL_PREFIX}/task-id={label_value(task_id)}"
