@@ -18,6 +18,11 @@ class NotFound(CSError, LookupError):
     """A model, tag or stored item that does not exist."""
 
 
+class InvalidValue(CSError, ValueError):
+    """A name or value given to the platform that it refuses (an owner, title, tag, secret name,
+    repo URL, task id, tier or pool type); the message gives the rule and an example."""
+
+
 class ConfigError(CSError, ValueError):
     """A model config (file, block or web app project) that cannot be used, with what to fix."""
 
