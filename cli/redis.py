@@ -41,6 +41,15 @@ def load_config(block: str, host: str | None, port: int | None, url: str | None)
         )
 
 
+def initial_from_settings() -> str | None:
+    """CS_REDIS_INITIAL_PASSWORD through the settings tree (never a typer envvar: --help
+    would offer it, and every CS_* variable is read in one place)."""
+    from prefect_cs.core.settings import get_settings
+
+    secret = get_settings().redis.initial_password
+    return secret.get_secret_value() if secret else None
+
+
 @redis_app.command("init-acl")
 def init_acl_cmd(
     block: str = typer.Option("default", help="Name of the cs-redis block to read (or save)."),
@@ -52,8 +61,9 @@ def init_acl_cmd(
     ),
     initial_password: str = typer.Option(
         None,
-        envvar="CS_REDIS_INITIAL_PASSWORD",
-        help="The server's current password for that user (prefer the env variable).",
+        help="The server's current password for that user (default: CS_REDIS_INITIAL_PASSWORD;"
+        " prefer the variable, which stays out of shell history).",
+        show_default=False,
     ),
     save: bool = typer.Option(
         False, "--save", help="Save the options-built config as the cs-redis block --block."
@@ -64,7 +74,7 @@ def init_acl_cmd(
 
     config = load_config(block, host, port, url)
     with exit_on_error(catch=Exception):  # AclError, a refused or unreachable server
-        result = init_acl(config, initial_username, initial_password)
+        result = init_acl(config, initial_username, initial_password or initial_from_settings())
     table = Table("user", "rules", title="Redis ACL")
     for user, rules in sorted(result.users.items()):
         table.add_row(user, rules)
