@@ -366,11 +366,17 @@ class GcpSecretsBackend(SecretsBackend):
 def _gcp_errors(action: str) -> Iterator[None]:
     """Turn Google API and credential errors not handled by the caller into a one-line
     SecretsError (a bare library error would reach the CLI as a traceback)."""
+    import requests
     from google.api_core import exceptions
     from google.auth.exceptions import GoogleAuthError
 
     try:
         yield
+    except (requests.ConnectionError, requests.Timeout) as exc:  # the REST transport's own
+        raise SecretsError(
+            f"Google Secret Manager could not {action}: it did not answer"
+            f" ({type(exc).__name__}): check CS_GCP_SECRETS_ENDPOINT and the network"
+        ) from None
     except (exceptions.GoogleAPIError, GoogleAuthError) as exc:
         raise SecretsError(
             f"Google Secret Manager could not {action}: {type(exc).__name__}: {exc}"
