@@ -1,14 +1,18 @@
 """What every `prefect-cs` command shares: the consoles, the exits, the error mapping.
 
-Operators read one line that names the fix, never a traceback, so every error
-leaves through `exit_with_error` and every command runs inside
+Operators read one line that names the fix, so every error an operator can act
+on leaves through `exit_with_error`, and every command runs inside
 `with_cli_exception_handling` (added by `CSTyper.command`, as PrefectTyper did
-in Prefect's typer-era CLI): the platform's `CSError`s, bad input
-(LookupError, ValueError, pydantic's ValidationError) and an unreachable
-server (httpx.TransportError) become `error: …` on stderr and exit code 1.
-Anything else is a bug and keeps its traceback (without local variables),
-except where a command talks to an outside backend (Redis, a secrets store)
-and opts in with `exit_on_error(catch=Exception)`.
+in Prefect's typer-era CLI). Only three kinds of error are the operator's: the
+platform's own `CSError`s (raised where the platform refuses something, with
+the fix in the message), pydantic's ValidationError (a config or block that
+does not validate) and httpx.TransportError (a server that did not answer).
+They become `error: …` on stderr and exit code 1.
+
+Everything else is a bug and keeps its traceback (without local variables,
+which can hold tokens): a bare KeyError or ValueError from the platform's code
+printed as `error: 'x'` would hide where it came from. Code that refuses an
+operator's input raises a CSError (core/errors.py), never a bare built-in.
 """
 
 from __future__ import annotations
@@ -36,14 +40,10 @@ console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 """Errors only: stderr, never wrapped, so one error is one line a script can grep."""
 
-EXPECTED: tuple[type[Exception], ...] = (
-    CSError,
-    LookupError,
-    ValueError,
-    ValidationError,
-    httpx.TransportError,
-)
-"""Errors an operator can fix from the message: one line, exit 1."""
+EXPECTED: tuple[type[Exception], ...] = (CSError, ValidationError, httpx.TransportError)
+"""Errors an operator can fix from the message: one line, exit 1. Not LookupError or
+ValueError: the platform raises its own subclasses of those (NotFound, ConfigError, …),
+so a bare one is a bug and must show where it was raised."""
 
 _CLICK_EXITS = (click.exceptions.Exit, click.exceptions.Abort, click.ClickException)
 
@@ -160,7 +160,7 @@ def read_json(value: str | None) -> dict[str, Any]:
     """A JSON object given inline or as a path to a file; {} when not given."""
     if not value:
         return {}
-    text = Path(value).read_text() if Path(value).is_file() else value
+    text = json_text(value)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -170,3 +170,18 @@ def read_json(value: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         exit_with_error("expected a JSON object")
     return data
+
+
+def json_text(value: str) -> str:
+    """The value itself when it is inline JSON, else the text of the file it names. Inline JSON
+    is never tried as a path: one longer than a file name may be makes the check itself fail
+    (OSError 'File name too long'), and an adjustment easily is."""
+    if value.lstrip().startswith(("{", "[")):
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        exit_with_error(
+            f"{value[:80]!r} is neither inline JSON nor a readable file ({exc.strerror}):"
+            " give an object inline or the path of a .json file"
+        )

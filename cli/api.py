@@ -7,8 +7,10 @@ is the pull side of the same projects list, for a web app that publishes it at
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
-from prefect_cs.cli._utilities import CSTyper, console, err_console
+from prefect_cs.cli._utilities import CSTyper, console, err_console, exit_with_error
 
 api_app = CSTyper(help="The cluster API a Compute Studio web app calls (POST /{owner}/{title}/).")
 
@@ -39,10 +41,22 @@ def sync_cmd(
     ),
 ) -> None:
     """Upsert model configs from the web app's projects list (idempotent; published tags kept)."""
-    import httpx
     from prefect_cs.registry.sync import sync_projects
 
-    url = from_url.rstrip("/") + "/publish/api/"
+    console.print_json(data=sync_projects(projects_list(from_url)).as_dict())
+
+
+def projects_list(base_url: str) -> Any:
+    """The JSON at BASE_URL/publish/api/; a refusal or a page that is not JSON is the
+    operator's to fix (a wrong --from), so it is one error line, not a traceback."""
+    import httpx
+
+    url = base_url.rstrip("/") + "/publish/api/"
     response = httpx.get(url, timeout=30, follow_redirects=True)
-    response.raise_for_status()
-    console.print_json(data=sync_projects(response.json()).as_dict())
+    fix = "give the web app's base URL with --from (its projects list is at URL/publish/api/)"
+    if response.is_error:
+        exit_with_error(f"{url} answered {response.status_code}: {fix}")
+    try:
+        return response.json()
+    except ValueError:
+        exit_with_error(f"{url} did not answer JSON: {fix}")

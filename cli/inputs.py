@@ -50,13 +50,15 @@ def inputs_serve(
     model: str = typer.Option(
         None,
         "--model",
-        envvar="CS_INPUTS_MODEL",
-        help="OWNER/TITLE: serve only this model (its inputs server on a container tier).",
+        help="OWNER/TITLE: serve only this model (its inputs server on a container tier)"
+        " [default: CS_INPUTS_MODEL, else every model]",
     ),
 ) -> None:
     """Serve the inputs background tasks (a long-running task worker): every model's, or one's."""
+    from prefect_cs.core.settings import get_settings
     from prefect_cs.services.inputs_server import serve
 
+    model = model or get_settings().inputs_model
     if model:
-        split_model(model)
+        split_model(model)  # a bad name, from the flag or the variable, is refused here
     serve(model)

@@ -1,8 +1,9 @@
 """`prefect-cs secrets …` (cluster) and `prefect-cs models -n OWNER/TITLE secrets …` (one model).
 
 Values are read from stdin unless given with --value, so they stay out of
-shell history; `get` prints the bare value so it can be piped. Any backend
-failure (refused, unreachable) is one error line that never carries a value.
+shell history; `get` prints the bare value so it can be piped. A backend's
+failure (refused, unreachable) is a SecretsError from security/secrets.py: one
+error line that never carries a value.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sys
 from typing import TYPE_CHECKING
 
 import typer
-from prefect_cs.cli._utilities import CSTyper, console, exit_on_error, exit_with_error
+from prefect_cs.cli._utilities import CSTyper, console, exit_with_error
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -41,9 +42,7 @@ def scope_of(ctx: typer.Context) -> str | None:
 def backend(ctx: typer.Context) -> SecretsBackend:
     from prefect_cs.security.secrets import get_backend
 
-    scope = scope_of(ctx)
-    with exit_on_error(catch=Exception):
-        return get_backend(scope)
+    return get_backend(scope_of(ctx))
 
 
 def read_value(value: str | None, stdin: bool) -> str:
@@ -73,28 +72,23 @@ def set_cmd(
     from prefect_cs.security.secrets import check_secret_name
 
     store = backend(ctx)
-    with exit_on_error(catch=Exception):
-        check_secret_name(name)  # refuse a bad or platform name before reading the value
-        store.id_for(name)
-        store.set(name, read_value(value, stdin))
+    check_secret_name(name)  # refuse a bad or platform name before reading the value
+    store.id_for(name)
+    store.set(name, read_value(value, stdin))
     console.print(f"set secret [bold]{name}[/bold] for {store.where}")
 
 
 @secrets_app.command("get")
 def get_cmd(ctx: typer.Context, name: str) -> None:
     """Print the value only (no markup), e.g. for a pipe."""
-    store = backend(ctx)
-    with exit_on_error(catch=Exception):
-        value = store.get(name)
-    typer.echo(value)
+    typer.echo(backend(ctx).get(name))
 
 
 @secrets_app.command("list")
 def list_cmd(ctx: typer.Context) -> None:
     """Names of the scope's secrets; values are never shown."""
     store = backend(ctx)
-    with exit_on_error(catch=Exception):
-        names = store.list()
+    names = store.list()
     table = Table("name", title=f"secrets of {store.where}")
     for name in names:
         table.add_row(name)
@@ -105,6 +99,5 @@ def list_cmd(ctx: typer.Context) -> None:
 def delete_cmd(ctx: typer.Context, name: str) -> None:
     """Remove a secret of the scope."""
     store = backend(ctx)
-    with exit_on_error(catch=Exception):
-        store.delete(name)
+    store.delete(name)
     console.print(f"deleted secret [bold]{name}[/bold] of {store.where}")

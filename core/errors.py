@@ -18,6 +18,11 @@ class NotFound(CSError, LookupError):
     """A model, tag or stored item that does not exist."""
 
 
+class InvalidValue(CSError, ValueError):
+    """A name or value given to the platform that it refuses (an owner, title, tag, secret name,
+    repo URL, task id, tier or pool type); the message gives the rule and an example."""
+
+
 class ConfigError(CSError, ValueError):
     """A model config (file, block or web app project) that cannot be used, with what to fix."""
 
@@ -61,10 +66,6 @@ class SecretNotFound(CSError, LookupError):
 
 class AclError(CSError, RuntimeError):
     """Redis ACL setup could not connect or was refused; the message names the fix."""
-
-
-class PlatformError(CSError, RuntimeError):
-    """The platform (not the model) could not finish a run; says so to the web app."""
 
 
 PLATFORM_ERROR = "platform error, not your model"  # how a FAIL that is the platform's begins

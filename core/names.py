@@ -12,6 +12,8 @@ import re
 import uuid
 from collections.abc import Iterable
 
+from prefect_cs.core.errors import InvalidValue
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 NAME_RULE = "letters, digits, '-' and '_' only (1 to 64 characters)"
 
@@ -19,7 +21,7 @@ NAME_RULE = "letters, digits, '-' and '_' only (1 to 64 characters)"
 def check_name(kind: str, value: str) -> str:
     """Refuse owner/title values that cannot be used in paths, image names and URLs."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value):
-        raise ValueError(
+        raise InvalidValue(
             f"invalid {kind} {value!r}: use {NAME_RULE}, e.g. 'PSLmodels' or 'Tax-Brain'"
         )
     return value
@@ -118,10 +120,10 @@ def check_secret_name(name: str) -> str:
     platform or the interpreter reads itself (PREFECT_API_URL, CS_HOME, LD_PRELOAD, …) would
     hand the model the flow's settings or let a value steer the process it runs in."""
     if not isinstance(name, str) or not SECRET_NAME_RE.fullmatch(name):
-        raise ValueError(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
+        raise InvalidValue(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
     upper = name.upper()
     if upper in RESERVED_NAMES or upper.startswith(RESERVED_PREFIXES):
-        raise ValueError(
+        raise InvalidValue(
             f"invalid secret name {name!r}: {RESERVED_RULE}; choose a name of your own, e.g. 'API_KEY'"
         )
     return name
@@ -142,7 +144,7 @@ def check_declared_secret(name: str) -> str:
     `GITHUB_WEBHOOK_SECRET`, spelled exactly so: the key its repository's webhook deliveries are
     signed with, read by the receiver and never handed to model code (`model_code_secrets`)."""
     if check_secret_name(name).upper() in PLATFORM_SECRETS and name != WEBHOOK_SECRET:
-        raise ValueError(
+        raise InvalidValue(
             f"secret name {name!r} is the platform's own and cannot be given to a model: declare"
             f" {WEBHOOK_SECRET!r} (exactly) for a per-repository webhook key, or another name,"
             " e.g. 'MODEL_GITHUB_TOKEN'"
@@ -176,7 +178,7 @@ def check_tag(tag: str) -> str:
         or any(not TAG_PART_RE.fullmatch(p) or p.endswith(".lock") for p in parts)
     )
     if bad:
-        raise ValueError(f"invalid tag {tag!r}: use {TAG_RULE}, e.g. 'v1.2' or 'release/1.0'")
+        raise InvalidValue(f"invalid tag {tag!r}: use {TAG_RULE}, e.g. 'v1.2' or 'release/1.0'")
     return tag
 
 
@@ -187,9 +189,9 @@ def check_repo_url(url: str) -> str:
     """A repo_url starting with '-' would be read by git as an option; control characters
     have no place in a URL or path."""
     if not isinstance(url, str) or not url.strip() or url.startswith("-"):
-        raise ValueError(f"invalid repo_url {url!r}: use {REPO_URL_RULE}")
+        raise InvalidValue(f"invalid repo_url {url!r}: use {REPO_URL_RULE}")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
-        raise ValueError(f"invalid repo_url {url!r}: control characters are not allowed")
+        raise InvalidValue(f"invalid repo_url {url!r}: control characters are not allowed")
     return url
 
 
@@ -202,7 +204,7 @@ def check_task_id(task_id: object) -> str:
     except ValueError:
         canonical = False
     if not isinstance(task_id, str) or not canonical:
-        raise ValueError(
+        raise InvalidValue(
             f"invalid task_id {text[:80]!r}: use a UUID such as"
             f" '{uuid.UUID(int=0)}' (the web app's task id)"
         )

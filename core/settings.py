@@ -8,8 +8,10 @@ lists kept by hand beside each launcher, which drift. Secrets are `SecretStr`
 and are never forwarded; only the Redis executor password (what a job holds)
 is marked `job_credential` and reaches the local workers.
 
-Nothing else reads `CS_*` from the environment (ruff TID251 and
-tests/test_settings.py check it): add a field here and read `get_settings()`.
+Nothing else reads `CS_*` from the environment, the CLI included: a command's
+option defaults to None and the command reads the field (no typer `envvar=`,
+which would also print a secret's value in --help). Ruff TID251 and
+tests/test_settings.py check it: add a field here and read `get_settings()`.
 """
 
 from __future__ import annotations
@@ -125,7 +127,9 @@ class RedisSettings(BaseSettings):
         json_schema_extra=JOB_CREDENTIAL,
     )
     initial_password: SecretStr | None = Field(
-        default=None, description="The server's password before `redis init-acl` creates users."
+        default=None,
+        description="The server's password before `redis init-acl` creates users; the default"
+        " of its --initial-password.",
     )
 
 
@@ -282,7 +286,9 @@ class CSSettings(BaseSettings):
     tier: str = Field(default="local", description="local | docker | kubernetes")
     webapp_block: str = Field(default="cs-web-app/default", json_schema_extra=FORWARD)
     webapp_token: SecretStr | None = Field(
-        default=None, description="Read by `prefect-cs webapp set` only; saved in the block."
+        default=None,
+        description="The token `prefect-cs webapp set` saves in the web app block (without"
+        " --token-stdin); flows read the block, never this.",
     )
     outputs_block: str = Field(
         default="local-file-system/cs-outputs",
@@ -354,7 +360,9 @@ class CSSettings(BaseSettings):
         " system's when the model user cannot reach the platform's).",
     )
     inputs_model: str | None = Field(
-        default=None, description="OWNER/TITLE: set in a model's own inputs server container."
+        default=None,
+        description="OWNER/TITLE: set in a model's own inputs server container; the default of"
+        " `prefect-cs inputs serve --model`.",
     )
     local_repo_prefixes: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,

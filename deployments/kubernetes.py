@@ -24,7 +24,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.names import label_value
+from prefect_cs.core.errors import InvalidValue, NotFound
 from prefect_cs.tiers.kubernetes import LABEL_PREFIX, mask_env, model_labels, model_secret_name
 from prefect_cs.work_pools.pools import base_job_template
 
@@ -537,16 +537,23 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
     among them become secretKeyRefs, as the worker configured by docs/production.md makes them.
     """
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
     from prefect_kubernetes.worker import KubernetesWorkerJobConfiguration
 
     async with get_client() as client:
-        flow_run = await client.read_flow_run(flow_run_id)
+        try:
+            flow_run = await client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            raise NotFound(
+                f"no flow run {flow_run_id} on this server: give the id of a simulate run"
+                " (`prefect flow-run ls`), with PREFECT_API_URL set to the platform's server"
+            ) from None
         if flow_run.deployment_id is None:
-            raise ValueError(f"flow run {flow_run_id} has no deployment: nothing to render")
+            raise NotFound(f"flow run {flow_run_id} has no deployment: nothing to render")
         deployment = await client.read_deployment(flow_run.deployment_id)
         pool = await client.read_work_pool(deployment.work_pool_name)
         if pool.type != "kubernetes":
-            raise ValueError(
+            raise InvalidValue(
                 f"flow run {flow_run_id} is on work pool {pool.name!r} of type {pool.type!r}:"
                 " only kubernetes pools create Jobs (deploy the model with CS_TIER=kubernetes)"
             )
@@ -554,8 +561,3 @@ async def render_job(flow_run_id: UUID, worker_name: str = "prefect-cs-render") 
             flow_run, client=client, work_pool=pool, worker_name=worker_name, deployment=deployment
         )
     return credentials_by_reference(config.job_manifest)
-
-
-def pod_labels(task_id: str) -> str:
-    """The label selector of one task's Job and pod: `kubectl get pods -l …`."""
-    return f"{LABEL_PREFIX}/task-id={label_value(task_id)}"

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 import redis
 from prefect_cs.blocks.redis import ROLES, RedisConfig, Role
-from prefect_cs.core.errors import AclError, NotFound
+from prefect_cs.core.errors import AclError, InvalidValue, NotFound
 
 MIN_PASSWORD_LENGTH = 16
 
@@ -103,15 +105,48 @@ def init_acl(
     Idempotent: a second run leaves ACL LIST unchanged.
     """
     check_passwords(config)
-    with bootstrap(config, initial_username, initial_password) as conn:
-        setuser(conn, config.username("admin"), config.password("admin"), RULES["admin"])
-    with config.client("admin") as admin:
-        admin.execute_command("ACL", "WHOAMI")
-        for role in ("scheduler", "executor"):
-            setuser(admin, config.username(role), config.password(role), RULES[role])
-        admin.execute_command("ACL", "SETUSER", "default", "reset")
-        where = persist(admin)
-        return AclResult(acl_rules(admin), where)
+    with redis_failures(config):
+        with bootstrap(config, initial_username, initial_password) as conn:
+            setuser(conn, config.username("admin"), config.password("admin"), RULES["admin"])
+        with config.client("admin") as admin:
+            admin.execute_command("ACL", "WHOAMI")
+            for role in ("scheduler", "executor"):
+                setuser(admin, config.username(role), config.password(role), RULES[role])
+            admin.execute_command("ACL", "SETUSER", "default", "reset")
+            where = persist(admin)
+            return AclResult(acl_rules(admin), where)
+
+
+def server_of(config: RedisConfig) -> str:
+    """Where the config points, for messages (a URL is not shown: it may carry a password)."""
+    return "the server of the Redis URL" if config.url else f"{config.host}:{config.port}"
+
+
+@contextmanager
+def redis_failures(config: RedisConfig) -> Iterator[None]:
+    """Redis's own errors as an AclError naming the fix, so `redis init-acl` (run by setup
+    scripts) ends in one line. A refusal's text is left out: ACL SETUSER echoes its rules,
+    and one of them is the password (`>…`)."""
+    try:
+        yield
+    except redis.AuthenticationError as exc:  # a ConnectionError to redis-py: test it first
+        raise AclError(
+            f"Redis at {server_of(config)} refused the login ({exc}): check the passwords in the"
+            " block or CS_REDIS_<ROLE>_PASSWORD, and --initial-password (or"
+            " CS_REDIS_INITIAL_PASSWORD)"
+        ) from None
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        first = (str(exc).strip().splitlines() or ["no answer"])[0]
+        raise AclError(
+            f"cannot reach Redis at {server_of(config)} ({type(exc).__name__}: {first}):"
+            " start it, or give the address of a running one (--host/--port, --url or the block)"
+        ) from None
+    except redis.RedisError as exc:
+        raise AclError(
+            f"Redis at {server_of(config)} refused the ACL setup ({type(exc).__name__}): check"
+            " that the initial user may run ACL SETUSER and that the server's ACL is not"
+            " managed elsewhere (its log says why)"
+        ) from None
 
 
 def acl_rules(admin: redis.Redis) -> dict[str, str]:
@@ -131,9 +166,9 @@ def job_key(task_id: str) -> str:
     try:
         parsed = uuid.UUID(str(task_id))
     except ValueError:
-        raise ValueError(f"invalid task id {task_id!r}: expected a UUID") from None
+        raise InvalidValue(f"invalid task id {task_id!r}: expected a UUID") from None
     if str(parsed) != str(task_id).lower():
-        raise ValueError(f"invalid task id {task_id!r}: expected a UUID like {parsed}")
+        raise InvalidValue(f"invalid task id {task_id!r}: expected a UUID like {parsed}")
     return f"job-{parsed}"
 
 

@@ -16,7 +16,13 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from prefect_cs.core.errors import SecretNotFound, SecretsError
+from prefect_cs.core.errors import (
+    InvalidValue,
+    NotConfigured,
+    SecretNotFound,
+    SecretsError,
+    SettingsError,
+)
 from prefect_cs.core.names import (
     SECRET_NAME_RE,
     SECRET_NAME_RULE,
@@ -41,7 +47,7 @@ def check_stored_name(name: str) -> str:
     """The format alone: get/list/delete still reach a secret stored before names were checked
     against the platform's variables (`check_secret_name`, core/names.py, guards `set`)."""
     if not isinstance(name, str) or not SECRET_NAME_RE.fullmatch(name):
-        raise ValueError(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
+        raise InvalidValue(f"invalid secret name {name!r}: use {SECRET_NAME_RULE}, e.g. 'API_KEY'")
     return name
 
 
@@ -96,7 +102,7 @@ def secret_id(model: tuple[str, str] | None, name: str) -> str:
     """`cs-cluster--<name>` or `cs-model--<owner>--<title>--<name>`, each part encoded."""
     ident = scope_prefix(model) + encode(check_stored_name(name))
     if len(ident) > MAX_ID_LENGTH:
-        raise ValueError(
+        raise InvalidValue(
             f"secret name {name!r} is too long for this scope: the stored id would have"
             f" {len(ident)} characters (at most {MAX_ID_LENGTH}); use a shorter name"
         )
@@ -118,9 +124,9 @@ def name_from_id(model: tuple[str, str] | None, ident: str) -> str | None:
 def check_value(value: str) -> str:
     """Empty values are refused: scrubbing an empty string would be meaningless."""
     if not isinstance(value, str) or not value:
-        raise ValueError("a secret value must be a non-empty string")
+        raise InvalidValue("a secret value must be a non-empty string")
     if len(value.encode()) > MAX_VALUE_BYTES:
-        raise ValueError(f"a secret value may have at most {MAX_VALUE_BYTES} bytes")
+        raise InvalidValue(f"a secret value may have at most {MAX_VALUE_BYTES} bytes")
     return value
 
 
@@ -174,13 +180,16 @@ class PrefectSecretsBackend(SecretsBackend):
         from prefect.blocks.system import Secret
 
         check_secret_name(name)
-        Secret(value=check_value(value)).save(self.id_for(name), overwrite=True, _sync=True)
+        secret = Secret(value=check_value(value))
+        with _prefect_errors(f"save secret {name!r}"):
+            secret.save(self.id_for(name), overwrite=True, _sync=True)
 
     def get(self, name: str) -> str:
         from prefect.blocks.system import Secret
 
         try:
-            block = Secret.load(self.id_for(name), _sync=True)
+            with _prefect_errors(f"read secret {name!r}"):
+                block = Secret.load(self.id_for(name), _sync=True)
         except ValueError as exc:
             raise self.not_found(name) from exc
         # Secret.get() would json-decode "123" into an int: read the raw string.
@@ -195,7 +204,8 @@ class PrefectSecretsBackend(SecretsBackend):
         from prefect.blocks.system import Secret
 
         try:
-            Secret.delete(self.id_for(name), _sync=True)
+            with _prefect_errors(f"delete secret {name!r}"):
+                Secret.delete(self.id_for(name), _sync=True)
         except ValueError as exc:
             raise self.not_found(name) from exc
 
@@ -205,7 +215,7 @@ class PrefectSecretsBackend(SecretsBackend):
         from prefect.exceptions import ObjectNotFound
 
         names: list[str] = []
-        with get_client(sync_client=True) as client:
+        with _prefect_errors("list secrets"), get_client(sync_client=True) as client:
             while True:
                 try:
                     page = client.read_block_documents_by_type(
@@ -216,6 +226,22 @@ class PrefectSecretsBackend(SecretsBackend):
                 names += [doc.name for doc in page if doc.name]
                 if len(page) < self.page_size:
                     return names
+
+
+@contextmanager
+def _prefect_errors(action: str) -> Iterator[None]:
+    """The Prefect API's refusal (a 4xx or 5xx) as a one-line SecretsError naming the status only:
+    the response body can echo the request, and a save's request holds the value."""
+    import httpx
+
+    try:
+        yield
+    except httpx.HTTPStatusError as exc:
+        status = exc.response.status_code
+        raise SecretsError(
+            f"the Prefect API answered {status} when asked to {action}: check PREFECT_API_URL and"
+            " its login (`prefect-cs stack start` writes $CS_HOME/prefect-auth), then retry"
+        ) from None
 
 
 # ---- backend 2: Google Secret Manager ---------------------------------------------
@@ -233,7 +259,7 @@ class GcpSecretsBackend(SecretsBackend):
     ) -> None:
         super().__init__(scope)
         if not project:
-            raise ValueError("Google Secret Manager needs a project: set CS_GCP_PROJECT")
+            raise NotConfigured("Google Secret Manager needs a project: set CS_GCP_PROJECT")
         self.project = project
         self._client = client
 
@@ -338,12 +364,20 @@ class GcpSecretsBackend(SecretsBackend):
 
 @contextmanager
 def _gcp_errors(action: str) -> Iterator[None]:
-    """Turn Google API errors not handled by the caller into a one-line SecretsError."""
+    """Turn Google API and credential errors not handled by the caller into a one-line
+    SecretsError (a bare library error would reach the CLI as a traceback)."""
+    import requests
     from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
 
     try:
         yield
-    except exceptions.GoogleAPIError as exc:
+    except (requests.ConnectionError, requests.Timeout) as exc:  # the REST transport's own
+        raise SecretsError(
+            f"Google Secret Manager could not {action}: it did not answer"
+            f" ({type(exc).__name__}): check CS_GCP_SECRETS_ENDPOINT and the network"
+        ) from None
+    except (exceptions.GoogleAPIError, GoogleAuthError) as exc:
         raise SecretsError(
             f"Google Secret Manager could not {action}: {type(exc).__name__}: {exc}"
         ) from exc
@@ -366,9 +400,13 @@ def gcp_client(settings: SecretsSettings) -> Any:
     options = {"api_endpoint": endpoint} if endpoint else None
     credentials = None
     if settings.gcp_credentials_block:
+        from prefect_cs.core.blocks import load_named_block
         from prefect_gcp.credentials import GcpCredentials
 
-        block = GcpCredentials.load(settings.gcp_credentials_block, _sync=True)
+        fix = "save one under that name, or unset CS_GCP_CREDENTIALS_BLOCK (default credentials)"
+        block = load_named_block(
+            settings.gcp_credentials_block, "GcpCredentials block", fix, GcpCredentials
+        )
         credentials = block.get_credentials_from_service_account()
     return secretmanager.SecretManagerServiceClient(credentials=credentials, client_options=options)
 
@@ -389,7 +427,7 @@ def get_backend(scope: str | None = None) -> SecretsBackend:
         return PrefectSecretsBackend(scope)
     if kind == "gcp":
         return GcpSecretsBackend(scope, project=settings.gcp_project or "")
-    raise ValueError(
+    raise SettingsError(
         f"invalid CS_SECRETS_BACKEND {settings.secrets_backend!r}: use one of {', '.join(BACKENDS)}"
     )
 

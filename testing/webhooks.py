@@ -132,10 +132,6 @@ def runs_with(deployment_id: UUID, **parameters: Any) -> list[Any]:
     ]
 
 
-def runs_with_sha(deployment_id: UUID, sha: str) -> list[Any]:
-    return runs_with(deployment_id, sha=sha)
-
-
 def wait_for_runs(
     deployment_id: UUID,
     sha: str | None = None,

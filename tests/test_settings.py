@@ -68,11 +68,20 @@ def _cs_string(node: ast.AST) -> bool:
     return isinstance(node, ast.JoinedStr) and bool(node.values) and _cs_string(node.values[0])
 
 
+def _envvar_names(node: ast.Call) -> list[ast.AST]:
+    """What a call's `envvar=` names (typer and click read that variable themselves)."""
+    found = [k.value for k in node.keywords if k.arg == "envvar"]
+    return [e for v in found for e in (v.elts if isinstance(v, ast.List | ast.Tuple) else [v])]
+
+
 def environment_reads(source: str) -> list[int]:
-    """Lines reading a CS_* variable: os.environ.get/[...]/in, os.getenv (also f-string names)."""
+    """Lines reading a CS_* variable: os.environ.get/[...]/in, os.getenv (also f-string names),
+    and a typer option's envvar= (the CLI reads the settings tree like everything else)."""
     lines = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Call) and node.args and _cs_string(node.args[0]):
+        if isinstance(node, ast.Call) and any(map(_cs_string, _envvar_names(node))):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and node.args and _cs_string(node.args[0]):
             func = node.func
             getter = isinstance(func, ast.Attribute) and func.attr in ENV_GETTERS
             if _is_getenv(func) or (getter and _is_environ(func.value)):
@@ -92,8 +101,10 @@ def test_the_scan_finds_each_way_of_reading():
         "a = os.environ.get('CS_A')\nb = os.environ['CS_B']\nc = 'CS_C' in os.environ\n"
         "d = os.getenv('CS_D')\ne = environ.get(f'CS_{x}_E')\nf = getenv('CS_F')\n"
         "os.environ['CS_G'] = 'written, not read'\nh = os.environ.get('PREFECT_API_URL')\n"
+        "i = typer.Option(None, envvar='CS_I')\nj = typer.Option(None, envvar=['X', 'CS_J'])\n"
+        "k = typer.Option(None, envvar='PREFECT_K')\n"
     )
-    assert environment_reads(source) == [3, 4, 5, 6, 7, 8]
+    assert sorted(environment_reads(source)) == [3, 4, 5, 6, 7, 8, 11, 12]
 
 
 def test_no_cs_variable_is_read_outside_the_settings_tree():

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.errors import InvalidValue, StepFailed
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.model_process import ModelCall
 from pydantic import BaseModel, ConfigDict
@@ -325,7 +325,7 @@ def _tier_class(name: str) -> type[Tier]:
 def get_tier(name: str) -> Tier:
     """The tier called `name` (CS_TIER, PublishedTag.tier)."""
     if name not in TIERS:
-        raise ValueError(f"unknown tier {name!r}: use one of {', '.join(TIERS)} (CS_TIER)")
+        raise InvalidValue(f"unknown tier {name!r}: use one of {', '.join(TIERS)} (CS_TIER)")
     return _tier_class(name)()
 
 
@@ -336,4 +336,4 @@ def tier_for_pool_type(pool_type: str) -> Tier:
         if cls.pool_type == pool_type:
             return cls()
     types = ", ".join(dict.fromkeys(_tier_class(name).pool_type for name in TIERS))
-    raise ValueError(f"unknown pool type {pool_type!r}: use one of {types}")
+    raise InvalidValue(f"unknown pool type {pool_type!r}: use one of {types}")

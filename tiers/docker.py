@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_system_package
-from prefect_cs.core.errors import StepFailed
+from prefect_cs.core.errors import ConfigError, StepFailed
 from prefect_cs.core.names import image_name, image_tag
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.runtime.confinement import Bounds
@@ -554,7 +554,7 @@ class DockerTier(Tier):
 
     def image_of(self, model: ModelConfig, entry: PublishedTag) -> str:
         if not entry.image:
-            raise ValueError(
+            raise ConfigError(
                 f"{model.owner}/{model.title}@{entry.tag} has no image: the {self.name} tier runs"
                 f" the image publish pushed; publish the tag with CS_TIER={self.name}"
             )

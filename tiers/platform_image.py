@@ -37,7 +37,6 @@ from prefect_cs.tiers.wheel import platform_distribution, platform_requirements,
 PLATFORM_VENV = "/opt/cs/platform"  # in this image only: model images hold no platform code
 REPOSITORY_NAME = "prefect-cs-platform"
 RUNTIME_FOLDER = "/opt/cs/runtime"  # the image's copy of child.py, for the init container
-CHILD_IN_IMAGE = f"{RUNTIME_FOLDER}/child.py"
 PLATFORM_PYTHON = f"{PLATFORM_VENV}/bin/python"
 
 

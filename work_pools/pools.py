@@ -18,6 +18,7 @@ from typing import Any
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect_cs.core.errors import ConfigError
 from prefect_cs.core.settings import get_settings
 
 SIMULATIONS_QUEUE = "simulations"
@@ -86,7 +87,7 @@ def check_type(name: str, found: str, wanted: str) -> None:
     """A pool of another type cannot take this template (the Docker tier's pool was a `docker`
     pool before its flows moved to the host): refuse, naming the fix, rather than rewrite it."""
     if found != wanted:
-        raise ValueError(
+        raise ConfigError(
             f"work pool {name!r} is a {found!r} pool, and this tier's runs need a {wanted!r} pool:"
             f" delete it (`prefect work-pool delete {name}`; its runs' history stays) and run"
             " `prefect-cs pool <tier>` or publish again, which creates it anew"
