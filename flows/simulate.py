@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
@@ -23,6 +22,7 @@ from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
+from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
 from prefect_cs.flows.runtime.environment import model_env, scrubber_for
@@ -102,8 +102,11 @@ def notify_task(path: str, payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _outputs_artifact(task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]) -> None:
-    """The outputs (none on FAIL) in a table; what the run cost in its description."""
+def _outputs_artifact(
+    task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any], delivered: bool
+) -> None:
+    """The outputs (none on FAIL) in a table; what the run cost in its description; what it
+    sent the web app, as data the cluster API reads, in its metadata (flows/outcome.py)."""
     rows = [
         {
             "category": category,
@@ -121,11 +124,8 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any] | None, payload: dict
         f" CPU {meta.get('cpu_seconds', 0):.2f} s,"
         f" peak memory {meta.get('peak_memory_mib', 0):.1f} MiB"
     )
-    create_table_artifact(
-        table=rows,
-        key=f"outputs-{task_id}".lower()[:100],
-        description=f"Outputs of task {task_id}. {cost}",
-    )
+    outcome = outcome_metadata(task_id, payload["status"], delivered)
+    write_outputs_artifact(task_id, rows, f"Outputs of task {task_id}. {cost}", outcome)
 
 
 @task(name="read-inputs", **PLATFORM_RETRIES)
@@ -227,13 +227,18 @@ def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, 
 
 
 def _records(
-    owner: str, title: str, task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]
+    owner: str,
+    title: str,
+    task_id: str,
+    stored: dict[str, Any] | None,
+    payload: dict[str, Any],
+    delivered: bool,
 ) -> None:
     """The run's usage row (what `models usage` totals), then its outputs artifact; each failing
     alone, since the result is already delivered."""
     for what, make in (
         ("usage", lambda: record_usage(owner, title, task_id, payload)),
-        ("outputs", lambda: _outputs_artifact(task_id, stored, payload)),
+        ("outputs", lambda: _outputs_artifact(task_id, stored, payload, delivered)),
     ):
         try:
             make()
@@ -277,8 +282,9 @@ def simulate(
         release(get_settings().exchange_dir)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
-    _records(owner, title, task_id, stored, payload)
+    _records(owner, title, task_id, stored, payload, delivery["delivered"])
     elapsed = time.perf_counter() - started
+    # For people: the cluster API reads the outcome from the outputs artifact, not from here.
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":
         # No data on Failed: Prefect reads a failed state's data as its exception; the payload went out.

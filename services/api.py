@@ -47,6 +47,7 @@ from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
 from prefect_cs.deployments.submit import create_simulation_run
 from prefect_cs.flows.inputs import defaults_of, get_version
+from prefect_cs.flows.outcome import outputs_key, read_outcome
 from prefect_cs.flows.payloads import (
     answer_fail,
     answer_success,
@@ -213,15 +214,16 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
         raise NotFound(f"no simulation {task_id} of {owner}/{title}")
     run = runs[0]
     message = (run.state.message or "") if run.state else ""
-    artifact = Artifact.get(f"outputs-{task_id}".lower()[:100], _sync=True) if run.state else None
+    artifact = Artifact.get(outputs_key(task_id), _sync=True) if run.state else None
+    outcome = read_outcome(artifact, run.id, message)
     return {
         "task_id": task_id,
         "flow_run_id": str(run.id),
         "state": run.state.type.value if run.state else None,
         "state_name": run.state.name if run.state else None,
         "message": message,
-        "status": next((s for s in ("SUCCESS", "FAIL") if message.startswith(s)), None),
-        "delivered": None if not message else "web app notified" in message,
+        "status": outcome.status,
+        "delivered": outcome.delivered,
         "outputs": json.loads(artifact.data)
         if artifact and isinstance(artifact.data, str)
         else None,
