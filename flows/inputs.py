@@ -27,7 +27,14 @@ from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
-from prefect_cs.flows.notify import INPUTS_PATH, cut_traceback, deliver, sendable
+from prefect_cs.flows.notify import INPUTS_PATH, deliver
+from prefect_cs.flows.payloads import (
+    answer_fail,
+    answer_success,
+    parse_fail,
+    parse_success,
+    sendable,
+)
 from prefect_cs.flows.runtime.confinement import Bounds
 from prefect_cs.flows.runtime.environment import call_bounds, model_env, scrubber_for
 from prefect_cs.tiers import get_tier
@@ -54,22 +61,13 @@ def cache_path(model: ModelConfig, tag: str, meta_param_dict: dict[str, Any]) ->
 def answer(call, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """The function's dict plus meta.task_times and status (and traceback on failure)."""
     if not call.ok:
-        return {
-            "status": "FAIL",
-            "traceback": cut_traceback(call.error or ""),
-            "meta": {"task_times": [0.0]},
-        }
-    return {
-        **(result if result is not None else call.result),
-        "status": "SUCCESS",
-        "meta": {"task_times": [call.seconds]},
-    }
+        return answer_fail(call.error)
+    return answer_success(result if result is not None else call.result, call.seconds)
 
 
 def failed(exc: Exception) -> dict[str, Any]:
     """A light call that broke before or around the model: a FAIL answer, never an exception."""
-    reason = f"{type(exc).__name__}: {exc}"
-    return {"status": "FAIL", "traceback": cut_traceback(reason), "meta": {"task_times": [0.0]}}
+    return answer_fail(f"{type(exc).__name__}: {exc}")
 
 
 def checked(function: str, result: Any, keys: tuple[str, ...]) -> dict[str, Any]:
@@ -133,7 +131,7 @@ def _resolve(owner: str, title: str, tag: str | None) -> tuple[ModelConfig, Publ
 
 @task(name="inputs-version", persist_result=True)
 def version_task(owner: str, title: str, tag: str | None = None) -> dict[str, Any]:
-    """Any failure is a FAIL answer; the answer is strict JSON (see notify.sendable)."""
+    """Any failure is a FAIL answer; the answer is strict JSON (see payloads.sendable)."""
     try:
         model, entry = _resolve(owner, title, tag)
         call = warm_call(model, entry, "get_version", [])
@@ -176,7 +174,7 @@ def parse_task(
     try:
         payload = parse_payload(owner, title, task_id, meta_param_dict, adjustment, tag)
     except Exception as exc:  # noqa: BLE001 - a parse that breaks is still answered
-        payload = {"task_id": task_id, **failed(exc)}
+        payload = parse_fail(task_id, f"{type(exc).__name__}: {exc}")
     payload["delivery"] = deliver(INPUTS_PATH, payload)
     return payload
 
@@ -195,22 +193,15 @@ def parse_payload(
     model, entry = _resolve(owner, title, tag)
     inputs = warm_call(model, entry, "get_inputs", [meta_param_dict])
     if not inputs.ok:
-        payload = {
-            "task_id": task_id,
-            "status": "FAIL",
-            "traceback": cut_traceback(inputs.error or ""),
-            "meta": {"task_times": [0.0]},
-        }
+        return sendable(scrubber_for(model)(parse_fail(task_id, inputs.error)))
+    sections = checked("get_inputs", inputs.result, ("model_parameters",))["model_parameters"]
+    template = {section: {"errors": {}, "warnings": {}} for section in sections}
+    call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, template])
+    if call.ok:
+        outputs = checked("validate_inputs", call.result, ("errors_warnings",))
+        payload = parse_success(task_id, outputs, call.seconds)
     else:
-        sections = checked("get_inputs", inputs.result, ("model_parameters",))["model_parameters"]
-        template = {section: {"errors": {}, "warnings": {}} for section in sections}
-        call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, template])
-        payload = {"task_id": task_id, "meta": {"task_times": [call.seconds]}}
-        if call.ok:
-            outputs = checked("validate_inputs", call.result, ("errors_warnings",))
-            payload.update(status="SUCCESS", outputs=outputs, version="v1")
-        else:  # on FAIL the web app reads task_id, status, meta and traceback only
-            payload.update(status="FAIL", traceback=cut_traceback(call.error or ""))
+        payload = parse_fail(task_id, call.error, call.seconds)
     return sendable(scrubber_for(model)(payload))
 
 
@@ -256,7 +247,7 @@ def _run(background_task, *args: Any, timeout: float = LIGHT_CALL_LIMIT + 10) ->
                 f"no answer within {timeout:g}s: is the inputs worker of this model running?"
                 " (`prefect-cs stack start` locally; the model's inputs server on container tiers)"
             )
-        return {"status": "FAIL", "traceback": future.state.message, "meta": {"task_times": [0.0]}}
+        return answer_fail(future.state.message)  # may be empty: answer_fail never sends that
 
 
 def wait_started(future: Any, timeout: float) -> None:

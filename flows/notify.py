@@ -3,9 +3,9 @@
 A result the web app did not accept after every bounded retry is written to
 `$CS_HOME/undelivered/` (folder 0700, file 0600: it holds a user's result) with
 where it was going, and `prefect-cs results resend` delivers it later. Nothing is dropped. Every payload is made strict
-JSON first (`sendable`): NaN/Infinity become null, lone surrogates U+FFFD, and
-the payload says what was replaced — a result the HTTP client cannot encode
-would otherwise be neither sent nor kept.
+JSON first (flows/payloads.py `sendable`, whoever built it): NaN/Infinity become null, lone
+surrogates U+FFFD, and the payload says what was replaced — a result the HTTP client cannot
+encode would otherwise be neither sent nor kept.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from typing import Any
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.home import private_folder, write_private
-from prefect_cs.core.jsonsafe import json_safe
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.payloads import sendable
 
 OUTPUTS_PATH = "/outputs/api/"
 INPUTS_PATH = "/inputs/api/"
-TRACEBACK_LIMIT = 8000
 
 
 def load_webapp() -> WebApp:
@@ -35,24 +34,6 @@ def load_webapp() -> WebApp:
     if slug == WebApp.get_block_type_slug() and name:
         return load_named_block(name, "web app block", fix, WebApp)  # type: ignore[return-value]
     return load_named_block(get_settings().webapp_block, "web app block", fix)  # type: ignore[return-value]
-
-
-def sendable(payload: dict[str, Any]) -> dict[str, Any]:
-    """Strict JSON; what was replaced is said in the traceback of a FAIL, in meta["replaced"] otherwise.
-
-    A FAIL's traceback is cut to what the web app stores and is never empty (the web app
-    refuses an empty one), whichever path built the payload.
-    """
-    safe, notes = json_safe(payload)
-    if safe.get("status") == "FAIL":
-        traceback = str(safe.get("traceback") or "")
-        if notes:
-            traceback += "\n(replaced before sending (not valid JSON): " + "; ".join(notes) + ")"
-        safe["traceback"] = cut_traceback(traceback)
-    elif notes:
-        meta = safe["meta"] if isinstance(safe.get("meta"), dict) else {}
-        safe["meta"] = {**meta, "replaced": notes}
-    return safe
 
 
 def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
@@ -117,11 +98,3 @@ def resend_undelivered() -> list[tuple[Path, str]]:
         kept.unlink()
         report.append((kept, "delivered"))
     return report
-
-
-def cut_traceback(text: str) -> str:
-    """The web app keeps 8,000 characters: keep the end, where the error is. Never empty:
-    the web app refuses an empty traceback, and the user would be told nothing."""
-    if not text.strip():
-        return "(no traceback: the failure gave no message; the flow run's logs may say more)"
-    return text if len(text) <= TRACEBACK_LIMIT else "…" + text[-(TRACEBACK_LIMIT - 1) :]

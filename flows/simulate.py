@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
 from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
@@ -22,50 +21,16 @@ from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
 from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, sendable
+from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
+from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
-from prefect_cs.flows.payload_rules import fail_traceback, model_version, run_meta
+from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
 from prefect_cs.flows.runtime.environment import model_env, scrubber_for
 from prefect_cs.flows.runtime.model_process import ModelCall
 from prefect_cs.flows.runtime.pod_exchange import release
-from prefect_cs.flows.runtime.usage import Usage
 from prefect_cs.flows.storage import store_zips
 from prefect_cs.flows.usage import record_usage
 from prefect_cs.tiers import get_tier
-
-
-def call_meta(call: ModelCall | None) -> dict[str, Any]:
-    """What the run cost: the model's run time (task_times), CPU-seconds and peak memory of its
-    process tree; zeros where no model process ran."""
-    if call is None:
-        return run_meta(0.0, Usage().meta())
-    return run_meta(call.seconds, (call.usage or Usage()).meta())
-
-
-def success_payload(
-    task_id: str, call: ModelCall, outputs: dict[str, Any], published_version: str | None = None
-) -> dict[str, Any]:
-    """model_version is the one publish recorded (the platform's own get_version call), never
-    `call.version`: the child's answer file is written where the model can write too."""
-    return {
-        "task_id": task_id,
-        "status": "SUCCESS",
-        "model_version": model_version(published_version),
-        "meta": call_meta(call),
-        "outputs": outputs,
-        "version": "v1",
-    }
-
-
-def fail_payload(task_id: str, reason: str, call: ModelCall | None = None) -> dict[str, Any]:
-    """On FAIL the web app reads only these four keys; meta is what the model's run cost, if it
-    ran (the web app bills FAIL by task_times too)."""
-    return {
-        "task_id": task_id,
-        "status": "FAIL",
-        "meta": call_meta(call),
-        "traceback": fail_traceback(reason),
-    }
 
 
 @task(name="run-model")
@@ -137,8 +102,11 @@ def notify_task(path: str, payload: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _outputs_artifact(task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]) -> None:
-    """The outputs (none on FAIL) in a table; what the run cost in its description."""
+def _outputs_artifact(
+    task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any], delivered: bool
+) -> None:
+    """The outputs (none on FAIL) in a table; what the run cost in its description; what it
+    sent the web app, as data the cluster API reads, in its metadata (flows/outcome.py)."""
     rows = [
         {
             "category": category,
@@ -156,11 +124,8 @@ def _outputs_artifact(task_id: str, stored: dict[str, Any] | None, payload: dict
         f" CPU {meta.get('cpu_seconds', 0):.2f} s,"
         f" peak memory {meta.get('peak_memory_mib', 0):.1f} MiB"
     )
-    create_table_artifact(
-        table=rows,
-        key=f"outputs-{task_id}".lower()[:100],
-        description=f"Outputs of task {task_id}. {cost}",
-    )
+    outcome = outcome_metadata(task_id, payload["status"], delivered)
+    write_outputs_artifact(task_id, rows, f"Outputs of task {task_id}. {cost}", outcome)
 
 
 @task(name="read-inputs", **PLATFORM_RETRIES)
@@ -182,12 +147,12 @@ def run_and_collect(
     """Run the model and turn whatever happened into the payload for the web app."""
     call = run_model_task(model, entry, meta, adjustment)
     if not call.ok:
-        return fail_payload(task_id, scrub(call.error or "unknown failure"), call), None
+        return sim_fail(task_id, scrub(call.error or "unknown failure"), call), None
     try:
         return collect(call, entry, task_id, scrub)
     except Exception as exc:  # noqa: BLE001 - the model ran: its FAIL still says what it cost
         get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
-        return fail_payload(task_id, platform_fault(exc), call), None
+        return sim_fail(task_id, platform_fault(exc), call), None
 
 
 def collect(call: ModelCall, entry: PublishedTag, task_id: str, scrub: Callable[[Any], Any]):
@@ -195,10 +160,10 @@ def collect(call: ModelCall, entry: PublishedTag, task_id: str, scrub: Callable[
     try:
         outputs = validate_outputs(scrub(call.result))
     except MalformedOutputs as exc:
-        return fail_payload(task_id, f"malformed outputs: {exc}", call), None
+        return sim_fail(task_id, f"malformed outputs: {exc}", call), None
     description, zips = build_zips(task_id, outputs)
     stored = {"description": description, "where": store_outputs_task(task_id, zips)}
-    return success_payload(task_id, call, stored["description"], entry.version), stored
+    return sim_success(task_id, call, stored["description"], entry.version), stored
 
 
 def resolve_inputs(
@@ -236,15 +201,15 @@ def outcome(
         scrub = scrubber_for(model)
         meta, adjust = resolve_inputs(task_id, *given)
     except (LookupError, ValueError) as exc:  # no such model or tag, inputs gone: the request's
-        return fail_payload(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
+        return sim_fail(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
     except Exception as exc:  # noqa: BLE001 - Prefect, Redis or storage still failing after retries
         get_logger("prefect_cs.simulate").exception("simulate could not start task %s", task_id)
-        return fail_payload(task_id, platform_fault(exc)), None, scrub
+        return sim_fail(task_id, platform_fault(exc)), None, scrub
     try:
         payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
     except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL
         get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
-        return fail_payload(task_id, platform_fault(exc)), None, scrub
+        return sim_fail(task_id, platform_fault(exc)), None, scrub
     return payload, stored, scrub
 
 
@@ -256,19 +221,24 @@ def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, 
         reason = (
             f"the result could not be checked for secrets ({type(exc).__name__}) and was withheld"
         )
-        failed = fail_payload(str(payload.get("task_id")), reason)
+        failed = sim_fail(str(payload.get("task_id")), reason)
         meta = payload.get("meta")  # built here from numbers only: nothing in it to mask
         return {**failed, "meta": meta if isinstance(meta, dict) else failed["meta"]}
 
 
 def _records(
-    owner: str, title: str, task_id: str, stored: dict[str, Any] | None, payload: dict[str, Any]
+    owner: str,
+    title: str,
+    task_id: str,
+    stored: dict[str, Any] | None,
+    payload: dict[str, Any],
+    delivered: bool,
 ) -> None:
     """The run's usage row (what `models usage` totals), then its outputs artifact; each failing
     alone, since the result is already delivered."""
     for what, make in (
         ("usage", lambda: record_usage(owner, title, task_id, payload)),
-        ("outputs", lambda: _outputs_artifact(task_id, stored, payload)),
+        ("outputs", lambda: _outputs_artifact(task_id, stored, payload, delivered)),
     ):
         try:
             make()
@@ -312,8 +282,9 @@ def simulate(
         release(get_settings().exchange_dir)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
-    _records(owner, title, task_id, stored, payload)
+    _records(owner, title, task_id, stored, payload, delivery["delivered"])
     elapsed = time.perf_counter() - started
+    # For people: the cluster API reads the outcome from the outputs artifact, not from here.
     message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
     if payload["status"] == "FAIL":
         # No data on Failed: Prefect reads a failed state's data as its exception; the payload went out.

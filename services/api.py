@@ -47,7 +47,14 @@ from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
 from prefect_cs.deployments.submit import create_simulation_run
 from prefect_cs.flows.inputs import defaults_of, get_version
-from prefect_cs.flows.payload_rules import fail_traceback, model_version
+from prefect_cs.flows.outcome import outputs_key, read_outcome
+from prefect_cs.flows.payloads import (
+    answer_fail,
+    answer_success,
+    model_version,
+    parse_fail,
+    sim_fail,
+)
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory
 from prefect_cs.services.pending_queue import PendingQueue
 from starlette.applications import Starlette
@@ -149,32 +156,21 @@ def version_answer(entry: PublishedTag) -> dict[str, Any] | None:
     """get_version as publish recorded it (a published tag's code never changes), or None."""
     if not entry.version:
         return None
-    return {
-        "version": model_version(entry.version),
-        "status": "SUCCESS",
-        "meta": {"task_times": [0.0]},
-    }
+    return answer_success({"version": model_version(entry.version)}, 0.0)
 
 
 def parse_failed(request: dict[str, Any], reason: str) -> None:
     """The one answer a parse that could not be started gets: a FAIL PUT to /inputs/api/."""
     from prefect_cs.flows.notify import INPUTS_PATH, deliver
 
-    payload = {
-        "task_id": request["task_id"],
-        "status": "FAIL",
-        "traceback": fail_traceback(reason),
-        "meta": {"task_times": [0.0]},
-    }
-    deliver(INPUTS_PATH, payload)
+    deliver(INPUTS_PATH, parse_fail(request["task_id"], reason))
 
 
 def sim_failed(request: dict[str, Any], reason: str) -> None:
     """The one answer a sim that could not be started gets: a FAIL PUT to /outputs/api/."""
     from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
-    from prefect_cs.flows.simulate import fail_payload
 
-    deliver(OUTPUTS_PATH, fail_payload(request["task_id"], reason))
+    deliver(OUTPUTS_PATH, sim_fail(request["task_id"], reason))
 
 
 def submit_parse(request: dict[str, Any]) -> None:
@@ -218,15 +214,16 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
         raise NotFound(f"no simulation {task_id} of {owner}/{title}")
     run = runs[0]
     message = (run.state.message or "") if run.state else ""
-    artifact = Artifact.get(f"outputs-{task_id}".lower()[:100], _sync=True) if run.state else None
+    artifact = Artifact.get(outputs_key(task_id), _sync=True) if run.state else None
+    outcome = read_outcome(artifact, run.id, message)
     return {
         "task_id": task_id,
         "flow_run_id": str(run.id),
         "state": run.state.type.value if run.state else None,
         "state_name": run.state.name if run.state else None,
         "message": message,
-        "status": next((s for s in ("SUCCESS", "FAIL") if message.startswith(s)), None),
-        "delivered": None if not message else "web app notified" in message,
+        "status": outcome.status,
+        "delivered": outcome.delivered,
         "outputs": json.loads(artifact.data)
         if artifact and isinstance(artifact.data, str)
         else None,
@@ -371,12 +368,7 @@ class ClusterApi:
         except NotFound:
             raise
         except Exception as exc:  # noqa: BLE001 - the web app reads a FAIL, not a 500
-            reason = f"{type(exc).__name__}: {exc}"
-            return {
-                "status": "FAIL",
-                "traceback": fail_traceback(reason),
-                "meta": {"task_times": [0.0]},
-            }
+            return answer_fail(f"{type(exc).__name__}: {exc}")
 
     async def runs(self, request: Request) -> JSONResponse:
         owner, title = model_names(request)

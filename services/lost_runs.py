@@ -56,7 +56,7 @@ from prefect.client.schemas.objects import FlowRun, StateType, WorkPoolStatus
 from prefect.exceptions import ObjectNotFound
 from prefect.states import Cancelled, Cancelling
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
-from prefect_cs.flows.simulate import fail_payload
+from prefect_cs.flows.payloads import sim_fail
 
 SIMULATE_TAG = "cs-simulate"
 REPORTED_TAG = "cs-fail-reported"
@@ -187,7 +187,7 @@ def report(client: SyncPrefectClient, run: FlowRun, pending: float | None) -> di
     task_id = str(run.parameters.get("task_id", ""))
     result: dict[str, Any] = {"flow_run_id": str(run.id), "task_id": task_id, "delivered": None}
     if not already_notified(client, run) and task_id:
-        payload = fail_payload(task_id, reason_for(run, diagnosis(client, run), pending))
+        payload = sim_fail(task_id, reason_for(run, diagnosis(client, run), pending))
         payload = scrub(run, payload)
         result.update(deliver(OUTPUTS_PATH, payload), status="FAIL")
     if pending is not None:

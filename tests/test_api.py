@@ -516,27 +516,27 @@ def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
     ],
 )
 def test_model_version_is_never_null(reported, published, sent):
+    from prefect_cs.flows.payloads import sim_success
     from prefect_cs.flows.runtime.model_process import ModelCall
-    from prefect_cs.flows.simulate import success_payload
 
     call = ModelCall(ok=True, result={}, seconds=1.0, version=reported)
-    assert success_payload(str(uuid.uuid4()), call, {}, published)["model_version"] == sent
+    assert sim_success(str(uuid.uuid4()), call, {}, published)["model_version"] == sent
 
 
 def test_model_version_is_at_most_50_characters():
+    from prefect_cs.flows.payloads import sim_success
     from prefect_cs.flows.runtime.model_process import ModelCall
-    from prefect_cs.flows.simulate import success_payload
 
     call = ModelCall(ok=True, result={})
-    sent = success_payload(str(uuid.uuid4()), call, {}, "1.0.0+" + "g" * 80)["model_version"]
+    sent = sim_success(str(uuid.uuid4()), call, {}, "1.0.0+" + "g" * 80)["model_version"]
     assert len(sent) == 50 and sent.startswith("1.0.0+ggg")
 
 
 @pytest.mark.parametrize("reason", ["", "   \n", "x" * 20_000], ids=["empty", "blank", "long"])
 def test_fail_traceback_is_never_empty_and_at_most_8000(reason):
-    from prefect_cs.flows.simulate import fail_payload
+    from prefect_cs.flows.payloads import sim_fail
 
-    sent = fail_payload(str(uuid.uuid4()), reason)["traceback"]
+    sent = sim_fail(str(uuid.uuid4()), reason)["traceback"]
     assert sent.strip() and len(sent) <= 8000
     if reason.strip():
         assert sent.endswith("x" * 100)  # the end, where the error is, is kept

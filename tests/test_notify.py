@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 from prefect_cs.flows import notify
-from prefect_cs.flows.notify import TRACEBACK_LIMIT, cut_traceback, sendable
+from prefect_cs.flows.payloads import TRACEBACK_LIMIT, fail_traceback, sendable
 from prefect_cs.testing.webapp_standin import WebAppStub
 
 DOWN = "http://127.0.0.1:9"  # nothing listens on the discard port
@@ -58,15 +58,15 @@ def fail(task_id: str, traceback: str = "ValueError: boom") -> dict:
 def test_cut_traceback_keeps_the_end_within_the_web_apps_limit():
     assert TRACEBACK_LIMIT == 8000
     exact = "x" * 7999 + "!"
-    assert cut_traceback(exact) == exact
-    cut = cut_traceback("a" * 10 + exact)
+    assert fail_traceback(exact) == exact
+    cut = fail_traceback("a" * 10 + exact)
     assert len(cut) == TRACEBACK_LIMIT and cut == "…" + exact[1:]
-    assert cut_traceback("short") == "short"
+    assert fail_traceback("short") == "short"
 
 
 def test_cut_traceback_is_never_empty():
     for empty in ("", "   \n"):
-        assert "no traceback" in cut_traceback(empty)
+        assert "no traceback" in fail_traceback(empty)
 
 
 def test_sendable_fail_is_cut_and_never_empty():

@@ -203,3 +203,37 @@ def test_a_quick_run_with_only_the_deployment_defaults_completes_and_notifies(mi
     puts = [r for r in webapp.accepted("/outputs/api/") if r.body.get("task_id") not in before]
     assert len(puts) == 1 and puts[0].body["status"] == "SUCCESS"
     uuid.UUID(puts[0].body["task_id"])
+
+
+@pytest.mark.parametrize(
+    ("behavior", "refusals", "status", "delivered"),
+    [("ok", 0, "SUCCESS", True), ("raise", 3, "FAIL", False)],  # 3: every attempt answered 503
+    ids=["success-delivered", "fail-kept"],
+)
+def test_the_api_reads_a_runs_outcome_as_data_not_from_its_message(
+    misbehaving, webapp, behavior, refusals, status, delivered
+):
+    """Issue 20: GET …/runs/{id} read status and delivered out of the state message; the run now
+    records them in its outputs artifact's metadata, so rewording the message changes nothing."""
+    from prefect.artifacts import Artifact
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed
+    from prefect_cs.flows.outcome import outputs_key
+    from prefect_cs.services.api import run_status
+
+    webapp.fail_next = refusals
+    task_id, state = run("tests", "Misbehaving", behave(behavior))
+    run_id = state.state_details.flow_run_id
+    artifact = Artifact.get(outputs_key(task_id), _sync=True)
+    assert artifact.flow_run_id == run_id
+    assert artifact.metadata_ == {
+        "task_id": task_id,
+        "status": status,
+        "delivered": str(delivered).lower(),
+    }
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run_id, tags=[f"task:{task_id}"])  # as create_simulation_run does
+        client.set_flow_run_state(run_id, Completed(message="reworded for people"), force=True)
+    seen = run_status("tests", "Misbehaving", task_id)
+    assert (seen["status"], seen["delivered"]) == (status, delivered), seen
+    assert seen["message"] == "reworded for people"

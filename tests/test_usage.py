@@ -169,7 +169,7 @@ def test_simulate_reports_and_records_the_cost_of_success_and_fail(billed_model,
         assert f"CPU {meta['cpu_seconds']:.2f} s" in description
     assert sorted(b["status"] for b in bodies.values()) == ["FAIL", "SUCCESS"]
     fail = next(b for b in bodies.values() if b["status"] == "FAIL")
-    assert set(fail) == {"task_id", "status", "meta", "traceback"}  # payload_rules: FAIL keys
+    assert set(fail) == {"task_id", "status", "meta", "traceback"}  # flows/payloads.py: FAIL keys
 
     result = CliRunner().invoke(
         app, ["models", "usage", f"{owner}/{title}", "--since", since.isoformat(), "--json"]
@@ -188,20 +188,20 @@ def test_simulate_reports_and_records_the_cost_of_success_and_fail(billed_model,
 
 def test_a_fail_payload_keeps_what_the_model_run_cost():
     """Issue 11: a FAIL used to send task_times [0.0] though the model ran and billing reads it."""
+    from prefect_cs.flows.payloads import sim_fail
     from prefect_cs.flows.runtime.model_process import ModelCall
     from prefect_cs.flows.runtime.usage import Usage
-    from prefect_cs.flows.simulate import fail_payload
 
     call = ModelCall(ok=False, error="boom", seconds=2.5, usage=Usage(1.25, 210.0))
-    sent = fail_payload(str(uuid.uuid4()), "boom", call)
+    sent = sim_fail(str(uuid.uuid4()), "boom", call)
     assert sent["meta"] == {"task_times": [2.5], "cpu_seconds": 1.25, "peak_memory_mib": 210.0}
-    never_ran = fail_payload(str(uuid.uuid4()), "no such tag")["meta"]
+    never_ran = sim_fail(str(uuid.uuid4()), "no such tag")["meta"]
     assert never_ran == {"task_times": [0.0], "cpu_seconds": 0.0, "peak_memory_mib": 0.0}
 
 
 @pytest.mark.parametrize("seconds", [float("nan"), float("inf"), -1.0, None, "3", True])
 def test_task_times_is_always_one_finite_non_negative_number(seconds):
-    from prefect_cs.flows.payload_rules import run_meta
+    from prefect_cs.flows.payloads import run_meta
 
     (sent,) = run_meta(seconds)["task_times"]
     assert sent == 0.0
