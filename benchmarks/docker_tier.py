@@ -42,8 +42,8 @@ WORK = scratch_environment(
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
-from prefect_cs.services import stack  # noqa: E402
-from prefect_cs.services.stack import docker_worker  # noqa: E402
+from prefect_cs.services import stack_blocks, stack_parts  # noqa: E402
+from prefect_cs.services.stack_parts import docker_worker  # noqa: E402
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings  # noqa: E402
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
@@ -81,7 +81,7 @@ def inputs_latency(title: str, runs: int) -> None:
     """`parse` through the shared inputs worker, answered by the model's warm container."""
     from prefect_cs.flows import inputs
 
-    server = stack.inputs_worker()
+    server = stack_parts.inputs_worker()
     server.start()
     try:
         times = []
@@ -117,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
 
     ensure_docker()
-    server = stack.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
+    server = stack_parts.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
     server.start()
     os.environ.update(
         registry_settings(os.environ["CS_BASE_IMAGE"])
@@ -127,8 +127,8 @@ def main() -> None:
     suffix = uuid.uuid4().hex[:6]
     cold_title, title = f"Cold-{suffix}", f"Bench-{suffix}"
     try:
-        stack.register_blocks()
-        stack.ensure_storage_blocks()
+        stack_blocks.register_blocks()
+        stack_blocks.ensure_storage_blocks()
         stub.start()
         WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
 

@@ -28,7 +28,7 @@ WORK = scratch_environment("cs-bench-")
 from prefect_cs.blocks.webapp import WebApp  # noqa: E402
 from prefect_cs.deployments.submit import submit_simulation  # noqa: E402
 from prefect_cs.flows import inputs  # noqa: E402
-from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.services import stack_blocks, stack_parts  # noqa: E402
 from prefect_cs.testing.models import make_repo, publish_model, register_model  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 
@@ -79,13 +79,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args()
 
-    server = stack.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
+    server = stack_parts.PrefectServer(api_url=os.environ["PREFECT_API_URL"])
     server.start()
-    workers = [stack.process_worker(), stack.inputs_worker()]
+    workers = [stack_parts.process_worker(), stack_parts.inputs_worker()]
     stub = WebAppStub()
     try:
-        stack.register_blocks()
-        stack.ensure_storage_blocks()
+        stack_blocks.register_blocks()
+        stack_blocks.ensure_storage_blocks()
         stub.start()
         WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
         repo = make_repo("misbehaving-app", repos_folder(WORK) / "repo")

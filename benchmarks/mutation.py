@@ -49,7 +49,7 @@ class Target:
 TARGETS = [
     Target(
         "webhook-signature",
-        "services/webhook.py",
+        "services/webhook/signature.py",
         ("signature", "signature_ok"),
         "tests/test_webhook.py -k signature_check",
     ),

@@ -42,7 +42,7 @@ from prefect_cs.deployments.deploy import deploy_publish  # noqa: E402
 from prefect_cs.deployments.triggers import PublishRequest  # noqa: E402
 from prefect_cs.registry.configs import register  # noqa: E402
 from prefect_cs.security.secrets import get_backend  # noqa: E402
-from prefect_cs.services import stack  # noqa: E402
+from prefect_cs.services import stack_blocks, stack_parts  # noqa: E402
 from prefect_cs.testing.webhooks import (  # noqa: E402
     deliver,
     new_sha,
@@ -208,7 +208,7 @@ def delete_runs(deployment_id) -> None:
 
 def phase_running(url: str, secret: str, deployment_id, count: int) -> dict:
     delete_runs(deployment_id)
-    worker = stack.process_worker()
+    worker = stack_parts.process_worker()
     worker.start()
     time.sleep(5)  # let the worker register with its pool
     sent: dict[str, float] = {}
@@ -249,11 +249,11 @@ def main() -> None:
     parser.add_argument("--running", type=int, default=10, help="0 skips phase 2")
     args = parser.parse_args()
 
-    server = stack.PrefectServer(api_url=os.environ["PREFECT_API_URL"], home=WORK / "prefect")
+    server = stack_parts.PrefectServer(api_url=os.environ["PREFECT_API_URL"], home=WORK / "prefect")
     server.start()
     receiver = None
     try:
-        stack.register_blocks()
+        stack_blocks.register_blocks()
         ensure_pool("cs-process", "process")
         deployment_id = deploy_publish()
         register(

@@ -4,7 +4,7 @@ The Docker tier needs a daemon and a registry before its first publish; these
 commands stand them up without a cluster. The registry asks for a login on every
 push and pull: `up` makes it once (root-only file) and saves it in the
 DockerRegistryCredentials block the platform uses by name. The worker itself is
-services.stack.docker_worker, shared with the tests and benchmarks.
+services.stack_parts.docker_worker, shared with the tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import typer
 from prefect_cs.cli._utilities import CSTyper, exit_with_error
 from prefect_cs.core.settings import get_settings
-from prefect_cs.services.stack import docker_worker
+from prefect_cs.services.stack_parts import docker_worker
 
 docker_app = CSTyper(help="The Docker tier: engine and registry, base image, worker.")
 

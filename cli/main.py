@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 
 from prefect_cs.core.errors import CSError
-from prefect_cs.services.stack import load_local_api_auth
+from prefect_cs.services.stack_login import load_local_api_auth
 
 try:
     load_local_api_auth()  # before anything imports Prefect, which reads its settings once

@@ -21,7 +21,7 @@ def serve_cmd(
     port: int = typer.Option(8780, help="Port to listen on."),
 ) -> None:
     """Serve POST /github (and GET /health) with uvicorn until interrupted."""
-    from prefect_cs.services.webhook import serve
+    from prefect_cs.services.webhook.app import serve
 
     serve(host, port)  # a missing webhook secret is NotConfigured: one line, exit 1
 

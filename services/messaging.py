@@ -18,12 +18,12 @@ a restart, as with in-memory messaging.
 from __future__ import annotations
 
 import shutil
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.services.stack import Background, private_secret, stack_dir, system_environment
+from prefect_cs.services.stack_login import private_secret
+from prefect_cs.services.supervisor import Background, stack_dir, system_environment
 
 BROKER = "prefect_redis.messaging"
 
@@ -94,14 +94,10 @@ def client():
 
 
 def start(timeout: float = 20) -> str:
+    """Write its config, start it and wait until it answers a PING; the report line."""
     config_file()
     bg = background()
-    pid = bg.start()
-    deadline = time.monotonic() + timeout
-    while not _answers():
-        if bg.pid() is None or time.monotonic() > deadline:
-            raise RuntimeError(f"Redis for messaging did not start; see {bg.log_file}")
-        time.sleep(0.1)
+    pid = bg.start_and_wait(_answers, timeout, poll=0.1, what="Redis for messaging")
     return f"{bg.name}: pid {pid}, socket {socket_file()} (unix only), log {bg.log_file}"
 
 

@@ -22,7 +22,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +29,8 @@ from urllib.parse import quote
 
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.settings import get_settings
-from prefect_cs.services.stack import Background, private_secret, stack_dir, system_environment
+from prefect_cs.services.stack_login import private_secret
+from prefect_cs.services.supervisor import Background, stack_dir, system_environment
 
 SUPERUSER = "prefect"
 DATABASE = "prefect"
@@ -180,12 +180,7 @@ def start(timeout: float = 60) -> str:
     """Make the cluster if needed, start it, create Prefect's database; the report line."""
     made = init_cluster()
     bg = background()
-    pid = bg.start()
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if bg.pid() is None or time.monotonic() > deadline:
-            raise RuntimeError(f"PostgreSQL did not start in {data_dir()}; see {bg.log_file}")
-        time.sleep(0.2)
+    pid = bg.start_and_wait(ready, timeout, what=f"PostgreSQL in {data_dir()}")
     asyncio.run(_ensure_database())
     state = "made and started" if made else "started"
     return f"{bg.name}: pid {pid}, {state}, socket {socket_file()} (unix only), log {bg.log_file}"

@@ -22,12 +22,13 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 from prefect_cs.blocks.webapp import WebApp
 from prefect_cs.security.secrets import get_backend
-from prefect_cs.services import stack
+from prefect_cs.services import stack, stack_blocks, stack_login, stack_parts
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings
 from prefect_cs.testing.models import make_repo, publish_model, register_model
 from prefect_cs.testing.scratch import free_port, repos_folder
@@ -86,10 +87,10 @@ def bench_stack(
         if pool_type == "docker":
             os.environ.update(registry_settings())  # the cs-registry block, on this server
         port = free_port()
-        api = stack.api_server(port)
-        parts = [stack.inputs_worker(), api]
+        api = stack_parts.api_server(port)
+        parts = [stack_parts.inputs_worker(), api]
         if pool_worker:
-            parts.insert(0, stack.pool_worker(tier.pool_name, tier.pool_type))
+            parts.insert(0, stack_parts.pool_worker(tier.pool_name, tier.pool_type))
         stub = WebAppStub().start()
         cleanup.callback(stub.stop)
         repo = prepare_platform(work, stub, tier.pool_name, pool_type)
@@ -97,8 +98,8 @@ def bench_stack(
             cleanup.callback(part.stop)
             part.start()
         url = f"http://127.0.0.1:{port}"
-        if not stack.wait_healthy(url, api, timeout=API_START_SECONDS):
-            raise RuntimeError(f"the cluster API did not start; see {api.log_file}")
+        healthy = partial(stack_parts.answers_health, url)
+        api.start_and_wait(healthy, API_START_SECONDS, what="the cluster API")
         yield BenchStack(url, TOKEN, stub, repo, database, pool_type, tier.pool_name)
 
 
@@ -117,7 +118,9 @@ def prepare_docker() -> None:
 def start_server(cleanup: ExitStack) -> None:
     """The database (PostgreSQL and messaging Redis, or nothing for SQLite), then the server."""
     stack.start_database()
-    server = stack.PrefectServer(api_url=stack.api_url(), extra_env=stack.database_environment())
+    server = stack_parts.PrefectServer(
+        api_url=stack_login.api_url(), extra_env=stack.database_environment()
+    )
     cleanup.callback(server.stop)
     server.start()
 
@@ -125,8 +128,8 @@ def start_server(cleanup: ExitStack) -> None:
 def prepare_platform(work: Path, stub: WebAppStub, pool: str, pool_type: PoolType) -> Path:
     """Blocks, the pool, the WebApp block and API token; the misbehaving app published at v1
     on `pool_type`'s tier. Its repository's path."""
-    stack.register_blocks()
-    stack.ensure_storage_blocks()
+    stack_blocks.register_blocks()
+    stack_blocks.ensure_storage_blocks()
     ensure_pool(pool, tier_of(pool_type).pool_type)
     WebApp(base_url=stub.url, token=stub.token).save("default", overwrite=True)
     get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)

@@ -39,7 +39,7 @@ def scratch_environment(prefix: str, **extra: str) -> Path:
         **extra,
     )
     # The server requires a login, as the stack's does; this process and all it starts send it.
-    from prefect_cs.services.stack import api_auth_string
+    from prefect_cs.services.stack_login import api_auth_string
 
     os.environ["PREFECT_API_AUTH_STRING"] = api_auth_string()
     return work

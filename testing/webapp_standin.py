@@ -1,49 +1,30 @@
-"""A real HTTP server standing in for the web app: it records what it receives.
+"""A real HTTP server standing in for the web app in tests: it records what it receives.
 
-The tests assert on its records; `stack start` runs one for a first try
-(`WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE`)
-when no web app is configured, and its log shows exactly what a real one would
-receive. The token comes from the environment, never argv: any local user (and
-model code) can read a process's command line.
+The tests assert on its records (and can make it answer 503 first, `fail_next`). It
+answers by the same rule as the product's local web app, services/local_webapp.py,
+which `stack start` runs when no web app is set; this one is test code only.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-import threading
 from dataclasses import dataclass
 
-from prefect_cs.services.stack import STANDIN_TOKEN_ENV
+from prefect_cs.services.local_webapp import status_for
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
-__all__ = ["TOKEN_ENV", "Recorded", "WebAppStub", "main"]
-
-TOKEN_ENV = STANDIN_TOKEN_ENV  # set by services/stack.py, which starts it
+__all__ = ["Recorded", "WebAppStub"]
 
 
 @dataclass
 class WebAppStub(StandIn):
     token: str = "webapp-test-token"
     fail_next: int = 0  # answer 503 to this many requests before accepting
-    log_path: str | None = None  # append each request as a JSON line
 
     def answer(self, request: Recorded) -> Reply:
-        if request.method != "PUT":
-            return 405, {}
-        if self.fail_next > 0:
+        if request.method == "PUT" and self.fail_next > 0:
             self.fail_next -= 1
             return 503, {}
-        if request.headers.get("Authorization") != f"Token {self.token}":
-            return 401, {}
-        return 200, {}
-
-    def record(self, request: Recorded) -> None:
-        super().record(request)
-        if self.log_path:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps({"path": request.path, "body": request.body}) + "\n")
+        return status_for(request.method, request.headers.get("Authorization"), self.token), {}
 
     def first_about(self, task_id: str, timeout: float) -> Recorded:
         """The first request about `task_id`, as soon as it arrives (benchmarks time it)."""
@@ -81,21 +62,3 @@ class WebAppStub(StandIn):
         if len(found) < count:
             raise AssertionError(f"web app got {len(found)} PUT {path}, wanted {count}")
         return found
-
-
-def main() -> None:
-    """`WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE`."""
-    if len(sys.argv) != 3:
-        sys.exit(
-            "usage: WEBAPP_STANDIN_TOKEN=… python -m prefect_cs.testing.webapp_standin PORT LOGFILE"
-        )
-    token = os.environ.get(TOKEN_ENV)
-    if not token:
-        sys.exit(f"set {TOKEN_ENV} to the token the web app block sends (never pass it on argv)")
-    port, log = int(sys.argv[1]), sys.argv[2]
-    WebAppStub(token=token, log_path=log).start(port)
-    threading.Event().wait()
-
-
-if __name__ == "__main__":
-    main()

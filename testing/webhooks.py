@@ -14,7 +14,7 @@ from typing import Any
 from uuid import UUID
 
 import httpx
-from prefect_cs.services.webhook import signature
+from prefect_cs.services.webhook.signature import signature
 from prefect_cs.testing.processes import end_process
 from prefect_cs.testing.scratch import free_port
 

@@ -29,7 +29,7 @@ from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real Prefect server (SQLite) for the whole test session."""
-    from prefect_cs.services.stack import PrefectServer
+    from prefect_cs.services.stack_parts import PrefectServer
 
     server = PrefectServer(api_url=os.environ["PREFECT_API_URL"], home=_ROOT / "prefect")
     server.start()
@@ -40,7 +40,7 @@ def prefect_server():
 @pytest.fixture(scope="session")
 def platform(prefect_server):
     """The server with the platform's blocks, storage and pools, as `stack start` leaves it."""
-    from prefect_cs.services.stack import ensure_storage_blocks, register_blocks
+    from prefect_cs.services.stack_blocks import ensure_storage_blocks, register_blocks
     from prefect_cs.work_pools.pools import ensure_pool
 
     register_blocks()
@@ -107,7 +107,7 @@ def paramtools(platform, repos):
 @pytest.fixture(scope="module")
 def task_worker(platform):
     """The inputs task worker as `stack start` runs it, for the tests of version/defaults/parse."""
-    from prefect_cs.services.stack import inputs_worker
+    from prefect_cs.services.stack_parts import inputs_worker
 
     bg = inputs_worker()
     bg.start()

@@ -59,7 +59,7 @@ def one_at_a_time(platform, repos):
 
 def test_a_models_limit_makes_its_simulations_wait_their_turn(one_at_a_time, webapp):
     from prefect_cs.deployments.submit import submit_simulation
-    from prefect_cs.services.stack import process_worker
+    from prefect_cs.services.stack_parts import process_worker
 
     worker = process_worker()
     worker.start()

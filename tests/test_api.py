@@ -20,7 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect_cs.services.stack import Background, api_server, process_worker, wait_healthy
+from prefect_cs.services.stack_parts import answers_health, api_server, process_worker
+from prefect_cs.services.supervisor import Background
 
 TOKEN = "cluster-api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -51,10 +52,9 @@ def serving(port: int) -> Iterator[str]:
     get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
     bg = api_server(port)
     bg = Background(f"cluster-api-tests-{port}", bg.argv, bg.env)
-    bg.start()
     url = f"http://127.0.0.1:{port}"
     try:
-        assert wait_healthy(url, bg, timeout=90), f"API did not start; see {bg.log_file}"
+        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
         yield url
     finally:
         bg.stop()

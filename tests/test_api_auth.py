@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from prefect_cs.core.errors import SettingsError
-from prefect_cs.services.stack import read_auth_file
+from prefect_cs.services.stack_login import read_auth_file
 from prefect_cs.testing.processes import command_lines, environ
 from prefect_cs.testing.scratch import free_port
 

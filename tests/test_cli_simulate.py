@@ -8,7 +8,7 @@ import json
 
 import pytest
 from prefect_cs.cli.main import app
-from prefect_cs.services.stack import process_worker
+from prefect_cs.services.stack_parts import process_worker
 from typer.testing import CliRunner
 
 

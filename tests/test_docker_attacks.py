@@ -20,7 +20,7 @@ import uuid
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.submit import submit_simulation
-from prefect_cs.services.stack import docker_worker
+from prefect_cs.services.stack_parts import docker_worker
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings
 from prefect_cs.testing.models import EXAMPLES, add_tag, git, publish_model, register_model
 

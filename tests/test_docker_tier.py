@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.deployments.submit import submit_simulation
-from prefect_cs.services.stack import docker_worker
+from prefect_cs.services.stack_parts import docker_worker
 from prefect_cs.testing.docker_tier import (
     REGISTRY,
     containers,

@@ -84,7 +84,7 @@ def test_loads_refuses_past_the_limit_naming_it_and_parses_up_to_it():
 
 def test_the_webhook_receiver_parses_a_deep_body_as_a_refusal_not_a_crash():
     """It parses before the signature check (to find the repository's key): anyone could send it."""
-    from prefect_cs.services.webhook import parse_payload
+    from prefect_cs.services.webhook.app import parse_payload
 
     payload, why = parse_payload(b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
     assert payload is None and "CS_LIMITS_JSON_DEPTH" in (why or "")

@@ -8,7 +8,7 @@ import uuid
 import pytest
 from prefect_cs.flows import inputs
 from prefect_cs.services import inputs_server
-from prefect_cs.services.stack import inputs_worker
+from prefect_cs.services.stack_parts import inputs_worker
 
 
 def test_version(misbehaving, task_worker):
@@ -51,7 +51,7 @@ def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
 @pytest.fixture
 def per_model_worker(misbehaving):
     """An inputs server for one model only, as each model's image runs on the container tiers."""
-    from prefect_cs.services.stack import Background
+    from prefect_cs.services.supervisor import Background
 
     shared = inputs_worker()
     bg = Background(
@@ -118,7 +118,7 @@ def test_a_promote_warms_the_new_tags_default_inputs(paramtools, task_worker):
 
 
 def test_the_inputs_server_warms_what_it_serves_when_it_starts(misbehaving, platform):
-    from prefect_cs.services.stack import Background
+    from prefect_cs.services.supervisor import Background
 
     cached = cached_defaults_file("tests", "Misbehaving", "v1")
     cached.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.security.redis_acl import init_acl, job_key
-from prefect_cs.services.stack import process_worker
+from prefect_cs.services.stack_parts import process_worker
 from prefect_cs.testing.redis_server import RedisServer, make_config
 
 OK = {"control": {"behavior": [{"value": "ok"}]}}

@@ -46,7 +46,7 @@ def test_platform_variables_are_refused_as_declared_secrets(tmp_path, name):
 
 
 def test_only_the_exact_webhook_key_name_may_be_declared_and_model_code_never_gets_it():
-    """GITHUB_WEBHOOK_SECRET is a model's per-repository webhook key (services/webhook.py)."""
+    """GITHUB_WEBHOOK_SECRET is a model's per-repository webhook key (services/webhook/keys.py)."""
     with pytest.raises(ValueError, match="the platform's own"):
         model(secrets=["github_webhook_secret"])
     declared = model(secrets=["API_KEY", "GITHUB_WEBHOOK_SECRET", "my-token"])

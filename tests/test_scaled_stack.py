@@ -144,7 +144,8 @@ def test_an_unknown_database_names_its_variable(monkeypatch):
 
 
 def test_stop_finds_every_worker_whatever_started_them(monkeypatch, tmp_path):
-    from prefect_cs.services.stack import stack_dir, started_process_workers
+    from prefect_cs.services.stack_parts import started_process_workers
+    from prefect_cs.services.supervisor import stack_dir
 
     monkeypatch.setenv("CS_HOME", str(tmp_path))
     for name in ("worker-cs-process-2", "worker-cs-process-3", "worker-cs-docker"):
@@ -155,7 +156,7 @@ def test_stop_finds_every_worker_whatever_started_them(monkeypatch, tmp_path):
 
 def test_stack_passwords_are_made_once_and_kept_private(tmp_path):
     from prefect_cs.core.errors import SettingsError
-    from prefect_cs.services.stack import private_secret
+    from prefect_cs.services.stack_login import private_secret
 
     path = tmp_path / "postgres-password"
     first = private_secret(path)

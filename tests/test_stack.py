@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from prefect_cs.deployments.submit import submit_simulation
-from prefect_cs.services.stack import process_worker
+from prefect_cs.services.stack_parts import process_worker
 from prefect_cs.testing.processes import command_lines, environ
 
 # What an operator's shell may hold when it starts the stack: none of it may reach a worker or a job.
@@ -135,7 +135,7 @@ def test_killed_flow_process_is_reported_by_the_watcher(misbehaving, webapp, wor
 
 
 def test_a_sqlite_server_runs_without_the_late_runs_service_unless_told(monkeypatch):
-    from prefect_cs.services.stack import PrefectServer
+    from prefect_cs.services.stack_parts import PrefectServer
 
     def env(**extra: str) -> dict[str, str]:
         server = PrefectServer(api_url="http://127.0.0.1:4200/api", extra_env=extra)

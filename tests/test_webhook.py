@@ -20,19 +20,15 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from prefect_cs.core.tag_order import older_than_promoted
 from prefect_cs.deployments.triggers import (
     PUBLISH_TRIGGERS,
     PublishRequest,
     cloud_webhook_template,
 )
-from prefect_cs.services.webhook import (
-    DeliveryStore,
-    normalize_repo_url,
-    older_than_promoted,
-    signature,
-    signature_ok,
-    well_formed,
-)
+from prefect_cs.services.webhook.deliveries import DeliveryStore
+from prefect_cs.services.webhook.keys import normalize_repo_url
+from prefect_cs.services.webhook.signature import signature, signature_ok, well_formed
 from prefect_cs.testing.webhooks import (
     deliver,
     new_sha,
@@ -676,7 +672,7 @@ def test_the_signature_is_checked_before_the_body_is_parsed(
     """The receiver app itself, in this process, with parse_payload watched: a forged
     delivery is refused without the body ever reaching the JSON parser."""
     import anyio
-    import prefect_cs.services.webhook as webhook
+    import prefect_cs.services.webhook.app as webhook
     from prefect_cs.core.settings import WebhookSettings
 
     parsed: list[bytes] = []
