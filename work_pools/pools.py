@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from importlib import resources
 from typing import Any
 
@@ -46,7 +48,8 @@ def pool_concurrency(pool_type: str) -> int | None:
 
 
 def base_job_template(pool_type: str) -> dict[str, Any]:
-    """The template in work_pools/<type>.json; the worker type's own default when there is none."""
+    """The template in work_pools/<type>.json; for process pools, Prefect's own with the engine
+    command filled in (`engine_command`)."""
     path = resources.files("prefect_cs.work_pools") / f"{pool_type}.json"
     if path.is_file():
         return json.loads(path.read_text())
@@ -54,7 +57,19 @@ def base_job_template(pool_type: str) -> dict[str, Any]:
 
     if pool_type != "process":
         raise FileNotFoundError(f"no base job template for pool type {pool_type!r} ({path})")
-    return ProcessWorker.get_default_base_job_template()
+    template = ProcessWorker.get_default_base_job_template()
+    template["variables"]["properties"]["command"]["default"] = engine_command()
+    return template
+
+
+def engine_command() -> str:
+    """A process pool's flow runs start Prefect's engine directly, in the platform's interpreter
+    (the one making the pool: workers run the same installation). Left blank, Prefect's process
+    worker first starts a workspace supervisor, a second interpreter importing Prefect to look
+    for a uv project the platform does not have, and only then the engine: about 1 s more per
+    run (benchmarks/docker_split.py shows it as the gap between the worker's submission and the
+    flow's first log line)."""
+    return shlex.join([sys.executable, "-m", "prefect.engine"])
 
 
 def ensure_pool(name: str, pool_type: str) -> None:
