@@ -24,9 +24,9 @@ from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 WORK = scratch_environment("cs-bench-attacks-")
 
 from prefect_cs.blocks.model_config import ModelConfig  # noqa: E402
-from prefect_cs.flows.runtime.confinement import Bounds, Confinement  # noqa: E402
-from prefect_cs.flows.runtime.environment import runner_for  # noqa: E402
-from prefect_cs.flows.runtime.model_process import call_model  # noqa: E402
+from prefect_cs.runtime.confinement import Bounds, Confinement  # noqa: E402
+from prefect_cs.runtime.environment import runner_for  # noqa: E402
+from prefect_cs.runtime.model_process import call_model  # noqa: E402
 from prefect_cs.testing.model_code import package_venv  # noqa: E402
 from prefect_cs.testing.models import EXAMPLES  # noqa: E402
 

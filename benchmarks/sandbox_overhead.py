@@ -27,10 +27,10 @@ from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 WORK = scratch_environment("cs-bench-sandbox-")
 
-from prefect_cs.flows.runtime.confinement import Bounds, Confinement  # noqa: E402
-from prefect_cs.flows.runtime.model_process import call_model  # noqa: E402
-from prefect_cs.flows.runtime.sandbox import Sandbox, model_sandbox  # noqa: E402
-from prefect_cs.flows.runtime.warm import WarmModel  # noqa: E402
+from prefect_cs.runtime.confinement import Bounds, Confinement  # noqa: E402
+from prefect_cs.runtime.model_process import call_model  # noqa: E402
+from prefect_cs.runtime.sandbox import Sandbox, model_sandbox  # noqa: E402
+from prefect_cs.runtime.warm import WarmModel  # noqa: E402
 from prefect_cs.testing.model_code import functions_runner, model_python  # noqa: E402
 
 FUNCTIONS = "import json, csv, decimal\ndef run_model(a, b):\n    return {'ok': 1}\n"

@@ -1,4 +1,4 @@
-"""What the sandbox's platform init (flows/runtime/usage.py) costs a model call.
+"""What the sandbox's platform init (runtime/usage.py) costs a model call.
 
     .venv/bin/python benchmarks/usage_init.py [--pairs 30]
 
@@ -22,8 +22,8 @@ from prefect_cs.testing.scratch import scratch_environment  # noqa: E402
 
 scratch_environment("cs-bench-usage-init-")
 
-from prefect_cs.flows.runtime import model_process  # noqa: E402
-from prefect_cs.flows.runtime.sandbox import model_sandbox  # noqa: E402
+from prefect_cs.runtime import model_process  # noqa: E402
+from prefect_cs.runtime.sandbox import model_sandbox  # noqa: E402
 from prefect_cs.testing.model_code import functions_runner, model_python  # noqa: E402
 
 FUNCTIONS = "import json, csv, decimal\ndef run_model(a, b):\n    return {'ok': 1}\n"

@@ -1,8 +1,8 @@
-"""What a sandbox's own network (flows/runtime/usernet.py) costs, side by side with --share-net.
+"""What a sandbox's own network (runtime/usernet.py) costs, side by side with --share-net.
 
     .venv/bin/python benchmarks/usernet_overhead.py [--pairs 20] [--bulk-mib 64]
 
-Interleaves N pairs of the same sandbox (flows/runtime/sandbox.py's bubblewrap, as the model's
+Interleaves N pairs of the same sandbox (runtime/sandbox.py's bubblewrap, as the model's
 uid when run as root), once with UserNet (its own namespace, slirp4netns) and once with
 --share-net (today's `internet: true`), and prints p50/p95 of:
 
@@ -30,8 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID, bwrap_prefix, switch_user  # noqa: E402
-from prefect_cs.flows.runtime.usernet import UserNet, usernet_problem  # noqa: E402
+from prefect_cs.runtime.sandbox import DEFAULT_MODEL_UID, bwrap_prefix, switch_user  # noqa: E402
+from prefect_cs.runtime.usernet import UserNet, usernet_problem  # noqa: E402
 
 PYTHON = "/usr/bin/python3"
 INSIDE = """

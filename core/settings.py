@@ -329,7 +329,7 @@ class CSSettings(BaseSettings):
     exchange_dir: Path | None = Field(
         default=None,
         description="Set in a Kubernetes Job's flow container: the emptyDir it shares with the"
-        " model container (request.json in, response.json out; flows/runtime/pod_exchange.py).",
+        " model container (request.json in, response.json out; runtime/pod_exchange.py).",
     )
     memory_by_container: bool = Field(
         default=False,
@@ -344,12 +344,12 @@ class CSSettings(BaseSettings):
     )
     sandbox: Literal["bwrap", "uid", "none"] = Field(
         default="bwrap",
-        description="How model code is confined (flows/runtime/sandbox.py): bwrap on the process"
+        description="How model code is confined (runtime/sandbox.py): bwrap on the process"
         " tier, uid in container jobs, none for development only (every call warns).",
     )
     sandbox_open_networks: list[str] = Field(
         default_factory=list,
-        description="Private ranges (as flows/runtime/usernet.py FENCED_NETWORKS writes them, e.g."
+        description="Private ranges (as runtime/usernet.py FENCED_NETWORKS writes them, e.g."
         " 10.0.0.0/8) that model code with the internet may reach after all: a package mirror or"
         " proxy on a private address. Empty: none.",
         json_schema_extra=FORWARD,

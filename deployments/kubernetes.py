@@ -248,7 +248,7 @@ def inputs_server(
     CPU request is small (the calls are light), the limits are the model's. The pod has the
     simulation pods' role label: their NetworkPolicy holds it too.
     """
-    from prefect_cs.flows.runtime.pod_exchange import EXCHANGE, PIPE_IN, PIPE_OUT, RUNNER, WORK
+    from prefect_cs.runtime.pod_exchange import EXCHANGE, PIPE_IN, PIPE_OUT, RUNNER, WORK
     from prefect_cs.tiers.docker import MODEL_PYTHON
     from prefect_cs.tiers.kubernetes import model_env, resources
     from prefect_cs.tiers.platform_image import PLATFORM_PYTHON

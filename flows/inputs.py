@@ -35,8 +35,8 @@ from prefect_cs.flows.payloads import (
     parse_success,
     sendable,
 )
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.environment import call_bounds, model_env, scrubber_for
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.environment import call_bounds, model_env, scrubber_for
 from prefect_cs.tiers import get_tier
 from prefect_cs.tiers.base import WarmCaller
 

@@ -27,8 +27,8 @@ import math
 from typing import Any
 
 from prefect_cs.core.jsonsafe import json_safe
-from prefect_cs.flows.runtime.model_process import ModelCall
-from prefect_cs.flows.runtime.usage import Usage
+from prefect_cs.runtime.model_process import ModelCall
+from prefect_cs.runtime.usage import Usage
 
 MODEL_VERSION_LIMIT = 50
 TRACEBACK_LIMIT = 8000

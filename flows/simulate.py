@@ -25,11 +25,11 @@ from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
 from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
-from prefect_cs.flows.runtime.environment import model_env, scrubber_for
-from prefect_cs.flows.runtime.model_process import ModelCall
-from prefect_cs.flows.runtime.pod_exchange import release
 from prefect_cs.flows.storage import store_zips
 from prefect_cs.flows.usage import record_usage
+from prefect_cs.runtime.environment import model_env, scrubber_for
+from prefect_cs.runtime.model_process import ModelCall
+from prefect_cs.runtime.pod_exchange import release
 from prefect_cs.tiers import get_tier
 
 

@@ -202,7 +202,7 @@ def report(client: SyncPrefectClient, run: FlowRun, pending: float | None) -> di
 def scrub(run: FlowRun, payload: dict[str, Any]) -> dict[str, Any]:
     """Mask the model's secret values, as the simulate flow does, should a message quote one."""
     from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.flows.runtime.environment import scrubber_for
+    from prefect_cs.runtime.environment import scrubber_for
 
     try:
         model = ModelConfig.for_model(run.parameters["owner"], run.parameters["title"])
@@ -249,10 +249,10 @@ def watch(pending_timeout: float = DEFAULT_PENDING_TIMEOUT, interval: float = 30
 
 def sweep_model_containers() -> None:
     """Model containers past their deadline (a Docker-tier flow killed from outside left them):
-    removed, where this machine has a Docker engine (flows/runtime/container.sweep_expired)."""
+    removed, where this machine has a Docker engine (runtime/container.sweep_expired)."""
     try:
         import docker
-        from prefect_cs.flows.runtime.container import sweep_expired
+        from prefect_cs.runtime.container import sweep_expired
 
         client = docker.from_env(timeout=10)
         client.ping()

@@ -1,7 +1,7 @@
 """Strict validation of Kubernetes manifests against the OpenAPI schema.
 
 Why here and not in deployments/: `kubernetes_validate` is a test dependency
-(the `[test]` extra); the runtime path renders manifests and never needs it.
+(the `[test]` extra); the platform renders manifests and never needs it.
 Tests validate the operator's manifests and rendered Jobs with this.
 """
 

@@ -14,8 +14,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
-from prefect_cs.flows.runtime.sandbox import model_interpreter
+from prefect_cs.runtime.model_process import CHILD_SCRIPT
+from prefect_cs.runtime.sandbox import model_interpreter
 
 
 def model_python() -> str:
@@ -65,7 +65,7 @@ def script_runner(source: str) -> str:
 def model_venv(functions: str) -> str:
     """A virtualenv whose cs_config.functions is `functions`, with the runner installed as a
     publish installs it; returns its python (a venv made in ~0.1 s: no packages)."""
-    from prefect_cs.flows.runtime.environment import RUNTIME_DIR
+    from prefect_cs.runtime.environment import RUNTIME_DIR
 
     venv = model_folder() / "venv"
     subprocess.run([*uv(), "venv", "-q", "--python", model_python(), str(venv)], check=True)
@@ -83,7 +83,7 @@ def package_venv(package: Path) -> str:
     as publish installs it; returns its python. For the attacker app's own code, fast."""
     import shutil
 
-    from prefect_cs.flows.runtime.environment import RUNTIME_DIR
+    from prefect_cs.runtime.environment import RUNTIME_DIR
 
     venv = model_folder() / "venv"
     subprocess.run([*uv(), "venv", "-q", "--python", model_python(), str(venv)], check=True)

@@ -1,6 +1,6 @@
 """A warm model process whose `cs_config.functions` is a given source text, for tests.
 
-The platform's own child script (flows/runtime/child.py) serves it, exactly as it serves a
+The platform's own child script (runtime/child.py) serves it, exactly as it serves a
 published model; only the model code is written on the spot, so a test can make
 get_inputs or validate_inputs raise, exit, or answer garbage without publishing an app.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect_cs.flows.runtime.warm import WarmModel
+from prefect_cs.runtime.warm import WarmModel
 from prefect_cs.testing.model_code import functions_runner, model_python
 
 

@@ -517,7 +517,7 @@ def test_models_sync_pulls_the_web_app_list(platform, tmp_path):
 )
 def test_model_version_is_never_null(reported, published, sent):
     from prefect_cs.flows.payloads import sim_success
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     call = ModelCall(ok=True, result={}, seconds=1.0, version=reported)
     assert sim_success(str(uuid.uuid4()), call, {}, published)["model_version"] == sent
@@ -525,7 +525,7 @@ def test_model_version_is_never_null(reported, published, sent):
 
 def test_model_version_is_at_most_50_characters():
     from prefect_cs.flows.payloads import sim_success
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     call = ModelCall(ok=True, result={})
     sent = sim_success(str(uuid.uuid4()), call, {}, "1.0.0+" + "g" * 80)["model_version"]

@@ -18,10 +18,10 @@ import threading
 import uuid
 
 import pytest
-from prefect_cs.flows.runtime import cgroups
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.model_process import call_model
-from prefect_cs.flows.runtime.warm import WarmModel
+from prefect_cs.runtime import cgroups
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.model_process import call_model
+from prefect_cs.runtime.warm import WarmModel
 from prefect_cs.testing.model_code import package_venv
 from prefect_cs.testing.models import EXAMPLES
 
@@ -38,7 +38,7 @@ def attacker_python() -> str:
 
 
 def run(python: str, meta: dict, bounds: Bounds, timeout: float = 120, **kwargs):
-    from prefect_cs.flows.runtime.environment import runner_for
+    from prefect_cs.runtime.environment import runner_for
 
     return call_model(
         python,
@@ -165,7 +165,7 @@ def test_internet_does_not_reach_the_hosts_loopback(attacker_python):
 def test_warm_process_keeps_nothing_between_users(attacker_python):
     """User A's call leaves module state, a thread and files (work folder, /dev/shm); user
     B's call, on the same warm process, finds none of them."""
-    from prefect_cs.flows.runtime.environment import runner_for
+    from prefect_cs.runtime.environment import runner_for
 
     warm = WarmModel(
         attacker_python, runner_for(attacker_python), bounds=Bounds(memory_mib=512, pids=64)

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from prefect_cs.flows.runtime.cgroups import (
+from prefect_cs.runtime.cgroups import (
     MIB,
     CallCgroup,
     CgroupUsage,

@@ -1,4 +1,4 @@
-"""A model call in a container of the model's own image (flows/runtime/container.py), for real.
+"""A model call in a container of the model's own image (runtime/container.py), for real.
 
 The image is the attacker app on the local base image, built the way a model's build could
 leave it: its own `.pth` and `sitecustomize.py` in the model venv, a runner of its own where
@@ -16,8 +16,8 @@ import tarfile
 import uuid
 
 import pytest
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.container import call_in_image
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.container import call_in_image
 from prefect_cs.testing.docker_tier import BASE_IMAGE, ensure_docker
 from prefect_cs.testing.models import EXAMPLES
 
@@ -150,7 +150,7 @@ def test_a_container_outliving_its_time_limit_is_stopped_and_removed(client, ima
 def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
     """A flow killed from outside never removes its call's container: the next call's sweep
     (and the lost-run watcher's) removes those past their deadline label, and only those."""
-    from prefect_cs.flows.runtime.container import CALL_LABEL, sweep_expired
+    from prefect_cs.runtime.container import CALL_LABEL, sweep_expired
 
     argv = ["sleep", "600"]
     late = client.containers.run(image, argv, detach=True, labels={CALL_LABEL: "1"})

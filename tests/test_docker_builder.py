@@ -109,7 +109,7 @@ def test_job_variables_are_none_and_need_an_image(monkeypatch, platform):
 def test_model_child_is_the_oom_killers_first_choice(tmp_path):
     """In a container out of memory the model must die, not the flow that reports it."""
 
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     runner = script_runner(
         "import json, sys\n"

@@ -338,7 +338,7 @@ def test_warm_container_answers_light_calls(docker_repo, task_worker, webapp):
     """version, defaults and parse answered by the shared inputs worker from a warm, confined
     container of the model's own image; it goes when the worker stops."""
     from prefect_cs.flows import inputs
-    from prefect_cs.flows.runtime.container import WARM_LABEL
+    from prefect_cs.runtime.container import WARM_LABEL
 
     version = inputs.get_version(OWNER, TITLE)
     assert version["status"] == "SUCCESS" and version["version"] == "0.3.0", version

@@ -678,7 +678,7 @@ def job_process(flow_run_id, log: Path) -> tuple[subprocess.Popen, subprocess.Po
     from prefect.client.orchestration import get_client
     from prefect.states import Pending
     from prefect.utilities.engine import propose_state
-    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+    from prefect_cs.runtime.model_process import CHILD_SCRIPT
     from prefect_cs.testing.job_on_docker import backend_resolver, container_env
 
     job = render(flow_run_id)
@@ -800,7 +800,7 @@ def test_evicted_pod_reschedules_its_run(hang_model, webapp):
 
 def wait_for_child(python: str, exchange: Path, seconds: float = 60) -> subprocess.Popen:
     """The model container's command, as a local process of the model's venv."""
-    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+    from prefect_cs.runtime.model_process import CHILD_SCRIPT
 
     argv = [python, "-I", str(CHILD_SCRIPT), "--wait-for"]
     argv += [str(exchange / "request.json"), str(exchange / "response.json"), str(seconds)]
@@ -808,7 +808,7 @@ def wait_for_child(python: str, exchange: Path, seconds: float = 60) -> subproce
 
 
 def test_pod_exchange_asks_once_and_reads_the_answer(misbehaving, tmp_path):
-    from prefect_cs.flows.runtime.pod_exchange import call_in_pod, release
+    from prefect_cs.runtime.pod_exchange import call_in_pod, release
 
     python = published_python("tests", "Misbehaving")
     child = wait_for_child(python, tmp_path)
@@ -824,7 +824,7 @@ def test_pod_exchange_asks_once_and_reads_the_answer(misbehaving, tmp_path):
 
 
 def test_pod_exchange_releases_a_model_container_never_asked(misbehaving, tmp_path):
-    from prefect_cs.flows.runtime.pod_exchange import release
+    from prefect_cs.runtime.pod_exchange import release
 
     child = wait_for_child(published_python("tests", "Misbehaving"), tmp_path)
     assert release(tmp_path) is True
@@ -833,7 +833,7 @@ def test_pod_exchange_releases_a_model_container_never_asked(misbehaving, tmp_pa
 
 
 def test_pod_exchange_fails_a_model_that_never_answers(tmp_path, monkeypatch):
-    from prefect_cs.flows.runtime import pod_exchange
+    from prefect_cs.runtime import pod_exchange
 
     monkeypatch.setattr(pod_exchange, "ANSWER_GRACE_SECONDS", 0)
     call = pod_exchange.call_in_pod(tmp_path, "run_model", [{}, {}], timeout=0.5)
@@ -841,7 +841,7 @@ def test_pod_exchange_fails_a_model_that_never_answers(tmp_path, monkeypatch):
 
 
 def test_pod_exchange_never_follows_a_link_the_model_planted(tmp_path):
-    from prefect_cs.flows.runtime.pod_exchange import call_in_pod
+    from prefect_cs.runtime.pod_exchange import call_in_pod
 
     secret = tmp_path / "platform-secret"
     secret.write_text(json.dumps({"ok": True, "result": "stolen", "seconds": 1}))
@@ -882,8 +882,8 @@ def test_warm_pod_talks_to_a_serve_paths_zygote(misbehaving, tmp_path, monkeypat
     """The inputs worker's side of a warm model container, against child.py --serve-paths of the
     model's venv over named pipes in a shared folder: answers, a call over its time is stopped
     by the zygote (the platform cannot reach across containers), and the next call works."""
-    from prefect_cs.flows.runtime import pod_exchange
-    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+    from prefect_cs.runtime import pod_exchange
+    from prefect_cs.runtime.model_process import CHILD_SCRIPT
 
     pod_exchange.make_pipes(tmp_path)
     python = published_python("tests", "Misbehaving")

@@ -1,15 +1,15 @@
 """The rooms' dependency order, checked on the sources: a room imports only the rooms below it.
 
-core ← blocks ← security ← registry ← flows.runtime ← tiers ← work_pools ← deployments ← flows
-← services ← cli; testing sits on top and nothing in the runtime
+core ← blocks ← security ← registry ← runtime ← tiers ← work_pools ← deployments ← flows
+← services ← cli; testing sits on top and nothing in the platform
 imports it. A newcomer can then read any room knowing only the rooms beneath it,
 and a cycle such as flows ⇄ deployments cannot come back unnoticed.
 
 A module started by name (`python -m prefect_cs.x.y`: a string naming a module of the
 package) is a dependency too, one an import check cannot see: it obeys the same order, so
-nothing in the runtime starts a testing/ module. Entry points handed to Prefect
+nothing in the platform starts a testing/ module. Entry points handed to Prefect
 (`prefect_cs.flows.simulate:simulate`) are not strings of this form: the worker imports them.
-No two modules of the runtime import each other, even through others (stack ⇄ postgres was one).
+No two modules of the platform import each other, even through others (stack ⇄ postgres was one).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ ORDER = [
     "blocks",
     "security",
     "registry",
-    "flows.runtime",
+    "runtime",
     "tiers",
     "work_pools",
     "deployments",
@@ -45,12 +45,10 @@ STARTED_ELSEWHERE = {
 
 
 def room_of(module: str) -> str | None:
-    """`prefect_cs.flows.runtime.child` → `flows.runtime`; `prefect_cs.flows.simulate` → `flows`."""
+    """`prefect_cs.runtime.child` → `runtime`; `prefect_cs.services.webhook.app` → `services`."""
     parts = module.split(".")
     if parts[0] != "prefect_cs" or len(parts) < 2:
         return None
-    if parts[1:3] == ["flows", "runtime"]:
-        return "flows.runtime"
     return parts[1]
 
 
@@ -90,9 +88,7 @@ def started_modules(path: Path) -> set[str]:
 
 
 def source_files(room: str) -> list[Path]:
-    folder = ROOT / room.replace(".", "/")
-    files = folder.rglob("*.py") if room != "flows" else folder.glob("*.py")
-    return sorted(files)
+    return sorted((ROOT / room).rglob("*.py"))
 
 
 def against_order(room: str, path: Path, modules: Iterable[str], how: str) -> list[str]:

@@ -124,7 +124,7 @@ def test_result_over_its_cap_is_one_fail_naming_the_setting(misbehaving, webapp,
 
 
 def test_stdout_flood_keeps_only_the_capped_tail(misbehaving, webapp, monkeypatch):
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     monkeypatch.setenv("CS_LIMITS_STDOUT_TAIL_BYTES", "3000")
     task_id, state = run(behave("flood_stdout"))
@@ -292,7 +292,7 @@ def test_unknown_tag_in_parse_is_a_fail_put(misbehaving, task_worker, webapp):
 def model_answers(misbehaving, monkeypatch):
     """The model's run answers `call` (set it): the flow's checks of an answer, without a child."""
     from prefect_cs.flows import simulate as module
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     answer = {"call": ModelCall(ok=True)}
     monkeypatch.setattr(module, "run_model_task", lambda *args, **kwargs: answer["call"])
@@ -300,7 +300,7 @@ def model_answers(misbehaving, monkeypatch):
 
 
 def test_invalid_base64_is_one_fail_naming_the_output(model_answers, webapp, cs_home):
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     chart = {"media_type": "PNG", "title": "chart", "data": "not base64!"}
     result = {"renderable": [chart], "downloadable": []}
@@ -315,7 +315,7 @@ def test_invalid_base64_is_one_fail_naming_the_output(model_answers, webapp, cs_
 
 
 def test_huge_traceback_is_cut_keeping_its_end(model_answers, webapp):
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     error = "Traceback (most recent call last):\n" + "  frame\n" * 20_000 + "ValueError: the end"
     model_answers["call"] = ModelCall(ok=False, error=error, seconds=0.1)
@@ -327,7 +327,7 @@ def test_huge_traceback_is_cut_keeping_its_end(model_answers, webapp):
 
 @pytest.mark.parametrize("error", ["", None])
 def test_fail_traceback_is_never_empty(model_answers, webapp, error):
-    from prefect_cs.flows.runtime.model_process import ModelCall
+    from prefect_cs.runtime.model_process import ModelCall
 
     model_answers["call"] = ModelCall(ok=False, error=error)
     task_id, state = run(behave("ok"))

@@ -66,7 +66,7 @@ def test_declared_secrets_never_come_from_the_flows_environment(platform, monkey
     """Process tier: the flow's environment is the operator's; only the backend counts.
     Container jobs: only the `CS_SECRET_<name>` variable the job was started with counts."""
     from prefect_cs.core.errors import SecretNotFound
-    from prefect_cs.flows.runtime.environment import declared_secrets
+    from prefect_cs.runtime.environment import declared_secrets
     from prefect_cs.security.secrets import get_backend
 
     declared = model(title="EnvOnly", secrets=["ENV_ONLY_TOKEN"])

@@ -9,7 +9,7 @@ downloaded, and the editable install's finder is not loaded: .pth files are
 only run in site directories), and the CLI, every module and the package data
 are used from there.
 
-Also: no runtime module (every package but prefect_cs.testing) imports the
+Also: no platform module (every package but prefect_cs.testing) imports the
 test helpers or test-only packages (kubernetes_validate) when imported, so an
 install without the [test] extra works and stand-ins never ship into jobs by
 accident (the stack may still start the web app stand-in as a subprocess).

@@ -161,7 +161,7 @@ def test_output_over_the_cap_names_the_setting(monkeypatch):
 
 
 def test_result_over_the_cap_names_the_setting(tmp_path, monkeypatch):
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     monkeypatch.setenv("CS_LIMITS_RESULT_BYTES", "1000")
     runner = script_runner(
@@ -173,7 +173,7 @@ def test_result_over_the_cap_names_the_setting(tmp_path, monkeypatch):
 
 
 def test_stdout_tail_is_bounded_while_reading(tmp_path, monkeypatch):
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     monkeypatch.setenv("CS_LIMITS_STDOUT_TAIL_BYTES", "1000")
     runner = script_runner(
@@ -187,7 +187,7 @@ def test_stdout_tail_is_bounded_while_reading(tmp_path, monkeypatch):
 
 
 def test_grandchild_holding_stdout_does_not_hold_the_call(tmp_path):
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     runner = script_runner(
         "import json, subprocess, sys\n"
@@ -258,14 +258,14 @@ def test_binary_bytes_reach_the_zip_unchanged():
 
 def test_child_and_outputs_agree_on_binary_types():
     from prefect_cs.flows.outputs import BINARY_TYPES
-    from prefect_cs.flows.runtime.child import BINARY_MEDIA_TYPES
+    from prefect_cs.runtime.child import BINARY_MEDIA_TYPES
 
     assert set(BINARY_MEDIA_TYPES) == set(BINARY_TYPES)
 
 
 def test_child_encodes_bytes_of_binary_outputs_only(tmp_path):
     """run_model may return bytes for PNG/PDF…; bytes for a text type is named, not guessed at."""
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
     from prefect_cs.testing.model_code import functions_runner
 
     runner = functions_runner(

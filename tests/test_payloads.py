@@ -30,7 +30,7 @@ from prefect_cs.flows.payloads import (
     sendable,
     sim_fail,
 )
-from prefect_cs.flows.runtime.model_process import ModelCall
+from prefect_cs.runtime.model_process import ModelCall
 from prefect_cs.testing.webapp_standin import WebAppStub
 
 HUGE = "Traceback (most recent call last):\n" + "  frame\n" * 5000 + "ValueError: the end"

@@ -191,7 +191,7 @@ def test_published_venv_is_sealed_against_the_model(slash_tag_model):
     and the runner is the platform's own (install.sh ran as that uid and wrote the venv)."""
     import stat
 
-    from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+    from prefect_cs.runtime.model_process import CHILD_SCRIPT
 
     venv = Path(slash_tag_model.published(SLASH_TAG).python).parents[1]
     entries = [venv, *venv.rglob("*")]

@@ -11,8 +11,8 @@ import time
 
 import pytest
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.flows.runtime import sandbox
-from prefect_cs.flows.runtime.model_process import call_model
+from prefect_cs.runtime import sandbox
+from prefect_cs.runtime.model_process import call_model
 from prefect_cs.testing.model_code import model_python, model_venv, script_runner
 
 

@@ -1,4 +1,4 @@
-"""The model sandbox's seccomp filter (flows/runtime/seccomp.py), against a real bubblewrap.
+"""The model sandbox's seccomp filter (runtime/seccomp.py), against a real bubblewrap.
 
 Every probe runs inside bubblewrap as the model's uid (10001 when the tests run as root, as
 the platform does) and prints what the kernel answered. Each guarantee is shown twice: with the
@@ -21,8 +21,8 @@ import textwrap
 
 import pytest
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.flows.runtime import seccomp
-from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID, switch_user
+from prefect_cs.runtime import seccomp
+from prefect_cs.runtime.sandbox import DEFAULT_MODEL_UID, switch_user
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None or seccomp.seccomp_problem() is not None,

@@ -152,7 +152,7 @@ def test_webapp_down_keeps_result_and_resend_delivers_it(misbehaving, webapp, cs
 
 def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
     """The model's process sees none of the platform's environment, only what it is given."""
-    from prefect_cs.flows.runtime.model_process import call_model
+    from prefect_cs.runtime.model_process import call_model
 
     monkeypatch.setenv("PREFECT_API_KEY", "pnu_platform_key")
     monkeypatch.setenv("CS_WEBAPP_TOKEN", "webapp-token-value")

@@ -28,7 +28,7 @@ from prefect_cs.core.home import PRIVATE_FOLDERS
 from prefect_cs.testing.operator_stack import BIN, OperatorStack
 from prefect_cs.testing.scratch import free_port
 
-MODEL_UID = 10001  # flows/runtime/sandbox.py DEFAULT_MODEL_UID
+MODEL_UID = 10001  # runtime/sandbox.py DEFAULT_MODEL_UID
 OWNER, TITLE = "home", "Misbehaving"
 OK = json.dumps({"control": {"behavior": [{"value": "ok"}]}})
 ATTACKER_PYTHON = "/usr/bin/python3"  # the platform's interpreter may sit where uid 10001 cannot go

@@ -1,7 +1,7 @@
 """What each run cost (CPU-seconds, peak memory), measured on real processes in the real sandbox.
 
 The model burns its CPU in a subprocess, the case that bubblewrap's own init would hide
-from the platform (flows/runtime/usage.py says why), and allocates its memory there too.
+from the platform (runtime/usage.py says why), and allocates its memory there too.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
-from prefect_cs.flows.runtime.model_process import call_model
+from prefect_cs.runtime.model_process import call_model
 from prefect_cs.testing.model_code import functions_runner, model_python, model_venv
 
 BURN = (
@@ -78,7 +78,7 @@ def test_a_subprocess_the_model_waits_for_is_counted():
 def test_without_a_pid_namespace_a_waited_subprocess_is_counted_too():
     """CS_SANDBOX=none (and `uid`, which this machine cannot try: its after-call kill would reach
     every process of the uid): no init, the model is the child, wait4 counts what it waited for."""
-    from prefect_cs.flows.runtime.sandbox import Sandbox
+    from prefect_cs.runtime.sandbox import Sandbox
 
     runner = functions_runner(WAITED)
     done = call_model(
@@ -189,8 +189,8 @@ def test_simulate_reports_and_records_the_cost_of_success_and_fail(billed_model,
 def test_a_fail_payload_keeps_what_the_model_run_cost():
     """Issue 11: a FAIL used to send task_times [0.0] though the model ran and billing reads it."""
     from prefect_cs.flows.payloads import sim_fail
-    from prefect_cs.flows.runtime.model_process import ModelCall
-    from prefect_cs.flows.runtime.usage import Usage
+    from prefect_cs.runtime.model_process import ModelCall
+    from prefect_cs.runtime.usage import Usage
 
     call = ModelCall(ok=False, error="boom", seconds=2.5, usage=Usage(1.25, 210.0))
     sent = sim_fail(str(uuid.uuid4()), "boom", call)
@@ -213,8 +213,8 @@ def test_the_init_refuses_to_run_but_as_pid_1(tmp_path):
     import subprocess
     import time
 
-    from prefect_cs.flows.runtime.sandbox import model_sandbox
-    from prefect_cs.flows.runtime.usage import measured
+    from prefect_cs.runtime.sandbox import model_sandbox
+    from prefect_cs.runtime.usage import measured
 
     box = model_sandbox()
     if box.mode != "bwrap":

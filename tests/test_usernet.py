@@ -1,7 +1,7 @@
-"""A sandbox's own outbound network (flows/runtime/usernet.py), against real bubblewrap and
+"""A sandbox's own outbound network (runtime/usernet.py), against real bubblewrap and
 slirp4netns: what it reaches, what it no longer reaches, and that no wait can hang.
 
-The sandboxes are bubblewrap's argv as flows/runtime/sandbox.py builds it (bwrap_prefix), with
+The sandboxes are bubblewrap's argv as runtime/sandbox.py builds it (bwrap_prefix), with
 UserNet's options after it, as the integrator will; each runs as the model's uid (10001, the
 platform's way when it is root) and as the test's own user. Each guard is shown against the
 same sandbox without it: with `--share-net` the host's loopback answers.
@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.flows.runtime import usernet
-from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID, bwrap_prefix, switch_user
-from prefect_cs.flows.runtime.usernet import UserNet
+from prefect_cs.runtime import usernet
+from prefect_cs.runtime.sandbox import DEFAULT_MODEL_UID, bwrap_prefix, switch_user
+from prefect_cs.runtime.usernet import UserNet
 from prefect_cs.testing.model_code import model_folder
 
 pytestmark = pytest.mark.skipif(
@@ -212,8 +212,8 @@ def test_the_fence_stops_a_service_on_every_address_and_private_ranges(host):
     assert "answered" not in answers[f"tcp {address}:{port}"], answers
     assert "answered" not in answers["tcp 169.254.169.254:80"], answers
     mp = pytest.MonkeyPatch()
-    mp.setattr("prefect_cs.flows.runtime.usernet.host_addresses", lambda: [])
-    mp.setattr("prefect_cs.flows.runtime.usernet.FENCED_NETWORKS", ())
+    mp.setattr("prefect_cs.runtime.usernet.host_addresses", lambda: [])
+    mp.setattr("prefect_cs.runtime.usernet.FENCED_NETWORKS", ())
     try:
         answers = probe([("tcp", address, port)], net=UserNet(), uid=DEFAULT_MODEL_UID)
     finally:
@@ -244,9 +244,9 @@ def test_pip_downloads_from_pypi_through_the_sandboxs_own_network(uid):
 
 
 def test_with_the_seccomp_filter_and_no_user_namespaces_as_the_integrator_will():
-    """UserNet beside flows/runtime/seccomp.py's filter and --disable-userns (which nests the
+    """UserNet beside runtime/seccomp.py's filter and --disable-userns (which nests the
     sandbox in a second user namespace: slirp4netns still joins the network namespace)."""
-    from prefect_cs.flows.runtime import seccomp
+    from prefect_cs.runtime import seccomp
 
     if seccomp.seccomp_problem() or pypi_from_here():
         pytest.skip(seccomp.seccomp_problem() or pypi_from_here())
@@ -287,8 +287,8 @@ exec "$@"
 RESOLVED_SANDBOX = """
 import subprocess, sys
 from pathlib import Path
-from prefect_cs.flows.runtime.sandbox import bwrap_prefix, switch_user
-from prefect_cs.flows.runtime.usernet import UserNet
+from prefect_cs.runtime.sandbox import bwrap_prefix, switch_user
+from prefect_cs.runtime.usernet import UserNet
 net = UserNet()
 args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[])
 at = args.index("--remount-ro")
@@ -423,8 +423,8 @@ def test_close_stops_slirp4netns_and_it_runs_unprivileged():
 ORPHAN = """
 import os, subprocess, sys
 from pathlib import Path
-from prefect_cs.flows.runtime.sandbox import bwrap_prefix
-from prefect_cs.flows.runtime.usernet import UserNet
+from prefect_cs.runtime.sandbox import bwrap_prefix
+from prefect_cs.runtime.usernet import UserNet
 net = UserNet()
 args = bwrap_prefix(Path(sys.argv[1]), readable=[], writable=[])
 at = args.index("--remount-ro")

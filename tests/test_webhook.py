@@ -627,7 +627,7 @@ def test_the_per_repository_key_never_reaches_model_code(platform, own_keys, mon
     """Declared for the receiver only: not in the child's secrets (the process and Docker
     tiers'), a Kubernetes Job's env, or the model's Kubernetes Secret."""
     from prefect_cs.blocks.model_config import ModelConfig
-    from prefect_cs.flows.runtime.environment import declared_secrets
+    from prefect_cs.runtime.environment import declared_secrets
     from prefect_cs.security.secrets import get_backend, model_secret_env
     from prefect_cs.tiers.kubernetes import secret_env
 

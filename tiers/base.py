@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Protocol
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import InvalidValue, StepFailed
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.model_process import ModelCall
+from prefect_cs.runtime.model_process import ModelCall
 from pydantic import BaseModel, ConfigDict
 
 Logger = logging.Logger | logging.LoggerAdapter
@@ -302,7 +302,7 @@ class Tier:
     def warm_model(
         self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
     ) -> WarmCaller:
-        """A warm process of the model's code for light calls (flows/runtime/warm.py)."""
+        """A warm process of the model's code for light calls (runtime/warm.py)."""
         raise NotImplementedError
 
     def after_deploy(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:

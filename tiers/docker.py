@@ -8,7 +8,7 @@ worker of the tier's own pool (CS_DOCKER_POOL, a `process` pool) in the
 platform's environment on a host with a Docker engine, and each call of the
 model's code (simulate, the model's tests and get_version at publish, the
 warm inputs process) is one container of the image started by the flow with
-the Docker SDK (flows/runtime/container.py): uid 10001, read-only root, no
+the Docker SDK (runtime/container.py): uid 10001, read-only root, no
 capabilities, no network unless declared (then a bridge of its own, never the
 host's), the model config's memory, pids, CPUs and disk, with the platform's
 runner bound in read-only and a per-call exchange folder. Why this shape and
@@ -62,8 +62,8 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_syst
 from prefect_cs.core.errors import ConfigError, StepFailed
 from prefect_cs.core.names import image_name, image_tag
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.container import (
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.container import (
     RUNNER,
     WarmContainer,
     call_in_image,
@@ -71,7 +71,7 @@ from prefect_cs.flows.runtime.container import (
     container_options,
     model_environment,
 )
-from prefect_cs.flows.runtime.model_process import ModelCall
+from prefect_cs.runtime.model_process import ModelCall
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier, system_package_lines
 from prefect_cs.tiers.local import CA_BUNDLE, TEST_REQUIREMENTS
 from prefect_cs.tiers.steps import run_step
@@ -482,7 +482,7 @@ class DockerTier(Tier):
     def run_tests(
         self, model: ModelConfig, entry: PublishedTag, source: Path, logger: Logger
     ) -> None:
-        """In a container of the new image as every model call runs (flows/runtime/container.py):
+        """In a container of the new image as every model call runs (runtime/container.py):
         uid 10001, read-only, no capabilities, the model's own bounds, no network unless the
         model declares `internet`; never the platform's code."""
         options = container_options(
@@ -511,7 +511,7 @@ class DockerTier(Tier):
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:
         """get_version() in a container of the new image, with the platform's runner bound in
-        read-only (flows/runtime/container.py): no platform code of the image runs."""
+        read-only (runtime/container.py): no platform code of the image runs."""
         call = call_in_image(
             docker_client(),
             entry.image or "",
@@ -574,7 +574,7 @@ class DockerTier(Tier):
         env: dict[str, str],
     ) -> ModelCall:
         """A container of the model's image, pulled with the registry's login if this engine
-        lacks it (flows/runtime/container.py)."""
+        lacks it (runtime/container.py)."""
         try:
             image = self.image_of(model, entry)
             ensure_image(image)

@@ -10,7 +10,7 @@ model's build wrote, as root): `prefect-job`, the flow, in the platform's own im
 (tiers/platform_image.py) with the Prefect login and no model secret; `model`, the model's
 image as uid 10001 with a read-only root, no capabilities, the model config's CPU, memory and
 disk, and only its declared secrets. They share one emptyDir, `exchange`: the flow writes the
-request there and reads the answer (flows/runtime/pod_exchange.py); an init container of the
+request there and reads the answer (runtime/pod_exchange.py); an init container of the
 platform image copies the child runner into `runtime`, which the model mounts read-only.
 """
 
@@ -25,8 +25,8 @@ from prefect_cs.core.names import (
     model_code_secrets,
     secret_env_name,
 )
-from prefect_cs.flows.runtime.model_process import ModelCall
-from prefect_cs.flows.runtime.pod_exchange import (
+from prefect_cs.runtime.model_process import ModelCall
+from prefect_cs.runtime.pod_exchange import (
     EXCHANGE,
     REQUEST,
     RESPONSE,
@@ -84,7 +84,7 @@ def secret_env(model: ModelConfig) -> list[dict[str, Any]]:
 
 def mask_env(model: ModelConfig) -> list[dict[str, Any]]:
     """The flow container's references to the same secrets, as `CS_SECRET_<name>`: it reads them
-    only to mask them in what leaves the Job (flows/runtime/environment.py `secrets_to_mask`);
+    only to mask them in what leaves the Job (runtime/environment.py `secrets_to_mask`);
     under those names they are never what the model call is given."""
     return [
         {
@@ -98,7 +98,7 @@ def mask_env(model: ModelConfig) -> list[dict[str, Any]]:
 def model_env(model: ModelConfig) -> list[dict[str, Any]]:
     """The model container's whole environment: a home and temp folder of its own (the `work`
     emptyDir), the model venv first on PATH, thread counts matched to its CPUs (as
-    flows/runtime/environment.model_env gives a model call on the other tiers), its secrets."""
+    runtime/environment.model_env gives a model call on the other tiers), its secrets."""
     threads = str(max(1, int(model.cpu)))
     plain = {
         "HOME": WORK,

@@ -27,15 +27,15 @@ from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.home import traverse_path
 from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.confinement import Bounds, Confinement
-from prefect_cs.flows.runtime.environment import (
+from prefect_cs.runtime.confinement import Bounds, Confinement
+from prefect_cs.runtime.environment import (
     RUNTIME_DIR,
     call_bounds,
     memory_rlimit_mib,
     runner_for,
 )
-from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT, ModelCall, call_model
-from prefect_cs.flows.runtime.sandbox import (
+from prefect_cs.runtime.model_process import CHILD_SCRIPT, ModelCall, call_model
+from prefect_cs.runtime.sandbox import (
     Sandbox,
     closed_folder,
     environment_paths,
@@ -43,7 +43,7 @@ from prefect_cs.flows.runtime.sandbox import (
     model_interpreter,
     model_sandbox,
 )
-from prefect_cs.flows.runtime.warm import WarmModel
+from prefect_cs.runtime.warm import WarmModel
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier
 from prefect_cs.tiers.steps import run_step
 
@@ -392,7 +392,7 @@ class LocalTier(Tier):
     def warm_model(
         self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
     ) -> WarmModel:
-        """A zygote of the model's venv in its sandbox (flows/runtime/warm.py)."""
+        """A zygote of the model's venv in its sandbox (runtime/warm.py)."""
         return WarmModel(
             entry.python,
             runner_for(entry.python),

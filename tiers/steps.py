@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from prefect_cs.core.errors import StepFailed
-from prefect_cs.flows.runtime.sandbox import switch_user
+from prefect_cs.runtime.sandbox import switch_user
 
 
 def run_step(

@@ -70,7 +70,7 @@ class Sandbox:
         """The command to run: argv itself, or argv inside bubblewrap with only these paths.
 
         as_pid_1: argv is the sandbox's pid 1 instead of bubblewrap's init, so that bubblewrap
-        waits for it and the caller's wait4 measures the whole tree (flows/runtime/usage.py).
+        waits for it and the caller's wait4 measures the whole tree (runtime/usage.py).
         chdir: where it starts (default: its work folder). extra: bubblewrap options of the
         call's confinement (confinement.py: user namespace rules, seccomp, network).
         """

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefect_cs.core.errors import NotConfigured
-from prefect_cs.flows.runtime import cgroups
-from prefect_cs.flows.runtime.sandbox import Sandbox, switch_user
+from prefect_cs.runtime import cgroups
+from prefect_cs.runtime.sandbox import Sandbox, switch_user
 
 logger = logging.getLogger("prefect_cs.sandbox")
 UNBOUNDED = (
@@ -181,7 +181,7 @@ class Confinement:
         extra = ["--unshare-user", "--disable-userns"]
         if not self.enforced:
             return extra
-        from prefect_cs.flows.runtime.seccomp import seccomp_fd
+        from prefect_cs.runtime.seccomp import seccomp_fd
 
         fd = seccomp_fd()
         self._fds.append(fd)
@@ -189,7 +189,7 @@ class Confinement:
         if self.shm is not None:
             extra += ["--bind", str(self.shm), "/dev/shm"]
         if self.network:
-            from prefect_cs.flows.runtime.usernet import UserNet
+            from prefect_cs.runtime.usernet import UserNet
 
             self._net = UserNet()
             extra += self._net.bwrap_args()

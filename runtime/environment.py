@@ -10,8 +10,8 @@ from typing import Any
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import NotConfigured
 from prefect_cs.core.names import model_code_secrets, secret_env_name
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.model_process import CHILD_SCRIPT
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.model_process import CHILD_SCRIPT
 
 RUNTIME_DIR = "cs-runtime"
 

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.runtime.confinement import Bounds, Confinement
-from prefect_cs.flows.runtime.model_process import (
+from prefect_cs.runtime.confinement import Bounds, Confinement
+from prefect_cs.runtime.model_process import (
     TOO_DEEP,
     ModelCall,
     _kill_group,
     child_environment,
 )
-from prefect_cs.flows.runtime.sandbox import environment_paths, model_sandbox
+from prefect_cs.runtime.sandbox import environment_paths, model_sandbox
 
 
 class _NoAnswer(Exception):

@@ -33,18 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect_cs.flows.runtime.cgroups import engine_group, remove_engine_leftovers
-from prefect_cs.flows.runtime.confinement import Bounds
-from prefect_cs.flows.runtime.model_process import (
+from prefect_cs.runtime.cgroups import engine_group, remove_engine_leftovers
+from prefect_cs.runtime.confinement import Bounds
+from prefect_cs.runtime.model_process import (
     CHILD_SCRIPT,
     ModelCall,
     _read_response,
     _run_seconds,
     child_environment,
 )
-from prefect_cs.flows.runtime.sandbox import DEFAULT_MODEL_UID
-from prefect_cs.flows.runtime.usage import Usage
-from prefect_cs.flows.runtime.warm import WarmModel, _NoAnswer
+from prefect_cs.runtime.sandbox import DEFAULT_MODEL_UID
+from prefect_cs.runtime.usage import Usage
+from prefect_cs.runtime.warm import WarmModel, _NoAnswer
 
 MODEL_UID = DEFAULT_MODEL_UID  # the model's own uid, as on the process tier
 EXCHANGE = "/cs/exchange"  # the per-call folder: request.json in, response.json out

@@ -6,7 +6,7 @@ its declared secrets) in separate containers with no shared process namespace, s
 neither start nor signal the model's process. What they share is one emptyDir, `exchange`:
 
 - the model container starts with the pod and waits (bounded) for `request.json`
-  (flows/runtime/child.py `--wait-for`); the flow writes it atomically (a temporary name, then
+  (runtime/child.py `--wait-for`); the flow writes it atomically (a temporary name, then
   a rename), so the model never reads half a request. It holds the function and its arguments
   only: the model's environment (its secrets) is in the pod spec, never in this file;
 - the model answers in `response.json` (child.py writes it under another name and renames it);
@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from prefect_cs.flows.runtime.model_process import ModelCall, _read_response, _run_seconds
+from prefect_cs.runtime.model_process import ModelCall, _read_response, _run_seconds
 
 EXCHANGE = "/cs/exchange"  # the emptyDir both containers mount
 RUNNER = "/cs/runtime/child.py"  # the platform's runner, copied by the init container

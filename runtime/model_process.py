@@ -1,11 +1,11 @@
 """Calls a model function in a child process of the model's environment.
 
-The child runs in the model sandbox (flows/runtime/sandbox.py) with a clean
+The child runs in the model sandbox (runtime/sandbox.py) with a clean
 environment (no Prefect API key, no web app token, no secret the model did not
 declare), a time limit, output read with a deadline into a bounded tail, and on
 the process tier an address-space limit. Its result comes back in a file of its
 private work folder, read without following links; what its process tree used (CPU,
-peak memory) comes from the kernel when it is reaped (flows/runtime/usage.py).
+peak memory) comes from the kernel when it is reaped (runtime/usage.py).
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prefect_cs.flows.runtime.confinement import Bounds, Confinement
-from prefect_cs.flows.runtime.sandbox import (
+from prefect_cs.runtime.confinement import Bounds, Confinement
+from prefect_cs.runtime.sandbox import (
     Sandbox,
     environment_paths,
     model_sandbox,
 )
-from prefect_cs.flows.runtime.usage import Usage, exited, measured, reap, stop, wait_exit
+from prefect_cs.runtime.usage import Usage, exited, measured, reap, stop, wait_exit
 
 CHILD_SCRIPT = Path(__file__).with_name("child.py")
 TOO_DEEP = (
@@ -46,7 +46,7 @@ class ModelCall:
 
     seconds: the model's run time, as the child measured it, else (a crash, a time limit)
     the child's life as the platform saw it; never more than that. usage: what the call's
-    process tree used (flows/runtime/usage.py), None if the child never started.
+    process tree used (runtime/usage.py), None if the child never started.
     """
 
     ok: bool

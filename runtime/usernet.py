@@ -26,7 +26,7 @@ its own (`--unshare-all`) and slirp4netns, a user-mode network stack, gives it o
 What it does not stop: anything else the host can reach (the internet, as intended; a proxy or a
 mirror on a public address). A package index on a private address needs CS_SANDBOX_OPEN_NETWORKS.
 
-The sequence, for the integrator (flows/runtime/sandbox.py builds bubblewrap's argv):
+The sequence, for the integrator (runtime/sandbox.py builds bubblewrap's argv):
 
     net = UserNet()
     argv = ["bwrap", ..., "--ro-bind", "/etc", "/etc", ..., *net.bwrap_args(), ...,
