@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/docker_tier.py [--runs 10] [--app misbehaving-app]
 
-Needs root (it runs deployments/docker/start-engine.sh and build-base-image.sh,
+Needs root (it runs infra/docker/start-engine.sh and build-base-image.sh,
 both idempotent). Prints:
 - publish times of the sample app: cold (no build cache at all), first publish
   of a new model (platform layers cached), and a re-publish after a code-only

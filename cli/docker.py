@@ -21,7 +21,7 @@ ACTIONS = ("start", "stop", "status")
 
 def run_script(name: str, *args: str) -> None:
     """Run a packaged shell script; its own output explains a failure, its code is ours."""
-    from prefect_cs.deployments.docker_scripts import run_script as run
+    from prefect_cs.infra.docker_scripts import run_script as run
 
     code = run(name, *args)
     if code != 0:

@@ -86,7 +86,7 @@ def render_cmd(
     Model and registry Secrets carry values (base64): this output is for kubectl only; never log it.
     """
     from prefect.settings import PREFECT_API_URL
-    from prefect_cs.deployments.kubernetes import operator_manifests
+    from prefect_cs.infra.kubernetes import operator_manifests
 
     url = api_url or PREFECT_API_URL.value()
     if not url:
@@ -121,7 +121,7 @@ def job_cmd(
 
     Run it with the worker's environment: the worker copies its PREFECT_* settings into Jobs.
     """
-    from prefect_cs.deployments.kubernetes import render_job
+    from prefect_cs.infra.kubernetes import render_job
 
     manifest = asyncio.run(render_job(flow_run_id, worker_name))
     typer.echo(json.dumps(manifest, indent=2))

@@ -307,7 +307,7 @@ class CSSettings(BaseSettings):
     )
     base_image: str = Field(
         default="python:3.11-slim",
-        description="Image the docker tier builds on; `deployments/docker/build-base-image.sh`"
+        description="Image the docker tier builds on; `infra/docker/build-base-image.sh`"
         " makes `cs-base:bookworm` where no registry can be pulled from.",
     )
     registry: str | None = Field(

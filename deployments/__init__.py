@@ -1,1 +1,1 @@
-"""Deployments of the flows: each model's simulate deployment, the publish deployment and its triggers, submission, Kubernetes operator manifests, Docker engine scripts."""
+"""Prefect deployments of the flows: each model's simulate deployment, the publish deployment and its triggers, submission, a model's runs still queued."""

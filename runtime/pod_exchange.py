@@ -20,7 +20,7 @@ the Job's activeDeadlineSeconds (time limit + margins) then ends the pod. What t
 printed goes to the model container's log (`kubectl logs … -c model`), not to the flow, and
 its CPU and memory are the kubelet's to count, not this process's (ModelCall.usage is None).
 
-A model's inputs server (deployments/kubernetes.py `inputs_server`) is the same split for
+A model's inputs server (infra/kubernetes.py `inputs_server`) is the same split for
 light calls: the inputs task worker in the platform's image, the model's warm zygote
 (child.py `--serve-paths IN OUT --reap`) in the model's image, talking over two named pipes in
 their shared emptyDir, which the pod's init container makes (`WarmPod`). The model container

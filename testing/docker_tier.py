@@ -2,7 +2,7 @@
 
 CI has Docker, so nothing here skips: when the engine cannot be started the
 tests fail and say why. The registry asks for a login on every push and pull
-(deployments/docker/start-engine.sh): the tests publish with it through the
+(infra/docker/start-engine.sh): the tests publish with it through the
 `cs-registry` block, as an operator does after `prefect-cs docker up`, and read
 the registry's API with it (they run as root, as the file requires).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "deployments" / "docker"
+SCRIPTS = Path(__file__).resolve().parents[1] / "infra" / "docker"
 REGISTRY = "127.0.0.1:5000"
 BASE_IMAGE = "cs-base:bookworm"
 REGISTRY_BLOCK = "cs-registry"

@@ -302,7 +302,7 @@ def _env(env: dict[str, str]) -> dict[str, str]:
 def backend_resolver(owner: str, title: str) -> SecretResolver:
     """Resolve a model Secret's keys from the secrets backend (model scope first, then cluster),
     and the API login's Secret from this machine's login (what the operator put in it)."""
-    from prefect_cs.deployments.kubernetes import api_credential_secrets
+    from prefect_cs.infra.kubernetes import api_credential_secrets
     from prefect_cs.security.secrets import model_secret_env
 
     def resolve(secret_name: str, key: str) -> str:

@@ -1,6 +1,6 @@
 """Strict validation of Kubernetes manifests against the OpenAPI schema.
 
-Why here and not in deployments/: `kubernetes_validate` is a test dependency
+Why here and not in infra/: `kubernetes_validate` is a test dependency
 (the `[test]` extra); the platform renders manifests and never needs it.
 Tests validate the operator's manifests and rendered Jobs with this.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import kubernetes_validate
-from prefect_cs.deployments.kubernetes import KUBERNETES_VERSION, Manifest
+from prefect_cs.infra.kubernetes import KUBERNETES_VERSION, Manifest
 
 
 def validate(manifests: Iterable[Manifest], version: str = KUBERNETES_VERSION) -> int:

@@ -309,7 +309,7 @@ def test_job_variables_need_an_image():
 
 
 def test_operator_manifests_are_valid(k8s_model):
-    from prefect_cs.deployments.kubernetes import operator_manifests
+    from prefect_cs.infra.kubernetes import operator_manifests
     from prefect_cs.testing.manifests import validate
 
     manifests = operator_manifests(

@@ -283,8 +283,8 @@ def test_inputs_server_pod_answers_through_its_model_container(
     container makes the named pipes, the inputs worker (platform image, host network as the
     pod network) answers version and defaults through the model container (model image, uid
     10001, no network), which keeps the secret the worker never holds."""
-    from prefect_cs.deployments.kubernetes import operator_manifests
     from prefect_cs.flows import inputs
+    from prefect_cs.infra.kubernetes import operator_manifests
     from prefect_cs.testing.job_on_docker import Pod, backend_resolver
 
     manifests = operator_manifests(

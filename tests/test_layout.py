@@ -1,9 +1,9 @@
 """The rooms' dependency order, checked on the sources: a room imports only the rooms below it.
 
-core ← blocks ← security ← registry ← runtime ← tiers ← work_pools ← deployments ← flows
-← services ← cli; testing sits on top and nothing in the platform
-imports it. A newcomer can then read any room knowing only the rooms beneath it,
-and a cycle such as flows ⇄ deployments cannot come back unnoticed.
+core ← blocks ← security ← registry ← runtime ← tiers ← work_pools ← infra ← deployments
+← flows ← services ← cli; testing sits on top and nothing in the platform imports it.
+A newcomer can then read any room knowing only the rooms beneath it, and a cycle
+such as flows ⇄ deployments cannot come back unnoticed.
 
 A module started by name (`python -m prefect_cs.x.y`: a string naming a module of the
 package) is a dependency too, one an import check cannot see: it obeys the same order, so
@@ -29,6 +29,7 @@ ORDER = [
     "runtime",
     "tiers",
     "work_pools",
+    "infra",
     "deployments",
     "flows",
     "services",
@@ -39,8 +40,8 @@ ALLOWED: dict[str, set[str]] = {room: set(ORDER[:i]) for i, room in enumerate(OR
 # Started by name against the order, each with why it is not a dependency of the room.
 STARTED_ELSEWHERE = {
     # An operator manifest: Kubernetes starts the inputs server in its own pod, from the
-    # platform image; the deployments room only writes its command down.
-    ("deployments/kubernetes.py", "prefect_cs.services.inputs_server"),
+    # platform image; the infra room only writes its command down.
+    ("infra/kubernetes.py", "prefect_cs.services.inputs_server"),
 }
 
 

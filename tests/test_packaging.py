@@ -43,7 +43,7 @@ NOT_SOURCES = [
 # Data the platform reads at run time: must be in the wheel (Dockerfile: once it is in the tree).
 REQUIRED_DATA = {
     "prefect_cs.work_pools": ["docker.json", "kubernetes.json"],
-    "prefect_cs.deployments": [
+    "prefect_cs.infra": [
         "docker/build-base-image.sh",
         "docker/start-engine.sh",
         "docker/registry.yml",

@@ -3,7 +3,7 @@
 Before, it had no auth: a model's install.sh with network read another model's
 image and created `redteam-canary/*` repositories, and could as well have pushed
 over a victim's tag. On the real engine and the real registry (started with
-auth by deployments/docker/start-engine.sh), these tests try what model code and
+auth by infra/docker/start-engine.sh), these tests try what model code and
 anonymous clients can: the registry API, `docker push` and `docker pull` with no
 login, and from a container on the host's network, the way install.sh and
 `internet: true` models reach loopback. Each must get 401 and leave nothing; the
@@ -322,7 +322,7 @@ def test_missing_login_file_names_the_fix(tmp_path):
 def test_kubernetes_pull_secret_is_rendered_from_the_block_and_works(registry):
     """`prefect-cs k8s render`'s `cs-registry` Secret: valid, named where Jobs and inputs
     servers look for it, and the login in it is one the real registry accepts."""
-    from prefect_cs.deployments.kubernetes import operator_manifests, template_default
+    from prefect_cs.infra.kubernetes import operator_manifests, template_default
     from prefect_cs.testing.manifests import validate
 
     manifests = operator_manifests([], "http://prefect-server.prefect:4200/api")

@@ -44,7 +44,7 @@ def package_files(*suffixes: str) -> Iterator[Path]:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix in suffixes:
                 yield path
-        for sub in ("docker",):  # package data (deployments/docker/*.sh, *.yml)
+        for sub in ("docker",):  # package data (infra/docker/*.sh, *.yml)
             if (folder / sub).is_dir():
                 yield from sorted(p for p in (folder / sub).iterdir() if p.suffix in suffixes)
 

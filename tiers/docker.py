@@ -36,7 +36,7 @@ Deployments and runs name the image by the digest the push returned
 later (by a rebuild, or by anyone who can push) does not change what runs.
 
 The registry asks for a login on every push and pull (the local one on
-127.0.0.1:5000: htpasswd, deployments/docker/start-engine.sh), so model code
+127.0.0.1:5000: htpasswd, infra/docker/start-engine.sh), so model code
 that reaches it can neither read nor overwrite another model's image. The login
 lives in a DockerRegistryCredentials block (CS_REGISTRY_BLOCK; `prefect-cs docker
 up` saves the local registry's as `cs-registry`): publish sends it to the engine
@@ -90,7 +90,7 @@ def image_repository(registry: str, model: ModelConfig) -> str:
 
 
 LOCAL_REGISTRY_CREDENTIALS = Path("/etc/prefect-cs/registry/credentials")
-"""The login deployments/docker/start-engine.sh makes for the registry on 127.0.0.1:5000:
+"""The login infra/docker/start-engine.sh makes for the registry on 127.0.0.1:5000:
 root only (0600 in a 0700 folder), JSON `{registry_url, username, password}`."""
 LOCAL_REGISTRY_BLOCK = "cs-registry"
 """The DockerRegistryCredentials block `prefect-cs docker up` saves that login in."""
@@ -178,7 +178,7 @@ def local_registry_login(path: Path = LOCAL_REGISTRY_CREDENTIALS) -> dict[str, s
     except (OSError, ValueError) as exc:
         raise StepFailed(
             f"no registry login in {path} ({type(exc).__name__}): run `prefect-cs docker up`"
-            " (deployments/docker/start-engine.sh makes it)"
+            " (infra/docker/start-engine.sh makes it)"
         ) from exc
     keys = ("registry_url", "username", "password")
     if not isinstance(login, dict) or not all(
@@ -213,7 +213,7 @@ def docker_client(timeout: int = BUILD_TIMEOUT):
         client.ping()
     except docker.errors.DockerException as exc:
         raise StepFailed(
-            f"cannot reach the Docker engine ({exc}): start dockerd (see deployments/docker/start-engine.sh)"
+            f"cannot reach the Docker engine ({exc}): start dockerd (see infra/docker/start-engine.sh)"
             " or set DOCKER_HOST"
         ) from exc
     return client
@@ -292,7 +292,7 @@ def _build_failure(base_image: str, tail: list[str]) -> str:
     if "pull access denied" in text or "manifest unknown" in text or "No such image" in text:
         hint = (
             f" The base image {base_image} is not available here: on a machine that cannot pull,"
-            " run deployments/docker/build-base-image.sh and set CS_BASE_IMAGE=cs-base:bookworm."
+            " run infra/docker/build-base-image.sh and set CS_BASE_IMAGE=cs-base:bookworm."
         )
     return f"docker build failed.{hint}\n--- last output ---\n{text}"
 

@@ -7,7 +7,7 @@
 # pip, ca-certificates and git, plus the host's CA bundle so pip inside image
 # builds trusts the proxy, and is imported with `docker import`.
 #
-#   deployments/docker/build-base-image.sh [IMAGE]    # default cs-base:bookworm
+#   infra/docker/build-base-image.sh [IMAGE]    # default cs-base:bookworm
 #   CS_BASE_IMAGE=cs-base:bookworm                     # then publish on the docker tier with it
 #
 # Idempotent: does nothing when IMAGE exists (set FORCE=1 to rebuild).

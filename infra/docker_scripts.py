@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from importlib import resources
 
-SCRIPTS = resources.files("prefect_cs.deployments") / "docker"
+SCRIPTS = resources.files("prefect_cs.infra") / "docker"
 
 
 def run_script(name: str, *args: str) -> int:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts what the docker tier needs on one machine, if it is not running yet:
 # the Docker engine (dockerd) and a registry on 127.0.0.1:5000 (Debian's
-# docker-registry with deployments/docker/registry.yml) that refuses every push
+# docker-registry with infra/docker/registry.yml) that refuses every push
 # and pull without its login (htpasswd, bcrypt). Logs: /var/log/cs-*.log.
 #
 # The login (user cs-publisher, 256 random bits) is made here once, before any
