@@ -111,7 +111,8 @@ def baseline_run_deployment(count: int) -> None:
         )
         times.append(time.perf_counter() - started)
     print(
-        f"{'baseline: run_deployment':>18}, {count} calls: p50 {percentile(times, 50) * 1000:.0f} ms,"
+        f"{'baseline: run_deployment':>18}, {count} calls: p50 {percentile(times, 50) * 1000:.0f}"
+        " ms,"
         f" p95 {percentile(times, 95) * 1000:.0f} ms (the sim path before, no HTTP hop)",
         flush=True,
     )
@@ -143,7 +144,8 @@ def main() -> None:
                 t = timed(client, body, args.calls)
                 print(
                     f"{name:>18}, {args.calls} calls: p50 {percentile(t, 50) * 1000:.0f} ms,"
-                    f" p95 {percentile(t, 95) * 1000:.0f} ms, p99 {percentile(t, 99) * 1000:.0f} ms",
+                    f" p95 {percentile(t, 95) * 1000:.0f} ms,"
+                    f" p99 {percentile(t, 99) * 1000:.0f} ms",
                     flush=True,
                 )
                 if name == "parse ack":  # let the parse backlog drain before timing sims

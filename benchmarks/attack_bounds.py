@@ -64,7 +64,10 @@ def outputs_outcome(result: object) -> str:
     try:
         checked = validate_outputs(result)
     except Exception as exc:  # noqa: BLE001 - the FAIL simulate would send
-        return f"FAIL at the output check ({time.perf_counter() - started:.2f} s): {first_line(str(exc))}"
+        return (
+            f"FAIL at the output check ({time.perf_counter() - started:.2f} s):"
+            f" {first_line(str(exc))}"
+        )
     count = sum(len(v) for v in checked.values())
     return f"SUCCESS ({count} outputs checked in {time.perf_counter() - started:.2f} s)"
 

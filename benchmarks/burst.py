@@ -1,4 +1,5 @@
-"""Bursts and overhead on one pool and one server database, on a fresh temporary stack (issue 12's figures).
+"""Bursts and overhead on one pool and one server database, on a fresh temporary stack (issue 12's
+figures).
 
     .venv/bin/python benchmarks/burst.py [--burst 50] [--pairs 10] [--alone 3]
         [--database sqlite|postgresql] [--pool process|docker]

@@ -1,6 +1,7 @@
 """The Docker tier before and after a change, side by side in one run (issue 19's split).
 
-    .venv/bin/python benchmarks/docker_split.py --baseline /path/to/old/checkout [--rounds 2] [--runs 8]
+    .venv/bin/python benchmarks/docker_split.py --baseline /path/to/old/checkout [--rounds 2]
+        [--runs 8]
 
 `--baseline` is a checkout of the earlier commit with its own `.venv` (e.g.
 `git worktree add /tmp/base 8c878ac && cd /tmp/base && python3 -m venv .venv &&

@@ -161,7 +161,8 @@ def main() -> None:
         time.sleep(3)
         overhead = simulate_overhead(stub, title, args.runs)
         print(
-            f"simulate overhead, docker pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
+            f"simulate overhead, docker pool, {args.runs} runs: median"
+            f" {statistics.median(overhead):.2f} s"
             f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
         )
         inputs_latency(title, args.runs)

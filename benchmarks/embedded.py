@@ -97,7 +97,8 @@ def main() -> None:
 
         overhead = simulate_overhead(stub, args.runs)
         print(
-            f"simulate overhead, process pool, {args.runs} runs: median {statistics.median(overhead):.2f} s"
+            f"simulate overhead, process pool, {args.runs} runs: median"
+            f" {statistics.median(overhead):.2f} s"
             f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
         )
 

@@ -69,14 +69,16 @@ TARGETS = [
         "output-validation",
         "flows/outputs.py",
         (),
-        "tests/test_payload_safety.py -k 'not light_answer and not stdout and not grandchild and not result_over'",
+        "tests/test_payload_safety.py -k 'not light_answer and not stdout and not grandchild and"
+        " not result_over'",
     ),
     Target("payloads-notify", "flows/notify.py", (), "tests/test_notify.py"),
     Target(
         "payloads-jsonsafe",
         "core/jsonsafe.py",
         (),
-        "tests/test_payload_safety.py tests/test_notify.py -k 'json_safe or sendable or safe_member'",
+        "tests/test_payload_safety.py tests/test_notify.py -k 'json_safe or sendable or"
+        " safe_member'",
     ),
     Target(
         "lost-run-watcher",
@@ -97,7 +99,8 @@ TARGETS = [
 
 
 def function_lines(source: str, names: tuple[str, ...]) -> list[tuple[int, int]]:
-    """Line ranges (decorators included) of the named functions and methods; the whole file if none."""
+    """Line ranges (decorators included) of the named functions and methods; the whole file if
+    none."""
     if not names:
         return [(1, len(source.splitlines()))]
     found: dict[str, tuple[int, int]] = {}
@@ -185,8 +188,8 @@ def annotation_spans(source: str) -> list[tuple[tuple[int, int], tuple[int, int]
 
 def selected(items: list, source: str, target: Target) -> list:
     """The mutations to run: inside the target's functions, not in an annotation, COMPARISONS
-    only, and one replacement per binary operator (`+` → `-`, not also `*`, `/`, `%`, `**`, `<<`…: a test that
-    notices one notices the others; this keeps the run within ~15 minutes)."""
+    only, and one replacement per binary operator (`+` → `-`, not also `*`, `/`, `%`, `**`, `<<`…: a
+    test that notices one notices the others; this keeps the run within ~15 minutes)."""
     ranges = function_lines(source, target.functions)
     hints = annotation_spans(source)
     chosen, sites = [], set()
@@ -278,7 +281,8 @@ def report(outcomes: list[Outcome]) -> None:
     for o in outcomes:
         total = o.killed + len(o.survived)
         print(
-            f"{o.target.name:<20} {o.target.path:<24} {total:>7} {o.killed:>7} {len(o.survived):>8} {o.seconds:>6.0f}s"
+            f"{o.target.name:<20} {o.target.path:<24} {total:>7} {o.killed:>7}"
+            f" {len(o.survived):>8} {o.seconds:>6.0f}s"
         )
     for o in outcomes:
         if o.survived:

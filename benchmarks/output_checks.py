@@ -90,7 +90,8 @@ def main() -> None:
     old = old_module(ref)
     print(f"old: flows/outputs.py at {ref}; new: {new.__file__}")
     print(
-        f"{'outputs':>8} | {'check old':>10} {'check new':>10} | {'names old':>10} {'names new':>10}"
+        f"{'outputs':>8} | {'check old':>10} {'check new':>10} | {'names old':>10}"
+        f" {'names new':>10}"
         f" | {'refused at the cap (new)':>24}"
     )
     for count in (int(size) for size in args.sizes.split(",")):

@@ -42,7 +42,8 @@ def main() -> None:
         config = make_config(server.port)
         init_acl(config)
         print(
-            f"{'inputs':>10}  {'write ms':>9}  {'read ms':>8}  {'total ms':>9}  (median of {args.runs})"
+            f"{'inputs':>10}  {'write ms':>9}  {'read ms':>8}  {'total ms':>9}  (median of"
+            f" {args.runs})"
         )
         for size in SIZES:
             data = inputs_of(size)

@@ -1,6 +1,7 @@
 """SQLite stack vs the scaled stack (PostgreSQL + Redis messaging), same machine, same run.
 
-    .venv/bin/python benchmarks/scaled_stack.py [--runs 3] [--burst 8] [--workers 2] [--first postgresql]
+    .venv/bin/python benchmarks/scaled_stack.py [--runs 3] [--burst 8] [--workers 2]
+        [--first postgresql]
 
 For each database, a fresh operator stack (testing/operator_stack.py) with
 `--workers N`: its start, one publish of the misbehaving sample app through

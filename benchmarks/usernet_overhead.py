@@ -150,7 +150,8 @@ def main() -> None:
         for mode in results:
             results[mode].append(one_run(mode, work, argv))
     print(
-        f"{options.pairs} interleaved pairs, uid {DEFAULT_MODEL_UID if os.geteuid() == 0 else os.geteuid()},"
+        f"{options.pairs} interleaved pairs, uid"
+        f" {DEFAULT_MODEL_UID if os.geteuid() == 0 else os.geteuid()},"
         f" host {address}, PyPI {'reachable' if pypi else 'unreachable (skipped)'}"
     )
     report(results)

@@ -133,7 +133,8 @@ def wait_for_shas(deployment_id, shas: set[str], timeout: float) -> list:
 
 
 def events_received(event_ids: list[str]) -> dict[str, float]:
-    """When the server received each event (by id): splits receiver → server from automation time."""
+    """When the server received each event (by id): splits receiver → server from automation
+    time."""
     received: dict[str, float] = {}
     api = os.environ["PREFECT_API_URL"]
     for start in range(0, len(event_ids), 50):

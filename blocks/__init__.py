@@ -1,4 +1,5 @@
-"""Prefect blocks of the platform: register them with `prefect block register -m prefect_cs.blocks`."""
+"""Prefect blocks of the platform: register them with
+`prefect block register -m prefect_cs.blocks`."""
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.blocks.redis import RedisConfig

@@ -197,7 +197,8 @@ class ModelConfig(Block):
     def _expected_within_limit(self) -> ModelConfig:
         if self.expected_task_time > self.time_limit:
             raise ValueError(
-                f"expected_task_time ({self.expected_task_time}s) exceeds time_limit ({self.time_limit}s):"
+                f"expected_task_time ({self.expected_task_time}s) exceeds time_limit"
+                f" ({self.time_limit}s):"
                 " raise time_limit or lower expected_task_time"
             )
         return self
@@ -252,7 +253,8 @@ class ModelConfig(Block):
             return cls.load(slug(owner, title), _sync=True)
         except ValueError as exc:
             raise NotFound(
-                f"model {owner}/{title} is not registered: run `prefect-cs models register config/{owner}/{title}.yaml`"
+                f"model {owner}/{title} is not registered:"
+                f" run `prefect-cs models register config/{owner}/{title}.yaml`"
             ) from exc
 
     def save_model(self) -> None:

@@ -83,7 +83,8 @@ class RedisConfig(Block):
         secret: SecretStr | None = getattr(self, f"{role}_password")
         if secret is None or not secret.get_secret_value():
             raise AclError(
-                f"no {role} password: set it in the cs-redis block or CS_REDIS_{role.upper()}_PASSWORD"
+                f"no {role} password: set it in the cs-redis block or"
+                f" CS_REDIS_{role.upper()}_PASSWORD"
             )
         return secret.get_secret_value()
 

@@ -19,7 +19,8 @@ MAX_BACKOFF_SECONDS = 60.0  # CS_NOTIFY_ATTEMPTS may be 20: never wait hours bet
 
 
 class WebApp(Block):
-    """Where simulation and parse results are PUT (Compute Studio's `/outputs/api/`, `/inputs/api/`)."""
+    """Where simulation and parse results are PUT (Compute Studio's `/outputs/api/`,
+    `/inputs/api/`)."""
 
     _block_type_name = "CS Web App"
     _block_type_slug = "cs-web-app"
@@ -36,7 +37,8 @@ class WebApp(Block):
         backoff: float = 1.0,
         timeout: float = 10.0,
     ) -> httpx.Response:
-        """PUT with exponential backoff on network errors and retryable statuses; raise DeliveryError at the end."""
+        """PUT with exponential backoff on network errors and retryable statuses; raise
+        DeliveryError at the end."""
         url = self.base_url.rstrip("/") + path
         headers = {"Authorization": f"Token {self.token.get_secret_value()}"}
         retry = Retry(

@@ -1,1 +1,2 @@
-"""The `prefect-cs` command line: one module per command group, one console and one error helper (`_utilities`)."""
+"""The `prefect-cs` command line: one module per command group, one console and one error helper
+(`_utilities`)."""

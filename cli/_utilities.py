@@ -35,7 +35,8 @@ from rich.text import Text
 F = TypeVar("F", bound=Callable[..., Any])
 
 console = Console(highlight=False, soft_wrap=True)
-"""Everything a command reports on stdout (tables, JSON, progress lines); lines never wrap, so paths stay whole."""
+"""Everything a command reports on stdout (tables, JSON, progress lines); lines never wrap, so
+paths stay whole."""
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 """Errors only: stderr, never wrapped, so one error is one line a script can grep."""
@@ -94,7 +95,8 @@ def unreachable(exc: httpx.TransportError) -> str:
     if api and url.startswith(api):
         return (
             f"cannot reach the Prefect API at {api} ({type(exc).__name__}: {first}):"
-            " start it with `prefect-cs stack start`, or set PREFECT_API_URL to the platform's server"
+            " start it with `prefect-cs stack start`, or set PREFECT_API_URL to the platform's"
+            " server"
         )
     return f"cannot reach {url} ({type(exc).__name__}: {first})"
 

@@ -52,7 +52,10 @@ def _models(names: list[str]) -> list[ModelConfig]:
 
 def _file_name(index: int, manifest: dict) -> str:
     meta = manifest["metadata"]
-    return f"{index:02d}-{manifest['kind'].lower()}-{meta.get('namespace', 'cluster')}-{meta['name']}.yaml"
+    return (
+        f"{index:02d}-{manifest['kind'].lower()}-{meta.get('namespace', 'cluster')}"
+        f"-{meta['name']}.yaml"
+    )
 
 
 def _webapp_url() -> str | None:

@@ -102,7 +102,8 @@ def models_publish(
         help="Refuse to promote a tag older than the promoted one (as webhooks do).",
     ),
 ) -> None:
-    """Publish a model: clone, build, test, push, stage, promote, deploy (a flow run you can watch in the UI)."""
+    """Publish a model: clone, build, test, push, stage, promote, deploy (a flow run you can watch
+    in the UI)."""
     from prefect_cs.flows.publish import publish
 
     owner, title = split_model(name)

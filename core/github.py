@@ -143,7 +143,8 @@ class GitHubClient:
         request("POST", url, self.writes, client=self._http, json=body)
 
     def pr_files(self, repo: str, number: int) -> list[str]:
-        """Names of the files a pull request adds or changes (not removes), MAX_PR_FILE_PAGES at most."""
+        """Names of the files a pull request adds or changes (not removes), MAX_PR_FILE_PAGES at
+        most."""
         names: list[str] = []
         for page in range(1, MAX_PR_FILE_PAGES + 1):
             batch = self._get_json(

@@ -88,7 +88,8 @@ def prefect_home(home: Path) -> Path:
 
 
 def _make(path: Path, mode: int) -> None:
-    """Create one folder with exactly `mode` (mkdir's mode is cut by the umask); keep an existing one."""
+    """Create one folder with exactly `mode` (mkdir's mode is cut by the umask); keep an existing
+    one."""
     try:
         path.mkdir(mode=mode)
     except FileExistsError:
@@ -238,7 +239,8 @@ def closed_on_the_way(path: Path) -> Path | None:
 
 
 def model_reach_warning(home: Path) -> str | None:
-    """As root, model code runs as another uid that must pass through to `envs`: say where it cannot."""
+    """As root, model code runs as another uid that must pass through to `envs`: say where it
+    cannot."""
     if os.geteuid() != 0:
         return None
     blocked = closed_on_the_way(home / "envs")
@@ -252,8 +254,8 @@ def model_reach_warning(home: Path) -> str | None:
 
 
 def earlier_database(home: Path, shell_prefect_home: Path) -> Path | None:
-    """A stack's SQLite database left where the shell's PREFECT_HOME put it, before the stack kept it
-    under CS_HOME: this CS_HOME ran a stack (its login exists) and has no Prefect folder yet."""
+    """A stack's SQLite database left where the shell's PREFECT_HOME put it, before the stack kept
+    it under CS_HOME: this CS_HOME ran a stack (its login exists) and has no Prefect folder yet."""
     if prefect_home(home).exists() or not (home / AUTH_FILE).exists():
         return None
     old = shell_prefect_home / "prefect.db"

@@ -36,7 +36,8 @@ def server_trouble(status: int) -> bool:
 
 @dataclass(frozen=True)
 class Retry:
-    """How hard to try: `attempts` tries of `timeout` seconds, `backoff`·2ⁿ apart (at most `max_delay`)."""
+    """How hard to try: `attempts` tries of `timeout` seconds, `backoff`·2ⁿ apart (at most
+    `max_delay`)."""
 
     attempts: int = 2
     backoff: float = 1.0
@@ -50,7 +51,8 @@ class Retry:
 
 
 class RequestFailed(CSError, RuntimeError):
-    """No answer under 300 within the attempts; `status` is the last HTTP status (None: no answer)."""
+    """No answer under 300 within the attempts; `status` is the last HTTP status (None: no
+    answer)."""
 
     def __init__(self, method: str, url: str, attempts: int, status: int | None, reason: str):
         self.method, self.url, self.attempts = method, safe_url(url), attempts

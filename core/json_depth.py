@@ -59,7 +59,8 @@ def too_deep(what: str, depth: int, limit: int) -> TooDeep:
 
 
 def check_depth(what: str, value: Any, limit: int) -> Any:
-    """`value` itself, or TooDeep naming `what` (e.g. "your adjustment"), its depth and the limit."""
+    """`value` itself, or TooDeep naming `what` (e.g. "your adjustment"), its depth and the
+    limit."""
     depth = value_depth(value)
     if depth > limit:
         raise too_deep(what, depth, limit)

@@ -124,7 +124,8 @@ def check_secret_name(name: str) -> str:
     upper = name.upper()
     if upper in RESERVED_NAMES or upper.startswith(RESERVED_PREFIXES):
         raise InvalidValue(
-            f"invalid secret name {name!r}: {RESERVED_RULE}; choose a name of your own, e.g. 'API_KEY'"
+            f"invalid secret name {name!r}: {RESERVED_RULE}; choose a name of your own,"
+            " e.g. 'API_KEY'"
         )
     return name
 

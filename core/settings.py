@@ -42,7 +42,8 @@ class NotifySettings(BaseSettings):
 
 
 class LimitsSettings(BaseSettings):
-    """Caps on what model code and callers hand the platform (prefix `CS_LIMITS_`); jobs inherit them.
+    """Caps on what model code and callers hand the platform (prefix `CS_LIMITS_`); jobs inherit
+    them.
 
     Without them one model's output, result or prints grows the flow (or the shared
     inputs worker) without bound, and a deeply nested body or adjustment breaks the
@@ -74,7 +75,8 @@ class LimitsSettings(BaseSettings):
     stdout_tail_bytes: int = Field(
         default=64 * 1024,
         gt=0,
-        description="How much of a model's last printed output is kept (logged); the rest is read and dropped.",
+        description="How much of a model's last printed output is kept (logged); the rest is read"
+        " and dropped.",
         json_schema_extra=FORWARD,
     )
     output_count: int = Field(
@@ -109,7 +111,8 @@ class RedisSettings(BaseSettings):
 
     block: str | None = Field(
         default=None,
-        description="A cs-redis block: when set, simulation inputs travel through Redis, not parameters.",
+        description="A cs-redis block: when set, simulation inputs travel through Redis, not"
+        " parameters.",
     )
     inputs_ttl_seconds: int = Field(default=24 * 3600, gt=0)
     url: str | None = Field(default=None, description="redis:// URL; overrides host, port and db.")
@@ -143,9 +146,9 @@ class SecretsSettings(BaseSettings):
     )
     secrets_source: str | None = Field(
         default=None,
-        description="`env`: declared secrets are in the job's environment (Docker block references);"
-        " `pod` in a Kubernetes Job's flow container: they are only in the model container's"
-        " (secretKeyRef), the flow holds none and sends none.",
+        description="`env`: declared secrets are in the job's environment"
+        " (Docker block references); `pod` in a Kubernetes Job's flow container: they are only in"
+        " the model container's (secretKeyRef), the flow holds none and sends none.",
     )
     gcp_project: str | None = Field(default=None, json_schema_extra=FORWARD)
     gcp_credentials_block: str | None = Field(default=None, json_schema_extra=FORWARD)
@@ -317,8 +320,9 @@ class CSSettings(BaseSettings):
     )
     registry_block: str | None = Field(
         default=None,
-        description="Name of a prefect-docker DockerRegistryCredentials block (`prefect-cs docker up`"
-        " saves the local registry's login as `cs-registry`); wins over `registry`.",
+        description="Name of a prefect-docker DockerRegistryCredentials block"
+        " (`prefect-cs docker up` saves the local registry's login as `cs-registry`); wins over"
+        " `registry`.",
     )
     platform_image: str | None = Field(
         default=None,
@@ -409,7 +413,8 @@ class CSSettings(BaseSettings):
 
     @property
     def auth_file(self) -> Path:
-        """The local stack's Prefect API login (`user:password`, mode 0600), made at its first start."""
+        """The local stack's Prefect API login (`user:password`, mode 0600), made at its first
+        start."""
         return self.home / "prefect-auth"
 
 

@@ -43,5 +43,6 @@ def older_tag_message(name: str, tag: str, promoted: str, how: str) -> str:
     """What the receiver answers and a refused promote says: the rule and the way back."""
     return (
         f"{name}: tag {tag!r} is older than the promoted {promoted!r} ({how}); a webhook"
-        f" never goes back to an older tag: roll back with `prefect-cs models rollback {name} {tag}`"
+        " never goes back to an older tag:"
+        f" roll back with `prefect-cs models rollback {name} {tag}`"
     )

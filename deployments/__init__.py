@@ -1,1 +1,2 @@
-"""Prefect deployments of the flows: each model's simulate deployment, the publish deployment and its triggers, submission, a model's runs still queued."""
+"""Prefect deployments of the flows: each model's simulate deployment, the publish deployment and
+its triggers, submission, a model's runs still queued."""

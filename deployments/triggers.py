@@ -32,7 +32,8 @@ def _label(name: str) -> str:
 PUBLISH_TRIGGERS: list[dict[str, Any]] = [
     {
         "name": "publish-on-cs.publish.requested",
-        "description": "Run publish for the model, tag and steps named by a cs.publish.requested event.",
+        "description": "Run publish for the model, tag and steps named by a cs.publish.requested"
+        " event.",
         "enabled": True,
         "match": {"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
         "expect": [PUBLISH_REQUESTED],

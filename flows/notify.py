@@ -2,10 +2,10 @@
 
 A result the web app did not accept after every bounded retry is written to
 `$CS_HOME/undelivered/` (folder 0700, file 0600: it holds a user's result) with
-where it was going, and `prefect-cs results resend` delivers it later. Nothing is dropped. Every payload is made strict
-JSON first (flows/payloads.py `sendable`, whoever built it): NaN/Infinity become null, lone
-surrogates U+FFFD, and the payload says what was replaced — a result the HTTP client cannot
-encode would otherwise be neither sent nor kept.
+where it was going, and `prefect-cs results resend` delivers it later. Nothing is dropped. Every
+payload is made strict JSON first (flows/payloads.py `sendable`, whoever built it): NaN/Infinity
+become null, lone surrogates U+FFFD, and the payload says what was replaced — a result the HTTP
+client cannot encode would otherwise be neither sent nor kept.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
 def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
     settings = get_settings()
     folder = private_folder(settings.undelivered_dir, settings.home)
-    name = f"{task_file_stem(payload.get('task_id'))}-{path.strip('/').replace('/', '_')}-{time.time_ns()}.json"
+    name = (
+        f"{task_file_stem(payload.get('task_id'))}-{path.strip('/').replace('/', '_')}"
+        f"-{time.time_ns()}.json"
+    )
     target = folder / name
     write_private(target, json.dumps({"path": path, "payload": payload, "error": error}).encode())
     return target

@@ -60,7 +60,8 @@ def validate_outputs(result: Any) -> dict[str, list[dict[str, Any]]]:
     missing = [c for c in CATEGORIES if c not in result]
     if missing:
         raise MalformedOutputs(
-            f"run_model's result is missing {missing}: it needs 'renderable' and 'downloadable' lists"
+            f"run_model's result is missing {missing}: it needs 'renderable' and 'downloadable'"
+            " lists"
         )
     for category in CATEGORIES:
         if not isinstance(result[category], list):
@@ -101,7 +102,8 @@ def _check_output(where: str, output: Any, cap: int) -> dict[str, Any]:
     media_type, title, data = output["media_type"], output["title"], output["data"]
     if media_type not in EXTENSIONS:
         raise MalformedOutputs(
-            f"output {where} ({title!r}) has media_type {media_type!r}; allowed: {', '.join(EXTENSIONS)}"
+            f"output {where} ({title!r}) has media_type {media_type!r}; allowed:"
+            f" {', '.join(EXTENSIONS)}"
         )
     if media_type in TEXT_TYPES and not isinstance(data, str):
         raise MalformedOutputs(

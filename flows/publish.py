@@ -278,7 +278,8 @@ def _publish(
     warm_inputs(owner, title, entry)
     create_markdown_artifact(
         key=f"publish-{model.slug}"[:100],
-        markdown=f"# {owner}/{title} published\n\n- tag: `{tag}`\n- tier: {entry.tier}\n- version: {entry.version}\n"
+        markdown=f"# {owner}/{title} published\n\n- tag: `{tag}`\n- tier: {entry.tier}\n"
+        f"- version: {entry.version}\n"
         f"- environment: `{entry.image or entry.python}`\n- deployment: `{name}`\n",
     )
     return {"promoted": tag, "deployment": name, "version": entry.version}

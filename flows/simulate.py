@@ -194,7 +194,8 @@ def outcome(
     given: tuple[dict | None, dict | None, bool],
     tag: str | None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, Callable[[Any], Any]]:
-    """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an exception."""
+    """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an
+    exception."""
     scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
     try:
         model, entry = load_model_task(owner, title, tag)
@@ -265,7 +266,8 @@ def simulate(
     tag: str | None = None,
     inputs_in_redis: bool = False,
 ) -> State:
-    """Run one simulation of OWNER/TITLE at `tag` (default: the promoted tag) and notify the web app.
+    """Run one simulation of OWNER/TITLE at `tag` (default: the promoted tag) and notify the web
+    app.
 
     With inputs_in_redis, meta_param_dict and adjustment are read from Redis
     under `job-<task_id>` (see flows/job_inputs.py) instead of these parameters.
@@ -285,9 +287,13 @@ def simulate(
     _records(owner, title, task_id, stored, payload, delivery["delivered"])
     elapsed = time.perf_counter() - started
     # For people: the cluster API reads the outcome from the outputs artifact, not from here.
-    message = f"{payload['status']} in {elapsed:.2f}s; web app {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
+    message = (
+        f"{payload['status']} in {elapsed:.2f}s; web app"
+        f" {'notified' if delivery['delivered'] else 'NOT notified, result kept'}"
+    )
     if payload["status"] == "FAIL":
-        # No data on Failed: Prefect reads a failed state's data as its exception; the payload went out.
+        # No data on Failed: Prefect reads a failed state's data as its exception; the payload
+        # went out.
         return Failed(message=f"{message}: {payload['traceback'][-500:]}")
     if not delivery["delivered"]:
         return Failed(message=message)

@@ -43,14 +43,16 @@ def secret_ref(variable: str, secret: tuple[str, str]) -> dict[str, Any]:
 
 
 def api_login_env() -> list[dict[str, Any]]:
-    """The API login of a platform container (watcher, inputs server): a reference, never a value."""
+    """The API login of a platform container (watcher, inputs server): a reference, never a
+    value."""
     return [
         secret_ref("PREFECT_API_AUTH_STRING", api_credential_secrets()["PREFECT_API_AUTH_STRING"])
     ]
 
 
 def api_credential_secrets() -> dict[str, tuple[str, str]]:
-    """Where a Job's API credentials come from: the worker's prefect-kubernetes settings, else ours."""
+    """Where a Job's API credentials come from: the worker's prefect-kubernetes settings, else
+    ours."""
     from prefect_kubernetes.settings import KubernetesSettings
 
     worker = KubernetesSettings().worker

@@ -1,1 +1,2 @@
-"""The model registry: model configs read from YAML files (and kept in sync with the web app) into `CS Model Config` blocks."""
+"""The model registry: model configs read from YAML files (and kept in sync with the web app) into
+`CS Model Config` blocks."""

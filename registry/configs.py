@@ -62,7 +62,8 @@ def register(config: ModelConfig) -> ModelConfig:
     if existing is not None:
         if (existing.owner, existing.title) != (config.owner, config.title):
             raise ConfigError(
-                f"{config.owner}/{config.title} collides with registered {existing.owner}/{existing.title}"
+                f"{config.owner}/{config.title} collides with registered"
+                f" {existing.owner}/{existing.title}"
                 " (names are compared lowercase with '_' as '-'): choose another title"
             )
         config.published_tags = existing.published_tags

@@ -1,4 +1,5 @@
-"""What a model's child process gets: its runner, its environment, and the scrubbing of its secrets."""
+"""What a model's child process gets: its runner, its environment, and the scrubbing of its
+secrets."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ RUNTIME_DIR = "cs-runtime"
 
 
 def runner_for(python: str) -> str:
-    """The copy of child.py installed in the model environment at publish; the platform's own as fallback."""
+    """The copy of child.py installed in the model environment at publish; the platform's own as
+    fallback."""
     installed = Path(python).parent.parent / RUNTIME_DIR / CHILD_SCRIPT.name
     return str(installed if installed.exists() else CHILD_SCRIPT)
 

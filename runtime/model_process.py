@@ -144,7 +144,10 @@ def call_model(
         if hit:  # one FAIL naming the bound, even where the model caught what the kernel refused
             return ModelCall(ok=False, error=hit, output=output, seconds=lived, usage=usage)
         if not finished:
-            error = f"the model did not finish within its time limit of {timeout:g} seconds and was stopped"
+            error = (
+                f"the model did not finish within its time limit of {timeout:g} seconds and"
+                " was stopped"
+            )
             return ModelCall(ok=False, error=error, output=output, seconds=lived, usage=usage)
         call = _read_response(response, _exit_status(proc, sandbox), memory_limit_mib, output)
         call.seconds, call.usage = _run_seconds(call.seconds, lived), usage

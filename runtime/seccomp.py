@@ -200,7 +200,8 @@ def _refuse_namespace_clones(seccomp, flt, refusal: int) -> None:
 
 
 def _refuse_weak_personalities(seccomp, flt, refusal: int) -> None:
-    """The flag set and the query bit clear: personality(0xffffffff) only asks, and stays allowed."""
+    """The flag set and the query bit clear: personality(0xffffffff) only asks, and stays
+    allowed."""
     personality = _number(seccomp, "personality")
     for flag in PERSONALITY_REFUSED.values():
         mask = flag | _PERSONALITY_QUERY_BIT

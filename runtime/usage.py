@@ -145,7 +145,8 @@ def reap(proc: subprocess.Popen) -> Usage | None:
 def stop(proc: subprocess.Popen, inner_first: bool) -> None:
     """Kill the call's processes. inner_first (bubblewrap): first tell the sandbox's init to
     end the model and reap it, and give it a moment, so the figures reach us through bubblewrap
-    (killing bubblewrap or the init outright would leave the model's tree to be reaped uncounted)."""
+    (killing bubblewrap or the init outright would leave the model's tree to be reaped
+    uncounted)."""
     if inner_first and not exited(proc):
         for pid in children(proc.pid):
             _signal(pid, signal.SIGTERM)

@@ -90,7 +90,10 @@ def persist(admin: redis.Redis) -> str:
         admin.execute_command("CONFIG", "REWRITE")
         return "written to the server's config file"
     except redis.ResponseError:
-        return "NOT persisted: the server has neither an ACL file nor a config file; run init-acl again after a restart"
+        return (
+            "NOT persisted: the server has neither an ACL file nor a config file; run init-acl"
+            " again after a restart"
+        )
 
 
 def init_acl(

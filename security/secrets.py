@@ -4,8 +4,8 @@ A secret is addressed by a scope (None for the cluster, "OWNER/TITLE" for a
 model) and a name. Two backends store them: Prefect `Secret` blocks (the
 default, nothing else to run) and Google Secret Manager (production). Jobs get
 secrets resolved by `model_secret_env`, and everything leaving the cluster goes
-through the `Scrubber` (security/scrubber.py) so a value a model prints never reaches the web app, a log
-or an artifact.
+through the `Scrubber` (security/scrubber.py) so a value a model prints never reaches the web app, a
+log or an artifact.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def parse_scope(scope: str | None) -> tuple[str, str] | None:
 
 
 def encode(text: str) -> str:
-    """Reversibly map [A-Za-z0-9_-] onto [a-z0-9-] (Prefect block names): '-'→'-0', '_'→'-1', 'X'→'-x'.
+    """Reversibly map [A-Za-z0-9_-] onto [a-z0-9-] (Prefect block names): '-'→'-0', '_'→'-1',
+    'X'→'-x'.
 
     An encoded string never contains '--' and never ends with '-', so '--' can
     separate the parts of an id without ambiguity.

@@ -1,1 +1,2 @@
-"""Long-running processes: the webhook receiver, the lost-run watcher, the inputs servers and the local stack that starts them."""
+"""Long-running processes: the webhook receiver, the lost-run watcher, the inputs servers and the
+local stack that starts them."""

@@ -20,8 +20,8 @@ projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
 C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
 anything but 200 as failed; what the API keeps in memory to answer within that
 is in services/api_cache.py. Errors are plain 4xx with a reason the operator can
-act on, and 503 for the platform's own (the client retries). Auth is a bearer token (the cluster secret named by
-CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
+act on, and 503 for the platform's own (the client retries). Auth is a bearer token (the cluster
+secret named by CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
 web apps that send no header and belongs on a private network only.
 """
 
@@ -465,7 +465,8 @@ def load_token(settings: ApiSettings) -> str:
         return get_backend(None).get(settings.secret_name)
     except SecretNotFound as exc:
         raise NotConfigured(
-            f"the cluster API token is not set: `prefect-cs secrets set --name {settings.secret_name}"
+            "the cluster API token is not set:"
+            f" `prefect-cs secrets set --name {settings.secret_name}"
             " --stdin` (or serve with --no-auth on a private network only)"
         ) from exc
 

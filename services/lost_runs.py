@@ -1,4 +1,5 @@
-"""The lost-run watcher: simulate runs lost before they could report become a FAIL the web app receives.
+"""The lost-run watcher: simulate runs lost before they could report become a FAIL the web app
+receives.
 
 It serves every tier (a process worker's flow killed mid-run, a Docker
 container whose image is missing, a Kubernetes Job that never started).

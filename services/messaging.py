@@ -37,7 +37,8 @@ def password() -> str:
 
 
 def config_file() -> Path:
-    """redis-server's config (0600, rewritten each start): the socket, the password, no persistence."""
+    """redis-server's config (0600, rewritten each start): the socket, the password, no
+    persistence."""
     path = stack_dir() / "redis-messaging.conf"
     work = stack_dir() / "redis-messaging"
     work.mkdir(exist_ok=True)
@@ -87,7 +88,8 @@ def background() -> Background:
 
 
 def client():
-    """A redis-py client over the socket, for readiness and for checks (the tests read its streams)."""
+    """A redis-py client over the socket, for readiness and for checks (the tests read its
+    streams)."""
     import redis
 
     return redis.Redis(unix_socket_path=str(socket_file()), password=password(), socket_timeout=2)

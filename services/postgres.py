@@ -59,7 +59,8 @@ def run_as() -> pwd.struct_passwd | None:
     except KeyError:
         raise NotConfigured(
             f"PostgreSQL refuses to run as root and there is no user {name!r}: apt-get install"
-            " postgresql (it makes `postgres`) or set CS_STACK_POSTGRES_USER to an unprivileged user"
+            " postgresql (it makes `postgres`) or set CS_STACK_POSTGRES_USER to an unprivileged"
+            " user"
         ) from None
 
 
@@ -82,12 +83,14 @@ def connection_url() -> str:
 
 
 def server_environment() -> dict[str, str]:
-    """The Prefect server's database settings; the server alone gets them (workers copy theirs into jobs)."""
+    """The Prefect server's database settings; the server alone gets them (workers copy theirs into
+    jobs)."""
     return {"PREFECT_SERVER_DATABASE_CONNECTION_URL": connection_url()}
 
 
 def _as_user() -> dict:
-    """Popen arguments that run a command as the cluster's user (nothing when the stack is not root)."""
+    """Popen arguments that run a command as the cluster's user (nothing when the stack is not
+    root)."""
     user = run_as()
     if user is None:
         return {}
@@ -131,7 +134,8 @@ def initdb_password_file(user: pwd.struct_passwd | None) -> Iterator[Path]:
 
 
 def init_cluster() -> bool:
-    """Make the cluster at the first start (initdb as its user, password on stdin); False if it exists."""
+    """Make the cluster at the first start (initdb as its user, password on stdin); False if it
+    exists."""
     folder = data_dir()
     if (folder / "PG_VERSION").exists():
         return False

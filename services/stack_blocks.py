@@ -24,7 +24,8 @@ def register_blocks() -> None:
 
 
 def ensure_storage_blocks() -> list[str]:
-    """Local folders for outputs and task storage, unless blocks of those names exist (e.g. a GcsBucket)."""
+    """Local folders for outputs and task storage, unless blocks of those names exist (e.g. a
+    GcsBucket)."""
     from prefect.blocks.core import Block
     from prefect.filesystems import LocalFileSystem
     from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK

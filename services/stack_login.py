@@ -100,7 +100,8 @@ def auth_source() -> str:
 
 
 def load_local_api_auth() -> None:
-    """Let this process (the CLI) authenticate to the local stack's server, before Prefect is imported.
+    """Let this process (the CLI) authenticate to the local stack's server, before Prefect is
+    imported.
 
     Only when no credential is set (`PREFECT_API_AUTH_STRING`, `PREFECT_API_KEY`),
     the API is on this machine and the stack has made its file: the local

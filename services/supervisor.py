@@ -38,7 +38,8 @@ def stack_dir() -> Path:
 
 
 def system_environment() -> dict[str, str]:
-    """PATH and locale only: for the stack's PostgreSQL and Redis, which need nothing of the operator's."""
+    """PATH and locale only: for the stack's PostgreSQL and Redis, which need nothing of the
+    operator's."""
     return {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "LC_ALL", "TMPDIR")}
 
 

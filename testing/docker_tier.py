@@ -25,7 +25,8 @@ REGISTRY_BLOCK = "cs-registry"
 
 
 def ensure_docker() -> None:
-    """Start dockerd and the registry if needed, build the base image if missing (both idempotent)."""
+    """Start dockerd and the registry if needed, build the base image if missing (both
+    idempotent)."""
     for script, args, timeout in (
         ("start-engine.sh", [], 120),
         ("build-base-image.sh", [BASE_IMAGE], 900),
@@ -86,7 +87,8 @@ def registry_tags(repository: str) -> list[str]:
 
 
 def containers(label: str, all_states: bool = True) -> list[str]:
-    """Ids of the containers with `label` (the low-level list: no inspect that could race a removal)."""
+    """Ids of the containers with `label` (the low-level list: no inspect that could race a
+    removal)."""
     import docker
 
     found = docker.from_env().api.containers(all=all_states, filters={"label": label})

@@ -62,7 +62,8 @@ class GitHubStandIn(StandIn):
         super().stop()
 
     def answer(self, request: Recorded) -> Reply:
-        # held, but not forever: a client without a timeout then shows as a slow test, not a hung one
+        # held, but not forever: a client without a timeout then shows as a slow test, not a
+        # hung one
         self.answering.wait(HOLD_SECONDS)
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return 401, {"message": "Bad credentials"}

@@ -84,7 +84,8 @@ def container_env(
         ref = entry.get("valueFrom", {}).get("secretKeyRef")
         if ref is None:
             raise ValueError(
-                f"env {entry['name']!r} uses a valueFrom other than secretKeyRef: not runnable with Docker"
+                f"env {entry['name']!r} uses a valueFrom other than secretKeyRef: not runnable"
+                " with Docker"
             )
         env[entry["name"]] = resolve_secret(ref["name"], ref["key"])
         secrets.add(entry["name"])
@@ -92,7 +93,8 @@ def container_env(
 
 
 def security_flags(context: dict[str, Any]) -> list[str]:
-    """A container's securityContext as `docker run` flags (RuntimeDefault seccomp is Docker's own)."""
+    """A container's securityContext as `docker run` flags (RuntimeDefault seccomp is Docker's
+    own)."""
     flags: list[str] = []
     if "runAsUser" in context:
         flags += [

@@ -96,7 +96,8 @@ class OperatorStack:
         return "".join(f"\n--- {p.name}\n{p.read_text()[-4000:]}" for p in logs)
 
     def register_misbehaving(self, owner: str) -> None:
-        """The misbehaving sample app in a git repository tagged v1, registered as OWNER/Misbehaving."""
+        """The misbehaving sample app in a git repository tagged v1, registered as
+        OWNER/Misbehaving."""
         # Beside CS_HOME, not in it: the stack refuses a CS_HOME holding files others may read.
         repo = make_repo("misbehaving-app", self.repos / f"{owner}-misbehaving")
         config = self.work / f"{owner}-Misbehaving.yaml"

@@ -100,7 +100,8 @@ class RedisServer:
 
 
 def make_config(port: int):
-    """A cs-redis config with fresh random passwords: nothing in the tests depends on a known one."""
+    """A cs-redis config with fresh random passwords: nothing in the tests depends on a known
+    one."""
     from prefect_cs.security.redis_acl import RedisConfig
     from pydantic import SecretStr
 

@@ -25,7 +25,8 @@ def repos_folder(work: Path) -> Path:
 
 
 def scratch_environment(prefix: str, **extra: str) -> Path:
-    """Point PREFECT_* and CS_HOME at a new temporary folder and a free API port; returns the folder."""
+    """Point PREFECT_* and CS_HOME at a new temporary folder and a free API port; returns the
+    folder."""
     work = Path(tempfile.mkdtemp(prefix=prefix))
     work.chmod(0o711)  # the model sandbox's uid must reach CS_HOME's venvs (not list the folder)
     repos_folder(work).mkdir()

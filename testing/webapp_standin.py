@@ -41,7 +41,8 @@ class WebAppStub(StandIn):
         ]
 
     def received(self, path: str) -> list[Recorded]:
-        """Every PUT to `path`, whatever it was answered (`fail_next`'s 503s, a wrong token's 401s)."""
+        """Every PUT to `path`, whatever it was answered (`fail_next`'s 503s, a wrong token's
+        401s)."""
         return [r for r in list(self.requests) if r.method == "PUT" and r.path == path]
 
     def accepted(self, path: str) -> list[Recorded]:

@@ -1,4 +1,5 @@
-"""The Prefect API asks for a login, and no secret is on a command line: a stack as an operator starts it.
+"""The Prefect API asks for a login, and no secret is on a command line: a stack as an operator
+starts it.
 
 `prefect-cs stack start` runs in a clean environment of its own (home, port) that
 holds no login and a few planted secrets, as an operator's shell would; the
@@ -123,7 +124,8 @@ def test_cli_logs_in_from_the_file(stack):
 
 
 def test_workers_get_the_login_and_nothing_planted(stack):
-    """What each worker holds is what it copies into its jobs: the login, none of the planted secrets."""
+    """What each worker holds is what it copies into its jobs: the login, none of the planted
+    secrets."""
     auth = login(stack)
     for name in ("worker-cs-process", "inputs-worker", "lost-run-watcher"):
         env = environ(pid_of(stack, name))

@@ -154,7 +154,8 @@ def wait_for(check, seconds: float) -> bool:
 
 
 def processes_with(marker: str) -> list[int]:
-    """Host pids whose command line holds `marker` (anything left of a program, in a group or not)."""
+    """Host pids whose command line holds `marker` (anything left of a program, in a group or
+    not)."""
     found = []
     for entry in Path("/proc").glob("[0-9]*/cmdline"):
         try:

@@ -1,4 +1,5 @@
-"""The Docker tier's names, context and errors (no engine needed; the end to end is in test_docker_tier)."""
+"""The Docker tier's names, context and errors (no engine needed; the end to end is in
+test_docker_tier)."""
 
 from __future__ import annotations
 

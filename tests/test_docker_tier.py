@@ -2,8 +2,9 @@
 made with debootstrap, a real process worker on the tier's pool, the web app stand-in.
 
 Publish builds, tests and pushes an image; the flow runs on the worker's host and
-each model call is a confined container of the image, started and removed by the flow. The re-publish comes last because it moves the
-model's promoted tag; each test still stands alone (`-k` runs any one of them).
+each model call is a confined container of the image, started and removed by the flow. The
+re-publish comes last because it moves the model's promoted tag; each test still stands alone (`-k`
+runs any one of them).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""CS_HOME's rules on folders made in a temporary folder: what is made with which mode, what is refused.
+"""CS_HOME's rules on folders made in a temporary folder: what is made with which mode, what is
+refused.
 
 Fast and without a server; tests/test_stack_home.py checks the same on a real stack, as uid 10001.
 """

@@ -135,7 +135,10 @@ def test_parse_of_the_wrong_shape_is_one_fail_put(model, webapp, returned):
 
 
 def test_a_good_parse_is_one_success_put(model, webapp):
-    validate = "def validate_inputs(meta, adjustment, errors_warnings):\n    return {'errors_warnings': errors_warnings}\n"
+    validate = (
+        "def validate_inputs(meta, adjustment, errors_warnings):\n"
+        "    return {'errors_warnings': errors_warnings}\n"
+    )
     model(GOOD_VERSION + GOOD_INPUTS + validate)
     task_id = str(uuid.uuid4())
     assert inputs.parse_task.fn("tests", "Light", task_id, {}, {})["status"] == "SUCCESS"

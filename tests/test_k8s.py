@@ -485,7 +485,8 @@ def test_quantities_translate_to_docker_units():
 
 
 def _observer_crash(run_id, diagnosis: str) -> None:
-    """What prefect-kubernetes' observer does for a failed Job: log the diagnosis, propose Crashed."""
+    """What prefect-kubernetes' observer does for a failed Job: log the diagnosis, propose
+    Crashed."""
     import anyio
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import LogCreate
@@ -526,7 +527,10 @@ def test_crashed_run_reaches_the_webapp_as_fail_once(k8s_model, webapp):
 
     task_id = str(uuid.uuid4())
     run = submit(task_id)
-    diagnosis = "Image pull failed for container 'prefect-job': Kubernetes cannot pull the container image. Reason: ErrImagePull."
+    diagnosis = (
+        "Image pull failed for container 'prefect-job': Kubernetes cannot pull the"
+        " container image. Reason: ErrImagePull."
+    )
     _observer_crash(run.id, diagnosis)
     assert _puts(webapp, task_id) == []
     assert scan_once(pending_timeout=3600, only=[run.id]) == []  # within the crash grace
@@ -614,7 +618,8 @@ def test_template_always_sets_ttl_and_keeps_job_fields_in_the_job_spec():
 
 @pytest.fixture(scope="module")
 def hang_model(misbehaving):
-    """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command here."""
+    """A kubernetes-tier model whose environment is the misbehaving app's, to run its Job's command
+    here."""
     from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
     from prefect_cs.deployments.deploy import deploy_model
     from prefect_cs.registry.configs import register

@@ -218,7 +218,7 @@ for f in /etc/python3*/sitecustomize.py; do
   [ -f "$f" ] && printf '\nKIND = "sitecustomize"\n%s\n' "$record" >> "$f"
 done
 true
-"""
+"""  # noqa: E501 (the recorder is one shell-quoted line of Python)
 
 
 @pytest.fixture(scope="module")

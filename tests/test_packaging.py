@@ -138,7 +138,9 @@ print(json.dumps({
     "files": files,
     "failed": failed,
     "namespace": list(prefect_cs.__path__),
-    "missing_data": [[p, n] for p, n in data if not importlib.resources.files(p).joinpath(n).is_file()],
+    "missing_data": [
+        [p, n] for p, n in data if not importlib.resources.files(p).joinpath(n).is_file()
+    ],
     "editable": [m for m in sys.modules if "__editable__" in m],
 }))
 """
@@ -147,7 +149,9 @@ RUNTIME_IMPORTS = """
 import importlib, json, sys
 for name in json.loads(sys.argv[1]):
     importlib.import_module(name)
-print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {"prefect_cs", "kubernetes_validate"})))
+print(json.dumps(sorted(
+    m for m in sys.modules if m.split(".")[0] in {"prefect_cs", "kubernetes_validate"}
+)))
 """
 
 

@@ -77,7 +77,8 @@ def test_scrubber_keeps_shapes_and_masks_keys_and_escaped_forms():
 
 @pytest.mark.parametrize("secret", ['pw"1', "pw\\1", "p\u00e4ss", 'a"b\\c\n'])
 def test_scrubber_masks_a_secret_inside_serialized_json(secret):
-    """A model's output or message may hold JSON it serialized itself: the secret is escaped there."""
+    """A model's output or message may hold JSON it serialized itself: the secret is escaped
+    there."""
     scrub = Scrubber([secret])
     document = json.dumps({"token": secret, "list": [f"x{secret}y"]})
     assert secret not in document  # only the escaped form is in it
@@ -232,7 +233,8 @@ def one(output: dict) -> dict:
 
 @pytest.mark.parametrize("media_type", ["PNG", "JPEG", "MP3", "MP4", "HDF5", "PDF"])
 def test_binary_outputs_are_read_as_cs_storage_reads_them(media_type):
-    """Bytes, or base64 text decoded leniently (cs_storage's Base64Serializer), sent on canonical."""
+    """Bytes, or base64 text decoded leniently (cs_storage's Base64Serializer), sent on
+    canonical."""
     good = {"media_type": media_type, "title": "b", "data": "aGVsbG8="}
     assert validate_outputs(one(good)) == one(good)
     for data in ("aGVs bG8=", "aGVsbG8=\n", b"hello", bytearray(b"hello"), memoryview(b"hello")):

@@ -1,4 +1,5 @@
-"""Publishing on the embedded tier: real git repositories, real virtualenvs, the model's own tests."""
+"""Publishing on the embedded tier: real git repositories, real virtualenvs, the model's own
+tests."""
 
 from __future__ import annotations
 

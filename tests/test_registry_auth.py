@@ -170,7 +170,8 @@ def test_platform_push_succeeds_with_its_login(victim):
 
 
 def test_push_without_the_login_is_refused_and_names_the_fix(registry):
-    """The platform's push with no block set (CS_REGISTRY only) fails with the fix, nothing pushed."""
+    """The platform's push with no block set (CS_REGISTRY only) fails with the fix, nothing
+    pushed."""
     import docker
     from prefect_cs.core.errors import StepFailed
     from prefect_cs.tiers.docker import Registry, push_stream

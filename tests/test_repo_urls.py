@@ -1,4 +1,5 @@
-"""Which repositories publish clones (issue 18): remote git only, local paths under an operator's prefix.
+"""Which repositories publish clones (issue 18): remote git only, local paths under an operator's
+prefix.
 
 Publish clones as the platform's user (root on the process tier), so a repo_url from
 `/sync/` or a YAML file must not name a folder of the cluster or a transport that runs

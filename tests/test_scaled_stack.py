@@ -63,7 +63,8 @@ def test_simulation_reaches_the_web_app(stack, published, simulated):
 
 
 def test_runs_are_rows_in_postgresql(stack, simulated):
-    """Both runs Completed in Prefect's flow_run table of the stack's cluster; no SQLite database."""
+    """Both runs Completed in Prefect's flow_run table of the stack's cluster; no SQLite
+    database."""
     rows = stack.pg_fetch(
         "SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"
         " WHERE f.name IN ('publish', 'simulate')"

@@ -171,7 +171,8 @@ def model_with_secret(misbehaving):
 
 
 def everything_sent_or_kept(flow_run_ids: list, cs_home: Path, webapp) -> str:
-    """Logs, artifacts, parameters and state messages of the runs, stored files, web app requests."""
+    """Logs, artifacts, parameters and state messages of the runs, stored files, web app
+    requests."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,

@@ -1,4 +1,5 @@
-"""The simulate flow on the embedded tier, against real child processes and a real web app stand-in."""
+"""The simulate flow on the embedded tier, against real child processes and a real web app
+stand-in."""
 
 from __future__ import annotations
 
@@ -158,7 +159,8 @@ def test_child_gets_no_platform_credentials(tmp_path, monkeypatch):
     monkeypatch.setenv("CS_WEBAPP_TOKEN", "webapp-token-value")
     runner = script_runner(
         "import json, os, sys\n"
-        "json.dump({'ok': True, 'result': dict(os.environ), 'seconds': 0}, open(sys.argv[2], 'w'))\n"
+        "json.dump({'ok': True, 'result': dict(os.environ), 'seconds': 0},"
+        " open(sys.argv[2], 'w'))\n"
     )
     call = call_model(
         model_python(), "run_model", [], timeout=30, env={"MODEL_SECRET": "x"}, runner=runner

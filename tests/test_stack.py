@@ -14,7 +14,8 @@ from prefect_cs.deployments.submit import submit_simulation
 from prefect_cs.services.stack_parts import process_worker
 from prefect_cs.testing.processes import command_lines, environ
 
-# What an operator's shell may hold when it starts the stack: none of it may reach a worker or a job.
+# What an operator's shell may hold when it starts the stack: none of it may reach a worker or a
+# job.
 PLANTED = {
     "AWS_SECRET_ACCESS_KEY": "planted-aws-secret",
     "SSH_AUTH_SOCK": "/tmp/planted-ssh-agent.sock",
@@ -86,7 +87,8 @@ def test_job_gets_the_login_and_nothing_planted(misbehaving, webapp, worker):
 
 
 def flow_process(flow_run_id) -> int | None:
-    """The pid of the process the worker started for this flow run (its environment names the run)."""
+    """The pid of the process the worker started for this flow run (its environment names the
+    run)."""
     needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
     for path in Path("/proc").glob("[0-9]*/environ"):
         try:

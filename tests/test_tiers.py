@@ -95,7 +95,8 @@ RECORDER = """\
 
 
 def recording_app(dest: Path) -> Path:
-    """The misbehaving app with an install.sh that records its surroundings (and a file beside it)."""
+    """The misbehaving app with an install.sh that records its surroundings (and a file beside
+    it)."""
     shutil.copytree(EXAMPLES / "misbehaving-app", dest)
     (dest / "cs-config" / "install.sh").write_text(RECORDER)
     (dest / "cs-config" / "data.csv").write_text("a,b\n")

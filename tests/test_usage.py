@@ -127,7 +127,8 @@ def test_a_crash_keeps_the_run_time():
 SIMULATED = (
     WAITED.replace(
         'return {"renderable": [], "downloadable": []}',
-        'return {"renderable": [{"media_type": "Text", "title": "t", "data": "x"}], "downloadable": []}',
+        'return {"renderable": [{"media_type": "Text", "title": "t", "data": "x"}],'
+        ' "downloadable": []}',
     )
     + '\ndef get_version():\n    return "1.0"\n'
 )
@@ -209,7 +210,8 @@ def test_task_times_is_always_one_finite_non_negative_number(seconds):
 
 def test_the_init_refuses_to_run_but_as_pid_1(tmp_path):
     """Its sweep kills every process it can see: anywhere but pid 1 of its own namespace it must
-    refuse. Tried where a sweep could do no harm: as pid 2 of a sandbox (under bubblewrap's init)."""
+    refuse. Tried where a sweep could do no harm: as pid 2 of a sandbox (under bubblewrap's
+    init)."""
     import subprocess
     import time
 

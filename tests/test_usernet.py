@@ -227,7 +227,10 @@ def pypi_from_here() -> str | None:
     try:
         urllib.request.urlopen("https://pypi.org/simple/six/", timeout=20).read(1)
     except OSError as exc:
-        return f"https://pypi.org is unreachable from this host ({exc}, {time.perf_counter() - started:.1f} s)"
+        return (
+            f"https://pypi.org is unreachable from this host ({exc},"
+            f" {time.perf_counter() - started:.1f} s)"
+        )
     return None
 
 

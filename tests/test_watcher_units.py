@@ -128,7 +128,8 @@ def test_a_run_that_never_notified_is_reported_exactly_once(client, sent, final,
     ((path, payload),) = sent
     assert path == "/outputs/api/" and payload["task_id"] == run.parameters["task_id"]
     assert payload["traceback"] == (
-        f"The simulation's job ended without a result ({final().name}: stopped).\npod evicted\nnode gone"
+        f"The simulation's job ended without a result ({final().name}: stopped).\n"
+        "pod evicted\nnode gone"
     )
     assert REPORTED_TAG in run.tags and SIMULATE_TAG in run.tags
     assert f"reported flow run {run.id}" in caplog.text  # the operator's record of it

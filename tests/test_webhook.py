@@ -348,7 +348,8 @@ def test_pull_request_files_unavailable_is_502_and_not_remembered(receiver, webh
     payload, delivery = pull_request(PUBLISH_REPO, 404, "opened", new_sha()), "pr-" + new_sha()[:12]
     first = deliver(receiver, webhook_secret, "pull_request", payload, delivery)
     assert first.status_code == 502
-    # Not recorded as seen: a redelivery once GitHub answers is acted on, not dropped as a duplicate.
+    # Not recorded as seen: a redelivery once GitHub answers is acted on, not dropped as a
+    # duplicate.
     second = deliver(receiver, webhook_secret, "pull_request", payload, delivery)
     assert second.status_code == 502
 

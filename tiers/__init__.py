@@ -1,4 +1,6 @@
-"""Runtime tiers (local virtualenv, Docker image, Kubernetes Job): one base class holds the build steps every tier shares; each tier overrides only what differs and declares its pool type and typed job variables."""
+"""Runtime tiers (local virtualenv, Docker image, Kubernetes Job): one base class holds the build
+steps every tier shares; each tier overrides only what differs and declares its pool type and typed
+job variables."""
 
 from prefect_cs.tiers.base import Tier, get_tier, tier_for_pool_type
 

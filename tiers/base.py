@@ -30,7 +30,8 @@ NO_INSTALL_SCRIPT = "echo 'no install.sh: nothing to install before cs-config'\n
 
 
 class WarmCaller(Protocol):
-    """A model kept warm for light calls: the process tier's WarmModel, a container's WarmContainer."""
+    """A model kept warm for light calls: the process tier's WarmModel, a container's
+    WarmContainer."""
 
     fingerprint: str
 
@@ -185,8 +186,9 @@ class Tier:
         cs_config = source / model.cs_config_path
         if not (cs_config / "cs_config").is_dir():
             raise StepFailed(
-                f"no cs_config package at {model.cs_config_path}/cs_config in {model.repo_url}@{model.repo_tag}:"
-                " set cs_config_path in the model config to the folder holding install.sh and cs_config/"
+                f"no cs_config package at {model.cs_config_path}/cs_config in"
+                f" {model.repo_url}@{model.repo_tag}: set cs_config_path in the model config"
+                " to the folder holding install.sh and cs_config/"
             )
         self.check_install_script(model, cs_config)
         self.check_system_packages(model)
@@ -196,7 +198,8 @@ class Tier:
         tests = source / model.cs_config_path / "cs_config" / "tests"
         if not tests.is_dir():
             raise StepFailed(
-                f"no tests at {model.cs_config_path}/cs_config/tests: a model must ship its test suite"
+                f"no tests at {model.cs_config_path}/cs_config/tests: a model must ship its test"
+                " suite"
             )
         return tests
 
@@ -212,9 +215,9 @@ class Tier:
         text = script.read_text()
         if uses_conda(text) and not self.has_conda():
             raise StepFailed(
-                f"{model.cs_config_path}/install.sh uses conda, which is not available on the {self.name} tier."
-                " Set install_override in the model config to the pip requirements it needs (one per line),"
-                " or to 'run: <command>'."
+                f"{model.cs_config_path}/install.sh uses conda, which is not available on the"
+                f" {self.name} tier. Set install_override in the model config to the pip"
+                " requirements it needs (one per line), or to 'run: <command>'."
             )
         self.check_system_package_lines(model, f"{model.cs_config_path}/install.sh", text)
 
@@ -309,7 +312,8 @@ class Tier:
         """What a new deployment of the model needs beyond the deployment itself (nothing here)."""
 
 
-# The tiers by name, imported on first use (the Docker and Kubernetes ones need their SDKs only then).
+# The tiers by name, imported on first use (the Docker and Kubernetes ones need their SDKs only
+# then).
 TIERS = {
     "local": "prefect_cs.tiers.local:LocalTier",
     "docker": "prefect_cs.tiers.docker:DockerTier",

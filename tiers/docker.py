@@ -1,4 +1,5 @@
-"""The Docker tier: one image per model and tag, pushed to a registry; each model call a container of it.
+"""The Docker tier: one image per model and tag, pushed to a registry; each model call a container
+of it.
 
 The image holds the model and nothing of the platform (tiers/Dockerfile). Its
 build ran the model's install.sh as root, so anything in it may be the model's
@@ -85,7 +86,8 @@ INSTALL_DIR = "/opt/cs/install"  # where install.sh runs (tiers/Dockerfile), kep
 
 
 def image_repository(registry: str, model: ModelConfig) -> str:
-    """`<registry>/<owner>_<title>`, cleaned to what registries accept, one per model (core/names.py)."""
+    """`<registry>/<owner>_<title>`, cleaned to what registries accept, one per model
+    (core/names.py)."""
     return f"{registry.rstrip('/')}/{image_name(model.owner, model.title)}"
 
 
@@ -99,7 +101,8 @@ AUTH_REFUSED = ("no basic auth credentials", "unauthorized", "authentication req
 
 @dataclass
 class Registry:
-    """Where images go: a host[:port], with credentials when a DockerRegistryCredentials block names them."""
+    """Where images go: a host[:port], with credentials when a DockerRegistryCredentials block names
+    them."""
 
     host: str
     block_name: str | None = None
@@ -122,8 +125,8 @@ class Registry:
         if not self.username:
             return (
                 f"the registry {self.host} refused the {what} without a login ({error}):"
-                f" set CS_REGISTRY_BLOCK={LOCAL_REGISTRY_BLOCK} after `prefect-cs docker up` (it saves"
-                " the login of the local registry in that block), or name your registry's"
+                f" set CS_REGISTRY_BLOCK={LOCAL_REGISTRY_BLOCK} after `prefect-cs docker up`"
+                " (it saves the login of the local registry in that block), or name your registry's"
                 " DockerRegistryCredentials block"
             )
         return (
@@ -213,7 +216,8 @@ def docker_client(timeout: int = BUILD_TIMEOUT):
         client.ping()
     except docker.errors.DockerException as exc:
         raise StepFailed(
-            f"cannot reach the Docker engine ({exc}): start dockerd (see infra/docker/start-engine.sh)"
+            f"cannot reach the Docker engine ({exc}): start dockerd (see"
+            " infra/docker/start-engine.sh)"
             " or set DOCKER_HOST"
         ) from exc
     return client
@@ -258,7 +262,8 @@ def dockerfile(system_packages: list[str] | None = None, install_uses_apt: bool 
 def stream_build(
     context: Path, tag: str, base_image: str, logger: Logger, no_cache: bool = False
 ) -> str:
-    """`docker build` through the SDK's low-level stream: every line goes to the logs as it comes."""
+    """`docker build` through the SDK's low-level stream: every line goes to the logs as it
+    comes."""
     client = docker_client()
     tail: list[str] = []
     image_id = None
@@ -505,7 +510,8 @@ class DockerTier(Tier):
             ],
             logger,
             timeout=max(600, model.time_limit * 5),
-            hint="The model's own tests failed inside its new image; nothing was pushed and the previous tag keeps serving.",
+            hint="The model's own tests failed inside its new image; nothing was pushed and the"
+            " previous tag keeps serving.",
             flags=cli_flags(options),
         )
 
@@ -538,7 +544,8 @@ class DockerTier(Tier):
         return entry.model_copy(update={"image": f"{repository}@{digest}"})
 
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
-        """Drop the throw-away build tag of an image that failed its tests (its layers stay cached)."""
+        """Drop the throw-away build tag of an image that failed its tests (its layers stay
+        cached)."""
         self._forget(entry.image or "")
         logger.info("discarded the failed image %s", entry.image)
 
@@ -613,7 +620,8 @@ class DockerTier(Tier):
 
 
 def call_labels(model: ModelConfig, entry: PublishedTag) -> dict[str, str]:
-    """Who a call's container belongs to: the model, its tag, and the flow run, when there is one."""
+    """Who a call's container belongs to: the model, its tag, and the flow run, when there is
+    one."""
     from prefect.runtime import flow_run
 
     labels = {

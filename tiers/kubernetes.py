@@ -56,7 +56,8 @@ def cpu_quantity(cpu: float) -> str:
 
 
 def model_secret_name(model: ModelConfig) -> str:
-    """The Kubernetes Secret that holds a model's declared secrets (rendered by `prefect-cs k8s render`)."""
+    """The Kubernetes Secret that holds a model's declared secrets (rendered by
+    `prefect-cs k8s render`)."""
     return f"cs-model-{model.slug}"[:253]
 
 
@@ -128,7 +129,8 @@ def model_command(request_wait_seconds: int) -> list[str]:
 
 
 def resources(model: ModelConfig) -> dict[str, str]:
-    """CPU limit = request (a simulation gets what it asked for); memory limit = request x factor."""
+    """CPU limit = request (a simulation gets what it asked for); memory limit = request x
+    factor."""
     return {
         "cpu_request": cpu_quantity(model.cpu),
         "cpu_limit": cpu_quantity(model.cpu),

@@ -74,7 +74,8 @@ SSH_AUTH_SOCK, tokens), never PREFECT_*/CS_*."""
 
 
 def package_cache() -> str:
-    """The platform's own uv cache, so a publish reuses downloads (packages only, no credentials)."""
+    """The platform's own uv cache, so a publish reuses downloads (packages only, no
+    credentials)."""
     return os.environ.get("UV_CACHE_DIR") or str(Path.home() / ".cache" / "uv")
 
 
@@ -188,7 +189,8 @@ def _seal(path: Path) -> None:
 
 
 class LocalJobVariables(JobVariables):
-    """None: the process pool's defaults serve every model (its venv comes from the model config)."""
+    """None: the process pool's defaults serve every model (its venv comes from the model
+    config)."""
 
 
 class LocalTier(Tier):
@@ -271,7 +273,8 @@ class LocalTier(Tier):
             cwd=install,
             writable=[venv],
             network=True,
-            hint="This is the model's own install.sh; fix it or set install_override in the model config.",
+            hint="This is the model's own install.sh; fix it or set install_override in the model"
+            " config.",
         )
         self.model_step(
             "install-cs-config",
@@ -341,7 +344,8 @@ class LocalTier(Tier):
             network=model.internet,
             scratch_home=True,
             timeout=max(600, model.time_limit * 5),
-            hint="The model's own tests failed inside its new environment; the previous tag keeps serving.",
+            hint="The model's own tests failed inside its new environment; the previous tag keeps"
+            " serving.",
         )
 
     def get_version(self, entry: PublishedTag, logger: Logger) -> str:

@@ -47,7 +47,8 @@ def dockerfile() -> str:
 
 
 def build_context(logger: Logger) -> tuple[Path, str]:
-    """(a folder with the Dockerfile, the CA bundle, requirements and the wheel; the wheel's digest)."""
+    """(a folder with the Dockerfile, the CA bundle, requirements and the wheel; the wheel's
+    digest)."""
     context = Path(tempfile.mkdtemp(prefix="platform-context-"))
     try:
         ca = Path(CA_BUNDLE)

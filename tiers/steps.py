@@ -25,7 +25,8 @@ def run_step(
     user: int | None = None,
     start: Callable[..., subprocess.Popen] | None = None,
 ) -> str:
-    """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or overruns.
+    """Stream a command's output to `logger`; raise StepFailed with its tail if it fails or
+    overruns.
 
     user: a uid to run it as (a model's step in its sandbox, when the flow is root).
     start: how to start it instead of a plain Popen (a model step: its confinement's `popen`,

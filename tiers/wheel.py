@@ -39,7 +39,8 @@ INSTALLER_FILES = {"INSTALLER", "REQUESTED", "RECORD", "direct_url.json", "uv_ca
 
 def platform_distribution() -> Distribution:
     """The installed prefect-cs, first on sys.path. Only an installer's .dist-info counts (it has
-    a RECORD): a checkout's own prefect_cs.egg-info, on sys.path when run from the checkout, does not."""
+    a RECORD): a checkout's own prefect_cs.egg-info, on sys.path when run from the checkout, does
+    not."""
     for dist in distributions(name=DIST_NAME):
         if dist.read_text("RECORD"):
             return dist
@@ -77,7 +78,8 @@ def editable_checkout(dist: Distribution) -> Path | None:
     if not (checkout / "pyproject.toml").is_file():
         raise StepFailed(
             f"prefect-cs is installed in editable mode from {checkout}, which holds no"
-            " pyproject.toml any more: reinstall it (pip install -e <checkout>) or install its wheel"
+            " pyproject.toml any more: reinstall it (pip install -e <checkout>) or install its"
+            " wheel"
         )
     return checkout
 
@@ -107,7 +109,8 @@ def checkout_digest(checkout: Path) -> str:
 
 
 def build_from_checkout(checkout: Path, out: Path, logger: Logger) -> None:
-    """sdist, then the wheel from it, as pip would: a stale build/ in the checkout never leaks in."""
+    """sdist, then the wheel from it, as pip would: a stale build/ in the checkout never leaks
+    in."""
     run_step(
         "platform-wheel",
         [*_uv(), "build", "--quiet", "--out-dir", str(out), str(checkout)],

@@ -67,7 +67,8 @@ class DeliveryStore:
         return row[0] if row else None
 
     def duplicate(self, delivery: str, digest: str | None) -> str | None:
-        """Why this delivery was already acted on (its id, or its body under another id), or None."""
+        """Why this delivery was already acted on (its id, or its body under another id), or
+        None."""
         if self.seen(delivery):
             return "duplicate delivery"
         first = self.first_delivery_of(digest) if digest else None

@@ -37,7 +37,8 @@ CLUSTER, PUBLISH_REPO_KEY = "cluster", "publish-repository"  # labels of the non
 
 
 def normalize_repo_url(url: str) -> str:
-    """host/owner/name, lowercase: https, ssh (git@host:o/n), git:// and .git forms compare equal."""
+    """host/owner/name, lowercase: https, ssh (git@host:o/n), git:// and .git forms compare
+    equal."""
     url = url.strip()
     scp = re.match(r"^[\w.-]+@([\w.-]+):(.+)$", url)
     if scp:

@@ -21,7 +21,8 @@ def signature(secret: str, body: bytes) -> str:
 
 
 def well_formed(header: str | None) -> bool:
-    """`sha256=` and 64 lowercase hex digits, as GitHub sends it: anything else is refused unread."""
+    """`sha256=` and 64 lowercase hex digits, as GitHub sends it: anything else is refused
+    unread."""
     return bool(header) and SIGNATURE_RE.fullmatch(header.strip()) is not None  # type: ignore[union-attr]
 
 

@@ -121,7 +121,10 @@ def html_table(rows):
     body = "".join(
         f"<tr><td>{q}</td><td>{inc:,.0f}</td><td>{tax:,.0f}</td></tr>" for q, inc, tax in rows
     )
-    return f"<table><tr><th>Quintile</th><th>Average income</th><th>Average tax</th></tr>{body}</table>"
+    return (
+        "<table><tr><th>Quintile</th><th>Average income</th><th>Average tax</th></tr>"
+        f"{body}</table>"
+    )
 
 
 def csv_table(rows):
