@@ -232,7 +232,9 @@ def _collect_zombies() -> None:
 
 
 def _empty(folder: str) -> None:
-    """Remove what a call left in the work folder (links are removed, never followed)."""
+    """Remove what a call left in the work folder (links are removed, never followed). The
+    rule of warm.py `empty_folder`, written again because this runner imports nothing of the
+    platform (it runs in the model's interpreter, in the model's image)."""
     import shutil
 
     for entry in os.scandir(folder):

@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import select
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect_cs.runtime.model_process import ModelCall, _read_response, _run_seconds
+from prefect_cs.runtime.warm import _NoAnswer, read_answer_line
 
 EXCHANGE = "/cs/exchange"  # the emptyDir both containers mount
 RUNNER = "/cs/runtime/child.py"  # the platform's runner, copied by the init container
@@ -192,27 +192,10 @@ class WarmPod:
         from prefect_cs.core.settings import get_settings
 
         cap = get_settings().limits.light_answer_bytes
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > cap:
-                raise _Broken(
-                    f"{function}'s answer is over the cap of {cap:,} bytes: return less, or raise"
-                    " CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
-                )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _Broken(f"{function} did not answer in time")
-            if not select.select([self._out], [], [], min(left, 0.5))[0]:
-                continue
-            chunk = os.read(self._out, 1 << 20)  # type: ignore[arg-type]
-            if not chunk:
-                raise _Broken(f"the model container closed its answer pipe while {function} ran")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        if len(line) > cap:
-            raise _Broken(
-                f"{function}'s answer is {len(line):,} bytes, over the cap of {cap:,} bytes: return"
-                " less, or raise CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
-            )
+        try:
+            line, self._buffer = read_answer_line(self._out, self._buffer, function, deadline, cap)
+        except _NoAnswer as exc:
+            raise _Broken(str(exc)) from None
         return line
 
     def _close(self) -> None:

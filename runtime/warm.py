@@ -25,6 +25,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,30 +151,15 @@ class WarmModel:
             empty_folder(self.box.shm)
 
     def _read_line(self, function: str, timeout: float, cap: int) -> bytes:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        while b"\n" not in self._buffer:
-            if len(self._buffer) > cap:
-                raise _NoAnswer(
-                    f"{function}'s answer is over the cap of {cap:,} bytes: return less, or raise"
-                    " CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
-                )
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise _NoAnswer(f"{function} did not answer within {timeout:g} seconds")
-            if not select.select([self._from_child], [], [], min(left, 0.5))[0]:
-                self._check_alive(function)
-                continue
-            chunk = os.read(self._from_child, 1 << 20)
-            if not chunk:
-                self._check_alive(function, wait=1.0)
-                raise _NoAnswer(f"the model's process closed its answer pipe while {function} ran")
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        if len(line) > cap:
-            raise _NoAnswer(
-                f"{function}'s answer is {len(line):,} bytes, over the cap of {cap:,} bytes: return"
-                " less, or raise CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
-            )
+        line, self._buffer = read_answer_line(
+            self._from_child,
+            self._buffer,
+            function,
+            time.monotonic() + max(timeout, 0.0),
+            cap,
+            idle=lambda: self._check_alive(function),
+            closed=lambda: self._check_alive(function, wait=1.0),
+        )
         return line
 
     def _check_alive(self, function: str, wait: float = 0.0) -> None:
@@ -201,6 +187,48 @@ class WarmModel:
         if self.box is not None:
             self.box.close()
         self.proc, self.box, self._stop_after = None, None, False
+
+
+def read_answer_line(
+    fd: int,
+    buffer: bytes,
+    function: str,
+    deadline: float,
+    cap: int,
+    idle: Callable[[], None] = lambda: None,
+    closed: Callable[[], None] = lambda: None,
+) -> tuple[bytes, bytes]:
+    """One answer line from a warm model's pipe, and what was read after it: the line protocol
+    of every warm caller (a process here, a container, a pod's model container). Raises
+    _NoAnswer when the answer is over `cap` bytes, late (`deadline`, monotonic), or the pipe
+    closed; `idle` runs while waiting and `closed` before the closed-pipe error, so a caller
+    can report a model that exited (each may raise its own _NoAnswer)."""
+    allowed = max(deadline - time.monotonic(), 0.0)
+    while b"\n" not in buffer:
+        if len(buffer) > cap:
+            raise _NoAnswer(over_cap(function, len(buffer), cap))
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _NoAnswer(f"{function} did not answer within {allowed:.3g} seconds")
+        if not select.select([fd], [], [], min(left, 0.5))[0]:
+            idle()
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            closed()
+            raise _NoAnswer(f"the model closed its answer pipe while {function} ran")
+        buffer += chunk
+    line, _, rest = buffer.partition(b"\n")
+    if len(line) > cap:
+        raise _NoAnswer(over_cap(function, len(line), cap))
+    return line, rest
+
+
+def over_cap(function: str, size: int, cap: int) -> str:
+    return (
+        f"{function}'s answer is {size:,} bytes or more, over the cap of {cap:,} bytes: return"
+        " less, or raise CS_LIMITS_LIGHT_ANSWER_BYTES where the inputs server runs"
+    )
 
 
 def namespace_pid(pid: int) -> int | None:

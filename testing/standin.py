@@ -18,6 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlparse
 
+from prefect_cs.services.local_webapp import parse_body  # one rule for both recorders
+
 Reply = tuple[int, Any]  # status, JSON body
 
 
@@ -40,15 +42,6 @@ class Recorded:
     @property
     def query(self) -> dict[str, list[str]]:
         return parse_qs(urlparse(self.path).query)
-
-
-def parse_body(raw: bytes) -> Any:
-    if not raw:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw.decode(errors="replace")
 
 
 @dataclass
