@@ -382,12 +382,12 @@ def push_stream(repository: str, tag: str, registry: Registry, logger: Logger) -
     return digest
 
 
-def ensure_image(image: str) -> None:
+def ensure_image(image: str, client: Any = None) -> None:
     """Pull `image` unless the engine has it, with the registry's login (CS_REGISTRY_BLOCK):
     what containers started outside a worker (the inputs server) need on a registry with auth."""
     import docker
 
-    client = docker_client()
+    client = client or docker_client()
     try:
         client.images.get(image)
         return
@@ -584,8 +584,8 @@ class DockerTier(Tier):
         lacks it (runtime/container.py)."""
         try:
             image = self.image_of(model, entry)
-            ensure_image(image)
             client = docker_client()
+            ensure_image(image, client)
         except (ValueError, StepFailed) as exc:
             return ModelCall(ok=False, error=str(exc))
         return call_in_image(
