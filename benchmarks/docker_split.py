@@ -4,13 +4,16 @@
         [--runs 8]
 
 `--baseline` is a checkout of the earlier commit with its own `.venv` (e.g.
-`git worktree add /tmp/base 8c878ac && cd /tmp/base && python3 -m venv .venv &&
-.venv/bin/pip install -e .`). Each round runs benchmarks/docker_tier.py
-`--skip-cold` there and here, alternately (each on a fresh stack of its own),
-so both see the same machine; the figures each printed are collected and
-shown side by side: simulate overhead (median per round), the re-publish after
-a code-only change, the image size, and the light-call latency where the
-checkout measures it. Needs root, like docker_tier.py.
+`git worktree add /tmp/base 8c878ac && git -C /tmp/base apply
+"$PWD/benchmarks/docker_split-baseline-8c878ac.patch" && cd /tmp/base && python3 -m venv .venv
+&& .venv/bin/pip install -e .`; the patch makes 8c878ac's docker_tier.py print the latency,
+the task time and the phases as this one does, and changes nothing else). Each round runs
+benchmarks/docker_tier.py `--skip-cold` there and here, alternately (each on a fresh stack of
+its own), so both see the same machine; the figures each printed are collected and shown side
+by side: simulate overhead and latency (median per round), the model's own task time, the
+re-publish after a code-only change, the image size, and the light-call latency where the
+checkout measures it; each run's phases (testing/run_phases.py) are echoed as they come.
+Needs root, like docker_tier.py.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURES = {
     "simulate overhead (median, s)": r"simulate overhead, docker pool, \d+ runs: median ([\d.]+) s",
     "re-publish after a code-only change (s)": r"re-publish after a code-only change: ([\d.]+) s",
+    "simulate latency, submit → notified (median, s)": r"simulate latency \(submit → web app"
+    r" notified\): median ([\d.]+) s",
+    "the model's own task time (median, s)": r"own task time: median ([\d.]+) s",
     "image (MB)": r"image \S+: (\d+) MB",
     "parse, warm (median, s)": r"then median ([\d.]+) s",
 }
@@ -42,6 +48,9 @@ def run(checkout: Path, runs: int) -> dict[str, float]:
     )
     if done.returncode != 0:
         raise SystemExit(f"{checkout}: docker_tier.py failed\n{done.stdout}\n{done.stderr[-3000:]}")
+    for line in done.stdout.splitlines():
+        if line.strip().startswith("phase "):
+            print(f"  {checkout.name}: {line.strip()}")  # where the time went (run_phases)
     found = {}
     for name, pattern in FIGURES.items():
         match = re.search(pattern, done.stdout)

@@ -9,7 +9,8 @@ both idempotent). Prints:
   change, with the ratio re-publish / cold (goal ≤ 0.2);
 - simulate overhead on the Docker tier: submit → web app notified, minus the
   model's own task time, median of N runs on the tier's real worker (a process
-  worker whose flows start the model's container);
+  worker whose flows start the model's container); the latency and the task time
+  it comes from, and where the time went (each state and task, from the API);
 - light-call latency: `parse` answered by the shared inputs worker from the
   model's warm container (the first call starts it), median of N;
 - the size of the sample app's image.
@@ -46,6 +47,7 @@ from prefect_cs.services import stack_blocks, stack_parts  # noqa: E402
 from prefect_cs.services.stack_parts import docker_worker  # noqa: E402
 from prefect_cs.testing.docker_tier import docker_tier, ensure_docker, registry_settings  # noqa: E402
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model  # noqa: E402
+from prefect_cs.testing.run_phases import median_phases  # noqa: E402
 from prefect_cs.testing.webapp_standin import WebAppStub  # noqa: E402
 from prefect_cs.tiers.docker import DockerTier  # noqa: E402
 
@@ -63,18 +65,31 @@ def notified_at(stub: WebAppStub, task_id: str, timeout: float = 180) -> tuple[f
     return request.received, request.body
 
 
-def simulate_overhead(stub: WebAppStub, title: str, runs: int) -> list[float]:
-    overheads = []
+def simulate_overhead(stub: WebAppStub, title: str, runs: int) -> dict[str, list[float]]:
+    """Per run: submit → web app notified (`latency`), the model's own time as it reported it
+    (`task time`), their difference (`overhead`); the flow runs' ids under `runs`."""
+    figures: dict[str, list] = {"latency": [], "task time": [], "overhead": [], "runs": []}
     for _ in range(runs):
         task_id = str(uuid.uuid4())
         submitted = time.monotonic()
-        submit_simulation(
+        run = submit_simulation(
             "bench", title, {}, {"control": {"behavior": [{"value": "ok"}]}}, task_id=task_id
         )
         received, body = notified_at(stub, task_id)
         assert body["status"] == "SUCCESS", body
-        overheads.append(received - submitted - sum(body["meta"]["task_times"]))
-    return overheads
+        task_time = sum(body["meta"]["task_times"])
+        figures["latency"].append(received - submitted)
+        figures["task time"].append(task_time)
+        figures["overhead"].append(received - submitted - task_time)
+        figures["runs"].append(run.id)
+    return figures
+
+
+def print_phases(run_ids: list) -> None:
+    """Where the runs' time went (testing/run_phases.py): medians, seconds after creation."""
+    time.sleep(2)  # the runs' last task records reach the API
+    for name, seconds in median_phases(run_ids):
+        print(f"  phase {name:<22} median {seconds:6.2f} s")
 
 
 def inputs_latency(title: str, runs: int) -> None:
@@ -159,12 +174,19 @@ def main() -> None:
 
         worker.start()
         time.sleep(3)
-        overhead = simulate_overhead(stub, title, args.runs)
+        figures = simulate_overhead(stub, title, args.runs)
+        overhead = figures["overhead"]
         print(
             f"simulate overhead, docker pool, {args.runs} runs: median"
             f" {statistics.median(overhead):.2f} s"
             f" (min {min(overhead):.2f}, max {max(overhead):.2f})"
         )
+        print(
+            f"simulate latency (submit → web app notified): median"
+            f" {statistics.median(figures['latency']):.2f} s; the model's own task time: median"
+            f" {statistics.median(figures['task time']):.2f} s"
+        )
+        print_phases(figures["runs"])
         inputs_latency(title, args.runs)
     finally:
         worker.stop()
