@@ -20,7 +20,9 @@ def full_record(title: str) -> ModelConfig:
         memory="3Gi",
         cpu=2,
     )
-    model.record(PublishedTag(tag="v1", python="/p/1", version="0.1", image="r/x@sha256:" + "a" * 64))
+    model.record(
+        PublishedTag(tag="v1", python="/p/1", version="0.1", image="r/x@sha256:" + "a" * 64)
+    )
     model.record(PublishedTag(tag="v2", python="/p/2", version="0.2", tier="docker"))
     model.staging_tag, model.latest_tag = "v2", "v1"
     return model
