@@ -205,15 +205,20 @@ def version_task(owner: str, title: str, tag: str | None = None) -> dict[str, An
 
 @task(name="inputs-defaults", persist_result=True)
 def defaults_task(
-    owner: str, title: str, meta_param_dict: dict[str, Any], tag: str | None = None
+    owner: str,
+    title: str,
+    meta_param_dict: dict[str, Any],
+    tag: str | None = None,
+    warm: bool = False,
 ) -> dict[str, Any]:
     """One model call per (model, tag) at a time in this worker: a task queued behind the
-    same request (a web app's retry, a prewarm) finds the answer kept and calls nothing."""
+    same request (a web app's retry) finds the answer kept and calls nothing. `warm` (publish
+    and start-up warming) calls the model even so: the point is its process, started."""
     try:
         model, entry = _resolve(owner, title, tag)
         with _defaults_lock(model.slug, entry.tag):
             known, identity = lookup_defaults(model, entry.tag, meta_param_dict)
-            if known is not None:
+            if known is not None and not warm:
                 return known
             result = _call_defaults(model, entry, meta_param_dict)
             if result["status"] == "SUCCESS":
@@ -375,7 +380,7 @@ def prewarm(model: ModelConfig, entry: PublishedTag) -> None:
     neither a cold import nor a model call (the server takes it whenever it runs)."""
     with task_storage():
         route(defaults_task, entry, model.owner, model.title).delay(
-            model.owner, model.title, {}, entry.tag
+            model.owner, model.title, {}, entry.tag, warm=True
         )
 
 

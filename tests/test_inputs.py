@@ -56,6 +56,19 @@ def test_the_resolved_meta_parameters_are_the_defaults_entry(paramtools, task_wo
     assert inputs.get_defaults("tests", "ParamTools", plain) == first
 
 
+def test_warming_calls_the_model_even_when_its_defaults_are_kept(misbehaving, task_worker):
+    """Publish and start-up warming are for the model's process: a kept answer must not
+    stop them from starting it (a parse after a restart would be a cold import)."""
+    kept = inputs.get_defaults("tests", "Misbehaving", {})
+    try:
+        assert inputs.defaults_task.fn("tests", "Misbehaving", {}, None) == kept
+        warmed = inputs.defaults_task.fn("tests", "Misbehaving", {}, None, warm=True)
+        assert warmed["status"] == "SUCCESS"
+        assert warmed["meta"] != kept["meta"]  # a model call of its own, timed afresh
+    finally:
+        inputs.stop_warm()
+
+
 def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
     task_id = str(uuid.uuid4())
     defaults = inputs.get_defaults("tests", "ParamTools", {})
