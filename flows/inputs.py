@@ -43,6 +43,8 @@ from prefect_cs.tiers.base import WarmCaller
 LIGHT_CALL_LIMIT = 30.0
 _warm: dict[tuple[str, str], WarmCaller] = {}
 _warm_lock = threading.Lock()
+_defaults_locks: dict[tuple[str, str], threading.Lock] = {}
+_defaults_locks_lock = threading.Lock()
 
 
 @functools.cache
@@ -53,9 +55,69 @@ def _storage() -> Block:
     )
 
 
-def cache_path(model: ModelConfig, tag: str, meta_param_dict: dict[str, Any]) -> str:
-    digest = hashlib.sha256(json.dumps(meta_param_dict, sort_keys=True).encode()).hexdigest()[:32]
+def cache_path(model: ModelConfig, tag: str, identity: dict[str, Any]) -> str:
+    """Where a tag's defaults for these meta parameters are kept; `identity` is what
+    defaults_identity made of the request ({} for the model's own defaults)."""
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
     return f"inputs-cache/{model.slug}/{tag}/{digest}.json"
+
+
+def _plain(value: Any) -> Any:
+    """A meta parameter's value without ParamTools' wrapping: C/S sends its specification
+    ({"year": [{"value": 2026}]}), a person may send {"year": 2026}; both mean the same."""
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], dict):
+        if set(value[0]) == {"value"}:
+            return value[0]["value"]
+    return value
+
+
+def meta_values(answer: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The resolved meta parameter values of a SUCCESS defaults answer ({name: value}), or None
+    for a FAIL. ParamTools' dump also holds a "schema" entry, which is no parameter."""
+    if not answer or answer.get("status") != "SUCCESS":
+        return None
+    specs = answer.get("meta_parameters")
+    if not isinstance(specs, dict):
+        return None
+    return {
+        name: _plain(spec["value"])
+        for name, spec in specs.items()
+        if name != "schema" and isinstance(spec, dict) and "value" in spec
+    }
+
+
+def defaults_identity(
+    meta_param_dict: dict[str, Any], base: dict[str, Any] | None
+) -> dict[str, Any]:
+    """One key per (model, tag, resolved meta parameters): C/S asks with {} and then with the
+    values {} resolved to (model_parameters.py), which must be one cache entry, not a second
+    cold model call. `base` is the resolved values of the {} answer (None until it is known);
+    {} stands for "the model's defaults"."""
+    plain = {name: _plain(value) for name, value in meta_param_dict.items()}
+    if base is None:
+        return plain
+    resolved = {**base, **plain}
+    return {} if resolved == base else resolved
+
+
+def _read_cached(path: str) -> dict[str, Any] | None:
+    """A kept answer, or None: a miss or an unreadable entry falls through to the model."""
+    try:
+        return json.loads(_storage().read_path(path))
+    except Exception:  # noqa: BLE001 - any storage trouble is a miss
+        return None
+
+
+def lookup_defaults(
+    model: ModelConfig, tag: str, meta_param_dict: dict[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """(the kept answer or None, the identity it is kept under). The {} answer is read first:
+    its meta parameters say what the request resolves to."""
+    base_answer = _read_cached(cache_path(model, tag, {}))
+    identity = defaults_identity(meta_param_dict, meta_values(base_answer))
+    if not identity:
+        return base_answer, identity
+    return _read_cached(cache_path(model, tag, identity)), identity
 
 
 def answer(call, result: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -143,22 +205,48 @@ def version_task(owner: str, title: str, tag: str | None = None) -> dict[str, An
 
 @task(name="inputs-defaults", persist_result=True)
 def defaults_task(
-    owner: str, title: str, meta_param_dict: dict[str, Any], tag: str | None = None
+    owner: str,
+    title: str,
+    meta_param_dict: dict[str, Any],
+    tag: str | None = None,
+    warm: bool = False,
 ) -> dict[str, Any]:
+    """One model call per (model, tag) at a time in this worker: a task queued behind the
+    same request (a web app's retry) finds the answer kept and calls nothing. `warm` (publish
+    and start-up warming) calls the model even so: the point is its process, started."""
     try:
         model, entry = _resolve(owner, title, tag)
-        call = warm_call(model, entry, "get_inputs", [meta_param_dict])
-        if call.ok:
-            checked("get_inputs", call.result, ("meta_parameters", "model_parameters"))
-        result = sendable(scrubber_for(model)(answer(call)))
+        with _defaults_lock(model.slug, entry.tag):
+            known, identity = lookup_defaults(model, entry.tag, meta_param_dict)
+            if known is not None and not warm:
+                return known
+            result = _call_defaults(model, entry, meta_param_dict)
+            if result["status"] == "SUCCESS":
+                _keep(cache_path(model, entry.tag, identity), result)
+            return result
     except Exception as exc:  # noqa: BLE001 - the caller gets an answer, not a failed task
         return failed(exc)
-    if result["status"] == "SUCCESS":
-        with contextlib.suppress(Exception):  # an unwritable cache costs speed, not the answer
-            _storage().write_path(
-                cache_path(model, entry.tag, meta_param_dict), json.dumps(result).encode()
-            )
-    return result
+
+
+def _call_defaults(
+    model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
+) -> dict[str, Any]:
+    call = warm_call(model, entry, "get_inputs", [meta_param_dict])
+    if call.ok:
+        checked("get_inputs", call.result, ("meta_parameters", "model_parameters"))
+    return sendable(scrubber_for(model)(answer(call)))
+
+
+def _keep(path: str, result: dict[str, Any]) -> None:
+    with contextlib.suppress(Exception):  # an unwritable cache costs speed, not the answer
+        _storage().write_path(path, json.dumps(result).encode())
+
+
+def _defaults_lock(model_slug: str, tag: str) -> threading.Lock:
+    """The model's calls queue on its one warm process anyway (WarmModel.lock); holding this
+    around the cache check as well is what merges identical requests."""
+    with _defaults_locks_lock:
+        return _defaults_locks.setdefault((model_slug, tag), threading.Lock())
 
 
 @task(name="inputs-parse", persist_result=True)
@@ -279,8 +367,9 @@ def defaults_of(
     model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
 ) -> dict[str, Any]:
     """get_defaults for a model already resolved (the cluster API keeps its configs)."""
-    with contextlib.suppress(Exception):  # a miss or unreadable entry falls through to the model
-        return json.loads(_storage().read_path(cache_path(model, entry.tag, meta_param_dict)))
+    known, _ = lookup_defaults(model, entry.tag, meta_param_dict)
+    if known is not None:
+        return known
     task = route(defaults_task, entry, model.owner, model.title)
     return _run(task, model.owner, model.title, meta_param_dict, entry.tag)
 
@@ -291,7 +380,7 @@ def prewarm(model: ModelConfig, entry: PublishedTag) -> None:
     neither a cold import nor a model call (the server takes it whenever it runs)."""
     with task_storage():
         route(defaults_task, entry, model.owner, model.title).delay(
-            model.owner, model.title, {}, entry.tag
+            model.owner, model.title, {}, entry.tag, warm=True
         )
 
 

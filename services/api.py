@@ -27,6 +27,7 @@ web apps that send no header and belongs on a private network only.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -46,7 +47,7 @@ from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
 from prefect_cs.deployments.submit import create_simulation_run
-from prefect_cs.flows.inputs import defaults_of, get_version
+from prefect_cs.flows.inputs import defaults_identity, defaults_of, get_version, meta_values
 from prefect_cs.flows.outcome import outputs_key, read_outcome
 from prefect_cs.flows.payloads import (
     answer_fail,
@@ -55,7 +56,7 @@ from prefect_cs.flows.payloads import (
     parse_fail,
     sim_fail,
 )
-from prefect_cs.services.api_cache import AnswerCache, ModelDirectory
+from prefect_cs.services.api_cache import AnswerCache, ModelDirectory, SingleFlight
 from prefect_cs.services.pending_queue import PendingQueue
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -230,6 +231,16 @@ def run_status(owner: str, title: str, task_id: str) -> dict[str, Any]:
     }
 
 
+def light_answer(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """version/defaults: NotFound is a 404; anything else the model or worker did is a FAIL."""
+    try:
+        return call(*args)
+    except NotFound:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the web app reads a FAIL, not a 500
+        return answer_fail(f"{type(exc).__name__}: {exc}")
+
+
 # ---- the app --------------------------------------------------------------------------
 
 
@@ -242,6 +253,7 @@ class ClusterApi:
         self.settings, self.token, self.depth_limit = settings, token, depth_limit
         self.models = ModelDirectory(settings.config_ttl_seconds)
         self.answers = AnswerCache()
+        self.flights = SingleFlight()
         self.parses = PendingQueue("parse", pending / "parse", submit_parse, parse_failed)
         self.sims = PendingQueue(
             "sim",
@@ -323,11 +335,29 @@ class ClusterApi:
     async def defaults(
         self, model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
     ) -> dict[str, Any]:
-        """From memory when this process has answered it before; else storage or the model."""
-        key = AnswerCache.key(model, entry.tag, "defaults", meta_param_dict)
+        """From memory when this process has answered it (or what it resolves to) before; else
+        one call at a time per key (storage or the model) that outlives a client giving up."""
+        base = meta_values(self.answers.get(self.defaults_key(model, entry.tag, {})))
+        identity = defaults_identity(meta_param_dict, base)
+        key = self.defaults_key(model, entry.tag, identity)
         if (known := self.answers.get(key)) is not None:
             return known
-        result = await self.light(defaults_of, model, entry, meta_param_dict)
+        flight = self.flights.start(key, self.fetch_defaults, model, entry, meta_param_dict, key)
+        return await asyncio.wrap_future(flight)
+
+    @staticmethod
+    def defaults_key(model: ModelConfig, tag: str, identity: dict[str, Any]) -> tuple[str, ...]:
+        return AnswerCache.key(model, tag, "defaults", identity)
+
+    def fetch_defaults(
+        self,
+        model: ModelConfig,
+        entry: PublishedTag,
+        meta_param_dict: dict[str, Any],
+        key: tuple[str, ...],
+    ) -> dict[str, Any]:
+        """defaults_of, kept in memory (a SUCCESS) before any waiter is answered."""
+        result = light_answer(defaults_of, model, entry, meta_param_dict)
         self.answers.put(key, result)
         return result
 
@@ -362,13 +392,7 @@ class ClusterApi:
 
     @staticmethod
     async def light(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
-        """version/defaults: NotFound is a 404; anything else the model or worker did is a FAIL."""
-        try:
-            return await anyio.to_thread.run_sync(call, *args)
-        except NotFound:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the web app reads a FAIL, not a 500
-            return answer_fail(f"{type(exc).__name__}: {exc}")
+        return await anyio.to_thread.run_sync(light_answer, call, *args)
 
     async def runs(self, request: Request) -> JSONResponse:
         owner, title = model_names(request)

@@ -24,6 +24,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
 from typing import Any
 from uuid import UUID
 
@@ -165,3 +167,45 @@ class AnswerCache:
             self._answers.move_to_end(key)
             while len(self._answers) > self.size:
                 self._answers.popitem(last=False)
+
+
+class SingleFlight:
+    """One call per key at a time; callers arriving meanwhile share its future.
+
+    C/S gives each attempt 1.7 s and retries: a defaults call still running when the client
+    gave up must not be started again by the retry (two page loads made ten model calls),
+    and must finish, so the next try is answered from memory. So the call runs in a thread of
+    its own, not the request's, and a caller that stops waiting leaves it running. One API
+    process only: across processes the inputs worker's lock (flows/inputs.py) merges them.
+    """
+
+    def __init__(self) -> None:
+        self._flights: dict[Hashable, Future[Any]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, key: Hashable, call: Callable[..., Any], *args: Any) -> Future[Any]:
+        """The future of the call under way for `key`, or of `call(*args)` started now."""
+        with self._lock:
+            if (flight := self._flights.get(key)) is not None:
+                return flight
+            flight = self._flights[key] = Future()
+            flight.set_running_or_notify_cancel()  # a waiter giving up cannot cancel it
+        threading.Thread(
+            target=self._fly, args=(key, flight, call, args), name="single-flight", daemon=True
+        ).start()
+        return flight
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._flights)
+
+    def _fly(
+        self, key: Hashable, flight: Future[Any], call: Callable[..., Any], args: tuple
+    ) -> None:
+        try:
+            flight.set_result(call(*args))
+        except BaseException as exc:  # noqa: BLE001 - every waiter gets it
+            flight.set_exception(exc)
+        finally:
+            with self._lock:
+                self._flights.pop(key, None)

@@ -77,7 +77,7 @@ def warm_served(model: str | None = None) -> int:
         logger.warning("could not list the models to warm: %s; warming at start done", exc)
         return 0
     for config in models:
-        answer = defaults_task.fn(config.owner, config.title, {}, None)  # never raises
+        answer = defaults_task.fn(config.owner, config.title, {}, None, warm=True)  # no raise
         warmed += answer.get("status") == "SUCCESS"
         logger.info("warmed %s/%s: %s", config.owner, config.title, answer.get("status"))
     logger.info("warming at start done: %d of %d model(s)", warmed, len(models))

@@ -223,15 +223,15 @@ def test_sim_without_task_id_gets_a_new_one(client, misbehaving):
     assert len(until(lambda: runs_of(task_id), 60, "the acknowledged sim's flow run")) == 1
 
 
-def parse_task_runs() -> set:
-    """The newest parse task runs (a delay() creates one at once)."""
+def parse_task_runs(name: str = "inputs-parse") -> set:
+    """The newest parse (or `name`) task runs (a delay() creates one at once)."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
     from prefect.client.schemas.sorting import TaskRunSort
 
     with get_client(sync_client=True) as c:
         found = c.read_task_runs(
-            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="inputs-parse")),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_=name)),
             sort=TaskRunSort.EXPECTED_START_TIME_DESC,
             limit=50,
         )
@@ -540,3 +540,56 @@ def test_fail_traceback_is_never_empty_and_at_most_8000(reason):
     assert sent.strip() and len(sent) <= 8000
     if reason.strip():
         assert sent.endswith("x" * 100)  # the end, where the error is, is kept
+
+
+# ---- the inputs page: C/S asks for defaults twice, and retries a slow one -----------------
+
+
+def test_the_inputs_pages_second_defaults_request_is_the_first_ones_answer(
+    api, paramtools, task_worker
+):
+    """model_parameters.py asks with {} and then with the specification {} resolved to: one
+    cache entry, so the second is answered from memory, not by a second cold model call."""
+    from prefect_cs.testing.cs_client import ComputeStudioClient
+
+    cs = ComputeStudioClient(api, TOKEN)
+    first = cs.submit_job("tests", "ParamTools", "defaults", {"meta_param_dict": {}})
+    assert first["status"] == "SUCCESS"
+    resolved = {
+        name: [{"value": spec["value"][0]["value"]}]
+        for name, spec in first["meta_parameters"].items()
+        if name != "schema"  # ParamTools' dump holds its schema beside the parameters
+    }
+    assert resolved  # {"year": [{"value": 2026}], "use_full_sample": [{"value": True}]}
+    started = time.monotonic()
+    second = cs.submit_job("tests", "ParamTools", "defaults", {"meta_param_dict": resolved})
+    assert second == first  # the same answer, task_times included: no second model call
+    assert time.monotonic() - started < 1.0 and cs.attempts_made == [1, 1]
+
+
+def test_a_slow_defaults_call_is_made_once_and_answered_within_cs_retries(
+    api, misbehaving, task_worker
+):
+    """A 4 s model call outlives C/S's 1.7 s attempts: the retries (and a second page load at
+    once) join the call under way instead of starting more, and get its answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prefect_cs.testing.cs_client import ComputeStudioClient
+
+    meta = {"behavior": "slow", "seconds": 4, "page": str(uuid.uuid4())}
+    before = parse_task_runs("inputs-defaults")
+    clients = [ComputeStudioClient(api, TOKEN) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(
+                lambda cs: cs.submit_job(
+                    "tests", "Misbehaving", "defaults", {"meta_param_dict": meta}
+                ),
+                clients,
+            )
+        )
+    assert [a["status"] for a in answers] == ["SUCCESS", "SUCCESS"]
+    calls = {a["meta_parameters"]["call"]["value"] for a in answers}
+    assert len(calls) == 1, f"answers of {len(calls)} model calls"
+    assert all(1 < cs.attempts_made[0] <= 5 for cs in clients)  # it did outlive an attempt
+    assert len(parse_task_runs("inputs-defaults") - before) == 1  # one task for all tries

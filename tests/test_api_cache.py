@@ -7,6 +7,7 @@ Against the session's real Prefect server; the directory's own read is counted
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -96,3 +97,51 @@ def test_an_expired_config_is_answered_at_once_and_read_again_behind(platform):
             time.sleep(0.05)
     finally:
         models.close()
+
+
+# ---- defaults: one entry per resolved meta parameters; one call per key at a time -------
+
+
+def test_defaults_identity_merges_the_empty_request_and_its_resolved_form():
+    from prefect_cs.flows.inputs import defaults_identity, meta_values
+
+    answer = {
+        "status": "SUCCESS",
+        "meta_parameters": {
+            "schema": {"labels": {}, "operators": {"array_first": True}},
+            "year": {"title": "Year", "value": [{"value": 2026}]},
+            "use_full_sample": {"title": "Full", "value": [{"value": True}]},
+        },
+    }
+    base = meta_values(answer)
+    assert base == {"year": 2026, "use_full_sample": True}
+    cs_second = {"year": [{"value": 2026}], "use_full_sample": [{"value": True}]}
+    assert defaults_identity({}, base) == defaults_identity(cs_second, base) == {}
+    assert defaults_identity({"year": 2026}, base) == {}
+    assert defaults_identity({"year": [{"value": 2025}]}, base) == {
+        "year": 2025,
+        "use_full_sample": True,
+    }
+    assert defaults_identity(cs_second, None) == {"year": 2026, "use_full_sample": True}
+    assert meta_values({"status": "FAIL"}) is None
+
+
+def test_single_flight_runs_one_call_per_key_and_outlives_its_waiters():
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from prefect_cs.services.api_cache import SingleFlight
+
+    flights, calls = SingleFlight(), []
+
+    def slow(value: str) -> str:
+        calls.append(value)
+        time.sleep(0.5)
+        return value
+
+    futures = at_once(lambda: flights.start("key", slow, "first"))
+    assert len({id(f) for f in futures}) == 1 and calls == ["first"]
+    with pytest.raises(FutureTimeout):
+        futures[0].result(timeout=0.05)  # a client giving up at its timeout...
+    assert futures[0].result(timeout=5) == "first"  # ...leaves the call to finish
+    assert flights.in_flight() == 0
+    assert flights.start("key", slow, "again").result(timeout=5) == "again"  # none kept

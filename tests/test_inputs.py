@@ -32,6 +32,43 @@ def test_defaults_are_cached_per_meta_parameters(paramtools, task_worker):
     assert inputs._storage().read_path(path)
 
 
+def test_identical_defaults_requests_make_one_model_call(misbehaving, task_worker):
+    """Two callers' tasks for the same new meta parameters at once: the worker runs the model
+    for the first, and the second, queued behind it, is answered from what it kept."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    meta = {"behavior": "slow", "seconds": 2, "caller": str(uuid.uuid4())}
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(
+            pool.map(lambda _: inputs.get_defaults("tests", "Misbehaving", meta), range(2))
+        )
+    assert [a["status"] for a in answers] == ["SUCCESS", "SUCCESS"]
+    assert answers[0]["meta_parameters"]["call"] == answers[1]["meta_parameters"]["call"]
+
+
+def test_the_resolved_meta_parameters_are_the_defaults_entry(paramtools, task_worker):
+    """{} and what it resolves to (C/S's second request) are one cache entry."""
+    first = inputs.get_defaults("tests", "ParamTools", {})
+    specs = first["meta_parameters"]  # ParamTools' dump: a "schema" entry, then parameters
+    resolved = {name: spec["value"] for name, spec in specs.items() if name != "schema"}
+    assert inputs.get_defaults("tests", "ParamTools", resolved) == first
+    plain = {name: value[0]["value"] for name, value in resolved.items()}
+    assert inputs.get_defaults("tests", "ParamTools", plain) == first
+
+
+def test_warming_calls_the_model_even_when_its_defaults_are_kept(misbehaving, task_worker):
+    """Publish and start-up warming are for the model's process: a kept answer must not
+    stop them from starting it (a parse after a restart would be a cold import)."""
+    kept = inputs.get_defaults("tests", "Misbehaving", {})
+    try:
+        assert inputs.defaults_task.fn("tests", "Misbehaving", {}, None) == kept
+        warmed = inputs.defaults_task.fn("tests", "Misbehaving", {}, None, warm=True)
+        assert warmed["status"] == "SUCCESS"
+        assert warmed["meta"] != kept["meta"]  # a model call of its own, timed afresh
+    finally:
+        inputs.stop_warm()
+
+
 def test_parse_puts_to_inputs_api(paramtools, task_worker, webapp):
     task_id = str(uuid.uuid4())
     defaults = inputs.get_defaults("tests", "ParamTools", {})

@@ -1,7 +1,8 @@
 """A model that misbehaves on request, for the platform's failure paths.
 
 The adjustment's `control.behavior` chooses what run_model (and validate_inputs)
-does; the meta parameter dict's `behavior` key chooses what get_inputs does.
+does; the meta parameter dict's `behavior` key chooses what get_inputs does ("slow" sleeps
+`seconds` and names the call: every answer from one model call carries the same name).
 """
 
 import base64
@@ -76,6 +77,9 @@ def get_inputs(meta_param_dict):
         inputs["meta_parameters"]["score"] = {"value": float("nan"), "title": "bad \udc80"}
     if behavior == "huge":
         inputs["meta_parameters"]["padding"] = {"value": "x" * int(meta_param_dict["size"])}
+    if behavior == "slow":  # a model call of known length, and a mark of which call answered
+        time.sleep(float(meta_param_dict["seconds"]))
+        inputs["meta_parameters"]["call"] = {"value": os.urandom(8).hex()}
     return inputs
 
 
