@@ -22,6 +22,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -29,7 +31,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core.errors import OlderTag, StepFailed
+from prefect_cs.core.errors import OlderTag
 from prefect_cs.core.github import CommitStatus, repository_of, status_context
 from prefect_cs.core.home import traverse_folder
 from prefect_cs.core.names import check_tag, path_component
@@ -111,11 +113,7 @@ def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> st
     """The model's own test suite, then its version, both inside the new environment."""
     tier = get_tier(entry.tier)
     logger = get_run_logger()
-    try:
-        tier.test(model, entry, source, logger)
-    except StepFailed:
-        tier.discard(entry, logger)
-        raise
+    tier.test(model, entry, source, logger)  # on any failure _publish discards the environment
     return tier.model_version(entry, logger)
 
 
@@ -235,6 +233,23 @@ def publish(
     return result
 
 
+@contextmanager
+def discarded_unless_registered(entry: PublishedTag) -> Iterator[None]:
+    """Whatever ends the publish before the new environment is registered (a failed test, a
+    failed push, a cancellation, the SIGTERM that marks the run Crashed) discards it: an
+    unregistered environment is never used, and a venv is hundreds of MB. A SIGKILL leaves
+    no chance to; `discard` failing never hides why the publish ended."""
+    try:
+        yield
+    except BaseException:
+        logger = get_run_logger()
+        try:
+            get_tier(entry.tier).discard(entry, logger)
+        except Exception as exc:  # noqa: BLE001 - the first error is the one to report
+            logger.warning("the environment of %s was not discarded: %s", entry.tag, exc)
+        raise
+
+
 def report_on(status: CommitStatus, model: ModelConfig, commit: str | None, what: str) -> None:
     """Point the status at the model's own repository and `commit` (what was built), then
     report pending; no repository (a local repo_url) or no commit: nothing is reported."""
@@ -262,9 +277,10 @@ def _publish(
             if report:
                 report_on(status, model, commit, what)
             entry = build_environment(model, source, tag)
-            version = run_model_tests(model, entry, source)
-            entry = push(model, entry.model_copy(update={"version": version, "commit": commit}))
-            register(owner, title, entry)
+            with discarded_unless_registered(entry):
+                version = run_model_tests(model, entry, source)
+                entry = push(model, entry.model_copy(update={"version": version, "commit": commit}))
+                register(owner, title, entry)
             stage(owner, title, tag)
         finally:
             shutil.rmtree(source, ignore_errors=True)

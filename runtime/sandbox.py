@@ -4,12 +4,13 @@ install.sh, the cs-config install and the model's own tests.
 Model apps are written by outside economists, so their code is untrusted. Three modes
 (CS_SANDBOX), chosen per tier:
 
-- `bwrap` (process tier, the default): Debian's bubblewrap. The model runs as a dedicated
-  uid (CS_MODEL_UID, 10001 when the worker is root) in its own user, pid, network, ipc and
-  uts namespaces, with no further user namespaces of its own (`--disable-userns`) and a
-  seccomp filter (seccomp.py): it sees only /usr, /etc, its own environment, the interpreter
-  that environment was made from (recorded by the platform at publish, never read from files
-  the model wrote) and a private work folder (the only thing it can write); /proc shows its
+- `bwrap` (process tier, the default): Debian's bubblewrap. The model runs as a dedicated uid
+  (CS_MODEL_UID, 10001 when the worker is root) in its own user, pid, network, ipc and uts
+  namespaces, with no further user namespaces of its own (`--disable-userns`) and a seccomp
+  filter (seccomp.py): it sees only /usr, /etc, its own environment, the interpreter that
+  environment was made from and where its declared Debian packages keep data under /var/lib or
+  /opt (both recorded by the platform at publish, never read from files the model wrote:
+  system_packages.py) and a private work folder (the only thing it can write); /proc shows its
   own processes; it has no route to the Prefect API, the web app, Redis or the registry: its
   network namespace has only its own loopback, or, for install steps and `internet: true`, a
   user-mode network stack without the host's loopback (usernet.py); everything but its work

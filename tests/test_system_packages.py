@@ -98,6 +98,7 @@ def test_local_tier_refuses_apt_install_before_running_it(platform, repos, caplo
     assert "'apt-get install -y --no-install-recommends tree'" in said
     assert "publish on the docker tier (CS_TIER=docker" in said
     assert "system_packages: [tree]" in said and "sudo apt-get install -y tree" in said
+    assert "recommended packages included" in said
     assert "[install.sh]" not in said  # refused before it ran: no venv, no step
     assert not (get_settings().envs_dir / "tests" / "Apt-Local").exists()
 
@@ -139,7 +140,7 @@ def test_dockerfile_installs_as_root_before_install_sh():
     text = dockerfile(["ed", "g++"], install_uses_apt=True)
     apt = (
         "RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q"
-        " --no-install-recommends ed g++ && rm -rf /var/lib/apt/lists/*"
+        " ed g++ && rm -rf /var/lib/apt/lists/*"
     )
     assert text.index(apt) < text.index("COPY install/") < text.index("bash -e ./install.sh")
     install = next(line for line in text.splitlines() if "bash -e ./install.sh" in line)
@@ -162,7 +163,7 @@ def test_build_context_renders_the_models_packages(platform):
     context = tier.build_context(config, cs_config, logging.getLogger("t"))
     try:
         text = (context / "Dockerfile").read_text()
-        assert "--no-install-recommends ed && rm -rf" in text
+        assert "apt-get install -y -q ed && rm -rf" in text  # recommends too, as install.sh's
         assert "cd /opt/cs/install && apt-get update -q" in text
         assert (
             "apt-get install -y --no-install-recommends tree"

@@ -66,6 +66,7 @@ from prefect_cs.core.settings import get_settings
 from prefect_cs.runtime.confinement import Bounds
 from prefect_cs.runtime.container import (
     RUNNER,
+    WORK,
     WarmContainer,
     call_in_image,
     cli_flags,
@@ -231,13 +232,16 @@ APT_ENV = "DEBIAN_FRONTEND=noninteractive"
 
 def apt_install_step(packages: list[str]) -> str:
     """The Dockerfile line that installs a model's system packages as root, or a comment.
+    With their recommended packages, as install.sh's own `apt-get install` did on Compute
+    Studio (texlive's lmodern.sty is a recommendation), so moving install.sh's packages into
+    system_packages changes nothing.
     Names are checked again here (they were when the config was made): each is one word of
     Debian's package-name alphabet, so nothing else can reach the shell."""
     if not packages:
         return "# system_packages: none"
     names = " ".join(check_system_package(name) for name in packages)
     return (
-        f"RUN apt-get update -q && {APT_ENV} apt-get install -y -q --no-install-recommends"
+        f"RUN apt-get update -q && {APT_ENV} apt-get install -y -q"
         f" {names} && rm -rf /var/lib/apt/lists/*"
     )
 
@@ -307,6 +311,16 @@ def docker_cli() -> str:
     if not path:
         raise StepFailed("the docker command is missing: apt-get install docker.io")
     return path
+
+
+def tests_command() -> list[str]:
+    """The model's tests, from a copy of its source in the container's writable work folder
+    (WORK, a size-limited tmpfs): the image's own source is read-only, and the process tier
+    runs them in a writable checkout, where apps write reports (Tax-Brain's
+    ./Policy-Report-…/). A fixed command: nothing of the model's reaches the shell."""
+    copy = f"{WORK}/cs-config"  # not HOME itself (WORK), as on the process tier
+    pytest = f"{MODEL_PYTHON} -m pytest -q -p no:cacheprovider --rootdir {copy} cs_config/tests"
+    return ["sh", "-c", f"cp -R {MODEL_SRC} {copy} && cd {copy} && exec {pytest}"]
 
 
 VERSION_BOUNDS = Bounds(memory_mib=1024, pids=256, cpus=1.0, disk_mib=256)
@@ -489,25 +503,15 @@ class DockerTier(Tier):
     ) -> None:
         """In a container of the new image as every model call runs (runtime/container.py):
         uid 10001, read-only, no capabilities, the model's own bounds, no network unless the
-        model declares `internet`; never the platform's code."""
+        model declares `internet`; never the platform's code. In a writable copy of its source
+        (tests_command), like the process tier's checkout."""
         options = container_options(
             model_bounds(model), model.internet, model_environment(MODEL_PYTHON)
         )
-        tests = f"{MODEL_SRC}/cs_config/tests"
         run_in_image(
             "model-tests",
             entry.image or "",
-            [
-                MODEL_PYTHON,
-                "-m",
-                "pytest",
-                "-q",
-                "-p",
-                "no:cacheprovider",
-                "--rootdir",
-                MODEL_SRC,
-                tests,
-            ],
+            tests_command(),
             logger,
             timeout=max(600, model.time_limit * 5),
             hint="The model's own tests failed inside its new image; nothing was pushed and the"

@@ -8,7 +8,8 @@ process pool needs no job variables, because the flow finds the model's venv
 from its model config when the run starts. install.sh runs in the model sandbox as
 the model's uid, never as root: one that calls apt-get is refused before it runs
 (tiers/base.py), and a model's `system_packages` must already be installed on the
-machine, which publish checks with dpkg-query.
+machine, which publish checks with dpkg-query; where dpkg says they keep data outside
+/usr and /etc (/var/lib/texmf), the sandbox shows it read-only (runtime/system_packages.py).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from prefect_cs.runtime.sandbox import (
     model_interpreter,
     model_sandbox,
 )
+from prefect_cs.runtime.system_packages import package_binds
 from prefect_cs.runtime.warm import WarmModel
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier
 from prefect_cs.tiers.steps import run_step
@@ -142,6 +144,12 @@ def missing_system_packages(names: list[str]) -> list[str]:
     return [name for name in names if name not in installed]
 
 
+def system_package_binds(model: ModelConfig) -> list[str]:
+    """Where the model's declared Debian packages keep data outside /usr and /etc (texlive's
+    /var/lib/texmf), from dpkg's database on the host, never the platform's own folders."""
+    return package_binds(model.system_packages, [get_settings().home, Path(sys.prefix)])
+
+
 def venv_of(entry: PublishedTag) -> Path:
     return Path(entry.python).parent.parent
 
@@ -228,7 +236,7 @@ class LocalTier(Tier):
         python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
         # Recorded now, before any model code runs: later its venv's pyvenv.cfg and links are
         # the model's own writing, and the platform takes no path from them.
-        binds = interpreter_binds(python)
+        binds = [*interpreter_binds(python), *system_package_binds(model)]
         entry = PublishedTag(
             tag=tag, tier=self.name, python=str(venv / "bin" / "python"), sandbox_binds=binds
         )
