@@ -57,15 +57,17 @@ from prefect_cs.flows.payloads import (
 )
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory
 from prefect_cs.services.pending_queue import PendingQueue
+from prefect_cs.services.sync_behind import SyncBehind
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 logger = logging.getLogger("prefect_cs.api")
 
 TASK_NAMES = ("version", "defaults", "parse", "sim")
-Handler = Callable[[Request], Awaitable[JSONResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
+SYNC_ID_HEADER = "X-CS-Sync-Id"  # the answer to POST /sync/ has no body: its report's id
 SIM_START_ATTEMPTS = 5  # 0.5 + 1 + 2 + 4 s of backoff: a busy server's hiccups, not an outage
 
 
@@ -251,11 +253,12 @@ class ClusterApi:
             threads=settings.submit_concurrency,
             attempts=SIM_START_ATTEMPTS,
         )
+        self.syncs = SyncBehind(pending / "sync")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         """The pending queues run while the app does; requests a crash left are started."""
-        for pending in (self.parses, self.sims):
+        for pending in (self.parses, self.sims, self.syncs.queue):
             if left := pending.start():
                 logger.info(
                     "starting %d %s request(s) acknowledged before a restart", left, pending.kind
@@ -263,6 +266,7 @@ class ClusterApi:
         try:
             yield
         finally:
+            self.syncs.queue.stop()
             self.sims.stop()
             self.parses.stop()
             self.models.close()
@@ -279,7 +283,7 @@ class ClusterApi:
         """401 before anything else; Refused and NotFound as 4xx; the platform's own errors
         (Prefect unreachable, a database hiccup) as 503, which C/S's client retries."""
 
-        async def guarded(request: Request) -> JSONResponse:
+        async def guarded(request: Request) -> Response:
             if not self.authorized(request):
                 return JSONResponse(
                     {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
@@ -380,17 +384,33 @@ class ClusterApi:
             return answer(200, **accepted_status(task_id))
         return answer(200, **await anyio.to_thread.run_sync(run_status, owner, title, task_id))
 
-    async def sync(self, request: Request) -> JSONResponse:
-        from prefect_cs.registry.sync import SyncRefused, sync_projects
+    async def sync(self, request: Request) -> Response:
+        """200 with an empty body, as C/S's scheduler answered (its SyncProjects reads
+        `data["status"]` from any other body); applied behind the answer (services/sync_behind.py).
+        A list that could never be applied is refused here, naming each project's problem."""
+        from prefect_cs.registry.sync import SyncRefused, check_projects
 
         body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
         try:
-            report = await anyio.to_thread.run_sync(sync_projects, body)
+            projects = check_projects(body)
         except SyncRefused as exc:
             return answer(400, error=str(exc), refused=exc.problems)
         except ConfigError as exc:
             raise Refused(400, str(exc)) from exc
-        return answer(200, **report.as_dict())
+        sync_id = await anyio.to_thread.run_sync(self.syncs.add, projects)
+        return Response(status_code=200, headers={SYNC_ID_HEADER: sync_id})
+
+    async def sync_report(self, request: Request) -> JSONResponse:
+        """What a sync did (`last`: the newest, and how many wait); the web app never reads it."""
+        sync_id = request.path_params["sync_id"]
+        if sync_id != "last":
+            try:
+                sync_id = check_task_id(sync_id).lower()
+            except ValueError as exc:
+                raise Refused(400, f"sync id: {exc} (or `last`)") from exc
+        if (report := self.syncs.report(sync_id)) is None:
+            raise NotFound(f"no sync {sync_id} in this API's memory (it keeps the last 100)")
+        return answer(200, **report)
 
 
 async def health(_: Request) -> JSONResponse:
@@ -449,9 +469,15 @@ OPENAPI_PATHS = {
     },
     "/sync/": {
         "post": {
-            "summary": "upsert model configs from the web app's projects list",
-            "responses": {"200": {"description": "created/updated/unchanged/skipped"}},
+            "summary": "upsert model configs from the web app's projects list, behind the answer",
+            "responses": {
+                "200": {"description": "empty body (as C/S's scheduler); header X-CS-Sync-Id"},
+                "400": {"description": "projects that can never be configs, named in `refused`"},
+            },
         }
+    },
+    "/sync/{sync_id}": {
+        "get": {"summary": "what a sync did (`last`: the newest, and how many are pending)"}
     },
     "/health": {"get": {"summary": "liveness", "security": []}},
 }
@@ -487,6 +513,7 @@ def create_app(
     routes = [
         Route("/health", health),
         Route("/sync/", api.guarded(api.sync), methods=["POST"]),
+        Route("/sync/{sync_id}", api.guarded(api.sync_report), methods=["GET"]),
         Route("/{owner}/{title}/", api.guarded(api.task), methods=["POST"]),
         Route("/{owner}/{title}/runs/{task_id}", api.guarded(api.runs), methods=["GET"]),
     ]
