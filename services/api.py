@@ -131,7 +131,7 @@ def task_request(body: Any) -> dict[str, Any]:
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise Refused(400, "task_kwargs must be a JSON object")
-    for key in ("meta_param_dict", "adjustment"):
+    for key in ("meta_param_dict", "adjustment", "errors_warnings"):
         if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
             raise Refused(400, f"task_kwargs.{key} must be a JSON object")
     task_id = body.get("task_id")
@@ -320,6 +320,7 @@ class ClusterApi:
             await anyio.to_thread.run_sync(self.simulate_deployment, model)
             await anyio.to_thread.run_sync(self.sims.add, {**kept, "tag": tag})
         else:
+            kept["inputs"].append(kw.get("errors_warnings"))  # the web app's, to validate_inputs
             entry_json = entry.model_dump(mode="json")
             await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
         return answer(200, task_id=task_id)

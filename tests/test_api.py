@@ -258,6 +258,26 @@ def test_parse_acknowledged_then_put_to_inputs_api(client, paramtools, task_work
     assert len(parse_task_runs() - before) == 1  # the retried POST made no second parse
 
 
+def test_parse_passes_the_web_apps_errors_warnings_to_validate_inputs(
+    client, paramtools, task_worker, webapp
+):
+    """C/S's parser puts what it found itself (an unknown section) in its "API" section and
+    marks a parse INVALID when the answer has errors: the model gets them and its answer is sent
+    as it returned them (the cluster used to build its own from the model's sections only)."""
+    task_id = str(uuid.uuid4())
+    sent = {
+        "GUI": {"errors": {}, "warnings": {}},
+        "API": {"errors": {"nosuch": ["unknown section nosuch"]}, "warnings": {}},
+    }
+    body = task("parse", task_id=task_id, meta_param_dict={}, adjustment={}, errors_warnings=sent)
+    assert client.post("/tests/ParamTools/", json=body).json() == {"task_id": task_id}
+    put = webapp.first_about(task_id, timeout=60)
+    assert put.body["status"] == "SUCCESS", put.body
+    returned = put.body["outputs"]["errors_warnings"]
+    assert returned["API"] == sent["API"] and returned["GUI"] == sent["GUI"]
+    assert "policy" in returned  # the model's own sections are there for it to fill
+
+
 # ---- the web app's own client ----------------------------------------------------------
 
 
