@@ -168,6 +168,26 @@ def parse_failed(request: dict[str, Any], reason: str) -> None:
     deliver(INPUTS_PATH, parse_fail(request["task_id"], reason))
 
 
+def acknowledged(owner: str, title: str, req: dict[str, Any]) -> dict[str, Any]:
+    """What a parse or sim keeps on disk: its task id (the caller's, or a new one) and inputs."""
+    kw = req["kwargs"]
+    inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
+    task_id = req["task_id"] or str(uuid.uuid4())
+    return {"task_id": task_id, "owner": owner, "title": title, "inputs": inputs}
+
+
+def not_published(request: dict[str, Any], exc: NotFound) -> str:
+    """The FAIL text of a sim on a tag this cluster has not published: the tags it has, the fix."""
+    model = f"{request['owner']}/{request['title']}"
+    return (
+        f"{exc}. This cluster runs only published tags: run the simulation on one of them, or"
+        f" ask the model's maintainer to publish it (`prefect-cs models publish {model}"
+        f" --tag {request['tag']}`)."
+        if request["tag"]
+        else f"{exc}."
+    )
+
+
 def sim_failed(request: dict[str, Any], reason: str) -> None:
     """The one answer a sim that could not be started gets: a FAIL PUT to /outputs/api/."""
     from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
@@ -307,23 +327,38 @@ class ClusterApi:
         body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
         req = task_request(body)
         name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
+        if name == "sim":
+            return await self.sim(owner, title, req)
         model, entry = await anyio.to_thread.run_sync(self.models.published, owner, title, tag)
         if name == "version":
             known = version_answer(entry)
             return answer(200, **(known or await self.light(get_version, owner, title, entry.tag)))
         if name == "defaults":
             return answer(200, **await self.defaults(model, entry, kw.get("meta_param_dict") or {}))
-        task_id = req["task_id"] or str(uuid.uuid4())
-        inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
-        kept = {"task_id": task_id, "owner": owner, "title": title, "inputs": inputs}
-        if name == "sim":
+        kept = acknowledged(owner, title, req)
+        kept["inputs"].append(kw.get("errors_warnings"))  # the web app's, to validate_inputs
+        entry_json = entry.model_dump(mode="json")
+        await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
+        return answer(200, task_id=kept["task_id"])
+
+    async def sim(self, owner: str, title: str, req: dict[str, Any]) -> JSONResponse:
+        """Acknowledged once kept on disk. An unknown model or a published tag without its
+        deployment is a 404 (the operator's to fix); a tag that is not published is the
+        simulation's answer, one FAIL PUT naming the published tags (start_sim): C/S retried a
+        404 five times and left the simulation STARTED with no word to its user."""
+        model = await anyio.to_thread.run_sync(self.models.model, owner, title)
+        if await anyio.to_thread.run_sync(self.tag_published, owner, title, req["tag"]):
             await anyio.to_thread.run_sync(self.simulate_deployment, model)
-            await anyio.to_thread.run_sync(self.sims.add, {**kept, "tag": tag})
-        else:
-            kept["inputs"].append(kw.get("errors_warnings"))  # the web app's, to validate_inputs
-            entry_json = entry.model_dump(mode="json")
-            await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
-        return answer(200, task_id=task_id)
+        kept = {**acknowledged(owner, title, req), "tag": req["tag"]}
+        await anyio.to_thread.run_sync(self.sims.add, kept)
+        return answer(200, task_id=kept["task_id"])
+
+    def tag_published(self, owner: str, title: str, tag: str | None) -> bool:
+        try:
+            self.models.published(owner, title, tag)
+        except NotFound:
+            return False
+        return True
 
     async def defaults(
         self, model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
@@ -349,8 +384,15 @@ class ClusterApi:
 
     def start_sim(self, request: dict[str, Any]) -> None:
         """The flow run of an acknowledged sim, in one Prefect call (the pending queue retries;
-        a deployment re-created since is looked up again on the next try)."""
-        model, _ = self.models.published(request["owner"], request["title"], request["tag"])
+        a deployment re-created since is looked up again on the next try). A tag that is not
+        published is answered at once: one FAIL PUT, no retries, no run (a model deregistered
+        since the answer is the platform's: retried, then a platform FAIL)."""
+        self.models.model(request["owner"], request["title"])
+        try:
+            model, _ = self.models.published(request["owner"], request["title"], request["tag"])
+        except NotFound as exc:
+            sim_failed(request, not_published(request, exc))
+            return
         deployment = self.simulate_deployment(model)
         try:
             create_simulation_run(
