@@ -20,15 +20,17 @@ projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
 C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
 anything but 200 as failed; what the API keeps in memory to answer within that
 is in services/api_cache.py. Errors are plain 4xx with a reason the operator can
-act on, and 503 for the platform's own (the client retries). Auth is a bearer token (the cluster
-secret named by CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
-web apps that send no header and belongs on a private network only.
+act on, and 503 for the platform's own (the client retries). Auth is CS_API_AUTH: `token` (the
+default), a bearer token (the cluster secret named by CS_API_SECRET_NAME, compared in constant
+time); `none` for 1.6/1.7 web apps that send no header, logged loudly, and refused on an
+interface other than loopback unless CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import uuid
@@ -536,7 +538,7 @@ def load_token(settings: ApiSettings) -> str:
         raise NotConfigured(
             "the cluster API token is not set:"
             f" `prefect-cs secrets set --name {settings.secret_name}"
-            " --stdin` (or serve with --no-auth on a private network only)"
+            " --stdin` (or CS_API_AUTH=none for a web app that sends none, private network only)"
         ) from exc
 
 
@@ -564,21 +566,56 @@ def create_app(
 
 
 NO_AUTH_WARNING = (
-    "WARNING: the cluster API is serving WITHOUT authentication (--no-auth): anyone who reaches"
-    " this port can run simulations and rewrite the model registry. Use it only on a private"
-    " network, for a Compute Studio 1.6/1.7 web app that sends no token."
+    "the cluster API is serving WITHOUT authentication (CS_API_AUTH=none): anyone who reaches"
+    " {where} can run simulations and rewrite the model registry. Meant for a Compute Studio"
+    " 1.6/1.7 web app that sends no token, on a network only it shares with the cluster."
 )
 
 
-def serve(host: str, port: int, auth: bool = True) -> None:
-    """uvicorn in the foreground, with the task storage the inputs worker shares."""
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; a name or a wildcard (0.0.0.0, ::) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def requires_token(settings: ApiSettings, host: str, no_auth: bool = False) -> bool:
+    """The auth mode from settings (`no_auth`: the CLI's --no-auth, the same explicit choice);
+    no auth beyond loopback is refused unless a second setting allows it, so one stray
+    variable cannot open the registry to a network."""
+    if settings.auth == "token" and not no_auth:
+        return True
+    if not is_loopback(host) and not settings.allow_no_auth_off_loopback:
+        raise ConfigError(
+            f"CS_API_AUTH=none on {host}, which is not a loopback interface: anyone on its"
+            " network could run simulations and rewrite the registry. Listen on 127.0.0.1"
+            " (CS_API_HOST), or use CS_API_AUTH=token, or, on a network only the web app"
+            " shares, also set CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK=true"
+        )
+    return False
+
+
+def warn_no_auth(host: str, port: int) -> None:
+    """Loud: a banner of its own in the log, at WARNING, every start."""
+    line = "!" * 78
+    text = NO_AUTH_WARNING.format(where=f"http://{host}:{port}")
+    logger.warning("\n%s\n%s\n%s", line, text, line)
+
+
+def serve(host: str, port: int, no_auth: bool = False) -> None:
+    """uvicorn in the foreground, with the task storage the inputs worker shares; the auth
+    mode from CS_API_AUTH (refused before listening when it may not be used on `host`)."""
     import uvicorn
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prefect API call
+    auth = requires_token(get_settings().api, host, no_auth)
     app = create_app(auth=auth, port=port)
     if not auth:
-        logger.warning(NO_AUTH_WARNING)
+        warn_no_auth(host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
