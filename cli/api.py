@@ -22,17 +22,19 @@ def serve_cmd(
     no_auth: bool = typer.Option(
         False,
         "--no-auth",
-        help="No bearer token: for 1.6/1.7 web apps that send none. Private networks only.",
+        help="As CS_API_AUTH=none: no token, for 1.6/1.7 web apps that send none; loopback only"
+        " unless CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK=true.",
     ),
 ) -> None:
-    """Serve the cluster API with uvicorn until interrupted."""
+    """Serve the cluster API with uvicorn until interrupted (auth: CS_API_AUTH, token default)."""
     from prefect_cs.core.settings import get_settings
-    from prefect_cs.services.api import NO_AUTH_WARNING, serve
+    from prefect_cs.services.api import NO_AUTH_WARNING, requires_token, serve
 
     settings = get_settings().api
-    if no_auth:
-        err_console.print(NO_AUTH_WARNING, style="yellow")
-    serve(host or settings.host, port or settings.port, auth=not no_auth)
+    host, port = host or settings.host, port or settings.port
+    if not requires_token(settings, host, no_auth):
+        err_console.print(NO_AUTH_WARNING.format(where=f"http://{host}:{port}"), style="yellow")
+    serve(host, port, no_auth=no_auth)
 
 
 def sync_cmd(

@@ -225,6 +225,17 @@ class ApiSettings(BaseSettings):
         default="CLUSTER_API_TOKEN",
         description="Cluster secret holding the bearer token the web app sends.",
     )
+    auth: Literal["token", "none"] = Field(
+        default="token",
+        description="token: a bearer token on every call (`api serve`, `stack start`); none: no"
+        " credentials, for C/S 1.6/1.7 web apps that send none (logged loudly at start; on a"
+        " loopback interface only unless CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK).",
+    )
+    allow_no_auth_off_loopback: bool = Field(
+        default=False,
+        description="Lets CS_API_AUTH=none listen on an interface other than loopback (a private"
+        " network the web app shares with the cluster, and nothing else can reach).",
+    )
     max_body_bytes: int = Field(
         default=4 * 1024 * 1024, gt=0, description="Largest request body; larger ones get 413."
     )

@@ -257,10 +257,14 @@ def parse_task(
     meta_param_dict: dict[str, Any],
     adjustment: dict[str, Any],
     tag: str | None = None,
+    errors_warnings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """validate_inputs, then PUT to /inputs/api/ in the outputs envelope: always exactly one PUT."""
+    """validate_inputs, then PUT to /inputs/api/ in the outputs envelope: always exactly one PUT.
+    `errors_warnings` last and optional: tasks submitted before it existed still run."""
     try:
-        payload = parse_payload(owner, title, task_id, meta_param_dict, adjustment, tag)
+        payload = parse_payload(
+            owner, title, task_id, meta_param_dict, adjustment, tag, errors_warnings
+        )
     except Exception as exc:  # noqa: BLE001 - a parse that breaks is still answered
         payload = parse_fail(task_id, f"{type(exc).__name__}: {exc}")
     payload["delivery"] = deliver(INPUTS_PATH, payload)
@@ -274,6 +278,7 @@ def parse_payload(
     meta_param_dict: dict[str, Any],
     adjustment: dict[str, Any],
     tag: str | None,
+    errors_warnings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """validate_inputs' answer in the envelope; inputs nested past CS_LIMITS_JSON_DEPTH raise
     TooDeep naming them (parse_task makes it the one FAIL), before a model sees them."""
@@ -283,14 +288,27 @@ def parse_payload(
     if not inputs.ok:
         return sendable(scrubber_for(model)(parse_fail(task_id, inputs.error)))
     sections = checked("get_inputs", inputs.result, ("model_parameters",))["model_parameters"]
-    template = {section: {"errors": {}, "warnings": {}} for section in sections}
-    call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, template])
+    given = errors_warnings_for(sections, errors_warnings)
+    call = warm_call(model, entry, "validate_inputs", [meta_param_dict, adjustment, given])
     if call.ok:
         outputs = checked("validate_inputs", call.result, ("errors_warnings",))
         payload = parse_success(task_id, outputs, call.seconds)
     else:
         payload = parse_fail(task_id, call.error, call.seconds)
     return sendable(scrubber_for(model)(payload))
+
+
+def errors_warnings_for(
+    sections: dict[str, Any], from_webapp: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What validate_inputs gets: the web app's errors_warnings as it sent them (its "GUI" and
+    "API" sections carry what its own parser found, e.g. an unknown section; C/S's worker passed
+    them through and the web app marks a parse with errors INVALID), plus an empty entry for each
+    model section it lacks (models index errors_warnings[section] without checking)."""
+    given = dict(from_webapp or {})
+    for section in sections:
+        given.setdefault(section, {"errors": {}, "warnings": {}})
+    return given
 
 
 # ---- routing: one shared worker on the embedded tier, one per model on container tiers ----
@@ -391,11 +409,12 @@ def submit_parse(
     task_id: str,
     meta_param_dict: dict[str, Any],
     adjustment: dict[str, Any],
+    errors_warnings: dict[str, Any] | None = None,
 ) -> None:
     """The parse task, submitted without waiting (its PUT /inputs/api/ comes later)."""
     with task_storage():
         route(parse_task, entry, owner, title).delay(
-            owner, title, task_id, meta_param_dict, adjustment, entry.tag
+            owner, title, task_id, meta_param_dict, adjustment, entry.tag, errors_warnings
         )
 
 
@@ -406,8 +425,10 @@ def parse(
     meta_param_dict: dict[str, Any],
     adjustment: dict[str, Any],
     tag: str | None = None,
+    errors_warnings: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     check_task_id(task_id)  # the web app's ids are UUIDs; nothing else names a kept file
     _, entry = _resolve(owner, title, tag)
     task = route(parse_task, entry, owner, title)
-    return _run(task, owner, title, task_id, meta_param_dict, adjustment, entry.tag)
+    args = (meta_param_dict, adjustment, entry.tag, errors_warnings)
+    return _run(task, owner, title, task_id, *args)

@@ -37,6 +37,7 @@ from prefect_cs.registry.configs import all_models, check_repo_source, register
 from pydantic import ValidationError
 
 RECORD = {"published_tags", "staging_tag", "latest_tag"}  # the platform's own record
+PLACEHOLDER_REPO = "https://x/y"  # stands for a repo_url a project does not carry, when checking
 
 
 @dataclass
@@ -115,15 +116,48 @@ def planned(
     if current is None and "repo_url" not in fields:
         return None, "no repo_url yet: not registered until the web app has one"
     base = current.model_dump(exclude=RECORD) if current else {}
-    data = {**base, **fields}
+    return config_of({**base, **fields}), None
+
+
+def config_of(data: dict[str, Any]) -> ModelConfig:
+    """The config, its time_limit raised to the expected task time; repo_url checked."""
     if data.get("time_limit", 600) < data.get("expected_task_time", 0):
         data["time_limit"] = data["expected_task_time"]
-    return check_repo_source(ModelConfig(**data)), None
+    return check_repo_source(ModelConfig(**data))
 
 
 def _placeholder(fields: dict[str, Any]) -> dict[str, Any]:
     """Enough of a config to compute its slug before knowing if it exists."""
-    return {"owner": fields["owner"], "title": fields["title"], "repo_url": "https://x/y"}
+    return {"owner": fields["owner"], "title": fields["title"], "repo_url": PLACEHOLDER_REPO}
+
+
+def problem(exc: Exception) -> str:
+    """What is wrong with a project, one line per field pydantic names."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
+        )
+    return str(exc)
+
+
+def check_projects(payload: Any) -> list[dict[str, Any]]:
+    """The list, refused (SyncRefused) before it is acknowledged when a project could never be
+    a model config: names, numbers, repo_url. Reads no registry, so it costs microseconds; a
+    project without repo_url is checked with a placeholder (plan skips it if unregistered)."""
+    projects = projects_of(payload)
+    problems: dict[str, str] = {}
+    for index, project in enumerate(projects):
+        fields: dict[str, Any] = {"repo_url": PLACEHOLDER_REPO}
+        try:
+            fields.update(mapped_fields(project))
+            check_name("owner", fields["owner"])
+            check_name("title", fields["title"])
+            config_of(fields)
+        except (ValidationError, ValueError, TypeError) as exc:
+            problems[project_name(project, index)] = problem(exc)
+    if problems:
+        raise SyncRefused(problems)
+    return projects
 
 
 def plan(
@@ -136,13 +170,8 @@ def plan(
         name = project_name(project, index)
         try:
             config, skipped = planned(project, existing)
-        except ValidationError as exc:
-            problems[name] = "; ".join(
-                f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors()
-            )
-            continue
-        except (ValueError, TypeError) as exc:
-            problems[name] = str(exc)
+        except (ValidationError, ValueError, TypeError) as exc:
+            problems[name] = problem(exc)
             continue
         if config is None:
             report.skipped[name] = skipped or ""

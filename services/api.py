@@ -20,9 +20,10 @@ projects list; plus `GET /{owner}/{title}/runs/{task_id}`, `GET /health` and
 C/S's client waits 1.7 s per attempt and retries up to 5 times, treating
 anything but 200 as failed; what the API keeps in memory to answer within that
 is in services/api_cache.py. Errors are plain 4xx with a reason the operator can
-act on, and 503 for the platform's own (the client retries). Auth is a bearer token (the cluster
-secret named by CS_API_SECRET_NAME, compared in constant time); `--no-auth` exists for 1.6/1.7
-web apps that send no header and belongs on a private network only.
+act on, and 503 for the platform's own (the client retries). Auth is CS_API_AUTH: `token` (the
+default), a bearer token (the cluster secret named by CS_API_SECRET_NAME, compared in constant
+time); `none` for 1.6/1.7 web apps that send no header, logged loudly, and refused on an
+interface other than loopback unless CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK says so.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import logging
 import uuid
@@ -58,15 +60,17 @@ from prefect_cs.flows.payloads import (
 )
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory, SingleFlight
 from prefect_cs.services.pending_queue import PendingQueue
+from prefect_cs.services.sync_behind import SyncBehind
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 logger = logging.getLogger("prefect_cs.api")
 
 TASK_NAMES = ("version", "defaults", "parse", "sim")
-Handler = Callable[[Request], Awaitable[JSONResponse]]
+Handler = Callable[[Request], Awaitable[Response]]
+SYNC_ID_HEADER = "X-CS-Sync-Id"  # the answer to POST /sync/ has no body: its report's id
 SIM_START_ATTEMPTS = 5  # 0.5 + 1 + 2 + 4 s of backoff: a busy server's hiccups, not an outage
 
 
@@ -130,7 +134,7 @@ def task_request(body: Any) -> dict[str, Any]:
     kwargs = {} if kwargs is None else kwargs
     if not isinstance(kwargs, dict):
         raise Refused(400, "task_kwargs must be a JSON object")
-    for key in ("meta_param_dict", "adjustment"):
+    for key in ("meta_param_dict", "adjustment", "errors_warnings"):
         if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
             raise Refused(400, f"task_kwargs.{key} must be a JSON object")
     task_id = body.get("task_id")
@@ -165,6 +169,26 @@ def parse_failed(request: dict[str, Any], reason: str) -> None:
     from prefect_cs.flows.notify import INPUTS_PATH, deliver
 
     deliver(INPUTS_PATH, parse_fail(request["task_id"], reason))
+
+
+def acknowledged(owner: str, title: str, req: dict[str, Any]) -> dict[str, Any]:
+    """What a parse or sim keeps on disk: its task id (the caller's, or a new one) and inputs."""
+    kw = req["kwargs"]
+    inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
+    task_id = req["task_id"] or str(uuid.uuid4())
+    return {"task_id": task_id, "owner": owner, "title": title, "inputs": inputs}
+
+
+def not_published(request: dict[str, Any], exc: NotFound) -> str:
+    """The FAIL text of a sim on a tag this cluster has not published: the tags it has, the fix."""
+    model = f"{request['owner']}/{request['title']}"
+    return (
+        f"{exc}. This cluster runs only published tags: run the simulation on one of them, or"
+        f" ask the model's maintainer to publish it (`prefect-cs models publish {model}"
+        f" --tag {request['tag']}`)."
+        if request["tag"]
+        else f"{exc}."
+    )
 
 
 def sim_failed(request: dict[str, Any], reason: str) -> None:
@@ -263,11 +287,12 @@ class ClusterApi:
             threads=settings.submit_concurrency,
             attempts=SIM_START_ATTEMPTS,
         )
+        self.syncs = SyncBehind(pending / "sync")
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
         """The pending queues run while the app does; requests a crash left are started."""
-        for pending in (self.parses, self.sims):
+        for pending in (self.parses, self.sims, self.syncs.queue):
             if left := pending.start():
                 logger.info(
                     "starting %d %s request(s) acknowledged before a restart", left, pending.kind
@@ -275,6 +300,7 @@ class ClusterApi:
         try:
             yield
         finally:
+            self.syncs.queue.stop()
             self.sims.stop()
             self.parses.stop()
             self.models.close()
@@ -291,7 +317,7 @@ class ClusterApi:
         """401 before anything else; Refused and NotFound as 4xx; the platform's own errors
         (Prefect unreachable, a database hiccup) as 503, which C/S's client retries."""
 
-        async def guarded(request: Request) -> JSONResponse:
+        async def guarded(request: Request) -> Response:
             if not self.authorized(request):
                 return JSONResponse(
                     {"error": "missing or wrong bearer token (Authorization: Bearer <token>)"},
@@ -315,22 +341,38 @@ class ClusterApi:
         body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
         req = task_request(body)
         name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
+        if name == "sim":
+            return await self.sim(owner, title, req)
         model, entry = await anyio.to_thread.run_sync(self.models.published, owner, title, tag)
         if name == "version":
             known = version_answer(entry)
             return answer(200, **(known or await self.light(get_version, owner, title, entry.tag)))
         if name == "defaults":
             return answer(200, **await self.defaults(model, entry, kw.get("meta_param_dict") or {}))
-        task_id = req["task_id"] or str(uuid.uuid4())
-        inputs = [kw.get("meta_param_dict") or {}, kw.get("adjustment") or {}]
-        kept = {"task_id": task_id, "owner": owner, "title": title, "inputs": inputs}
-        if name == "sim":
+        kept = acknowledged(owner, title, req)
+        kept["inputs"].append(kw.get("errors_warnings"))  # the web app's, to validate_inputs
+        entry_json = entry.model_dump(mode="json")
+        await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
+        return answer(200, task_id=kept["task_id"])
+
+    async def sim(self, owner: str, title: str, req: dict[str, Any]) -> JSONResponse:
+        """Acknowledged once kept on disk. An unknown model or a published tag without its
+        deployment is a 404 (the operator's to fix); a tag that is not published is the
+        simulation's answer, one FAIL PUT naming the published tags (start_sim): C/S retried a
+        404 five times and left the simulation STARTED with no word to its user."""
+        model = await anyio.to_thread.run_sync(self.models.model, owner, title)
+        if await anyio.to_thread.run_sync(self.tag_published, owner, title, req["tag"]):
             await anyio.to_thread.run_sync(self.simulate_deployment, model)
-            await anyio.to_thread.run_sync(self.sims.add, {**kept, "tag": tag})
-        else:
-            entry_json = entry.model_dump(mode="json")
-            await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
-        return answer(200, task_id=task_id)
+        kept = {**acknowledged(owner, title, req), "tag": req["tag"]}
+        await anyio.to_thread.run_sync(self.sims.add, kept)
+        return answer(200, task_id=kept["task_id"])
+
+    def tag_published(self, owner: str, title: str, tag: str | None) -> bool:
+        try:
+            self.models.published(owner, title, tag)
+        except NotFound:
+            return False
+        return True
 
     async def defaults(
         self, model: ModelConfig, entry: PublishedTag, meta_param_dict: dict[str, Any]
@@ -374,8 +416,15 @@ class ClusterApi:
 
     def start_sim(self, request: dict[str, Any]) -> None:
         """The flow run of an acknowledged sim, in one Prefect call (the pending queue retries;
-        a deployment re-created since is looked up again on the next try)."""
-        model, _ = self.models.published(request["owner"], request["title"], request["tag"])
+        a deployment re-created since is looked up again on the next try). A tag that is not
+        published is answered at once: one FAIL PUT, no retries, no run (a model deregistered
+        since the answer is the platform's: retried, then a platform FAIL)."""
+        self.models.model(request["owner"], request["title"])
+        try:
+            model, _ = self.models.published(request["owner"], request["title"], request["tag"])
+        except NotFound as exc:
+            sim_failed(request, not_published(request, exc))
+            return
         deployment = self.simulate_deployment(model)
         try:
             create_simulation_run(
@@ -404,17 +453,33 @@ class ClusterApi:
             return answer(200, **accepted_status(task_id))
         return answer(200, **await anyio.to_thread.run_sync(run_status, owner, title, task_id))
 
-    async def sync(self, request: Request) -> JSONResponse:
-        from prefect_cs.registry.sync import SyncRefused, sync_projects
+    async def sync(self, request: Request) -> Response:
+        """200 with an empty body, as C/S's scheduler answered (its SyncProjects reads
+        `data["status"]` from any other body); applied behind the answer (services/sync_behind.py).
+        A list that could never be applied is refused here, naming each project's problem."""
+        from prefect_cs.registry.sync import SyncRefused, check_projects
 
         body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
         try:
-            report = await anyio.to_thread.run_sync(sync_projects, body)
+            projects = check_projects(body)
         except SyncRefused as exc:
             return answer(400, error=str(exc), refused=exc.problems)
         except ConfigError as exc:
             raise Refused(400, str(exc)) from exc
-        return answer(200, **report.as_dict())
+        sync_id = await anyio.to_thread.run_sync(self.syncs.add, projects)
+        return Response(status_code=200, headers={SYNC_ID_HEADER: sync_id})
+
+    async def sync_report(self, request: Request) -> JSONResponse:
+        """What a sync did (`last`: the newest, and how many wait); the web app never reads it."""
+        sync_id = request.path_params["sync_id"]
+        if sync_id != "last":
+            try:
+                sync_id = check_task_id(sync_id).lower()
+            except ValueError as exc:
+                raise Refused(400, f"sync id: {exc} (or `last`)") from exc
+        if (report := self.syncs.report(sync_id)) is None:
+            raise NotFound(f"no sync {sync_id} in this API's memory (it keeps the last 100)")
+        return answer(200, **report)
 
 
 async def health(_: Request) -> JSONResponse:
@@ -473,9 +538,15 @@ OPENAPI_PATHS = {
     },
     "/sync/": {
         "post": {
-            "summary": "upsert model configs from the web app's projects list",
-            "responses": {"200": {"description": "created/updated/unchanged/skipped"}},
+            "summary": "upsert model configs from the web app's projects list, behind the answer",
+            "responses": {
+                "200": {"description": "empty body (as C/S's scheduler); header X-CS-Sync-Id"},
+                "400": {"description": "projects that can never be configs, named in `refused`"},
+            },
         }
+    },
+    "/sync/{sync_id}": {
+        "get": {"summary": "what a sync did (`last`: the newest, and how many are pending)"}
     },
     "/health": {"get": {"summary": "liveness", "security": []}},
 }
@@ -491,7 +562,7 @@ def load_token(settings: ApiSettings) -> str:
         raise NotConfigured(
             "the cluster API token is not set:"
             f" `prefect-cs secrets set --name {settings.secret_name}"
-            " --stdin` (or serve with --no-auth on a private network only)"
+            " --stdin` (or CS_API_AUTH=none for a web app that sends none, private network only)"
         ) from exc
 
 
@@ -511,6 +582,7 @@ def create_app(
     routes = [
         Route("/health", health),
         Route("/sync/", api.guarded(api.sync), methods=["POST"]),
+        Route("/sync/{sync_id}", api.guarded(api.sync_report), methods=["GET"]),
         Route("/{owner}/{title}/", api.guarded(api.task), methods=["POST"]),
         Route("/{owner}/{title}/runs/{task_id}", api.guarded(api.runs), methods=["GET"]),
     ]
@@ -518,21 +590,56 @@ def create_app(
 
 
 NO_AUTH_WARNING = (
-    "WARNING: the cluster API is serving WITHOUT authentication (--no-auth): anyone who reaches"
-    " this port can run simulations and rewrite the model registry. Use it only on a private"
-    " network, for a Compute Studio 1.6/1.7 web app that sends no token."
+    "the cluster API is serving WITHOUT authentication (CS_API_AUTH=none): anyone who reaches"
+    " {where} can run simulations and rewrite the model registry. Meant for a Compute Studio"
+    " 1.6/1.7 web app that sends no token, on a network only it shares with the cluster."
 )
 
 
-def serve(host: str, port: int, auth: bool = True) -> None:
-    """uvicorn in the foreground, with the task storage the inputs worker shares."""
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or `localhost`; a name or a wildcard (0.0.0.0, ::) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def requires_token(settings: ApiSettings, host: str, no_auth: bool = False) -> bool:
+    """The auth mode from settings (`no_auth`: the CLI's --no-auth, the same explicit choice);
+    no auth beyond loopback is refused unless a second setting allows it, so one stray
+    variable cannot open the registry to a network."""
+    if settings.auth == "token" and not no_auth:
+        return True
+    if not is_loopback(host) and not settings.allow_no_auth_off_loopback:
+        raise ConfigError(
+            f"CS_API_AUTH=none on {host}, which is not a loopback interface: anyone on its"
+            " network could run simulations and rewrite the registry. Listen on 127.0.0.1"
+            " (CS_API_HOST), or use CS_API_AUTH=token, or, on a network only the web app"
+            " shares, also set CS_API_ALLOW_NO_AUTH_OFF_LOOPBACK=true"
+        )
+    return False
+
+
+def warn_no_auth(host: str, port: int) -> None:
+    """Loud: a banner of its own in the log, at WARNING, every start."""
+    line = "!" * 78
+    text = NO_AUTH_WARNING.format(where=f"http://{host}:{port}")
+    logger.warning("\n%s\n%s\n%s", line, text, line)
+
+
+def serve(host: str, port: int, no_auth: bool = False) -> None:
+    """uvicorn in the foreground, with the task storage the inputs worker shares; the auth
+    mode from CS_API_AUTH (refused before listening when it may not be used on `host`)."""
     import uvicorn
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per Prefect API call
+    auth = requires_token(get_settings().api, host, no_auth)
     app = create_app(auth=auth, port=port)
     if not auth:
-        logger.warning(NO_AUTH_WARNING)
+        warn_no_auth(host, port)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         from prefect_cs.services.api import serve
 
-        serve(args.host, args.port, auth=True)
+        serve(args.host, args.port)  # auth: CS_API_AUTH, inherited from the stack's environment
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,7 @@ def start_stack() -> list[str]:
     """Refuse a CS_HOME others can open, make what is missing private, then start every part."""
     home = get_settings().home
     refuse_exposed(home)
+    api_requires_token()  # CS_API_AUTH=none where it may not be: refused before anything starts
     if not scaled() and not any(name in os.environ for name in DATABASE_URL_ENVS):
         refuse_earlier_database(
             home, Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect")
@@ -97,9 +98,24 @@ def _start_stack() -> list[str]:
     return lines + start_api()
 
 
+def api_requires_token() -> bool:
+    """The cluster API's auth mode (CS_API_AUTH), checked against the interface it listens on."""
+    from prefect_cs.services.api import requires_token
+
+    settings = get_settings().api
+    return requires_token(settings, settings.host)
+
+
 def start_api() -> list[str]:
-    """The cluster API, waited for up to a minute; reported as not answering yet, not failed."""
-    lines = [ensure_api_token()]
+    """The cluster API, waited for up to a minute; reported as not answering yet, not failed.
+    Its auth mode is CS_API_AUTH (its process inherits the variable): token unless set to none."""
+    if api_requires_token():
+        lines = [ensure_api_token()]
+    else:
+        lines = [
+            "cluster API auth: NONE (CS_API_AUTH=none): no token asked; loopback or a network"
+            " only the web app shares (see its log)"
+        ]
     bg, url = api_server(), api_base_url()
     try:
         pid, state = bg.start_and_wait(lambda: answers_health(url), timeout=60), "up"
