@@ -268,7 +268,10 @@ def test_hang_container_limits_env_and_cleanup(worker, webapp):
     while containers(label) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert containers(label) == [], "the container was not removed after the run"
-    with get_client(sync_client=True) as client:
+    with get_client(sync_client=True) as client:  # the FAIL is sent before the run's own end
+        deadline = time.monotonic() + 120
+        while not client.read_flow_run(run.id).state.is_final() and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert client.read_flow_run(run.id).state.is_final()
 
 
