@@ -75,6 +75,24 @@ def docker_tier() -> Iterator[None]:
             os.environ["CS_TIER"] = previous
 
 
+@contextmanager
+def docker_ready() -> Iterator[None]:
+    """The engine and registry up, and this process pointed at them (the registry's login as
+    settings), restored afterwards: what a test module that publishes on Docker needs."""
+    ensure_docker()
+    settings = registry_settings()
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def registry_tags(repository: str) -> list[str]:
     """The tags the registry holds for `repository` (name without the host)."""
     response = httpx.get(

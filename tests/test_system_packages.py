@@ -11,7 +11,6 @@ and the app's own tests (in the image) find both programs.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -175,18 +174,10 @@ def test_build_context_renders_the_models_packages(platform):
 
 @pytest.fixture(scope="module")
 def docker_ready(platform):
-    from prefect_cs.testing.docker_tier import ensure_docker, registry_settings
+    from prefect_cs.testing.docker_tier import docker_ready
 
-    ensure_docker()
-    settings = registry_settings()
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with docker_ready():
+        yield
 
 
 def test_docker_tier_runs_apt_as_root_in_the_build(docker_ready, repos):

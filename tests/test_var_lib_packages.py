@@ -132,15 +132,7 @@ def _wait_for_tests(publish: subprocess.Popen, envs: Path) -> None:
 
 @pytest.fixture(scope="module")
 def docker_ready(platform):
-    from prefect_cs.testing.docker_tier import ensure_docker, registry_settings
+    from prefect_cs.testing.docker_tier import docker_ready
 
-    ensure_docker()
-    settings = registry_settings()
-    saved = {k: os.environ.get(k) for k in settings}
-    os.environ.update(settings)
-    yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with docker_ready():
+        yield
