@@ -31,6 +31,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +44,13 @@ UNBOUNDED = (
     "model code runs without kernel bounds (memory, pids, CPU, disk): the platform is not root"
     " here; run the process tier's worker as root for them"
 )
+
+
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cs-model-spawner")
+"""The thread every model process is started from. A sandboxed process dies with SIGKILL when
+the thread that started it ends (bubblewrap's --die-with-parent is the kernel's parent-death
+signal, which follows the starting thread): a warm process started from a task worker's short-
+lived thread died mid-call once that thread ended. This thread lives as long as the platform."""
 
 
 @dataclass(frozen=True)
@@ -202,13 +210,14 @@ class Confinement:
         pass_fds = tuple(kwargs.pop("pass_fds", ())) + tuple(self._fds)
         if self._net is not None:
             pass_fds += tuple(self._net.pass_fds())
-        proc = subprocess.Popen(
+        proc = _SPAWNER.submit(
+            subprocess.Popen,
             argv,
             pass_fds=pass_fds,
             start_new_session=True,
             preexec_fn=self._preexec(memory_rlimit_mib),
             **kwargs,
-        )
+        ).result()
         self._close_fds()
         if self._net is not None:
             try:

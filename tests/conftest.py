@@ -111,5 +111,16 @@ def task_worker(platform):
 
     bg = inputs_worker()
     bg.start()
+    wait_answering(bg)
     yield bg
     bg.stop()
+
+
+def wait_answering(bg, timeout: float = 240) -> None:
+    """Until the worker has subscribed and runs tasks (a version call for a model nobody
+    registered comes back as a FAIL answer): a loaded machine took over 40 s, the light calls'
+    own limit, to start one, and the first test's call timed out."""
+    from prefect_cs.flows import inputs
+
+    answer = inputs._run(inputs.version_task, "tests", "NobodyRegisteredThis", timeout=timeout)
+    assert answer["status"] == "FAIL", f"{answer}: see {bg.log_file}"

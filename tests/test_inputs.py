@@ -173,3 +173,25 @@ def test_the_inputs_server_warms_what_it_serves_when_it_starts(misbehaving, plat
         worker.stop()
     assert cached.exists(), f"not warmed at start; the server's log:\n{log[-3000:]}"
     assert "warmed tests/Misbehaving: SUCCESS" in log
+
+
+def test_a_warm_process_outlives_the_thread_that_started_it(misbehaving):
+    """Task workers answer on short-lived threads, and start-up warming runs on its own: the
+    model's warm process must not die when the thread that started it ends (it did, with
+    SIGKILL, in the middle of the next user's call)."""
+    import threading
+
+    model, entry = inputs._resolve("tests", "Misbehaving", None)
+    started = threading.Thread(target=inputs.warm_call, args=(model, entry, "get_version", []))
+    started.start()
+    started.join()
+    try:
+        (warm,) = [w for key, w in inputs._warm.items() if key[0] == model.slug]
+        first = warm.proc.pid
+        time.sleep(1)  # the kernel's parent-death signal is immediate; leave it time anyway
+        assert warm.proc.poll() is None, "the warm process died with its starting thread"
+        call = inputs.warm_call(model, entry, "get_version", [])
+        assert call.ok, call.error
+        assert warm.proc is not None and warm.proc.pid == first  # the same process answered
+    finally:
+        inputs.stop_warm()
