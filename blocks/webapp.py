@@ -28,6 +28,11 @@ class WebApp(Block):
 
     base_url: str = Field(description="e.g. https://compute.studio")
     token: SecretStr = Field(description="Sent as 'Authorization: Token <token>'.")
+    outputs_block: str | None = Field(
+        default=None,
+        description="The storage block (`<slug>/<name>`, e.g. `gcs-bucket/cs-outputs`) this web"
+        " app reads output zips from (C/S: its BUCKET); unset: CS_OUTPUTS_BLOCK's.",
+    )
 
     def put(
         self,

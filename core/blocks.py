@@ -44,9 +44,13 @@ def load_storage_block(name: str, what: str, fix: str) -> Block:
     return load_named_block(name.partition("/")[2], what, fix, block_class)
 
 
-def load_outputs_storage() -> Block:
-    """The filesystem block output zips go to (CS_OUTPUTS_BLOCK): a local folder or a GcsBucket."""
+def load_outputs_storage(name: str | None = None) -> Block:
+    """The filesystem block output zips go to (`name`, else CS_OUTPUTS_BLOCK's): a local folder
+    or a GcsBucket. flows/storage.py `outputs_block` says which one a run uses."""
     from prefect_cs.core.settings import get_settings
 
-    fix = "run `prefect-cs stack start` (a local folder) or save a GcsBucket under that name"
-    return load_storage_block(get_settings().outputs_block, "outputs storage block", fix)
+    fix = (
+        "run `prefect-cs stack start` (a local folder), `prefect-cs webapp set --outputs-bucket`,"
+        " or save a GcsBucket under that name"
+    )
+    return load_storage_block(name or get_settings().outputs_block, "outputs storage block", fix)

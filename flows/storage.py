@@ -20,20 +20,42 @@ from prefect_cs.core.blocks import load_outputs_storage
 from prefect_cs.core.errors import OutputsNotStored
 from prefect_cs.core.home import PRIVATE_FILE
 from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.notify import load_webapp
 
 
 def store_zips(zips: dict[str, bytes]) -> dict[str, str]:
     """Write each zip and return where it landed, as the block reports it."""
-    storage = load_outputs_storage()
+    name, origin = outputs_block()
+    storage = load_outputs_storage(name)
     where = {}
     for location, content in zips.items():
         try:
             result = storage.write_path(location, content)
             close_local(storage, result)
         except Exception as exc:  # noqa: BLE001 - every storage failure gets its fix named
-            raise not_stored(storage, location, exc) from exc
+            raise not_stored(storage, location, exc, name, origin) from exc
         where[location] = str(result or location)
     return where
+
+
+WEBAPP_ORIGIN = "the web app block's outputs_block (`prefect-cs webapp set`)"
+
+
+def outputs_block() -> tuple[str, str]:
+    """The storage block output zips go to, and what chose it: CS_OUTPUTS_BLOCK where the
+    operator set it; else the web app's own (`prefect-cs webapp set --outputs-bucket`: where
+    C/S reads them, kept in the block every run loads anyway, so no worker, job or server
+    needs a restart or a variable); else the local folder `stack start` made."""
+    settings = get_settings()
+    if "outputs_block" in settings.model_fields_set:
+        return settings.outputs_block, "CS_OUTPUTS_BLOCK"
+    try:
+        chosen = load_webapp().outputs_block
+    except LookupError:  # no web app block: the run's delivery says so; the zips still go
+        chosen = None
+    if chosen:
+        return chosen, WEBAPP_ORIGIN
+    return settings.outputs_block, "CS_OUTPUTS_BLOCK's default"
 
 
 def close_local(storage: Any, written: Any) -> None:
@@ -44,14 +66,15 @@ def close_local(storage: Any, written: Any) -> None:
         Path(str(written)).chmod(PRIVATE_FILE)
 
 
-def not_stored(storage: Any, location: str, exc: Exception) -> OutputsNotStored:
-    block = get_settings().outputs_block
+def not_stored(
+    storage: Any, location: str, exc: Exception, block: str, origin: str
+) -> OutputsNotStored:
     bucket = getattr(storage, "bucket", None)
     target = f"GCS bucket {bucket!r}" if bucket else f"folder {getattr(storage, 'basepath', '?')!r}"
     problem = gcs_problem(bucket, exc) if bucket else folder_problem(exc)
     return OutputsNotStored(
         f"could not write {location} to the outputs storage ({target}, block {block!r}"
-        f" named by CS_OUTPUTS_BLOCK): {problem}"
+        f" named by {origin}): {problem}"
     )
 
 

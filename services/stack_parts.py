@@ -37,6 +37,9 @@ WORKER_ENV_KEEP = (
     "TMPDIR",
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
+    # Google's own variable: a Cloud Storage emulator standing in for the web app's bucket
+    # (google-cloud-storage, gcsfs and C/S's cs-storage all read it).
+    "STORAGE_EMULATOR_HOST",
 )
 FAST_POLLING = {
     "PREFECT_WORKER_QUERY_SECONDS": "1",

@@ -201,3 +201,101 @@ def test_a_missing_bucket_with_the_web_app_down_keeps_the_fail(
     kept.unlink()  # not left for other tests' resends
     assert record["path"] == "/outputs/api/" and record["payload"]["status"] == "FAIL"
     assert "gcloud storage buckets create gs://cs-no-such-bucket" in record["payload"]["traceback"]
+
+
+# ---- zero hand steps: `webapp set --outputs-bucket`, the stack's worker, C/S's own reader ----
+
+
+def webapp_set(webapp, *flags: str):
+    from prefect_cs.cli.main import app
+    from typer.testing import CliRunner
+
+    argv = ["webapp", "set", "--url", webapp.url, "--token-stdin", *flags]
+    return CliRunner().invoke(app, argv, input=webapp.token + "\n")
+
+
+def test_webapp_set_points_a_workers_runs_at_the_bucket_cs_storage_reads(
+    misbehaving, webapp, gcs, platform, monkeypatch, tmp_path
+):
+    """As a C/S operator: one `webapp set` names the web app's bucket and key; a simulation
+    submitted as the web app does and run by the stack's own process worker (its environment
+    built by stack_parts, carrying STORAGE_EMULATOR_HOST) lands in the bucket, and C/S's
+    reader, cs_storage.read, reads every output back from what the web app was PUT."""
+    import json
+
+    import cs_storage
+    from prefect_cs.cli.main import app
+    from prefect_cs.services.stack_parts import process_worker
+    from typer.testing import CliRunner
+
+    bucket = gcs.emulator.create_bucket(f"cs-webapp-{uuid.uuid4().hex[:12]}")
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps(gcs.info))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.emulator.url)
+    monkeypatch.delenv("CS_OUTPUTS_BLOCK", raising=False)
+    result = webapp_set(webapp, "--outputs-bucket", bucket, "--gcp-credentials-file", str(key))
+    assert result.exit_code == 0, result.output
+    assert "outputs go to gcs-bucket/cs-outputs" in result.output
+    worker = process_worker()
+    worker.start()
+    try:
+        adjustment = json.dumps({"control": {"behavior": [{"value": "ok"}]}})
+        argv = ["simulate", "tests/Misbehaving", "-a", adjustment, "--wait", "300"]
+        done = CliRunner().invoke(app, argv)
+    finally:
+        worker.stop()
+    assert done.exit_code == 0, done.output
+    (body,) = [r.body for r in webapp.accepted("/outputs/api/")]
+    assert body["status"] == "SUCCESS"
+    assert set(gcs.emulator.object_names(bucket)) >= {
+        body["outputs"][c]["ziplocation"] for c in ("renderable", "downloadable")
+    }
+    monkeypatch.setattr(cs_storage, "BUCKET", bucket)  # C/S's reader takes it from BUCKET
+    read = cs_storage.read(body["outputs"])
+    for category in ("renderable", "downloadable"):
+        sent = body["outputs"][category]["outputs"]
+        assert [o["title"] for o in read[category]] == [o["title"] for o in sent]
+        assert all(o["data"] not in (None, b"", "") for o in read[category])
+
+
+def test_webapp_set_refuses_a_bucket_that_does_not_exist_and_keeps_the_block(
+    webapp, gcs, platform, monkeypatch, tmp_path
+):
+    import json
+
+    from prefect_cs.blocks.webapp import WebApp
+
+    key = tmp_path / "key.json"
+    key.write_text(json.dumps(gcs.info))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.emulator.url)
+    result = webapp_set(
+        webapp, "--outputs-bucket", "cs-nowhere", "--gcp-credentials-file", str(key)
+    )
+    assert result.exit_code == 1
+    assert "'cs-nowhere'" in result.output and "gcloud storage buckets create" in result.output
+    assert WebApp.load("default", _sync=True).outputs_block is None  # nothing changed
+    key.write_text("{not json")
+    result = webapp_set(webapp, "--outputs-bucket", "b", "--gcp-credentials-file", str(key))
+    assert result.exit_code == 1 and "not a readable JSON key" in result.output
+    assert "{not json" not in result.output
+
+
+def test_webapp_set_keeps_the_outputs_choice_until_told_otherwise(
+    webapp, gcs, bucket, platform, monkeypatch
+):
+    """A later `webapp set` (a new token) must not send outputs back to the local folder."""
+    from prefect_cs.blocks.webapp import WebApp
+    from prefect_cs.flows.storage import outputs_block
+
+    monkeypatch.delenv("CS_OUTPUTS_BLOCK", raising=False)
+    assert webapp_set(webapp, "--outputs-block", f"gcs-bucket/{BLOCK}").exit_code == 0
+    assert webapp_set(webapp).exit_code == 0
+    assert WebApp.load("default", _sync=True).outputs_block == f"gcs-bucket/{BLOCK}"
+    assert outputs_block()[0] == f"gcs-bucket/{BLOCK}"
+    monkeypatch.setenv("CS_OUTPUTS_BLOCK", "local-file-system/cs-outputs")  # the operator's
+    assert outputs_block() == ("local-file-system/cs-outputs", "CS_OUTPUTS_BLOCK")
+    monkeypatch.delenv("CS_OUTPUTS_BLOCK")
+    assert webapp_set(webapp, "--outputs-block", "default").exit_code == 0
+    assert outputs_block()[0] == "local-file-system/cs-outputs"
+    result = webapp_set(webapp, "--outputs-block", "gcs-bucket/no-such-block")
+    assert result.exit_code == 1 and "no outputs storage block" in result.output
