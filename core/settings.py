@@ -97,6 +97,34 @@ class LimitsSettings(BaseSettings):
         " module breaks near 1,000.",
         json_schema_extra=FORWARD,
     )
+    thumbnail_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        le=600,
+        description="How long headless Chromium may take to render one output's thumbnail"
+        " (runtime/render.py); past it the render is killed and that output gets none.",
+        json_schema_extra=FORWARD,
+    )
+    thumbnail_memory_mib: int = Field(
+        default=1024,
+        ge=256,
+        description="Memory (its cgroup: every Chromium process, its tmpfs and /dev/shm) one"
+        " thumbnail render may use; a render measured near 310 MiB.",
+        json_schema_extra=FORWARD,
+    )
+    thumbnail_pixels: int = Field(
+        default=40_000_000,
+        gt=0,
+        description="Largest PNG or JPEG output (width x height, read from its header) a"
+        " thumbnail is made of: a decompression bomb is refused before anything decodes it.",
+        json_schema_extra=FORWARD,
+    )
+    thumbnail_count: int = Field(
+        default=20,
+        ge=0,
+        description="Most thumbnails one simulation gets (its first renderable outputs); 0: none.",
+        json_schema_extra=FORWARD,
+    )
 
 
 class RedisSettings(BaseSettings):
@@ -384,6 +412,12 @@ class CSSettings(BaseSettings):
         description="Absolute folders under which a model's repo_url may be a local path (or a"
         " file:// URL): the quickstart's and the tests' sample repositories. Empty: only https://,"
         " ssh://, git:// and user@host:path repositories. A JSON list or paths separated by ':'.",
+        json_schema_extra=FORWARD,
+    )
+    chromium: str = Field(
+        default="/usr/bin/chromium",
+        description="The headless browser thumbnails of renderable outputs are made with (Debian's"
+        " `chromium`); it runs in the model sandbox, without network, as the model's uid.",
         json_schema_extra=FORWARD,
     )
     notify: NotifySettings = Field(default_factory=NotifySettings)
