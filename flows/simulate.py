@@ -26,6 +26,7 @@ from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
 from prefect_cs.flows.storage import store_zips
+from prefect_cs.flows.thumbnails import make_thumbnails
 from prefect_cs.flows.usage import record_usage
 from prefect_cs.runtime.environment import model_env, scrubber_for
 from prefect_cs.runtime.model_process import ModelCall
@@ -285,6 +286,7 @@ def simulate(
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload)
     _records(owner, title, task_id, stored, payload, delivery["delivered"])
+    make_thumbnails(stored)  # after delivery, never raising: extras for the outputs page
     elapsed = time.perf_counter() - started
     # For people: the cluster API reads the outcome from the outputs artifact, not from here.
     message = (

@@ -8,8 +8,10 @@ does; the meta parameter dict's `behavior` key chooses what get_inputs does ("sl
 import base64
 import json
 import os
+import struct
 import sys
 import time
+import zlib
 
 import paramtools
 
@@ -41,6 +43,7 @@ BEHAVIORS = [
     "csv_bytes",
     "many_outputs",
     "forge_version",
+    "all_renderable",
 ]
 
 # A small PDF whose second line is binary (as real PDFs start): what run_model returns raw.
@@ -195,6 +198,8 @@ def misbehave(behavior, result):
         downloadable.append({"media_type": "Text", "title": "big", "data": "x" * 3_000_000})
     if behavior in ("pdf_bytes", "empty_title", "csv_bytes"):
         binary_outputs(behavior, renderable, downloadable)
+    if behavior == "all_renderable":  # one of each media type the outputs page shows, and a PDF
+        renderable.extend(every_renderable())
     if behavior == "flood_stdout":
         line = "y" * 1023
         for _ in range(20 * 1024):
@@ -203,6 +208,34 @@ def misbehave(behavior, result):
         downloadable.extend(
             {"media_type": "Text", "title": "n", "data": "1"} for _ in range(20_000)
         )
+
+
+def every_renderable():
+    return [
+        {"media_type": "table", "title": "table", "data": "<table><tr><td>1</td></tr></table>"},
+        {"media_type": "Text", "title": "text", "data": "a <b>text</b> & more"},
+        {"media_type": "bokeh", "title": "chart", "data": {"target_id": None, "doc": {}}},
+        {"media_type": "PNG", "title": "picture", "data": tiny_png(8, 6)},
+        {"media_type": "CSV", "title": "numbers", "data": "a,b\n1,2\n"},
+        {"media_type": "PDF", "title": "paper", "data": PDF_BYTES},
+    ]
+
+
+def tiny_png(width, height):
+    """A real PNG (a red rectangle), made without an image library."""
+
+    def chunk(kind, body):
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 def binary_outputs(behavior, renderable, downloadable):
