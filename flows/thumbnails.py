@@ -27,8 +27,9 @@ from prefect_cs.runtime.render import NotRenderable, RenderFailed, thumbnail
 
 
 def make_thumbnails(stored: dict[str, Any] | None) -> list[str]:
-    """After delivery: the thumbnails task, if the run stored outputs; never raises."""
-    if not stored:
+    """After delivery: the thumbnails task, if the run stored outputs (and
+    CS_LIMITS_THUMBNAIL_COUNT is not 0: no task run at all then); never raises."""
+    if not stored or get_settings().limits.thumbnail_count == 0:
         return []
     try:
         renderable = stored["description"]["renderable"]

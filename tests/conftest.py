@@ -20,6 +20,9 @@ _ROOT = scratch_environment(
     # Pools without a limit here: tests that hang or kill runs must not hold the slots of the
     # next; tests/test_admission.py checks the limits on pools of its own.
     CS_POOL_CONCURRENCY="0",
+    # No thumbnails (a headless Chromium per renderable output, seconds each) but where
+    # tests/test_thumbnails.py asks for them.
+    CS_LIMITS_THUMBNAIL_COUNT="0",
 )
 
 import pytest  # noqa: E402
