@@ -56,7 +56,7 @@ def thumbnails_task(ziplocation: str, outputs: list[dict[str, Any]]) -> list[str
         return []
     try:
         storage = load_outputs_storage()
-        members = read_members(storage, ziplocation)
+        members = read_members(storage, ziplocation, {o["filename"] for o in chosen})
     except Exception as exc:  # noqa: BLE001 - no thumbnails, and the run goes on as it was
         logger.warning("no thumbnails: %s could not be read back: %s", ziplocation, exc)
         return []
@@ -84,10 +84,10 @@ def describe(output: dict[str, Any]) -> str:
     return f"{output.get('media_type')} output {str(output.get('title'))[:80]!r}"
 
 
-def read_members(storage: Any, ziplocation: str) -> dict[str, bytes]:
-    """The renderable zip's members by name, read back from the outputs storage."""
+def read_members(storage: Any, ziplocation: str, names: set[str]) -> dict[str, bytes]:
+    """The named members of the renderable zip, read back from the outputs storage."""
     with zipfile.ZipFile(io.BytesIO(storage.read_path(ziplocation))) as archive:
-        return {info.filename: archive.read(info) for info in archive.infolist()}
+        return {i.filename: archive.read(i) for i in archive.infolist() if i.filename in names}
 
 
 def render_one(output: dict[str, Any], members: dict[str, bytes]) -> bytes:
