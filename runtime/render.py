@@ -226,6 +226,12 @@ def screenshot(document: str, sandbox: Sandbox | None = None) -> Rendered:
             f"thumbnails are made only in the bubblewrap sandbox (CS_SANDBOX=bwrap, the process"
             f" tier), not with CS_SANDBOX={sandbox.mode}: Chromium would have the job's network"
         )
+    binary = get_settings().chromium
+    if not os.access(binary, os.X_OK):
+        raise RenderFailed(
+            f"no Chromium at {binary}: install Debian's (`apt-get install chromium`) or set"
+            " CS_CHROMIUM to its path"
+        )
     limits = get_settings().limits
     bounds = Bounds(memory_mib=limits.thumbnail_memory_mib, pids=PIDS, disk_mib=DISK_MIB)
     with Confinement(sandbox, "thumbnail", bounds, network=False) as box:
@@ -239,7 +245,10 @@ def screenshot(document: str, sandbox: Sandbox | None = None) -> Rendered:
         if hit:
             raise RenderFailed(f"Chromium ran out of a bound: {hit.split(':')[0]}")
         if code != 0:
-            raise RenderFailed(f"Chromium exited with {code}: {log or 'no message'}")
+            raise RenderFailed(
+                f"Chromium exited with {code}: {log or 'no message'} (try `{binary} --headless"
+                " --no-sandbox --screenshot about:blank` as the model's uid to see why)"
+            )
         png = read_shot(box.work / "shot.png")
     return Rendered(png, round(seconds, 3), usage.peak_memory_mib if usage else None)
 

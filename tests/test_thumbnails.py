@@ -112,6 +112,12 @@ def test_no_render_outside_the_bubblewrap_sandbox(mode):
         render.screenshot(page("Text", "t", b"x"), sandbox=Sandbox(mode, DEFAULT_MODEL_UID))
 
 
+def test_a_missing_chromium_is_named_with_its_fix(monkeypatch, tmp_path):
+    monkeypatch.setenv("CS_CHROMIUM", str(tmp_path / "chromium"))
+    with pytest.raises(RenderFailed, match=r"apt-get install chromium.*CS_CHROMIUM"):
+        render.screenshot(page("Text", "t", b"x"))
+
+
 # ---- real Chromium -----------------------------------------------------------------------
 
 
