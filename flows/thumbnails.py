@@ -22,7 +22,7 @@ from prefect import get_run_logger, task
 from prefect.logging import get_logger
 from prefect_cs.core.blocks import load_outputs_storage
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.storage import close_local
+from prefect_cs.flows.storage import close_local, outputs_block
 from prefect_cs.runtime.render import NotRenderable, RenderFailed, thumbnail
 
 
@@ -55,7 +55,7 @@ def thumbnails_task(ziplocation: str, outputs: list[dict[str, Any]]) -> list[str
     if not chosen:
         return []
     try:
-        storage = load_outputs_storage()
+        storage = load_outputs_storage(outputs_block()[0])  # the block the zips went to
         members = read_members(storage, ziplocation, {o["filename"] for o in chosen})
     except Exception as exc:  # noqa: BLE001 - no thumbnails, and the run goes on as it was
         logger.warning("no thumbnails: %s could not be read back: %s", ziplocation, exc)
