@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import io
+import shutil
 import uuid
 import zipfile
 from types import SimpleNamespace
@@ -134,6 +135,20 @@ def test_a_simulation_stores_its_zips_in_the_bucket(misbehaving, webapp, cs_home
 
 
 # ---- storage that fails: one FAIL that names the problem and the fix -------------------------
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs Debian's chromium")
+def test_a_simulations_thumbnails_go_to_the_bucket(
+    misbehaving, webapp, cs_home, gcs, bucket, monkeypatch
+):
+    """`<output id>.png` beside the zips at the bucket's root, where C/S 1.6 reads it."""
+    monkeypatch.setenv("CS_LIMITS_THUMBNAIL_COUNT", "20")
+    task_id, state = run_ok()
+    assert state.is_completed(), state.message
+    (output,) = webapp.only_put(task_id)["outputs"]["renderable"]["outputs"]
+    png = gcs.emulator.read(bucket, f"{output['id']}.png")
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert not list((cs_home / "outputs").glob(f"{output['id']}.png"))  # not the local folder
 
 
 def fail_of_a_simulation(webapp) -> str:
