@@ -8,6 +8,7 @@ children) inherits the same server.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from prefect_cs.testing.scratch import repos_folder, scratch_environment
@@ -113,17 +114,20 @@ def task_worker(platform):
     from prefect_cs.services.stack_parts import inputs_worker
 
     bg = inputs_worker()
+    since = bg.log_file.stat().st_size if bg.log_file.exists() else 0
     bg.start()
-    wait_answering(bg)
+    wait_subscribed(bg, since)
     yield bg
     bg.stop()
 
 
-def wait_answering(bg, timeout: float = 240) -> None:
-    """Until the worker has subscribed and runs tasks (a version call for a model nobody
-    registered comes back as a FAIL answer): a loaded machine took over 40 s, the light calls'
-    own limit, to start one, and the first test's call timed out."""
-    from prefect_cs.flows import inputs
-
-    answer = inputs._run(inputs.version_task, "tests", "NobodyRegisteredThis", timeout=timeout)
-    assert answer["status"] == "FAIL", f"{answer}: see {bg.log_file}"
+def wait_subscribed(bg, since: int, timeout: float = 240) -> None:
+    """Until the worker started at log offset `since` has subscribed to its tasks: a loaded
+    machine took over 40 s, the light calls' own limit, and the first test's call timed out.
+    Read from its log, not by a task round trip (whose answer comes through Prefect's event
+    pipeline, which lags most on exactly such a machine)."""
+    deadline = time.monotonic() + timeout
+    while b"Subscribing to runs of task(s)" not in bg.log_file.read_bytes()[since:]:
+        assert time.monotonic() < deadline, f"the inputs worker did not subscribe: {bg.log_file}"
+        assert bg.pid() is not None, f"the inputs worker exited: see {bg.log_file}"
+        time.sleep(0.2)
