@@ -90,15 +90,22 @@ def serve(model: str | None = None) -> None:
     from prefect.task_worker import serve as serve_tasks
 
     model = model or get_settings().inputs_model
-    # A stop (SIGTERM) unwinds like Ctrl-C, so the warm processes and containers go with it.
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        signal.signal(signal.SIGTERM, _exit_once)
     try:
         with task_storage():
             threading.Thread(target=warm_served, args=(model,), daemon=True).start()
             serve_tasks(*served_tasks(model), limit=20)
     finally:
         stop_warm()
+
+
+def _exit_once(*_: object) -> None:
+    """A stop (SIGTERM) unwinds like Ctrl-C, so the warm processes and containers go with it;
+    a second SIGTERM (the stack sends two) must not cut that cleanup short and leave a
+    container running, so from the first on, SIGTERM is ignored (SIGKILL still ends it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

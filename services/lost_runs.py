@@ -249,11 +249,12 @@ def watch(pending_timeout: float = DEFAULT_PENDING_TIMEOUT, interval: float = 30
 
 
 def sweep_model_containers() -> None:
-    """Model containers past their deadline (a Docker-tier flow killed from outside left them):
-    removed, where this machine has a Docker engine (runtime/container.sweep_expired)."""
+    """Model containers past their deadline (a Docker-tier flow killed from outside left them),
+    and warm ones whose inputs server was killed: removed, where this machine has a Docker
+    engine (runtime/container.sweep_expired, sweep_orphaned_warm)."""
     try:
         import docker
-        from prefect_cs.runtime.container import sweep_expired
+        from prefect_cs.runtime.container import sweep_expired, sweep_orphaned_warm
 
         client = docker.from_env(timeout=10)
         client.ping()
@@ -261,3 +262,5 @@ def sweep_model_containers() -> None:
         return
     for ident in sweep_expired(client):
         logger.warning("removed model container %s: past its deadline", ident[:12])
+    for ident in sweep_orphaned_warm(client):
+        logger.warning("removed warm container %s: its inputs server is gone", ident[:12])

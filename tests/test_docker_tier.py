@@ -370,6 +370,39 @@ def test_warm_container_answers_light_calls(docker_repo, task_worker, webapp):
     assert ours.isdisjoint(containers(WARM_LABEL)), "warm containers outlived their server"
 
 
+def test_a_killed_inputs_server_leaves_no_warm_container(docker_repo, task_worker, webapp):
+    """SIGKILL skips the server's cleanup, so its warm container is left running; the next
+    server sweeps it (runtime/container.sweep_orphaned_warm) before it warms its own."""
+    import os
+    import signal
+
+    from prefect_cs.flows import inputs
+    from prefect_cs.runtime.container import WARM_LABEL, WARM_OWNER_LABEL
+
+    from tests.conftest import wait_subscribed
+
+    assert inputs.get_version(OWNER, TITLE)["status"] == "SUCCESS"
+    warm = containers(f"{WARM_LABEL}={model_image()}", all_states=False)
+    assert len(warm) == 1, "one warm container per model"
+    import docker
+
+    labels = docker.from_env().containers.get(warm[0]).labels
+    assert labels[WARM_OWNER_LABEL].split(":")[1] == str(task_worker.pid())
+    os.killpg(task_worker.pid(), signal.SIGKILL)
+    task_worker.stop()  # reaps it: it is gone without having stopped a thing
+    assert warm[0] in containers(WARM_LABEL), "the kill left the warm container running"
+    since = task_worker.log_file.stat().st_size
+    task_worker.start()
+    wait_subscribed(task_worker, since)
+    deadline = time.monotonic() + 240
+    while warm[0] in containers(WARM_LABEL):
+        assert time.monotonic() < deadline, "the next server did not remove the orphan"
+        time.sleep(0.5)
+    answer = inputs.get_version(OWNER, TITLE)
+    assert answer["status"] == "SUCCESS", answer
+    assert len(containers(f"{WARM_LABEL}={model_image()}", all_states=False)) == 1
+
+
 def served_images() -> set[str]:
     """The promoted images of the Docker-tier models on this test server."""
     from prefect_cs.registry.configs import all_models

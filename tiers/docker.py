@@ -72,6 +72,7 @@ from prefect_cs.runtime.container import (
     cli_flags,
     container_options,
     model_environment,
+    sweep_orphaned_warm,
 )
 from prefect_cs.runtime.model_process import ModelCall
 from prefect_cs.tiers.base import INSTALL_SCRIPT, JobVariables, Logger, Tier, system_package_lines
@@ -608,15 +609,18 @@ class DockerTier(Tier):
     def warm_model(
         self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
     ) -> WarmContainer:
-        """A long-running container of the image serving light calls (a zygote, as locally)."""
+        """A long-running container of the image serving light calls (a zygote, as locally);
+        what a killed server left warm goes first (runtime/container.sweep_orphaned_warm)."""
         image = self.image_of(model, entry)
         ensure_image(image)
+        client = docker_client(timeout=120)
+        sweep_orphaned_warm(client)
         return WarmContainer(
             python=MODEL_PYTHON,
             runner=RUNNER,
             env=env,
             image=image,
-            client=docker_client(timeout=120),
+            client=client,
             bounds=model_bounds(model),
             network=model.internet,
             fingerprint=fingerprint,
