@@ -9,11 +9,13 @@ exactly one payload for the task, SUCCESS or FAIL. A run killed from outside
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_logger
 from prefect.states import Completed, Failed, State
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
@@ -32,28 +34,54 @@ from prefect_cs.runtime.environment import model_env, scrubber_for
 from prefect_cs.runtime.model_process import ModelCall
 from prefect_cs.runtime.pod_exchange import release
 from prefect_cs.tiers import get_tier
+from prefect_cs.tiers.base import EarlyCaller
 
 
-@task(name="run-model")
+@task(name="run-model", cache_policy=NO_CACHE)  # a model run is never a cached answer
 def run_model_task(
-    model: ModelConfig, entry: PublishedTag, meta_param_dict: dict, adjustment: dict
+    model: ModelConfig,
+    entry: PublishedTag,
+    meta_param_dict: dict,
+    adjustment: dict,
+    early: EarlyCaller | None = None,
 ) -> ModelCall:
     """The model's own run, time-limited and bounded, where its tier runs the model's code
-    (tiers/base.py `call_model`): never in this flow's interpreter."""
+    (tiers/base.py `call_model`, or the call its tier started `early`): never in this flow's
+    interpreter."""
     logger = get_run_logger()
-    try:
-        env = model_env(model)
-        tier = get_tier(entry.tier)
-    except LookupError as exc:  # a declared secret that is not set, no sandbox: cannot start
-        return ModelCall(ok=False, error=str(exc))
     logger.info(
         "running %s/%s@%s on the %s tier (time limit %ss)",
         *(model.owner, model.title, entry.tag, entry.tier, model.time_limit),
     )
-    call = tier.call_model(model, entry, "run_model", [meta_param_dict, adjustment], env)
+    args = [meta_param_dict, adjustment]
+    call = early.call("run_model", args) if early is not None else None
+    if call is None:
+        try:
+            env = model_env(model)
+            tier = get_tier(entry.tier)
+        except LookupError as exc:  # a declared secret that is not set, no sandbox: no start
+            return ModelCall(ok=False, error=str(exc))
+        call = tier.call_model(model, entry, "run_model", args, env)
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))
     return call
+
+
+@contextlib.contextmanager
+def started_early(model: ModelConfig, entry: PublishedTag) -> Iterator[EarlyCaller | None]:
+    """The tier's head start on the model's call (tiers/base.py `start_early`), removed when
+    the flow is done with it, asked or not. A speed-up only: any trouble starting it means
+    the call starts at its turn, as it would without, and reports there."""
+    early = None
+    try:
+        early = get_tier(entry.tier).start_early(model, entry, model_env(model))
+    except Exception:  # noqa: BLE001 - a missing secret, a bad image: the call reports it
+        get_logger("prefect_cs.simulate").debug("no head start", exc_info=True)
+    try:
+        yield early
+    finally:
+        if early is not None:
+            early.close()
 
 
 def retry_if_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -144,9 +172,10 @@ def run_and_collect(
     meta: dict,
     adjustment: dict,
     scrub: Callable[[Any], Any],
+    early: EarlyCaller | None = None,
 ):
     """Run the model and turn whatever happened into the payload for the web app."""
-    call = run_model_task(model, entry, meta, adjustment)
+    call = run_model_task(model, entry, meta, adjustment, early)
     if not call.ok:
         return sim_fail(task_id, scrub(call.error or "unknown failure"), call), None
     try:
@@ -198,20 +227,23 @@ def outcome(
     """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an
     exception."""
     scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
-    try:
-        model, entry = load_model_task(owner, title, tag)
-        scrub = scrubber_for(model)
-        meta, adjust = resolve_inputs(task_id, *given)
-    except (LookupError, ValueError) as exc:  # no such model or tag, inputs gone: the request's
-        return sim_fail(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
-    except Exception as exc:  # noqa: BLE001 - Prefect, Redis or storage still failing after retries
-        get_logger("prefect_cs.simulate").exception("simulate could not start task %s", task_id)
-        return sim_fail(task_id, platform_fault(exc)), None, scrub
-    try:
-        payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub)
-    except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL
-        get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
-        return sim_fail(task_id, platform_fault(exc)), None, scrub
+    with contextlib.ExitStack() as stack:
+        try:
+            model, entry = load_model_task(owner, title, tag)
+            scrub = scrubber_for(model)
+            early = stack.enter_context(started_early(model, entry))
+            meta, adjust = resolve_inputs(task_id, *given)
+        except (LookupError, ValueError) as exc:  # no such model or tag, inputs gone: the
+            # request's fault
+            return sim_fail(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
+        except Exception as exc:  # noqa: BLE001 - Prefect, Redis or storage failing after retries
+            get_logger("prefect_cs.simulate").exception("simulate could not start %s", task_id)
+            return sim_fail(task_id, platform_fault(exc)), None, scrub
+        try:
+            payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub, early)
+        except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL
+            get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
+            return sim_fail(task_id, platform_fault(exc)), None, scrub
     return payload, stored, scrub
 
 

@@ -260,8 +260,10 @@ def serve_paths(path_in: str, path_out: str, reap: bool = False, empty: str | No
 def wait_for(request_path: str, response_path: str, seconds: float) -> int:
     """The model container of a pod whose other container runs the flow: wait (bounded) for
     the flow's request, answer it, exit. A request of `{"function": null}` means the flow
-    ended without a call (it failed before); exit 0 so the pod ends too."""
+    ended without a call (it failed before); exit 0 so the pod ends too. The model is imported
+    first, while the flow still prepares the request."""
     deadline = time.monotonic() + seconds
+    _import_model()
     while not os.path.exists(request_path):
         if time.monotonic() > deadline:
             print(f"no request in {request_path} within {seconds:g} seconds", file=sys.stderr)

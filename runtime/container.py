@@ -29,7 +29,8 @@ import socket
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,89 @@ def call_in_image(
     finally:
         _remove(client, name)
         shutil.rmtree(exchange, ignore_errors=True)
+
+
+REQUEST_WAIT = 120.0  # how long a container started ahead of its call waits for the request
+_STARTER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cs-early-start")
+
+
+@dataclass
+class EarlyCall:
+    """A simulation's container started ahead of its one call (`child.py --wait-for`, which
+    imports the model, then waits for the request): the engine's start, a pull if need be,
+    and the model's import overlap what the flow does before the call (its inputs, its
+    secrets, a Prefect task's bookkeeping). Confined, counted and removed as call_in_image's;
+    the time limit runs from the request."""
+
+    client: Any
+    name: str
+    exchange: Path
+    timeout: float
+    bounds: Bounds
+    started: Future
+    stack: contextlib.ExitStack
+    counted: Counted
+
+    def call(self, function: str, args: list[Any]) -> ModelCall | None:
+        """The call's answer; None when the container never started (the caller then calls
+        the usual way, which reports why)."""
+        try:
+            container = self.started.result(timeout=REQUEST_WAIT)
+        except Exception:  # noqa: BLE001 - a head start that failed is no answer, not a FAIL
+            return None
+        part = self.exchange / "request.part"  # the child sees the request whole, or not at all
+        part.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
+        os.replace(part, self.exchange / "request.json")
+        call = _finish(container, self.exchange, self.timeout, self.bounds, time.perf_counter())
+        _remove(self.client, self.name)
+        self.stack.close()  # the counting group's figures, the container's group gone
+        call.usage = self.counted.usage
+        return call
+
+    def close(self) -> None:
+        """Remove the container, asked or not; a start still in flight is waited for first
+        (removed before it exists, it would be created after)."""
+        try:
+            self.started.result(timeout=REQUEST_WAIT)
+        except Exception:  # noqa: BLE001 - never started: nothing to remove but the folder
+            pass
+        _remove(self.client, self.name)
+        self.stack.close()
+        shutil.rmtree(self.exchange, ignore_errors=True)
+
+
+def start_early(
+    client: Any,
+    image: str,
+    python: str,
+    timeout: float,
+    bounds: Bounds,
+    env: dict[str, str] | None = None,
+    network: bool = False,
+    labels: dict[str, str] | None = None,
+    ready: Callable[[], None] = lambda: None,
+) -> EarlyCall:
+    """Start, in the background, the container of one call of `image` (see EarlyCall);
+    `ready` runs first there (the tier's pull). Its deadline covers the wait and the call."""
+    exchange = Path(tempfile.mkdtemp(prefix="cs-exchange-"))
+    _give_to_model(exchange)
+    argv = [python, "-I", RUNNER, "--wait-for", f"{EXCHANGE}/request.json"]
+    argv += [f"{EXCHANGE}/response.json", f"{REQUEST_WAIT:g}"]
+    options = container_options(bounds, network, model_environment(python, env), exchange)
+    options["labels"] = {**(labels or {}), **deadline_label(REQUEST_WAIT + timeout)}
+    stack = contextlib.ExitStack()
+    counted = stack.enter_context(counting_group(options))
+    name = f"cs-call-{uuid.uuid4().hex[:12]}"
+
+    def start() -> Any:
+        ready()
+        if network:
+            ensure_internet_network(client)
+        sweep_expired(client)
+        return _start_container(client, image, argv, name, options)
+
+    started = _STARTER.submit(start)
+    return EarlyCall(client, name, exchange, timeout, bounds, started, stack, counted)
 
 
 @dataclass

@@ -187,3 +187,65 @@ def test_the_kernel_bills_the_containers_whole_tree(client, image):
         text=True,
     ).stdout
     assert left == "", left
+
+
+def early(client, image, timeout: float = 120):
+    from prefect_cs.runtime.container import start_early
+
+    bounds = Bounds(memory_mib=512, pids=128, cpus=1.0, disk_mib=64)
+    return start_early(client, image, MODEL_PYTHON, timeout=timeout, bounds=bounds)
+
+
+def test_a_call_started_early_answers_confined_billed_and_removed(client, image):
+    """The container started ahead of its request (runtime/container.EarlyCall) is running,
+    the model imported, before the flow asks; then it answers as a call_in_image container
+    would: the same confinement (the attacker's probes get nothing), billed, removed."""
+    import time
+
+    started = early(client, image)
+    try:
+        container = started.started.result(timeout=120)
+        deadline = time.monotonic() + 120
+        while container.status != "running":  # up and waiting: the head start is real
+            assert time.monotonic() < deadline, container.status
+            time.sleep(0.1)
+            container.reload()
+        assert not (started.exchange / "request.json").exists()
+        targets = {"api": "http://127.0.0.1:4200/api", "webapp": "http://127.0.0.1:8765"}
+        result = started.call("run_model", [{"targets": targets}, {}])
+        assert result is not None and result.ok, result and result.error
+        report = json.loads(result.result["downloadable"][0]["data"])
+        assert report["ran"] == 17 and report["uid"] == 10001, report
+        got = {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
+        assert got == {}, got
+        assert result.usage is not None and result.usage.cpu_seconds > 0, result.usage
+        assert started.name not in {c.name for c in client.containers.list(all=True)}
+    finally:
+        started.close()
+    assert not started.exchange.exists()
+
+
+def test_a_call_started_early_and_never_asked_leaves_nothing(client, image):
+    """A flow that fails before its call (inputs gone) closes the head start at once, its
+    start maybe still in flight: no container is left behind, and no exchange folder."""
+    from concurrent.futures import wait
+
+    started = early(client, image)
+    started.close()
+    wait([started.started], timeout=120)  # a start close() did not wait for would land now
+    assert started.name not in {c.name for c in client.containers.list(all=True)}
+    assert not started.exchange.exists()
+
+
+def test_a_call_started_early_keeps_its_time_limit(client, image):
+    """The time limit runs from the request, and holds: an overrun is stopped and reported."""
+    hang = {"bound_attack": "memory_hog", "args": {"children": 1, "mib": 1, "shm_mib": 0}}
+    hang["args"]["hold"] = 600
+    started = early(client, image, timeout=3)
+    try:
+        result = started.call("run_model", [hang, {}])
+    finally:
+        started.close()
+    assert result is not None and not result.ok
+    assert "time limit of 3 seconds" in result.error, result.error
+    assert started.name not in {c.name for c in client.containers.list(all=True)}

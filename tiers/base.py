@@ -40,6 +40,14 @@ class WarmCaller(Protocol):
     def stop(self) -> None: ...
 
 
+class EarlyCaller(Protocol):
+    """A simulation's model call started ahead of its request (runtime/container.EarlyCall)."""
+
+    def call(self, function: str, args: list[Any]) -> ModelCall | None: ...
+
+    def close(self) -> None: ...
+
+
 class JobVariables(BaseModel):
     """What a tier's deployments set in its work pool's base job template (typed, like
     prefect-docker's DockerWorkerJobConfiguration). Field names are template variables
@@ -302,6 +310,14 @@ class Tier:
         a container of the model's image (docker), in the pod's model container (kubernetes).
         Never raises for the model's faults: they come back as a failed ModelCall."""
         raise NotImplementedError
+
+    def start_early(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str]
+    ) -> EarlyCaller | None:
+        """The simulation's model call, started while the flow still reads its inputs, where a
+        start costs enough to hide (a container: the engine's start, the model's import); None
+        here: the call starts at its turn."""
+        return None
 
     def warm_model(
         self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str

@@ -67,11 +67,13 @@ from prefect_cs.runtime.confinement import Bounds
 from prefect_cs.runtime.container import (
     RUNNER,
     WORK,
+    EarlyCall,
     WarmContainer,
     call_in_image,
     cli_flags,
     container_options,
     model_environment,
+    start_early,
     sweep_orphaned_warm,
 )
 from prefect_cs.runtime.model_process import ModelCall
@@ -604,6 +606,26 @@ class DockerTier(Tier):
             env=env,
             network=model.internet,
             labels=call_labels(model, entry),
+        )
+
+    def start_early(
+        self, model: ModelConfig, entry: PublishedTag, env: dict[str, str]
+    ) -> EarlyCall:
+        """The call's container, pulled if need be and started in the background
+        (runtime/container.EarlyCall); any trouble there shows at the call, which then calls
+        the usual way and reports it."""
+        image = self.image_of(model, entry)
+        client = docker_client()
+        return start_early(
+            client,
+            image,
+            MODEL_PYTHON,
+            timeout=model.time_limit,
+            bounds=model_bounds(model),
+            env=env,
+            network=model.internet,
+            labels=call_labels(model, entry),
+            ready=lambda: ensure_image(image, client),
         )
 
     def warm_model(

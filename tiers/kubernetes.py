@@ -227,6 +227,11 @@ class KubernetesTier(DockerTier):
             )
         return call_in_pod(exchange, function, args, timeout=model.time_limit)
 
+    def start_early(self, model: ModelConfig, entry: PublishedTag, env: dict[str, str]) -> None:
+        """Nothing to start: the pod's model container starts with the pod and imports the
+        model while the flow container prepares the request (child.py --wait-for)."""
+        return None
+
     def warm_model(
         self, model: ModelConfig, entry: PublishedTag, env: dict[str, str], fingerprint: str
     ) -> WarmPod:
