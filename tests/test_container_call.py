@@ -168,11 +168,24 @@ def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
                 pass
 
 
-def test_the_kernel_bills_the_containers_whole_tree(client, image):
+def test_the_kernel_bills_the_containers_whole_tree(client, image, monkeypatch):
     """CPU time and peak memory from the counting group the engine nested the call's container
-    under, read after the container is gone; the groups go with it."""
+    under, read after the container is gone; the groups go with it (this call's: the other
+    xdist worker's calls make groups of their own meanwhile)."""
     import subprocess
 
+    from prefect_cs.runtime import container as container_module
+
+    made: list[str] = []
+
+    def recording(name: str):
+        group = real(name)
+        if group is not None:
+            made.append(group[1])
+        return group
+
+    real = container_module.engine_group
+    monkeypatch.setattr(container_module, "engine_group", recording)
     hog = {
         "bound_attack": "memory_hog",
         "args": {"children": 2, "mib": 100, "shm_mib": 0, "hold": 1},
@@ -181,8 +194,9 @@ def test_the_kernel_bills_the_containers_whole_tree(client, image):
     assert result.ok, result.error
     assert result.usage is not None and result.usage.peak_memory_mib >= 200, result.usage
     assert result.usage.cpu_seconds > 0
+    assert len(made) == 1, made
     left = subprocess.run(
-        ["find", "/sys/fs/cgroup", "-type", "d", "-path", "*cs-docker-calls/*"],
+        ["find", "/sys/fs/cgroup", "-type", "d", "-path", f"*{made[0]}*"],
         capture_output=True,
         text=True,
     ).stdout
