@@ -1,0 +1,247 @@
+"""The v1 cluster protocol (`/api/v1`) as Compute Studio's later web app calls it.
+
+Real parts: `prefect-cs api serve` as its own process on the session's Prefect
+server, two web app stand-ins (two cluster users, two tenants), the secrets
+store, and for jobs a published model, the inputs worker and a process worker.
+The client is testing/cs_client.py's `Cluster`, which behaves as C/S's
+`Cluster` row (login form, token renewal rule, bearer header, `/api/v1` paths).
+Every auth case here was run once against a mutant of the code it guards
+(README, "Connecting a web app", v1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from prefect_cs.services.stack_parts import answers_health, api_server
+from prefect_cs.services.supervisor import Background
+from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
+from prefect_cs.testing.scratch import free_port
+from prefect_cs.testing.webapp_standin import WebAppStub
+
+V0_TOKEN = "cluster-api-v1-tests-v0-token"
+
+
+@contextlib.contextmanager
+def serving(port: int) -> Iterator[str]:
+    """`prefect-cs api serve` on `port`, v0 token and v1 signing key from the secrets store."""
+    from prefect_cs.security.secrets import get_backend
+
+    get_backend(None).set("CLUSTER_API_TOKEN", V0_TOKEN)
+    bg = api_server(port)
+    bg = Background(f"cluster-api-v1-tests-{port}", bg.argv, bg.env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
+        yield url
+    finally:
+        bg.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform) -> Iterator[str]:
+    with serving(free_port()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tenants(api, cs_home) -> Iterator[dict[str, dict]]:
+    """Two web apps, each a cluster user with its own stand-in; C/S's Cluster row for each."""
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    found = {}
+    for name in ("webapp-a", "webapp-b"):
+        stub = WebAppStub(token=f"{name}-results-token").start()
+        user, password = add_user(store_at(cs_home), name, stub.url, stub.token)
+        found[name] = {"stub": stub, "user": user, "password": password}
+    yield found
+    for tenant in found.values():
+        tenant["stub"].stop()
+
+
+def cluster(api: str, tenants: dict, name: str = "webapp-a") -> Cluster:
+    return Cluster(api, name, tenants[name]["password"])
+
+
+def signing_key() -> str:
+    from prefect_cs.security.secrets import get_backend
+
+    return get_backend(None).get("CLUSTER_API_JWT_KEY")
+
+
+def token_for(user_id: int, key: str, exp: datetime) -> str:
+    claims = {"sub": str(user_id), "aud": "prefect-cs-api-v1", "iat": int(time.time()) - 10}
+    return jwt.encode({**claims, "exp": int(exp.timestamp())}, key, algorithm="HS256")
+
+
+def projects_list(api: str, token: str) -> httpx.Response:
+    return httpx.get(f"{api}/api/v1/projects/", headers={"Authorization": f"Bearer {token}"})
+
+
+# ---- login ---------------------------------------------------------------------------------
+
+
+def test_login_answers_cs_token_schema_and_the_token_opens_v1(api, tenants):
+    c = cluster(api, tenants)
+    headers = c.headers()
+    assert c.logins == 1 and c.access_token
+    lifetime = c.access_token_expires_at - datetime.now(UTC)
+    assert timedelta(minutes=55) < lifetime + timedelta(seconds=120) <= timedelta(minutes=61)
+    r = httpx.get(f"{api}/api/v1/projects/", headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"count": 0, "next": None, "previous": None, "results": []}
+    c.headers()
+    assert c.logins == 1  # kept while it has not expired
+
+
+def test_the_client_renews_a_token_60_s_after_its_expires_at_as_cs_does(api, tenants):
+    c = cluster(api, tenants)
+    c.headers()
+    first = c.access_token
+    c.access_token_expires_at = datetime.now(UTC) - timedelta(seconds=30)
+    c.headers()
+    assert c.logins == 1 and c.access_token == first  # C/S waits 60 s past expires_at
+    c.access_token_expires_at = datetime.now(UTC) - timedelta(seconds=61)
+    c.headers()
+    assert c.logins == 2
+    assert projects_list(api, c.access_token).status_code == 200
+
+
+def test_the_token_outlives_its_advertised_expiry_by_more_than_cs_renewal_delay(api, tenants):
+    """C/S renews 60 s after expires_at: the token itself lives 120 s past it."""
+    c = cluster(api, tenants)
+    c.headers()
+    claims = jwt.decode(c.access_token, options={"verify_signature": False})
+    assert claims["exp"] - c.access_token_expires_at.timestamp() == pytest.approx(120, abs=1)
+
+
+@pytest.mark.parametrize(
+    "form, status",
+    [
+        ({"username": "webapp-a", "password": "wrong"}, 400),
+        ({"username": "nobody", "password": "x"}, 400),
+        ({"username": "webapp-a"}, 422),
+        ({"password": "x"}, 422),
+        ({"username": "webapp-a", "password": ""}, 422),
+    ],
+)
+def test_login_refused_as_cs_cluster_answered(api, tenants, form, status):
+    r = httpx.post(f"{api}/api/v1/login/access-token", data=form)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json() == {"detail": "Incorrect username or password"}
+    else:
+        (error,) = r.json()["detail"]
+        assert error["type"] == "missing" and error["loc"][0] == "body"
+
+
+def test_a_prefix_of_the_password_is_refused(api, tenants):
+    password = tenants["webapp-a"]["password"]
+    for given in (password[:-1], password[:8]):
+        r = httpx.post(
+            f"{api}/api/v1/login/access-token", data={"username": "webapp-a", "password": given}
+        )
+        assert r.status_code == 400, r.text
+
+
+def test_another_tenants_password_is_refused(api, tenants):
+    with pytest.raises(ClusterLoginException, match="Expected 200, got 400"):
+        Cluster(api, "webapp-a", tenants["webapp-b"]["password"]).headers()
+
+
+# ---- the bearer token ---------------------------------------------------------------------
+
+V1_ROUTES = [
+    ("GET", "/api/v1/projects/", None),
+    ("POST", "/api/v1/projects/sync/", []),
+    ("POST", "/api/v1/jobs/v1tests/Misbehaving/", {"task_name": "version", "tag": "v1"}),
+]
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def refused(api: str, authorization: str | None) -> list[Answer]:
+    """Each V1_ROUTES call with this Authorization header sent as is (http.client: httpx
+    refuses to send `Bearer ` with its trailing space)."""
+    host, port = api.removeprefix("http://").split(":")
+    answers = []
+    for method, path, body in V1_ROUTES:
+        headers = {"Content-Type": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            r = conn.getresponse()
+            found = {k.lower(): v for k, v in r.getheaders()}
+            answers.append(Answer(r.status, found, r.read().decode()))
+        finally:
+            conn.close()
+    return answers
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", "Token x", "Basic x"])
+def test_no_bearer_token_is_401_not_authenticated(api, tenants, authorization):
+    for r in refused(api, authorization):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Not authenticated"}
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_prefix_of_the_right_token_is_401(api, tenants):
+    c = cluster(api, tenants)
+    c.headers()
+    for cut in (1, 10, len(c.access_token) // 2):
+        for r in refused(api, f"Bearer {c.access_token[:-cut]}"):
+            assert r.status_code == 401, r.text
+            assert r.json() == {"detail": "Could not validate credentials"}
+
+
+def test_a_token_signed_with_another_key_is_401(api, tenants):
+    user = tenants["webapp-a"]["user"]
+    forged = token_for(user.id, "another-key-" + "x" * 40, datetime.now(UTC) + timedelta(hours=1))
+    for r in refused(api, f"Bearer {forged}"):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Could not validate credentials"}
+    good = token_for(user.id, signing_key(), datetime.now(UTC) + timedelta(hours=1))
+    assert projects_list(api, good).status_code == 200  # the control: same claims, right key
+
+
+def test_an_expired_token_is_401(api, tenants):
+    user = tenants["webapp-a"]["user"]
+    expired = token_for(user.id, signing_key(), datetime.now(UTC) - timedelta(seconds=5))
+    for r in refused(api, f"Bearer {expired}"):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Could not validate credentials"}
+
+
+def test_a_token_of_a_user_that_no_longer_exists_is_401(api, tenants, cs_home):
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    stub = tenants["webapp-a"]["stub"]
+    user, password = add_user(store_at(cs_home), "webapp-gone", stub.url, stub.token)
+    c = Cluster(api, "webapp-gone", password)
+    c.headers()
+    assert projects_list(api, c.access_token).status_code == 200
+    assert store_at(cs_home).delete_user("webapp-gone")
+    assert projects_list(api, c.access_token).status_code == 401
