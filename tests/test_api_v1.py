@@ -247,3 +247,86 @@ def test_a_token_of_a_user_that_no_longer_exists_is_401(api, tenants, cs_home):
     assert projects_list(api, c.access_token).status_code == 200
     assert store_at(cs_home).delete_user("webapp-gone")
     assert projects_list(api, c.access_token).status_code == 401
+
+
+# ---- projects ------------------------------------------------------------------------------
+
+
+def project(owner: str, title: str, repo_url: str | None = None, **fields: Any) -> dict:
+    """A project as C/S's web app serializes it for SyncProjects (decimals as strings)."""
+    return {
+        "title": title,
+        "owner": owner,
+        "oneliner": "",
+        "description": "",
+        "repo_url": repo_url,
+        "repo_tag": "v1",
+        "latest_tag": "v1",
+        "exp_task_time": 1,
+        "server_cost": "0.1",
+        "cpu": "1.0",
+        "memory": "0.5",
+        "listed": True,
+        "cluster_type": "single-core",
+        "status": "running",
+        "tech": "python-paramtools",
+        "callable_name": None,
+        "app_location": None,
+        **fields,
+    }
+
+
+def test_sync_answers_the_projects_with_ids_and_lists_them_paginated(api, tenants):
+    c = cluster(api, tenants, "webapp-b")
+    names = [f"Listed-{i}" for i in range(32)]
+    ok, data = c.sync_projects([project("v1list", n) for n in names])
+    assert ok and [p["title"] for p in data] == names
+    assert all(isinstance(p["id"], int) for p in data)
+    assert set(data[0]) == {
+        "id", "owner", "title", "tech", "callable_name", "app_location", "exp_task_time",
+        "cpu", "memory", "repo_tag", "repo_url",
+    }  # fmt: skip
+    assert data[0]["cpu"] == 1.0 and data[0]["exp_task_time"] == 1
+    page = httpx.get(f"{api}/api/v1/projects/", headers=c.headers()).json()
+    assert page["count"] == 32 and len(page["results"]) == 30 and page["previous"] is None
+    rest = httpx.get(page["next"], headers=c.headers()).json()
+    assert [p["title"] for p in rest["results"]] == names[30:] and rest["next"] is None
+    assert rest["previous"].endswith("/api/v1/projects/?page=0")
+    ok, again = c.sync_projects([project("v1list", "Listed-0", exp_task_time=5)])
+    assert again[0]["id"] == data[0]["id"] and again[0]["exp_task_time"] == 5
+
+
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ([{"owner": "o", "title": "t"}], ["body", 0, "tech"]),
+        ([project("o", "t", exp_task_time="soon")], ["body", 0, "exp_task_time"]),
+        ({"owner": "o"}, ["body"]),
+    ],
+)
+def test_sync_refuses_what_cs_schema_refuses_with_422(api, tenants, body, loc):
+    headers = cluster(api, tenants).headers()
+    r = httpx.post(f"{api}/api/v1/projects/sync/", json=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_one_web_app_neither_sees_nor_syncs_anothers_projects(api, tenants):
+    a, b = cluster(api, tenants, "webapp-a"), cluster(api, tenants, "webapp-b")
+    a.sync_projects([project("v1tenants", "Mine")])
+    listed = httpx.get(f"{api}/api/v1/projects/", headers=b.headers()).json()["results"]
+    assert "Mine" not in [p["title"] for p in listed]
+    r = httpx.post(
+        f"{api}/api/v1/projects/sync/",
+        json=[project("v1tenants", "Mine", exp_task_time=99)],
+        headers=b.headers(),
+    )
+    assert r.status_code == 409 and "another web app" in r.json()["detail"], r.text
+    mine = httpx.get(f"{api}/api/v1/projects/", headers=a.headers()).json()["results"]
+    assert [p["exp_task_time"] for p in mine if p["title"] == "Mine"] == [1]
+    r = httpx.post(
+        f"{api}/api/v1/jobs/v1tenants/Mine/",
+        json={"task_name": "version", "tag": "v1", "task_kwargs": {}},
+        headers=b.headers(),
+    )
+    assert r.status_code == 404 and r.json() == {"detail": "Project not found."}, r.text
