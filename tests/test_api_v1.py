@@ -330,3 +330,116 @@ def test_one_web_app_neither_sees_nor_syncs_anothers_projects(api, tenants):
         headers=b.headers(),
     )
     assert r.status_code == 404 and r.json() == {"detail": "Project not found."}, r.text
+
+
+# ---- jobs: version, defaults, parse, sim to the web app that owns the project --------------
+
+BEHAVE_OK = {"control": {"behavior": [{"value": "ok"}]}}
+
+
+@pytest.fixture(scope="module")
+def published(platform, repos) -> str:
+    """The misbehaving sample app under an owner of this module's, published once; its repo."""
+    from prefect_cs.testing.models import make_repo, publish_model, register_model
+
+    repo = make_repo("misbehaving-app", repos / "v1-misbehaving")
+    register_model(
+        "v1tests", "Misbehaving", repo, repo_tag="v1", time_limit=8, expected_task_time=1
+    )
+    state = publish_model("v1tests", "Misbehaving")
+    assert state.is_completed(), state.message
+    return str(repo)
+
+
+@pytest.fixture(scope="module")
+def worker(platform) -> Iterator[Background]:
+    from prefect_cs.services.stack_parts import process_worker
+
+    bg = process_worker()
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+def until(check, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:g}s")
+
+
+@pytest.fixture(scope="module")
+def owned(api, tenants, published) -> Cluster:
+    """webapp-a's Cluster once its sync of v1tests/Misbehaving has reached the registry."""
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    a = cluster(api, tenants, "webapp-a")
+    ok, _ = a.sync_projects([project("v1tests", "Misbehaving", published)])
+    assert ok
+    block = tenants["webapp-a"]["user"].webapp
+    until(
+        lambda: ModelConfig.for_model("v1tests", "Misbehaving").webapp == block,
+        60,
+        "the sync applied to the registry",
+    )
+    return a
+
+
+def post_job(c: Cluster, task_name: str, **task_kwargs: Any) -> httpx.Response:
+    return httpx.post(
+        f"{c.url}/api/v1/jobs/v1tests/Misbehaving/",
+        json={"task_name": task_name, "tag": "v1", "task_kwargs": task_kwargs},
+        headers=c.headers(),
+        timeout=30,
+    )
+
+
+def test_version_is_a_finished_job_in_cs_job_schema(owned, tenants):
+    r = post_job(owned, "version")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert set(job) == {
+        "id", "user_id", "created_at", "name", "finished_at", "status", "inputs", "outputs",
+        "traceback", "tag",
+    }  # fmt: skip
+    assert job["name"] == "version" and job["status"] == "SUCCESS" and job["tag"] == "v1"
+    assert job["outputs"]["version"] == "0.3.0" and job["user_id"] == tenants["webapp-a"]["user"].id
+
+
+def test_a_task_that_does_not_fit_cs_task_schema_is_422(owned):
+    r = httpx.post(
+        f"{owned.url}/api/v1/jobs/v1tests/Misbehaving/",
+        json={"task_name": "version", "task_kwargs": {}},
+        headers=owned.headers(),
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "tag"], r.text
+
+
+def test_defaults_are_put_to_the_owners_model_config_api(owned, tenants, task_worker):
+    stub, other = tenants["webapp-a"]["stub"], tenants["webapp-b"]["stub"]
+    job_id = owned.submit_job("v1tests", "Misbehaving", "defaults", {"meta_param_dict": {}}, "v1")
+    put = stub.first_about(job_id, timeout=60)
+    assert put.path == "/model-config/api/" and put.status == 200
+    assert put.headers["Authorization"] == f"Token {stub.token}"
+    assert put.body["status"] == "SUCCESS" and "control" in put.body["outputs"]["model_parameters"]
+    assert not other.about(job_id)
+
+
+def test_parse_is_put_to_the_owners_inputs_api(owned, tenants, task_worker):
+    stub = tenants["webapp-a"]["stub"]
+    kwargs = {"meta_param_dict": {}, "adjustment": BEHAVE_OK, "errors_warnings": {}}
+    job_id = owned.submit_job("v1tests", "Misbehaving", "parse", kwargs, "v1")
+    put = stub.first_about(job_id, timeout=90)
+    assert put.path == "/inputs/api/" and put.status == 200 and put.body["status"] == "SUCCESS"
+
+
+def test_a_sim_ends_in_one_accepted_put_at_the_owners_web_app(owned, tenants, worker):
+    stub, other = tenants["webapp-a"]["stub"], tenants["webapp-b"]["stub"]
+    kwargs = {"meta_param_dict": {}, "adjustment": BEHAVE_OK}
+    job_id = owned.submit_job("v1tests", "Misbehaving", "sim", kwargs, "v1")
+    stub.first_about(job_id, timeout=180)
+    body = stub.only_put(job_id, "/outputs/api/")
+    assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
+    assert not other.about(job_id)
