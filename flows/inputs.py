@@ -28,7 +28,7 @@ from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id, slug
 from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import TASK_STORAGE_BLOCK, task_storage
-from prefect_cs.flows.notify import INPUTS_PATH, deliver, webapp_of
+from prefect_cs.flows.notify import INPUTS_PATH, deliver
 from prefect_cs.flows.payloads import (
     answer_fail,
     answer_success,
@@ -282,15 +282,15 @@ def parse_task(
         )
     except Exception as exc:  # noqa: BLE001 - a parse that breaks is still answered
         payload = parse_fail(task_id, f"{type(exc).__name__}: {exc}")
-    payload["delivery"] = deliver(INPUTS_PATH, payload, parse_webapp(owner, title))
+    payload["delivery"] = deliver(INPUTS_PATH, payload, parse_webapp(owner, title, tag))
     return payload
 
 
-def parse_webapp(owner: str, title: str) -> str | None:
-    """The model's own web app (a v1 web app's project); None (the cluster's) for a model the
-    registry does not know: its FAIL has no other web app to go to."""
+def parse_webapp(owner: str, title: str, tag: str | None) -> str | None:
+    """The model's own web app (a v1 web app's project); None (the cluster's) for a model or
+    tag the registry does not know: its FAIL has no other web app to go to."""
     try:
-        return webapp_of(owner, title)
+        return _resolve(owner, title, tag)[0].webapp
     except LookupError:
         return None
 

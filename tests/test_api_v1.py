@@ -443,3 +443,56 @@ def test_a_sim_ends_in_one_accepted_put_at_the_owners_web_app(owned, tenants, wo
     body = stub.only_put(job_id, "/outputs/api/")
     assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
     assert not other.about(job_id)
+
+
+# ---- builds: publish from the web app ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def publish_deployment(platform):
+    from prefect_cs.deployments.deploy import deploy_publish
+
+    return deploy_publish()
+
+
+def final_build(c: Cluster, build_id: int, timeout: float = 420) -> dict:
+    return until(
+        lambda: (
+            (b := c.refresh_build(build_id))["status"] in ("success", "failure", "cancelled") and b
+        ),
+        timeout,
+        f"build {build_id} to end",
+    )
+
+
+def test_a_build_publishes_the_projects_tag_reports_its_stages_and_tells_the_web_app(
+    owned, tenants, published, publish_deployment, worker
+):
+    from pathlib import Path
+
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.testing.models import add_tag
+
+    add_tag(Path(published), "v2", "second release")
+    ok, _ = owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v2")])
+    started = owned.start_build("v1tests", "Misbehaving")
+    assert started["status"] == "created" and isinstance(started["id"], int)
+    assert datetime.fromisoformat(started["created_at"])
+    build = final_build(owned, started["id"])
+    assert build["status"] == "success", build
+    assert build["failed_at_stage"] is None and build["finished_at"]
+    assert build["image_tag"] == "v2" and build["version"] == "0.3.0"
+    data = build["provider_data"]
+    assert data["stage"] == "promote"
+    assert {log["stage"] for log in data["logs"]} >= {"build", "test", "promote"}
+    assert all(isinstance(log["logs"], str) and log["logs"] for log in data["logs"])
+    assert ModelConfig.for_model("v1tests", "Misbehaving").latest_tag == "v2"
+    stub = tenants["webapp-a"]["stub"]
+    path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
+    (told,) = until(lambda: [r for r in stub.accepted(path)], 30, "the build_done PUT")
+    assert told.body["cluster_build_id"] == started["id"] and told.body["status"] == "success"
+    assert told.body["tag"] == {"image_tag": "v2", "version": "0.3.0"}
+    assert told.body["project"] == "v1tests/Misbehaving"
+    other = cluster(owned.url, tenants, "webapp-b")
+    r = httpx.get(f"{owned.url}/api/v1/builds/{started['id']}/", headers=other.headers())
+    assert r.status_code == 404 and r.json() == {"detail": "Build not found."}
