@@ -496,3 +496,41 @@ def test_a_build_publishes_the_projects_tag_reports_its_stages_and_tells_the_web
     other = cluster(owned.url, tenants, "webapp-b")
     r = httpx.get(f"{owned.url}/api/v1/builds/{started['id']}/", headers=other.headers())
     assert r.status_code == 404 and r.json() == {"detail": "Build not found."}
+
+
+def test_a_build_whose_tests_fail_stops_at_test_and_leaves_the_promoted_tag(
+    owned, tenants, published, publish_deployment, worker
+):
+    from pathlib import Path
+
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.testing.models import add_tag
+
+    def break_tests(repo: Path) -> None:
+        failing = repo / "cs-config" / "cs_config" / "tests" / "test_broken.py"
+        failing.write_text("def test_broken():\n    assert False, 'broken on purpose'\n")
+
+    serving = ModelConfig.for_model("v1tests", "Misbehaving").latest_tag
+    add_tag(Path(published), "v3-broken", "a release whose tests fail", break_tests)
+    owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v3-broken")])
+    started = owned.start_build("v1tests", "Misbehaving")
+    build = final_build(owned, started["id"])
+    assert build["status"] == "failure" and build["failed_at_stage"] == "test", build
+    assert build["version"] is None and build["provider_data"]["stage"] == "test"
+    test_logs = [log["logs"] for log in build["provider_data"]["logs"] if log["stage"] == "test"]
+    assert test_logs and ("broken on purpose" in test_logs[0] or "test_broken" in test_logs[0])
+    assert ModelConfig.for_model("v1tests", "Misbehaving").latest_tag == serving
+
+
+def test_cancelling_a_build_cancels_its_flow_run(owned, publish_deployment):
+    from prefect.client.orchestration import get_client
+
+    started = owned.start_build("v1tests", "Misbehaving")
+    r = httpx.delete(f"{owned.url}/api/v1/builds/{started['id']}/", headers=owned.headers())
+    assert r.status_code == 201 and r.json()["status"] == "cancelled", r.text
+    assert r.json()["cancelled_at"]
+    run_id = r.json()["provider_data"]["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state.type.value in ("CANCELLING", "CANCELLED"), state
+    assert owned.refresh_build(started["id"])["status"] == "cancelled"

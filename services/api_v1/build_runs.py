@@ -57,7 +57,7 @@ def start_publish(owner: str, title: str, tag: str) -> UUID:
     return run.id
 
 
-def cancel(flow_run_id: str) -> None:
+def cancel_run(flow_run_id: str) -> None:
     from prefect.client.orchestration import get_client
     from prefect.states import Cancelling
 

@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 import anyio
-from prefect_cs.services.api_v1 import build_runs
+from prefect_cs.services.api_v1.build_runs import cancel_run, start_publish, view
 from prefect_cs.services.api_v1.context import V1, signed_in
 from prefect_cs.services.api_v1.errors import HttpError
 from prefect_cs.services.api_v1.store import ClusterUser, now
@@ -63,7 +63,7 @@ def refreshed(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any
     if build["status"] in FINAL and build.get("notified"):
         return build
     owner, title = build["project"].split("/", 1)
-    seen = build_runs.view(build["flow_run_id"], owner, title)
+    seen = view(build["flow_run_id"], owner, title)
     build["provider_data"] = {
         **build["provider_data"],
         "stage": seen["stage"],
@@ -117,7 +117,7 @@ def started(v1: V1, user: ClusterUser, project: dict[str, Any]) -> dict[str, Any
     tag = project.get("repo_tag")
     if not tag:
         raise HttpError(400, "the project has no repo_tag to build: sync it with one")
-    flow_run_id = build_runs.start_publish(project["owner"], project["title"], tag)
+    flow_run_id = start_publish(project["owner"], project["title"], tag)
     build = {
         "project_id": project["id"], "project": f"{project['owner']}/{project['title']}",
         "tag": tag, "flow_run_id": str(flow_run_id), "provider": "prefect",
@@ -146,7 +146,7 @@ def cancelled(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any
         raise HttpError(
             400, f"build {build['id']} has ended ({build['status']}): nothing to cancel"
         )
-    build_runs.cancel(build["flow_run_id"])
+    cancel_run(build["flow_run_id"])
     build |= {"status": "cancelled", "cancelled_at": now()}
     build["provider_data"] = {**build["provider_data"], "stage": "cancelled"}
     v1.store.update_build(build["id"], {k: v for k, v in build.items() if k != "id"})
