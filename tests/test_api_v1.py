@@ -30,6 +30,7 @@ from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import WebAppStub
 
 V0_TOKEN = "cluster-api-v1-tests-v0-token"
+API_LOGS: list = []  # the log file of each API process this module started
 
 
 @contextlib.contextmanager
@@ -41,6 +42,7 @@ def serving(port: int) -> Iterator[str]:
     bg = api_server(port)
     bg = Background(f"cluster-api-v1-tests-{port}", bg.argv, bg.env)
     url = f"http://127.0.0.1:{port}"
+    API_LOGS.append(bg.log_file)
     try:
         bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
         yield url
@@ -534,3 +536,47 @@ def test_cancelling_a_build_cancels_its_flow_run(owned, publish_deployment):
         state = client.read_flow_run(run_id).state
     assert state.type.value in ("CANCELLING", "CANCELLED"), state
     assert owned.refresh_build(started["id"])["status"] == "cancelled"
+
+
+# ---- secrets: the project's owner, through its web app -------------------------------------
+
+
+def secrets_call(c: Cluster, method: str, name: str = "", acting: str = "v1tests", **kw):
+    path = f"{c.url}/api/v1/projects/v1tests/Misbehaving/secrets/" + (f"{name}/" if name else "")
+    headers = {**c.headers(), "X-CS-User": acting}
+    return httpx.request(method, path, headers=headers, timeout=30, **kw)
+
+
+def test_the_owner_sets_lists_and_deletes_a_models_secrets_and_never_reads_a_value(owned, tenants):
+    import secrets as random
+
+    from prefect_cs.security.secrets import get_backend
+
+    value = "v1-secret-" + random.token_urlsafe(24)
+    r = secrets_call(owned, "PUT", "MAINTAINER_KEY", json={"value": value})
+    assert r.status_code == 200 and r.json() == {"name": "MAINTAINER_KEY", "set": True}, r.text
+    assert get_backend("v1tests/Misbehaving").get("MAINTAINER_KEY") == value
+    listed = secrets_call(owned, "GET")
+    assert listed.status_code == 200 and listed.json() == {"secrets": ["MAINTAINER_KEY"]}
+    assert value not in listed.text
+    r = secrets_call(owned, "DELETE", "MAINTAINER_KEY")
+    assert r.status_code == 200 and r.json() == {"name": "MAINTAINER_KEY", "deleted": True}
+    assert secrets_call(owned, "GET").json() == {"secrets": []}
+    assert secrets_call(owned, "DELETE", "MAINTAINER_KEY").status_code == 404
+    for log in API_LOGS:
+        assert value not in log.read_text(errors="replace")
+
+
+def test_secrets_refused_to_others_and_to_platform_names(owned, tenants):
+    r = secrets_call(owned, "PUT", "KEY", acting="someone-else", json={"value": "x"})
+    assert r.status_code == 403, r.text
+    assert secrets_call(owned, "GET", acting="").status_code == 403
+    other = cluster(owned.url, tenants, "webapp-b")
+    r = secrets_call(other, "PUT", "KEY", json={"value": "x"})
+    assert r.status_code == 404 and r.json() == {"detail": "Project not found."}, r.text
+    r = secrets_call(owned, "PUT", "PREFECT_API_KEY", json={"value": "x"})
+    assert r.status_code == 400 and "platform variables" in r.json()["detail"], r.text
+    r = secrets_call(owned, "PUT", "KEY", json={"value": ""})
+    assert r.status_code == 400 and "non-empty" in r.json()["detail"], r.text
+    r = secrets_call(owned, "PUT", "KEY", json={})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "value"], r.text

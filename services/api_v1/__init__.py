@@ -3,9 +3,9 @@
 Why: C/S's web app from its v1 clusters on logs in (`Cluster.ensure_access_token`),
 sends `Authorization: Bearer <jwt>` and calls `/api/v1/...` (`Cluster.path_prefix`);
 one cluster may serve several such web apps, each seeing only its own projects.
-One router module per resource — login, projects, jobs, builds (secrets to
-come) — all declared through `V1.route` (context.py: one auth dependency, one
-error mapping, errors.py). services/api.py mounts `mount(...)` in the same app,
+One router module per resource — login, projects, jobs, builds, secrets — all
+declared through `V1.route` (context.py: one auth dependency, one error mapping,
+errors.py). services/api.py mounts `mount(...)` in the same app,
 so v0 and v1 share the model directory, answer caches and pending queues.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect_cs.core.home import private_folder
 from prefect_cs.core.settings import ApiSettings
-from prefect_cs.services.api_v1 import builds, jobs, login, projects
+from prefect_cs.services.api_v1 import builds, jobs, login, projects, secrets
 from prefect_cs.services.api_v1.auth import Tokens, signing_key
 from prefect_cs.services.api_v1.context import V1
 from prefect_cs.services.api_v1.store import Store
@@ -36,4 +36,5 @@ def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
     tokens = Tokens(signing_key(settings), settings.token_seconds)
     v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
+    routes += secrets.routes(v1)
     return Mount(PREFIX, routes=routes)
