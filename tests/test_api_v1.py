@@ -580,3 +580,27 @@ def test_secrets_refused_to_others_and_to_platform_names(owned, tenants):
     assert r.status_code == 400 and "non-empty" in r.json()["detail"], r.text
     r = secrets_call(owned, "PUT", "KEY", json={})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "value"], r.text
+
+
+def test_an_operator_adds_a_web_apps_cluster_user_with_the_cli_and_it_logs_in(api, tenants):
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    stub = tenants["webapp-b"]["stub"]
+    runner = CliRunner()
+    added = runner.invoke(
+        app,
+        ["api", "users", "add", "webapp-cli", "--url", stub.url, "--webapp-token-stdin"],
+        input=stub.token + "\n",
+    )
+    assert added.exit_code == 0, added.output
+    password = get_backend(None).get("CLUSTER_USER_webapp-cli_PASSWORD")
+    assert password not in added.output and stub.token not in added.output
+    assert "webapp-cli" in runner.invoke(app, ["api", "users", "list"]).output
+    c = Cluster(api, "webapp-cli", password)
+    assert projects_list(api, c.headers()["Authorization"].split()[1]).status_code == 200
+    assert runner.invoke(app, ["api", "users", "delete", "webapp-cli"]).exit_code == 0
+    assert projects_list(api, c.access_token).status_code == 401
+    with pytest.raises(ClusterLoginException):
+        Cluster(api, "webapp-cli", password).headers()

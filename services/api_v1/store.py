@@ -99,6 +99,11 @@ class Store:
             row = db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
         return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
 
+    def users(self) -> list[ClusterUser]:
+        with self.db() as db:
+            rows = db.execute("SELECT * FROM users ORDER BY id").fetchall()
+        return [ClusterUser(r["id"], r["username"], r["webapp"]) for r in rows]
+
     def delete_user(self, username: str) -> bool:
         with self.db() as db:
             return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
