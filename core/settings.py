@@ -280,7 +280,7 @@ class ApiSettings(BaseSettings):
         description="Cluster secret holding the key v1 access tokens are signed with (HS256;"
         " made at the API's first start when unset; rotating it ends every token).",
     )
-    token_seconds: int = Field(
+    login_seconds: int = Field(
         default=3600,
         ge=300,
         le=8 * 24 * 3600,

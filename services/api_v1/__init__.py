@@ -33,7 +33,7 @@ def store_at(home: Path) -> Store:
 def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
     """The v1 routes on `cluster` (services.api.ClusterApi); the signing key is read (or
     made) once here, so rotating it means restarting the API."""
-    tokens = Tokens(signing_key(settings), settings.token_seconds)
+    tokens = Tokens(signing_key(settings), settings.login_seconds)
     v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
     routes += secrets.routes(v1)

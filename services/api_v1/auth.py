@@ -6,7 +6,7 @@ until it is about to expire, so the cluster checks a signature and a user id on
 each call instead of a password. Tokens are HS256, signed with the cluster secret
 CS_API_JWT_SECRET_NAME (made at the API's first start), `sub` = the user's id (a
 user deleted and added again has a new id: its old tokens die), lifetime
-CS_API_TOKEN_SECONDS. The answer's `expires_at` is EARLY_RENEWAL earlier than the
+CS_API_LOGIN_SECONDS. The answer's `expires_at` is EARLY_RENEWAL earlier than the
 token's `exp`: C/S's web app renews a token only 60 s after that time, and would
 otherwise send an expired one for a minute. A missing header answers 401 "Not
 authenticated", a bad, expired or foreign-key token 401 "Could not validate
