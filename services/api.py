@@ -59,7 +59,7 @@ from prefect_cs.flows.payloads import (
 )
 from prefect_cs.services.api_body import TASK_NAMES, Refused, answer, read_json, task_request
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory, SingleFlight
-from prefect_cs.services.api_v1 import mount
+from prefect_cs.services.api_v1 import V1_PATHS, mount
 from prefect_cs.services.pending_queue import PendingQueue
 from prefect_cs.services.sync_behind import SyncBehind
 from starlette.applications import Starlette
@@ -480,6 +480,7 @@ OPENAPI_PATHS = {
         "get": {"summary": "what a sync did (`last`: the newest, and how many are pending)"}
     },
     "/health": {"get": {"summary": "liveness", "security": []}},
+    **V1_PATHS,
 }
 
 

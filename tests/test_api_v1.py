@@ -94,6 +94,12 @@ def projects_list(api: str, token: str) -> httpx.Response:
 # ---- login ---------------------------------------------------------------------------------
 
 
+def test_the_v0_health_and_schema_list_the_v1_routes(api):
+    schema = httpx.get(f"{api}/openapi.json").json()
+    assert "/api/v1/login/access-token" in schema["paths"] and "/sync/" in schema["paths"]
+    assert "/api/v1/builds/{build_id}/" in schema["paths"]
+
+
 def test_login_answers_cs_token_schema_and_the_token_opens_v1(api, tenants):
     c = cluster(api, tenants)
     headers = c.headers()

@@ -17,12 +17,32 @@ from typing import Any
 from prefect_cs.core.home import private_folder
 from prefect_cs.core.settings import ApiSettings
 from prefect_cs.services.api_v1 import builds, jobs, login, projects, secrets
-from prefect_cs.services.api_v1.auth import Tokens, signing_key
+from prefect_cs.services.api_v1.auth import Tokens
 from prefect_cs.services.api_v1.context import V1
 from prefect_cs.services.api_v1.store import Store
 from starlette.routing import Mount
 
 PREFIX = "/api/v1"
+V1_PATHS = {  # for the API's /openapi.json; README "Connecting a web app" says what each answers
+    f"{PREFIX}/login/access-token": {
+        "post": {"summary": "OAuth2 password form → bearer token", "security": []}
+    },
+    f"{PREFIX}/projects/sync/": {"post": {"summary": "this web app's projects (C/S schema)"}},
+    f"{PREFIX}/projects/": {"get": {"summary": "this web app's projects, 30 a page"}},
+    f"{PREFIX}/jobs/{{owner}}/{{title}}/": {
+        "post": {"summary": "version/defaults/parse/sim → 201"}
+    },
+    f"{PREFIX}/builds/{{owner}}/{{title}}/": {"post": {"summary": "publish the project's tag"}},
+    f"{PREFIX}/builds/{{build_id}}/": {
+        "get": {"summary": "a build's status, stage and logs"},
+        "delete": {"summary": "cancel a build"},
+    },
+    f"{PREFIX}/projects/{{owner}}/{{title}}/secrets/": {"get": {"summary": "secret names"}},
+    f"{PREFIX}/projects/{{owner}}/{{title}}/secrets/{{name}}/": {
+        "put": {"summary": "set a secret (owner only)"},
+        "delete": {"summary": "delete a secret (owner only)"},
+    },
+}
 
 
 def store_at(home: Path) -> Store:
@@ -32,8 +52,8 @@ def store_at(home: Path) -> Store:
 
 def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
     """The v1 routes on `cluster` (services.api.ClusterApi); the signing key is read (or
-    made) once here, so rotating it means restarting the API."""
-    tokens = Tokens(signing_key(settings), settings.login_seconds)
+    made) once, at the first login or token check, so rotating it means restarting the API."""
+    tokens = Tokens(settings)
     v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
     routes += secrets.routes(v1)

@@ -16,8 +16,8 @@ credentials", both with `WWW-Authenticate: Bearer`, as FastAPI's OAuth2 bearer d
 from __future__ import annotations
 
 import secrets
+import threading
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import jwt
@@ -62,10 +62,21 @@ def signing_key(settings: ApiSettings) -> str:
     return key
 
 
-@dataclass(frozen=True)
 class Tokens:
-    key: str
-    seconds: int
+    """Issues and reads tokens; the key is read (or made) at first use, so the API starts
+    without the secrets store and a 1.6-only cluster never makes one."""
+
+    def __init__(self, settings: ApiSettings) -> None:
+        self.settings, self.seconds = settings, settings.login_seconds
+        self._key: str | None = None
+        self._lock = threading.Lock()  # the first logins at once read (or make) one key
+
+    @property
+    def key(self) -> str:
+        with self._lock:
+            if self._key is None:
+                self._key = signing_key(self.settings)
+            return self._key
 
     def issue(self, user: ClusterUser) -> dict[str, str]:
         """The login answer: C/S's `Token` schema (access_token, token_type, expires_at)."""
