@@ -16,6 +16,7 @@ next GET if the API restarted meanwhile. A failed build leaves the promoted tag 
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import anyio
@@ -58,8 +59,24 @@ def promoted_version(owner: str, title: str, tag: str) -> str | None:
     return ModelConfig.for_model(owner, title).published(tag).version
 
 
+_locks: dict[int, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def build_lock(build_id: int) -> threading.Lock:
+    """One refresh of a build at a time in this API (the watcher and a GET may meet)."""
+    with _locks_lock:
+        return _locks.setdefault(build_id, threading.Lock())
+
+
 def refreshed(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any]:
-    """The build with what its flow run says now, saved; the web app told once it ended."""
+    """The build with what its flow run says now, saved; the web app told exactly once when
+    it ended (what deliver() could not send it keeps for `prefect-cs results resend`)."""
+    with build_lock(build["id"]):
+        return refresh(v1, user, v1.store.build(user.id, build["id"]) or build)
+
+
+def refresh(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any]:
     if build["status"] in FINAL and build.get("notified"):
         return build
     owner, title = build["project"].split("/", 1)
@@ -78,16 +95,17 @@ def refreshed(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any
         build["image_tag"] = build["tag"]
         build["version"] = promoted_version(owner, title, build["tag"])
     if build["status"] in FINAL and not build.get("notified"):
-        build["notified"] = notify(user, build)
+        notify(user, build)
+        build["notified"] = True
     v1.store.update_build(build["id"], {k: v for k, v in build.items() if k != "id"})
     return build
 
 
-def notify(user: ClusterUser, build: dict[str, Any]) -> bool:
+def notify(user: ClusterUser, build: dict[str, Any]) -> None:
     from prefect_cs.flows.notify import deliver
 
     path = f"/projects/api/v1/builds/{build['id']}/?cluster_id=true"
-    return bool(deliver(path, callback(build), user.webapp)["delivered"])
+    deliver(path, callback(build), user.webapp)
 
 
 def owned_build(v1: V1, user: ClusterUser, request: Request) -> dict[str, Any]:
