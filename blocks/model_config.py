@@ -146,6 +146,12 @@ class ModelConfig(Block):
         description="The model's code needs the internet when it runs (downloads data): its"
         " sandbox then has network, still without the platform's credentials.",
     )
+    webapp: str | None = Field(
+        default=None,
+        description="The web app block (`cs-web-app/<name>`) this model's results go to: set by"
+        " the sync of the v1 web app (cluster user) that owns the project; unset: the cluster's"
+        " web app (CS_WEBAPP_BLOCK). Never taken from a projects list.",
+    )
     staging_tag: str | None = None
     latest_tag: str | None = Field(
         default=None, description="The promoted tag: what simulations use by default."

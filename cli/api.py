@@ -7,12 +7,15 @@ is the pull side of the same projects list, for a web app that publishes it at
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import typer
 from prefect_cs.cli._utilities import CSTyper, console, err_console, exit_with_error
 
 api_app = CSTyper(help="The cluster API a Compute Studio web app calls (POST /{owner}/{title}/).")
+users_app = CSTyper(help="Cluster users: the web apps that log in to /api/v1 (one per web app).")
+api_app.add_typer(users_app, name="users")
 
 
 @api_app.command("serve")
@@ -62,3 +65,54 @@ def projects_list(base_url: str) -> Any:
         return response.json()
     except ValueError:
         exit_with_error(f"{url} did not answer JSON: {fix}")
+
+
+@users_app.command("add")
+def users_add(
+    name: str = typer.Argument(..., help="The web app's service account username (C/S)."),
+    url: str = typer.Option(..., "--url", help="The web app's base URL (results go there)."),
+    webapp_token_stdin: bool = typer.Option(
+        False, "--webapp-token-stdin", help="Read the token results are PUT with from stdin."
+    ),
+) -> None:
+    """Add (or update) a web app's cluster user: its results' web app and a new password, kept
+    as the cluster secret CLUSTER_USER_<NAME>_PASSWORD (never printed: read it with
+    `prefect-cs secrets get`)."""
+    from prefect_cs.cli.secrets import read_value
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user, password_secret
+
+    token = read_value(None, webapp_token_stdin)
+    user, _ = add_user(store_at(get_settings().home), name, url, token)
+    console.print(
+        f"cluster user {user.username} (id {user.id}), results to {url} ({user.webapp}).\n"
+        f"Its password: `prefect-cs secrets get {password_secret(name)}`; in the web app, its"
+        " Cluster row: url = this API's URL, version = v1, cluster_password = that password."
+    )
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """The cluster users (names, ids, web app blocks; no secret)."""
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.services.api_v1 import store_at
+
+    for user in store_at(get_settings().home).users():
+        console.print(f"{user.id}\t{user.username}\t{user.webapp}")
+
+
+@users_app.command("delete")
+def users_delete(name: str) -> None:
+    """Remove a cluster user and its password: its tokens stop working at once."""
+    from prefect_cs.core.errors import SecretNotFound
+    from prefect_cs.core.settings import get_settings
+    from prefect_cs.security.secrets import get_backend
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import password_secret
+
+    if not store_at(get_settings().home).delete_user(name):
+        exit_with_error(f"no cluster user {name!r}: `prefect-cs api users list` names them")
+    with contextlib.suppress(SecretNotFound):
+        get_backend(None).delete(password_secret(name))
+    console.print(f"cluster user {name} deleted")

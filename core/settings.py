@@ -275,6 +275,18 @@ class ApiSettings(BaseSettings):
         " waits its turn on the API's disk (a SQLite server locks up under dozens of"
         " concurrent writers).",
     )
+    jwt_secret_name: str = Field(
+        default="CLUSTER_API_JWT_KEY",
+        description="Cluster secret holding the key v1 access tokens are signed with (HS256;"
+        " made at the API's first start when unset; rotating it ends every token).",
+    )
+    login_seconds: int = Field(
+        default=3600,
+        ge=300,
+        le=8 * 24 * 3600,
+        description="Lifetime of a v1 access token (`/api/v1/login/access-token`). The answer's"
+        " expires_at is 120 s earlier: C/S's web app renews only 60 s after it.",
+    )
     config_ttl_seconds: float = Field(
         default=2.0,
         ge=0,

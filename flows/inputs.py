@@ -282,8 +282,17 @@ def parse_task(
         )
     except Exception as exc:  # noqa: BLE001 - a parse that breaks is still answered
         payload = parse_fail(task_id, f"{type(exc).__name__}: {exc}")
-    payload["delivery"] = deliver(INPUTS_PATH, payload)
+    payload["delivery"] = deliver(INPUTS_PATH, payload, parse_webapp(owner, title, tag))
     return payload
+
+
+def parse_webapp(owner: str, title: str, tag: str | None) -> str | None:
+    """The model's own web app (a v1 web app's project); None (the cluster's) for a model or
+    tag the registry does not know: its FAIL has no other web app to go to."""
+    try:
+        return _resolve(owner, title, tag)[0].webapp
+    except LookupError:
+        return None
 
 
 def parse_payload(

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.home import private_folder, write_private
@@ -26,22 +27,28 @@ OUTPUTS_PATH = "/outputs/api/"
 INPUTS_PATH = "/inputs/api/"
 
 
-def load_webapp() -> WebApp:
-    """Through WebApp itself when the name is `cs-web-app/<name>`: loading by slug through
-    Block first imports every installed Prefect collection (seconds, in every run)."""
+def load_webapp(block: str | None = None) -> WebApp:
+    """The web app block `block` (a model's own, set by its v1 web app's sync), else
+    CS_WEBAPP_BLOCK's. Through WebApp itself when the name is `cs-web-app/<name>`: loading by
+    slug through Block first imports every installed Prefect collection (seconds, every run)."""
     fix = "run `prefect-cs webapp set --url URL --token-stdin`"
-    slug, _, name = get_settings().webapp_block.partition("/")
+    if block:
+        fix = f"add the web app's cluster user again (`prefect-cs api users add`): {fix}"
+    slug, _, name = (block or get_settings().webapp_block).partition("/")
     if slug == WebApp.get_block_type_slug() and name:
         return load_named_block(name, "web app block", fix, WebApp)  # type: ignore[return-value]
-    return load_named_block(get_settings().webapp_block, "web app block", fix)  # type: ignore[return-value]
+    return load_named_block(  # type: ignore[return-value]
+        block or get_settings().webapp_block, "web app block", fix
+    )
 
 
-def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """PUT the payload with bounded retries; on failure keep it and say where."""
+def deliver(path: str, payload: dict[str, Any], webapp: str | None = None) -> dict[str, Any]:
+    """PUT the payload to `webapp` (a block name; None: the cluster's web app) with bounded
+    retries; on failure keep it, with where it was going, and say where it is kept."""
     settings = get_settings()
     payload = sendable(payload)
     try:
-        load_webapp().put(
+        load_webapp(webapp).put(
             path,
             payload,
             attempts=settings.notify.attempts,
@@ -49,12 +56,21 @@ def deliver(path: str, payload: dict[str, Any]) -> dict[str, Any]:
             timeout=settings.notify.timeout_seconds,
         )
     except Exception as exc:  # noqa: BLE001 - whatever went wrong, the result is kept
-        kept = keep_undelivered(path, payload, f"{type(exc).__name__}: {exc}")
+        kept = keep_undelivered(path, payload, f"{type(exc).__name__}: {exc}", webapp)
         return {"delivered": False, "error": str(exc), "kept": str(kept)}
     return {"delivered": True}
 
 
-def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
+def webapp_of(owner: str, title: str) -> str | None:
+    """The web app block a model's results go to: its own (a v1 web app synced it), else None
+    (the cluster's). A registry that cannot be read raises: a result is kept, never sent to
+    another web app."""
+    return ModelConfig.for_model(owner, title).webapp
+
+
+def keep_undelivered(
+    path: str, payload: dict[str, Any], error: str, webapp: str | None = None
+) -> Path:
     settings = get_settings()
     folder = private_folder(settings.undelivered_dir, settings.home)
     name = (
@@ -62,7 +78,8 @@ def keep_undelivered(path: str, payload: dict[str, Any], error: str) -> Path:
         f"-{time.time_ns()}.json"
     )
     target = folder / name
-    write_private(target, json.dumps({"path": path, "payload": payload, "error": error}).encode())
+    record = {"path": path, "payload": payload, "error": error, "webapp": webapp}
+    write_private(target, json.dumps(record).encode())
     return target
 
 
@@ -83,12 +100,11 @@ def undelivered() -> list[Path]:
 def resend_undelivered() -> list[tuple[Path, str]]:
     """Try every kept result once more (with the usual retries); remove what got through."""
     settings = get_settings()
-    webapp = load_webapp()
     report = []
     for kept in undelivered():
         record = json.loads(kept.read_text())
         try:
-            webapp.put(
+            load_webapp(record.get("webapp")).put(
                 record["path"],
                 record["payload"],
                 attempts=settings.notify.attempts,

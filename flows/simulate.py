@@ -23,7 +23,7 @@ from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
 from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
+from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, webapp_of
 from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
@@ -117,8 +117,8 @@ def store_outputs_task(task_id: str, zips: dict[str, bytes]) -> dict[str, str]:
 
 
 @task(name="notify-webapp", retries=0)
-def notify_task(path: str, payload: dict[str, Any]) -> dict[str, Any]:
-    result = deliver(path, payload)
+def notify_task(path: str, payload: dict[str, Any], webapp: str | None = None) -> dict[str, Any]:
+    result = deliver(path, payload, webapp)
     logger = get_run_logger()
     if result["delivered"]:
         logger.info("web app notified: %s %s", payload["status"], path)
@@ -280,6 +280,16 @@ def _records(
             get_run_logger().exception("could not create the %s artifact", what)
 
 
+@task(name="result-webapp", **PLATFORM_RETRIES)
+def result_webapp(owner: str, title: str) -> str | None:
+    """The model's own web app (a v1 web app's project), read again at delivery: a model gone
+    from the registry since its run started has its FAIL sent to the cluster's web app."""
+    try:
+        return webapp_of(owner, title)
+    except LookupError:
+        return None
+
+
 def _new_task_id() -> str:
     """For a run started without one (the UI's Quick run): a UUID like the web app's."""
     import uuid
@@ -316,7 +326,7 @@ def simulate(
     finally:  # in a Kubernetes Job: a model container never asked must not wait for nothing
         release(get_settings().exchange_dir)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
-    delivery = notify_task(OUTPUTS_PATH, payload)
+    delivery = notify_task(OUTPUTS_PATH, payload, result_webapp(owner, title))
     _records(owner, title, task_id, stored, payload, delivery["delivered"])
     make_thumbnails(stored)  # after delivery, never raising: extras for the outputs page
     elapsed = time.perf_counter() - started

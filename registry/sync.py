@@ -188,11 +188,15 @@ def same(config: ModelConfig, current: ModelConfig | None) -> bool:
     return config.model_dump(exclude=RECORD) == current.model_dump(exclude=RECORD)
 
 
-def sync_projects(payload: Any) -> SyncReport:
-    """Upsert every project of the list; idempotent (an unchanged config is not saved)."""
+def sync_projects(payload: Any, webapp: str | None = None) -> SyncReport:
+    """Upsert every project of the list; idempotent (an unchanged config is not saved).
+    `webapp`: the block of the v1 web app whose list this is (its models' results go there);
+    the caller says it, never the list, and None leaves what a model has."""
     projects = projects_of(payload)
     existing = {m.slug: m for m in all_models()}
     configs, report = plan(projects, existing)
+    if webapp is not None:
+        configs = [c.model_copy(update={"webapp": webapp}) for c in configs]
     for config in configs:
         name, current = f"{config.owner}/{config.title}", existing.get(config.slug)
         if same(config, current):

@@ -43,8 +43,7 @@ from uuid import UUID
 import anyio
 from prefect.exceptions import ObjectNotFound
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
-from prefect_cs.core import json_depth
-from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound, TooDeep
+from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound
 from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
 from prefect_cs.deployments.deploy import deployment_name
@@ -58,7 +57,9 @@ from prefect_cs.flows.payloads import (
     parse_fail,
     sim_fail,
 )
+from prefect_cs.services.api_body import TASK_NAMES, Refused, answer, read_json, task_request
 from prefect_cs.services.api_cache import AnswerCache, ModelDirectory, SingleFlight
+from prefect_cs.services.api_v1 import V1_PATHS, mount
 from prefect_cs.services.pending_queue import PendingQueue
 from prefect_cs.services.sync_behind import SyncBehind
 from starlette.applications import Starlette
@@ -68,82 +69,9 @@ from starlette.routing import Route
 
 logger = logging.getLogger("prefect_cs.api")
 
-TASK_NAMES = ("version", "defaults", "parse", "sim")
 Handler = Callable[[Request], Awaitable[Response]]
 SYNC_ID_HEADER = "X-CS-Sync-Id"  # the answer to POST /sync/ has no body: its report's id
 SIM_START_ATTEMPTS = 5  # 0.5 + 1 + 2 + 4 s of backoff: a busy server's hiccups, not an outage
-
-
-class Refused(Exception):
-    """A request answered with `status` and this reason."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-
-
-def answer(code: int, /, **body: Any) -> JSONResponse:
-    return JSONResponse(body, status_code=code)
-
-
-# ---- the body -------------------------------------------------------------------------
-
-
-def too_large(limit: int) -> Refused:
-    return Refused(
-        413,
-        f"body larger than {limit:,} bytes (CS_API_MAX_BODY_BYTES): send less, or raise"
-        " CS_API_MAX_BODY_BYTES on the cluster",
-    )
-
-
-async def read_json(request: Request, limit: int, depth: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON or
-    nested deeper than `depth` (measured before parsing: json.loads would recurse into a
-    RecursionError, which is the caller's mistake, not a platform error to retry)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        chunks.append(chunk)
-    try:
-        return json_depth.loads(b"".join(chunks), depth)
-    except TooDeep as exc:
-        raise Refused(400, str(exc)) from exc
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Refused(400, f"body is not JSON: {exc}") from exc
-
-
-def task_request(body: Any) -> dict[str, Any]:
-    """The checked fields of a task request; 400 naming the field, 404 for an unknown task_name."""
-    if not isinstance(body, dict):
-        raise Refused(400, "body must be a JSON object with task_name, tag, task_kwargs")
-    name = body.get("task_name")
-    if not isinstance(name, str):
-        raise Refused(400, f"task_name must be one of {', '.join(TASK_NAMES)}")
-    if name not in TASK_NAMES:
-        raise Refused(404, f"unknown task_name {name!r}: use one of {', '.join(TASK_NAMES)}")
-    tag = body.get("tag")
-    if tag is not None and (not isinstance(tag, str) or not tag):
-        raise Refused(400, "tag must be a non-empty string or null (the promoted tag)")
-    kwargs = body.get("task_kwargs")
-    kwargs = {} if kwargs is None else kwargs
-    if not isinstance(kwargs, dict):
-        raise Refused(400, "task_kwargs must be a JSON object")
-    for key in ("meta_param_dict", "adjustment", "errors_warnings"):
-        if kwargs.get(key) is not None and not isinstance(kwargs[key], dict):
-            raise Refused(400, f"task_kwargs.{key} must be a JSON object")
-    task_id = body.get("task_id")
-    if task_id is not None:
-        try:
-            task_id = check_task_id(task_id).lower()
-        except ValueError as exc:
-            raise Refused(400, str(exc)) from exc
-    return {"task_name": name, "tag": tag, "kwargs": kwargs, "task_id": task_id}
 
 
 def model_names(request: Request) -> tuple[str, str]:
@@ -339,23 +267,26 @@ class ClusterApi:
     async def task(self, request: Request) -> JSONResponse:
         owner, title = model_names(request)
         body = await read_json(request, self.settings.max_body_bytes, self.depth_limit)
-        req = task_request(body)
+        return answer(200, **await self.submit(owner, title, task_request(body)))
+
+    async def submit(self, owner: str, title: str, req: dict[str, Any]) -> dict[str, Any]:
+        """One checked task request (task_request's fields): version/defaults' answer, or the
+        `{"task_id"}` of a parse or sim kept on disk. The v0 and v1 routes both come here."""
         name, tag, kw = req["task_name"], req["tag"], req["kwargs"]
         if name == "sim":
             return await self.sim(owner, title, req)
         model, entry = await anyio.to_thread.run_sync(self.models.published, owner, title, tag)
         if name == "version":
-            known = version_answer(entry)
-            return answer(200, **(known or await self.light(get_version, owner, title, entry.tag)))
+            return version_answer(entry) or await self.light(get_version, owner, title, entry.tag)
         if name == "defaults":
-            return answer(200, **await self.defaults(model, entry, kw.get("meta_param_dict") or {}))
+            return await self.defaults(model, entry, kw.get("meta_param_dict") or {})
         kept = acknowledged(owner, title, req)
         kept["inputs"].append(kw.get("errors_warnings"))  # the web app's, to validate_inputs
         entry_json = entry.model_dump(mode="json")
         await anyio.to_thread.run_sync(self.parses.add, {**kept, "entry": entry_json})
-        return answer(200, task_id=kept["task_id"])
+        return {"task_id": kept["task_id"]}
 
-    async def sim(self, owner: str, title: str, req: dict[str, Any]) -> JSONResponse:
+    async def sim(self, owner: str, title: str, req: dict[str, Any]) -> dict[str, Any]:
         """Acknowledged once kept on disk. An unknown model or a published tag without its
         deployment is a 404 (the operator's to fix); a tag that is not published is the
         simulation's answer, one FAIL PUT naming the published tags (start_sim): C/S retried a
@@ -365,7 +296,7 @@ class ClusterApi:
             await anyio.to_thread.run_sync(self.simulate_deployment, model)
         kept = {**acknowledged(owner, title, req), "tag": req["tag"]}
         await anyio.to_thread.run_sync(self.sims.add, kept)
-        return answer(200, task_id=kept["task_id"])
+        return {"task_id": kept["task_id"]}
 
     def tag_published(self, owner: str, title: str, tag: str | None) -> bool:
         try:
@@ -549,6 +480,7 @@ OPENAPI_PATHS = {
         "get": {"summary": "what a sync did (`last`: the newest, and how many are pending)"}
     },
     "/health": {"get": {"summary": "liveness", "security": []}},
+    **V1_PATHS,
 }
 
 
@@ -586,7 +518,8 @@ def create_app(
         Route("/{owner}/{title}/", api.guarded(api.task), methods=["POST"]),
         Route("/{owner}/{title}/runs/{task_id}", api.guarded(api.runs), methods=["GET"]),
     ]
-    return Starlette(routes=[*routes, Route("/openapi.json", openapi())], lifespan=api.lifespan)
+    v1 = mount(api, settings, everything.home, everything.limits.json_depth)
+    return Starlette(routes=[v1, *routes, Route("/openapi.json", openapi())], lifespan=api.lifespan)
 
 
 NO_AUTH_WARNING = (

@@ -39,17 +39,22 @@ class SyncBehind:
         self._reports: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, projects: list[dict[str, Any]]) -> str:
-        """Keep the checked list on disk and queue it; its sync id for the report."""
+    def add(self, projects: list[dict[str, Any]], webapp: str | None = None) -> str:
+        """Keep the checked list on disk and queue it; its sync id for the report. `webapp`:
+        the block of the v1 web app that sent it (services/api_v1/projects.py)."""
         sync_id = str(uuid.uuid4())
-        self.queue.add({"task_id": sync_id, "projects": projects, "received": time.time()})
+        kept = {"task_id": sync_id, "projects": projects, "received": time.time()}
+        self.queue.add({**kept, "webapp": webapp})
         return sync_id
 
     def apply(self, request: dict[str, Any]) -> None:
         """Upsert the list; a refusal is the list's, not a platform error, so it is not retried
         (the pending queue retries what raises)."""
         try:
-            report = {"status": "applied", **sync_projects(request["projects"]).as_dict()}
+            report = {
+                "status": "applied",
+                **sync_projects(request["projects"], request.get("webapp")).as_dict(),
+            }
         except SyncRefused as exc:
             logger.error("sync %s refused: %s", request["task_id"], exc)
             report = {"status": "refused", "error": str(exc), "refused": exc.problems}

@@ -48,7 +48,9 @@ def model(tmp_path, monkeypatch):
     """serve(functions) makes the model tests/Light run `functions` in a warm process."""
     started = []
     entry = SimpleNamespace(tag="v1", tier="local", python="python")
-    config = SimpleNamespace(owner="tests", title="Light", slug="tests-light", time_limit=60)
+    config = SimpleNamespace(
+        owner="tests", title="Light", slug="tests-light", time_limit=60, webapp=None
+    )
     monkeypatch.setattr(inputs, "_resolve", lambda owner, title, tag: (config, entry))
     monkeypatch.setattr(inputs, "scrubber_for", lambda m: Scrubber([]))
 
@@ -70,7 +72,9 @@ def webapp(tmp_path, monkeypatch):
 
     stub = WebAppStub().start()
     monkeypatch.setenv("CS_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(notify, "load_webapp", lambda: WebApp(base_url=stub.url, token=stub.token))
+    monkeypatch.setattr(
+        notify, "load_webapp", lambda block=None: WebApp(base_url=stub.url, token=stub.token)
+    )
     yield stub
     stub.stop()
 

@@ -38,7 +38,9 @@ def webapp_at(monkeypatch):
     from prefect_cs.blocks.webapp import WebApp
 
     def point(url: str, token: str = WebAppStub.token) -> None:
-        monkeypatch.setattr(notify, "load_webapp", lambda: WebApp(base_url=url, token=token))
+        monkeypatch.setattr(
+            notify, "load_webapp", lambda block=None: WebApp(base_url=url, token=token)
+        )
 
     return point
 

@@ -92,7 +92,9 @@ def stub(tmp_path, monkeypatch):
 
     monkeypatch.setenv("CS_HOME", str(tmp_path / "home"))
     stub = WebAppStub().start()
-    monkeypatch.setattr(notify, "load_webapp", lambda: WebApp(base_url=stub.url, token=stub.token))
+    monkeypatch.setattr(
+        notify, "load_webapp", lambda block=None: WebApp(base_url=stub.url, token=stub.token)
+    )
     yield stub
     stub.stop()
 

@@ -1,0 +1,63 @@
+"""What every v1 route shares: the store, the tokens, the v0 API's machinery, one wrapper.
+
+Each resource module (login, projects, jobs, builds, secrets) declares its routes
+with `V1.route`: the wrapper finds the cluster user first (services/api_v1/auth.py;
+`public` only for login), then runs the handler, and answers any exception
+through services/api_v1/errors.py. So a route cannot forget its auth or answer
+an error its own way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from prefect_cs.services.api_body import read_json
+from prefect_cs.services.api_v1.auth import Tokens, current_user
+from prefect_cs.services.api_v1.errors import HttpError, mapped
+from prefect_cs.services.api_v1.store import ClusterUser, Store
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+Handler = Callable[["V1", Request, ClusterUser | None], Awaitable[Response]]
+
+
+@dataclass
+class V1:
+    store: Store
+    tokens: Tokens
+    cluster: Any  # services.api.ClusterApi: its models, queues and task submission
+    max_body: int
+    depth: int
+
+    def route(self, path: str, handler: Handler, methods: list[str], public: bool = False) -> Route:
+        async def endpoint(request: Request) -> Response:
+            user = None
+            if not public:
+                user = await anyio.to_thread.run_sync(
+                    current_user, request, self.tokens, self.store
+                )
+            return await handler(self, request, user)
+
+        return Route(path, mapped(endpoint), methods=methods)
+
+    async def body(self, request: Request) -> Any:
+        """The JSON body, capped and depth-checked as the v0 routes read it."""
+        return await read_json(request, self.max_body, self.depth)
+
+    async def project(self, user: ClusterUser, owner: str, title: str) -> dict[str, Any]:
+        """The user's project OWNER/TITLE; 404 "Project not found." (C/S's words) for any
+        other, another web app's included: a tenant learns nothing of the others."""
+        found = await anyio.to_thread.run_sync(self.store.project, user.id, owner, title)
+        if found is None:
+            raise HttpError(404, "Project not found.")
+        return found
+
+
+def signed_in(user: ClusterUser | None) -> ClusterUser:
+    """The user of a non-public route (the wrapper found it)."""
+    assert user is not None
+    return user

@@ -1,0 +1,174 @@
+"""What the v1 API records: its cluster users (web apps), whose project is whose, its builds.
+
+Why a database of its own: C/S's web app keeps the cluster's integer ids (a
+project's `id`, a build's `cluster_build_id` is an IntegerField), and every v1
+answer is scoped to the user that asks, so "whose is this" must be one indexed
+lookup, never a scan of the model registry. SQLite in `$CS_HOME/api/v1.sqlite3`
+(folder 0700, file 0600) beside the API's pending requests; no secret is stored
+here: passwords live in the cluster's secrets store (services/api_v1/tenants.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect_cs.core.home import PRIVATE_FILE
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    username TEXT NOT NULL UNIQUE,
+    webapp TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS projects (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    owner TEXT NOT NULL,
+    title TEXT NOT NULL,
+    data TEXT NOT NULL,
+    UNIQUE (owner, title)
+);
+CREATE TABLE IF NOT EXISTS builds (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL,
+    project_id INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ClusterUser:
+    """A web app that logs in to this cluster; `webapp` is the block its results go to."""
+
+    id: int
+    username: str
+    webapp: str
+
+
+def now() -> str:
+    """An aware UTC timestamp in ISO form: what C/S's pydantic schemas sent, and what
+    `datetime.fromisoformat` (the web app's parser) reads."""
+    return datetime.now(UTC).isoformat()
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
+        with self.db() as db:
+            db.executescript(SCHEMA)
+
+    @contextmanager
+    def db(self) -> Iterator[sqlite3.Connection]:
+        """One connection per call, committed on success (threads of the API share the file)."""
+        with closing(sqlite3.connect(self.path, timeout=30)) as db, db:
+            db.row_factory = sqlite3.Row
+            yield db
+
+    # ---- users ---------------------------------------------------------------------------
+
+    def save_user(self, username: str, webapp: str) -> ClusterUser:
+        with self.db() as db:
+            db.execute(
+                "INSERT INTO users (username, webapp, created_at) VALUES (?, ?, ?)"
+                " ON CONFLICT (username) DO UPDATE SET webapp = excluded.webapp",
+                (username, webapp, now()),
+            )
+        found = self.user_named(username)
+        assert found is not None
+        return found
+
+    def user_named(self, username: str) -> ClusterUser | None:
+        with self.db() as db:
+            row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+
+    def user(self, user_id: int) -> ClusterUser | None:
+        with self.db() as db:
+            row = db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+
+    def users(self) -> list[ClusterUser]:
+        with self.db() as db:
+            rows = db.execute("SELECT * FROM users ORDER BY id").fetchall()
+        return [ClusterUser(r["id"], r["username"], r["webapp"]) for r in rows]
+
+    def delete_user(self, username: str) -> bool:
+        with self.db() as db:
+            return db.execute("DELETE FROM users WHERE username = ?", (username,)).rowcount > 0
+
+    # ---- projects ------------------------------------------------------------------------
+
+    def owner_of(self, owner: str, title: str) -> int | None:
+        """The id of the user whose project OWNER/TITLE is, or None."""
+        with self.db() as db:
+            row = db.execute(
+                "SELECT user_id FROM projects WHERE owner = ? AND title = ?", (owner, title)
+            ).fetchone()
+        return row["user_id"] if row else None
+
+    def save_projects(self, user_id: int, projects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Upsert a user's projects in one transaction; each with its `id`."""
+        with self.db() as db:
+            for project in projects:
+                db.execute(
+                    "INSERT INTO projects (user_id, owner, title, data) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (owner, title) DO UPDATE SET data = excluded.data"
+                    " WHERE projects.user_id = excluded.user_id",
+                    (user_id, project["owner"], project["title"], json.dumps(project)),
+                )
+        return [self.project(user_id, p["owner"], p["title"]) or {} for p in projects]
+
+    def project(self, user_id: int, owner: str, title: str) -> dict[str, Any] | None:
+        """The user's project OWNER/TITLE with its id; None when it is not the user's."""
+        with self.db() as db:
+            row = db.execute(
+                "SELECT * FROM projects WHERE user_id = ? AND owner = ? AND title = ?",
+                (user_id, owner, title),
+            ).fetchone()
+        return {**json.loads(row["data"]), "id": row["id"]} if row else None
+
+    def projects(self, user_id: int, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many the user has, one page of them in id order)."""
+        with self.db() as db:
+            count = db.execute(
+                "SELECT COUNT(*) FROM projects WHERE user_id = ?", (user_id,)
+            ).fetchone()[0]
+            rows = db.execute(
+                "SELECT * FROM projects WHERE user_id = ? ORDER BY id LIMIT ? OFFSET ?",
+                (user_id, limit, offset),
+            ).fetchall()
+        return count, [{**json.loads(r["data"]), "id": r["id"]} for r in rows]
+
+    # ---- builds --------------------------------------------------------------------------
+
+    def new_build(self, user_id: int, project_id: int, data: dict[str, Any]) -> int:
+        with self.db() as db:
+            cursor = db.execute(
+                "INSERT INTO builds (user_id, project_id, data) VALUES (?, ?, ?)",
+                (user_id, project_id, json.dumps(data)),
+            )
+        return int(cursor.lastrowid or 0)
+
+    def build(self, user_id: int, build_id: int) -> dict[str, Any] | None:
+        """The user's build, None when it is not theirs."""
+        with self.db() as db:
+            row = db.execute(
+                "SELECT * FROM builds WHERE id = ? AND user_id = ?", (build_id, user_id)
+            ).fetchone()
+        return {**json.loads(row["data"]), "id": row["id"]} if row else None
+
+    def update_build(self, build_id: int, data: dict[str, Any]) -> None:
+        with self.db() as db:
+            db.execute("UPDATE builds SET data = ? WHERE id = ?", (json.dumps(data), build_id))

@@ -1,0 +1,77 @@
+"""Cluster users: each web app that calls this cluster logs in as one (C/S's `Cluster` row).
+
+Why: one cluster may serve several web apps, and none may read, run, build or
+sync another's projects. A cluster user is
+- a name (C/S's web app sends its service account's username);
+- a password, kept as the cluster secret `CLUSTER_USER_<name>_PASSWORD`, which the
+  web app holds as `Cluster.cluster_password` and sends to `/api/v1/login/access-token`;
+- its web app (a `cs-web-app` block, URL and token, named `tenant-<name>`): where the
+  results of its projects are PUT, with that web app's own credentials.
+The record (id, name, block) is in services/api_v1/store.py; nothing secret is.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import secrets
+
+from prefect_cs.core.errors import InvalidValue, SecretNotFound
+from prefect_cs.services.api_v1.store import ClusterUser, Store
+
+USERNAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+USERNAME_RULE = "letters, digits, '_' and '-' (1 to 40 characters)"
+
+
+def check_username(username: str) -> str:
+    if not isinstance(username, str) or not USERNAME_RE.fullmatch(username):
+        raise InvalidValue(f"invalid cluster user name {username!r}: use {USERNAME_RULE}")
+    return username
+
+
+def password_secret(username: str) -> str:
+    """The cluster secret holding the user's password."""
+    return f"CLUSTER_USER_{check_username(username)}_PASSWORD"
+
+
+def webapp_block(username: str) -> str:
+    """The web app block of the user's results (lowercase, as block names must be)."""
+    from prefect_cs.security.secrets import encode
+
+    return f"cs-web-app/tenant-{encode(check_username(username))}"
+
+
+def add_user(
+    store: Store, username: str, url: str, webapp_token: str, password: str | None = None
+) -> tuple[ClusterUser, str]:
+    """Create (or update) a cluster user: its web app block, its password secret (a new random
+    one unless given), its record. Returns the user and the password, to hand the web app."""
+    from prefect_cs.blocks.webapp import WebApp
+    from prefect_cs.security.secrets import get_backend
+
+    block = webapp_block(username)
+    password = password or secrets.token_urlsafe(32)
+    WebApp(base_url=url, token=webapp_token).save(block.partition("/")[2], overwrite=True)
+    get_backend(None).set(password_secret(username), password)
+    return store.save_user(username, block), password
+
+
+def password_matches(username: str, given: str) -> bool:
+    """The given password against the user's secret, in constant time; False when unset."""
+    from prefect_cs.security.secrets import get_backend
+
+    try:
+        expected = get_backend(None).get(password_secret(username))
+    except SecretNotFound:
+        return False
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def authenticate(store: Store, username: str, password: str) -> ClusterUser | None:
+    """The user when the name is known and the password is its own, else None."""
+    if not USERNAME_RE.fullmatch(username):
+        return None
+    user = store.user_named(username)
+    if user is None or not password_matches(username, password):
+        return None
+    return user

@@ -1,0 +1,612 @@
+"""The v1 cluster protocol (`/api/v1`) as Compute Studio's later web app calls it.
+
+Real parts: `prefect-cs api serve` as its own process on the session's Prefect
+server, two web app stand-ins (two cluster users, two tenants), the secrets
+store, and for jobs a published model, the inputs worker and a process worker.
+The client is testing/cs_client.py's `Cluster`, which behaves as C/S's
+`Cluster` row (login form, token renewal rule, bearer header, `/api/v1` paths).
+Every auth case here was run once against a mutant of the code it guards
+(README, "Connecting a web app", v1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from prefect_cs.services.stack_parts import answers_health, api_server
+from prefect_cs.services.supervisor import Background
+from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
+from prefect_cs.testing.scratch import free_port
+from prefect_cs.testing.webapp_standin import WebAppStub
+
+V0_TOKEN = "cluster-api-v1-tests-v0-token"
+API_LOGS: list = []  # the log file of each API process this module started
+
+
+@contextlib.contextmanager
+def serving(port: int) -> Iterator[str]:
+    """`prefect-cs api serve` on `port`, v0 token and v1 signing key from the secrets store."""
+    from prefect_cs.security.secrets import get_backend
+
+    get_backend(None).set("CLUSTER_API_TOKEN", V0_TOKEN)
+    bg = api_server(port)
+    bg = Background(f"cluster-api-v1-tests-{port}", bg.argv, bg.env)
+    url = f"http://127.0.0.1:{port}"
+    API_LOGS.append(bg.log_file)
+    try:
+        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
+        yield url
+    finally:
+        bg.stop()
+
+
+@pytest.fixture(scope="module")
+def api(platform) -> Iterator[str]:
+    with serving(free_port()) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tenants(api, cs_home) -> Iterator[dict[str, dict]]:
+    """Two web apps, each a cluster user with its own stand-in; C/S's Cluster row for each."""
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    found = {}
+    for name in ("webapp-a", "webapp-b"):
+        stub = WebAppStub(token=f"{name}-results-token").start()
+        user, password = add_user(store_at(cs_home), name, stub.url, stub.token)
+        found[name] = {"stub": stub, "user": user, "password": password}
+    yield found
+    for tenant in found.values():
+        tenant["stub"].stop()
+
+
+def cluster(api: str, tenants: dict, name: str = "webapp-a") -> Cluster:
+    return Cluster(api, name, tenants[name]["password"])
+
+
+def signing_key() -> str:
+    from prefect_cs.security.secrets import get_backend
+
+    return get_backend(None).get("CLUSTER_API_JWT_KEY")
+
+
+def token_for(user_id: int, key: str, exp: datetime) -> str:
+    claims = {"sub": str(user_id), "aud": "prefect-cs-api-v1", "iat": int(time.time()) - 10}
+    return jwt.encode({**claims, "exp": int(exp.timestamp())}, key, algorithm="HS256")
+
+
+def projects_list(api: str, token: str) -> httpx.Response:
+    return httpx.get(f"{api}/api/v1/projects/", headers={"Authorization": f"Bearer {token}"})
+
+
+# ---- login ---------------------------------------------------------------------------------
+
+
+def test_the_v0_health_and_schema_list_the_v1_routes(api):
+    schema = httpx.get(f"{api}/openapi.json").json()
+    assert "/api/v1/login/access-token" in schema["paths"] and "/sync/" in schema["paths"]
+    assert "/api/v1/builds/{build_id}/" in schema["paths"]
+
+
+def test_login_answers_cs_token_schema_and_the_token_opens_v1(api, tenants):
+    c = cluster(api, tenants)
+    headers = c.headers()
+    assert c.logins == 1 and c.access_token
+    lifetime = c.access_token_expires_at - datetime.now(UTC)
+    assert timedelta(minutes=55) < lifetime + timedelta(seconds=120) <= timedelta(minutes=61)
+    r = httpx.get(f"{api}/api/v1/projects/", headers=headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"count": 0, "next": None, "previous": None, "results": []}
+    c.headers()
+    assert c.logins == 1  # kept while it has not expired
+
+
+def test_the_client_renews_a_token_60_s_after_its_expires_at_as_cs_does(api, tenants):
+    c = cluster(api, tenants)
+    c.headers()
+    first = c.access_token
+    c.access_token_expires_at = datetime.now(UTC) - timedelta(seconds=30)
+    c.headers()
+    assert c.logins == 1 and c.access_token == first  # C/S waits 60 s past expires_at
+    c.access_token_expires_at = datetime.now(UTC) - timedelta(seconds=61)
+    c.headers()
+    assert c.logins == 2
+    assert projects_list(api, c.access_token).status_code == 200
+
+
+def test_the_token_outlives_its_advertised_expiry_by_more_than_cs_renewal_delay(api, tenants):
+    """C/S renews 60 s after expires_at: the token itself lives 120 s past it."""
+    c = cluster(api, tenants)
+    c.headers()
+    claims = jwt.decode(c.access_token, options={"verify_signature": False})
+    assert claims["exp"] - c.access_token_expires_at.timestamp() == pytest.approx(120, abs=1)
+
+
+@pytest.mark.parametrize(
+    "form, status",
+    [
+        ({"username": "webapp-a", "password": "wrong"}, 400),
+        ({"username": "nobody", "password": "x"}, 400),
+        ({"username": "webapp-a"}, 422),
+        ({"password": "x"}, 422),
+        ({"username": "webapp-a", "password": ""}, 422),
+    ],
+)
+def test_login_refused_as_cs_cluster_answered(api, tenants, form, status):
+    r = httpx.post(f"{api}/api/v1/login/access-token", data=form)
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json() == {"detail": "Incorrect username or password"}
+    else:
+        (error,) = r.json()["detail"]
+        assert error["type"] == "missing" and error["loc"][0] == "body"
+
+
+def test_a_prefix_of_the_password_is_refused(api, tenants):
+    password = tenants["webapp-a"]["password"]
+    for given in (password[:-1], password[:8]):
+        r = httpx.post(
+            f"{api}/api/v1/login/access-token", data={"username": "webapp-a", "password": given}
+        )
+        assert r.status_code == 400, r.text
+
+
+def test_another_tenants_password_is_refused(api, tenants):
+    with pytest.raises(ClusterLoginException, match="Expected 200, got 400"):
+        Cluster(api, "webapp-a", tenants["webapp-b"]["password"]).headers()
+
+
+# ---- the bearer token ---------------------------------------------------------------------
+
+V1_ROUTES = [
+    ("GET", "/api/v1/projects/", None),
+    ("POST", "/api/v1/projects/sync/", []),
+    ("POST", "/api/v1/jobs/v1tests/Misbehaving/", {"task_name": "version", "tag": "v1"}),
+]
+
+
+@dataclass
+class Answer:
+    status_code: int
+    headers: dict[str, str]
+    text: str
+
+    def json(self) -> Any:
+        return json.loads(self.text)
+
+
+def refused(api: str, authorization: str | None) -> list[Answer]:
+    """Each V1_ROUTES call with this Authorization header sent as is (http.client: httpx
+    refuses to send `Bearer ` with its trailing space)."""
+    host, port = api.removeprefix("http://").split(":")
+    answers = []
+    for method, path, body in V1_ROUTES:
+        headers = {"Content-Type": "application/json"}
+        if authorization is not None:
+            headers["Authorization"] = authorization
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        try:
+            conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+            r = conn.getresponse()
+            found = {k.lower(): v for k, v in r.getheaders()}
+            answers.append(Answer(r.status, found, r.read().decode()))
+        finally:
+            conn.close()
+    return answers
+
+
+@pytest.mark.parametrize("authorization", [None, "", "Bearer", "Bearer ", "Token x", "Basic x"])
+def test_no_bearer_token_is_401_not_authenticated(api, tenants, authorization):
+    for r in refused(api, authorization):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Not authenticated"}
+        assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_a_prefix_of_the_right_token_is_401(api, tenants):
+    c = cluster(api, tenants)
+    c.headers()
+    # 3 and 7 leave a 40- or 36-character signature (HS256's is 43): whole base64 quanta, so
+    # the shorter signature still decodes, and only a signature check refuses it
+    for cut in (1, 3, 7, 10, len(c.access_token) // 2):
+        for r in refused(api, f"Bearer {c.access_token[:-cut]}"):
+            assert r.status_code == 401, r.text
+            assert r.json() == {"detail": "Could not validate credentials"}
+
+
+def test_a_token_signed_with_another_key_is_401(api, tenants):
+    user = tenants["webapp-a"]["user"]
+    forged = token_for(user.id, "another-key-" + "x" * 40, datetime.now(UTC) + timedelta(hours=1))
+    for r in refused(api, f"Bearer {forged}"):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Could not validate credentials"}
+    good = token_for(user.id, signing_key(), datetime.now(UTC) + timedelta(hours=1))
+    assert projects_list(api, good).status_code == 200  # the control: same claims, right key
+
+
+def test_an_expired_token_is_401(api, tenants):
+    user = tenants["webapp-a"]["user"]
+    expired = token_for(user.id, signing_key(), datetime.now(UTC) - timedelta(seconds=5))
+    for r in refused(api, f"Bearer {expired}"):
+        assert r.status_code == 401, r.text
+        assert r.json() == {"detail": "Could not validate credentials"}
+
+
+def test_a_token_of_a_user_that_no_longer_exists_is_401(api, tenants, cs_home):
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    stub = tenants["webapp-a"]["stub"]
+    user, password = add_user(store_at(cs_home), "webapp-gone", stub.url, stub.token)
+    c = Cluster(api, "webapp-gone", password)
+    c.headers()
+    assert projects_list(api, c.access_token).status_code == 200
+    assert store_at(cs_home).delete_user("webapp-gone")
+    assert projects_list(api, c.access_token).status_code == 401
+
+
+# ---- projects ------------------------------------------------------------------------------
+
+
+def project(owner: str, title: str, repo_url: str | None = None, **fields: Any) -> dict:
+    """A project as C/S's web app serializes it for SyncProjects (decimals as strings)."""
+    return {
+        "title": title,
+        "owner": owner,
+        "oneliner": "",
+        "description": "",
+        "repo_url": repo_url,
+        "repo_tag": "v1",
+        "latest_tag": "v1",
+        "exp_task_time": 1,
+        "server_cost": "0.1",
+        "cpu": "1.0",
+        "memory": "0.5",
+        "listed": True,
+        "cluster_type": "single-core",
+        "status": "running",
+        "tech": "python-paramtools",
+        "callable_name": None,
+        "app_location": None,
+        **fields,
+    }
+
+
+def test_sync_answers_the_projects_with_ids_and_lists_them_paginated(api, tenants):
+    c = cluster(api, tenants, "webapp-b")
+    names = [f"Listed-{i}" for i in range(32)]
+    ok, data = c.sync_projects([project("v1list", n) for n in names])
+    assert ok and [p["title"] for p in data] == names
+    assert all(isinstance(p["id"], int) for p in data)
+    assert set(data[0]) == {
+        "id", "owner", "title", "tech", "callable_name", "app_location", "exp_task_time",
+        "cpu", "memory", "repo_tag", "repo_url",
+    }  # fmt: skip
+    assert data[0]["cpu"] == 1.0 and data[0]["exp_task_time"] == 1
+    page = httpx.get(f"{api}/api/v1/projects/", headers=c.headers()).json()
+    assert page["count"] == 32 and len(page["results"]) == 30 and page["previous"] is None
+    rest = httpx.get(page["next"], headers=c.headers()).json()
+    assert [p["title"] for p in rest["results"]] == names[30:] and rest["next"] is None
+    assert rest["previous"].endswith("/api/v1/projects/?page=0")
+    ok, again = c.sync_projects([project("v1list", "Listed-0", exp_task_time=5)])
+    assert again[0]["id"] == data[0]["id"] and again[0]["exp_task_time"] == 5
+
+
+@pytest.mark.parametrize(
+    "body, loc",
+    [
+        ([{"owner": "o", "title": "t"}], ["body", 0, "tech"]),
+        ([project("o", "t", exp_task_time="soon")], ["body", 0, "exp_task_time"]),
+        ({"owner": "o"}, ["body"]),
+    ],
+)
+def test_sync_refuses_what_cs_schema_refuses_with_422(api, tenants, body, loc):
+    headers = cluster(api, tenants).headers()
+    r = httpx.post(f"{api}/api/v1/projects/sync/", json=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == loc
+
+
+def test_one_web_app_neither_sees_nor_syncs_anothers_projects(api, tenants):
+    a, b = cluster(api, tenants, "webapp-a"), cluster(api, tenants, "webapp-b")
+    a.sync_projects([project("v1tenants", "Mine")])
+    listed = httpx.get(f"{api}/api/v1/projects/", headers=b.headers()).json()["results"]
+    assert "Mine" not in [p["title"] for p in listed]
+    r = httpx.post(
+        f"{api}/api/v1/projects/sync/",
+        json=[project("v1tenants", "Mine", exp_task_time=99)],
+        headers=b.headers(),
+    )
+    assert r.status_code == 409 and "another web app" in r.json()["detail"], r.text
+    mine = httpx.get(f"{api}/api/v1/projects/", headers=a.headers()).json()["results"]
+    assert [p["exp_task_time"] for p in mine if p["title"] == "Mine"] == [1]
+    r = httpx.post(
+        f"{api}/api/v1/jobs/v1tenants/Mine/",
+        json={"task_name": "version", "tag": "v1", "task_kwargs": {}},
+        headers=b.headers(),
+    )
+    assert r.status_code == 404 and r.json() == {"detail": "Project not found."}, r.text
+
+
+# ---- jobs: version, defaults, parse, sim to the web app that owns the project --------------
+
+BEHAVE_OK = {"control": {"behavior": [{"value": "ok"}]}}
+
+
+@pytest.fixture(scope="module")
+def published(platform, repos) -> str:
+    """The misbehaving sample app under an owner of this module's, published once; its repo."""
+    from prefect_cs.testing.models import make_repo, publish_model, register_model
+
+    repo = make_repo("misbehaving-app", repos / "v1-misbehaving")
+    register_model(
+        "v1tests", "Misbehaving", repo, repo_tag="v1", time_limit=8, expected_task_time=1
+    )
+    state = publish_model("v1tests", "Misbehaving")
+    assert state.is_completed(), state.message
+    return str(repo)
+
+
+@pytest.fixture(scope="module")
+def worker(platform) -> Iterator[Background]:
+    from prefect_cs.services.stack_parts import process_worker
+
+    bg = process_worker()
+    bg.start()
+    yield bg
+    bg.stop()
+
+
+def until(check, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if found := check():
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:g}s")
+
+
+@pytest.fixture(scope="module")
+def owned(api, tenants, published) -> Cluster:
+    """webapp-a's Cluster once its sync of v1tests/Misbehaving has reached the registry."""
+    from prefect_cs.blocks.model_config import ModelConfig
+
+    a = cluster(api, tenants, "webapp-a")
+    ok, _ = a.sync_projects([project("v1tests", "Misbehaving", published)])
+    assert ok
+    block = tenants["webapp-a"]["user"].webapp
+    until(
+        lambda: ModelConfig.for_model("v1tests", "Misbehaving").webapp == block,
+        60,
+        "the sync applied to the registry",
+    )
+    return a
+
+
+def post_job(c: Cluster, task_name: str, **task_kwargs: Any) -> httpx.Response:
+    return httpx.post(
+        f"{c.url}/api/v1/jobs/v1tests/Misbehaving/",
+        json={"task_name": task_name, "tag": "v1", "task_kwargs": task_kwargs},
+        headers=c.headers(),
+        timeout=30,
+    )
+
+
+def test_version_is_a_finished_job_in_cs_job_schema(owned, tenants):
+    r = post_job(owned, "version")
+    assert r.status_code == 201, r.text
+    job = r.json()
+    assert set(job) == {
+        "id", "user_id", "created_at", "name", "finished_at", "status", "inputs", "outputs",
+        "traceback", "tag",
+    }  # fmt: skip
+    assert job["name"] == "version" and job["status"] == "SUCCESS" and job["tag"] == "v1"
+    assert job["outputs"]["version"] == "0.3.0" and job["user_id"] == tenants["webapp-a"]["user"].id
+
+
+def test_a_task_that_does_not_fit_cs_task_schema_is_422(owned):
+    r = httpx.post(
+        f"{owned.url}/api/v1/jobs/v1tests/Misbehaving/",
+        json={"task_name": "version", "task_kwargs": {}},
+        headers=owned.headers(),
+    )
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "tag"], r.text
+
+
+def test_defaults_are_put_to_the_owners_model_config_api(owned, tenants, task_worker):
+    stub, other = tenants["webapp-a"]["stub"], tenants["webapp-b"]["stub"]
+    job_id = owned.submit_job("v1tests", "Misbehaving", "defaults", {"meta_param_dict": {}}, "v1")
+    put = stub.first_about(job_id, timeout=60)
+    assert put.path == "/model-config/api/" and put.status == 200
+    assert put.headers["Authorization"] == f"Token {stub.token}"
+    assert put.body["status"] == "SUCCESS" and "control" in put.body["outputs"]["model_parameters"]
+    assert not other.about(job_id)
+
+
+def test_parse_is_put_to_the_owners_inputs_api(owned, tenants, task_worker):
+    stub = tenants["webapp-a"]["stub"]
+    kwargs = {"meta_param_dict": {}, "adjustment": BEHAVE_OK, "errors_warnings": {}}
+    job_id = owned.submit_job("v1tests", "Misbehaving", "parse", kwargs, "v1")
+    put = stub.first_about(job_id, timeout=90)
+    assert put.path == "/inputs/api/" and put.status == 200 and put.body["status"] == "SUCCESS"
+
+
+def test_a_sim_ends_in_one_accepted_put_at_the_owners_web_app(owned, tenants, worker):
+    stub, other = tenants["webapp-a"]["stub"], tenants["webapp-b"]["stub"]
+    kwargs = {"meta_param_dict": {}, "adjustment": BEHAVE_OK}
+    job_id = owned.submit_job("v1tests", "Misbehaving", "sim", kwargs, "v1")
+    stub.first_about(job_id, timeout=180)
+    body = stub.only_put(job_id, "/outputs/api/")
+    assert body["status"] == "SUCCESS" and body["model_version"] == "0.3.0"
+    assert not other.about(job_id)
+
+
+# ---- builds: publish from the web app ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def publish_deployment(platform):
+    from prefect_cs.deployments.deploy import deploy_publish
+
+    return deploy_publish()
+
+
+def final_build(c: Cluster, build_id: int, timeout: float = 420) -> dict:
+    return until(
+        lambda: (
+            (b := c.refresh_build(build_id))["status"] in ("success", "failure", "cancelled") and b
+        ),
+        timeout,
+        f"build {build_id} to end",
+    )
+
+
+def test_a_build_publishes_the_projects_tag_reports_its_stages_and_tells_the_web_app(
+    owned, tenants, published, publish_deployment, worker
+):
+    from pathlib import Path
+
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.testing.models import add_tag
+
+    add_tag(Path(published), "v2", "second release")
+    ok, _ = owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v2")])
+    started = owned.start_build("v1tests", "Misbehaving")
+    assert started["status"] == "created" and isinstance(started["id"], int)
+    assert datetime.fromisoformat(started["created_at"])
+    build = final_build(owned, started["id"])
+    assert build["status"] == "success", build
+    assert build["failed_at_stage"] is None and build["finished_at"]
+    assert build["image_tag"] == "v2" and build["version"] == "0.3.0"
+    data = build["provider_data"]
+    assert data["stage"] == "promote"
+    assert {log["stage"] for log in data["logs"]} >= {"build", "test", "promote"}
+    assert all(isinstance(log["logs"], str) and log["logs"] for log in data["logs"])
+    assert ModelConfig.for_model("v1tests", "Misbehaving").latest_tag == "v2"
+    stub = tenants["webapp-a"]["stub"]
+    path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
+    (told,) = until(lambda: [r for r in stub.accepted(path)], 30, "the build_done PUT")
+    assert told.body["cluster_build_id"] == started["id"] and told.body["status"] == "success"
+    assert told.body["tag"] == {"image_tag": "v2", "version": "0.3.0"}
+    assert told.body["project"] == "v1tests/Misbehaving"
+    other = cluster(owned.url, tenants, "webapp-b")
+    r = httpx.get(f"{owned.url}/api/v1/builds/{started['id']}/", headers=other.headers())
+    assert r.status_code == 404 and r.json() == {"detail": "Build not found."}
+
+
+def test_a_build_whose_tests_fail_stops_at_test_and_leaves_the_promoted_tag(
+    owned, tenants, published, publish_deployment, worker
+):
+    from pathlib import Path
+
+    from prefect_cs.blocks.model_config import ModelConfig
+    from prefect_cs.testing.models import add_tag
+
+    def break_tests(repo: Path) -> None:
+        failing = repo / "cs-config" / "cs_config" / "tests" / "test_broken.py"
+        failing.write_text("def test_broken():\n    assert False, 'broken on purpose'\n")
+
+    serving = ModelConfig.for_model("v1tests", "Misbehaving").latest_tag
+    add_tag(Path(published), "v3-broken", "a release whose tests fail", break_tests)
+    owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v3-broken")])
+    started = owned.start_build("v1tests", "Misbehaving")
+    build = final_build(owned, started["id"])
+    assert build["status"] == "failure" and build["failed_at_stage"] == "test", build
+    assert build["version"] is None and build["provider_data"]["stage"] == "test"
+    test_logs = [log["logs"] for log in build["provider_data"]["logs"] if log["stage"] == "test"]
+    assert test_logs and ("broken on purpose" in test_logs[0] or "test_broken" in test_logs[0])
+    assert ModelConfig.for_model("v1tests", "Misbehaving").latest_tag == serving
+
+
+def test_cancelling_a_build_cancels_its_flow_run(owned, publish_deployment):
+    from prefect.client.orchestration import get_client
+
+    started = owned.start_build("v1tests", "Misbehaving")
+    r = httpx.delete(f"{owned.url}/api/v1/builds/{started['id']}/", headers=owned.headers())
+    assert r.status_code == 201 and r.json()["status"] == "cancelled", r.text
+    assert r.json()["cancelled_at"]
+    run_id = r.json()["provider_data"]["flow_run_id"]
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    assert state.type.value in ("CANCELLING", "CANCELLED"), state
+    assert owned.refresh_build(started["id"])["status"] == "cancelled"
+
+
+# ---- secrets: the project's owner, through its web app -------------------------------------
+
+
+def secrets_call(c: Cluster, method: str, name: str = "", acting: str = "v1tests", **kw):
+    path = f"{c.url}/api/v1/projects/v1tests/Misbehaving/secrets/" + (f"{name}/" if name else "")
+    headers = {**c.headers(), "X-CS-User": acting}
+    return httpx.request(method, path, headers=headers, timeout=30, **kw)
+
+
+def test_the_owner_sets_lists_and_deletes_a_models_secrets_and_never_reads_a_value(owned, tenants):
+    import secrets as random
+
+    from prefect_cs.security.secrets import get_backend
+
+    value = "v1-secret-" + random.token_urlsafe(24)
+    r = secrets_call(owned, "PUT", "MAINTAINER_KEY", json={"value": value})
+    assert r.status_code == 200 and r.json() == {"name": "MAINTAINER_KEY", "set": True}, r.text
+    assert get_backend("v1tests/Misbehaving").get("MAINTAINER_KEY") == value
+    listed = secrets_call(owned, "GET")
+    assert listed.status_code == 200 and listed.json() == {"secrets": ["MAINTAINER_KEY"]}
+    assert value not in listed.text
+    r = secrets_call(owned, "DELETE", "MAINTAINER_KEY")
+    assert r.status_code == 200 and r.json() == {"name": "MAINTAINER_KEY", "deleted": True}
+    assert secrets_call(owned, "GET").json() == {"secrets": []}
+    assert secrets_call(owned, "DELETE", "MAINTAINER_KEY").status_code == 404
+    for log in API_LOGS:
+        assert value not in log.read_text(errors="replace")
+
+
+def test_secrets_refused_to_others_and_to_platform_names(owned, tenants):
+    r = secrets_call(owned, "PUT", "KEY", acting="someone-else", json={"value": "x"})
+    assert r.status_code == 403, r.text
+    assert secrets_call(owned, "GET", acting="").status_code == 403
+    other = cluster(owned.url, tenants, "webapp-b")
+    r = secrets_call(other, "PUT", "KEY", json={"value": "x"})
+    assert r.status_code == 404 and r.json() == {"detail": "Project not found."}, r.text
+    r = secrets_call(owned, "PUT", "PREFECT_API_KEY", json={"value": "x"})
+    assert r.status_code == 400 and "platform variables" in r.json()["detail"], r.text
+    r = secrets_call(owned, "PUT", "KEY", json={"value": ""})
+    assert r.status_code == 400 and "non-empty" in r.json()["detail"], r.text
+    r = secrets_call(owned, "PUT", "KEY", json={})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "value"], r.text
+
+
+def test_an_operator_adds_a_web_apps_cluster_user_with_the_cli_and_it_logs_in(api, tenants):
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    stub = tenants["webapp-b"]["stub"]
+    runner = CliRunner()
+    added = runner.invoke(
+        app,
+        ["api", "users", "add", "webapp-cli", "--url", stub.url, "--webapp-token-stdin"],
+        input=stub.token + "\n",
+    )
+    assert added.exit_code == 0, added.output
+    password = get_backend(None).get("CLUSTER_USER_webapp-cli_PASSWORD")
+    assert password not in added.output and stub.token not in added.output
+    assert "webapp-cli" in runner.invoke(app, ["api", "users", "list"]).output
+    c = Cluster(api, "webapp-cli", password)
+    assert projects_list(api, c.headers()["Authorization"].split()[1]).status_code == 200
+    assert runner.invoke(app, ["api", "users", "delete", "webapp-cli"]).exit_code == 0
+    assert projects_list(api, c.access_token).status_code == 401
+    with pytest.raises(ClusterLoginException):
+        Cluster(api, "webapp-cli", password).headers()
