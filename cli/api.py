@@ -74,6 +74,15 @@ def users_add(
     webapp_token_stdin: bool = typer.Option(
         False, "--webapp-token-stdin", help="Read the token results are PUT with from stdin."
     ),
+    client_id: str = typer.Option(
+        None,
+        "--client-id",
+        help="The web app's OAuth application (C/S v1: results go with a bearer token from"
+        " URL/o/token/); its secret from stdin with --client-secret-stdin.",
+    ),
+    client_secret_stdin: bool = typer.Option(
+        False, "--client-secret-stdin", help="Read the OAuth application's secret from stdin."
+    ),
 ) -> None:
     """Add (or update) a web app's cluster user: its results' web app and a new password, kept
     as the cluster secret CLUSTER_USER_<NAME>_PASSWORD (never printed: read it with
@@ -83,8 +92,17 @@ def users_add(
     from prefect_cs.services.api_v1 import store_at
     from prefect_cs.services.api_v1.tenants import add_user, password_secret
 
-    token = read_value(None, webapp_token_stdin)
-    user, _ = add_user(store_at(get_settings().home), name, url, token)
+    if client_id or client_secret_stdin:
+        if not (client_id and client_secret_stdin) or webapp_token_stdin:
+            exit_with_error(
+                "an OAuth client takes both --client-id ID and --client-secret-stdin, and no"
+                " --webapp-token-stdin"
+            )
+        client = (client_id, read_value(None, True))
+        user, _ = add_user(store_at(get_settings().home), name, url, oauth_client=client)
+    else:
+        token = read_value(None, webapp_token_stdin)
+        user, _ = add_user(store_at(get_settings().home), name, url, token)
     console.print(
         f"cluster user {user.username} (id {user.id}), results to {url} ({user.webapp}).\n"
         f"Its password: `prefect-cs secrets get {password_secret(name)}`; in the web app, its"

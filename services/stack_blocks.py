@@ -72,7 +72,7 @@ def ensure_webapp() -> str:
     except ValueError:
         block = WebApp(base_url=local_webapp_url(), token=secrets.token_urlsafe(24))
         block.save(name.split("/", 1)[1], overwrite=True, _sync=True)
-    if block.base_url.rstrip("/") != local_webapp_url():
+    if block.base_url.rstrip("/") != local_webapp_url() or block.token is None:
         return f"web app: {block.base_url}"
     local_webapp(block.token.get_secret_value()).start()
     return f"web app: local stand-in {local_webapp_url()}, requests logged to {local_webapp_log()}"

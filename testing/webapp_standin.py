@@ -7,12 +7,14 @@ which `stack start` runs when no web app is set; this one is test code only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 from prefect_cs.services.local_webapp import status_for
 from prefect_cs.testing.standin import Recorded, Reply, StandIn
 
-__all__ = ["Recorded", "WebAppStub"]
+__all__ = ["OAuthWebAppStub", "Recorded", "WebAppStub"]
 
 
 @dataclass
@@ -63,3 +65,44 @@ class WebAppStub(StandIn):
         if len(found) < count:
             raise AssertionError(f"web app got {len(found)} PUT {path}, wanted {count}")
         return found
+
+
+@dataclass
+class OAuthWebAppStub(WebAppStub):
+    """A web app as C/S v1's was (django-oauth-toolkit): `POST /o/token/` with the client
+    credentials of its OAuth application hands out bearer tokens (`expires_in` seconds);
+    a PUT is accepted only with one of them. `revoke()` forgets them all, as a web app
+    restarting with a fresh token table would."""
+
+    client_id: str = "cluster-client"
+    client_secret: str = "cluster-client-secret"
+    expires_in: int = 36000
+    issued: list[str] = field(default_factory=list)
+
+    def answer(self, request: Recorded) -> Reply:
+        if request.method == "POST" and request.route == "/o/token/":
+            form = {k: v[0] for k, v in parse_qs(str(request.body or "")).items()}
+            wanted = {
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_secret": self.client_secret,
+            }
+            if form != wanted:
+                return 401, {"error": "invalid_client"}
+            token = secrets.token_urlsafe(16)
+            self.issued.append(token)
+            reply = {"access_token": token, "expires_in": self.expires_in, "scope": "read write"}
+            return 200, {**reply, "token_type": "Bearer"}
+        if request.method == "PUT" and self.fail_next > 0:
+            self.fail_next -= 1
+            return 503, {}
+        if request.method != "PUT":
+            return 405, {}
+        bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        return (200 if bearer in self.issued else 401), {}
+
+    def token_requests(self) -> list[Recorded]:
+        return [r for r in list(self.requests) if r.method == "POST" and r.route == "/o/token/"]
+
+    def revoke(self) -> None:
+        self.issued.clear()

@@ -15,6 +15,7 @@ import contextlib
 import http.client
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,7 +28,7 @@ from prefect_cs.services.stack_parts import answers_health, api_server
 from prefect_cs.services.supervisor import Background
 from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
 from prefect_cs.testing.scratch import free_port
-from prefect_cs.testing.webapp_standin import WebAppStub
+from prefect_cs.testing.webapp_standin import OAuthWebAppStub, WebAppStub
 
 V0_TOKEN = "cluster-api-v1-tests-v0-token"
 API_LOGS: list = []  # the log file of each API process this module started
@@ -58,15 +59,20 @@ def api(platform) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def tenants(api, cs_home) -> Iterator[dict[str, dict]]:
-    """Two web apps, each a cluster user with its own stand-in; C/S's Cluster row for each."""
+    """Two web apps, each a cluster user with its own stand-in; C/S's Cluster row for each.
+    webapp-a takes results as C/S v1's web app did (bearer tokens from its OAuth
+    application's client credentials), webapp-b with a fixed token (as C/S 1.6's)."""
     from prefect_cs.services.api_v1 import store_at
     from prefect_cs.services.api_v1.tenants import add_user
 
     found = {}
-    for name in ("webapp-a", "webapp-b"):
-        stub = WebAppStub(token=f"{name}-results-token").start()
-        user, password = add_user(store_at(cs_home), name, stub.url, stub.token)
-        found[name] = {"stub": stub, "user": user, "password": password}
+    oauth = OAuthWebAppStub(client_secret=f"secret-{uuid.uuid4().hex}").start()
+    client = (oauth.client_id, oauth.client_secret)
+    user, password = add_user(store_at(cs_home), "webapp-a", oauth.url, oauth_client=client)
+    found["webapp-a"] = {"stub": oauth, "user": user, "password": password}
+    stub = WebAppStub(token="webapp-b-results-token").start()
+    user, password = add_user(store_at(cs_home), "webapp-b", stub.url, stub.token)
+    found["webapp-b"] = {"stub": stub, "user": user, "password": password}
     yield found
     for tenant in found.values():
         tenant["stub"].stop()
@@ -430,7 +436,9 @@ def test_defaults_are_put_to_the_owners_model_config_api(owned, tenants, task_wo
     job_id = owned.submit_job("v1tests", "Misbehaving", "defaults", {"meta_param_dict": {}}, "v1")
     put = stub.first_about(job_id, timeout=60)
     assert put.path == "/model-config/api/" and put.status == 200
-    assert put.headers["Authorization"] == f"Token {stub.token}"
+    bearer = put.headers["Authorization"].removeprefix("Bearer ")
+    assert bearer in stub.issued, "a bearer token the web app's /o/token/ handed out"
+    assert stub.token_requests(), "got with the OAuth application's client credentials"
     assert put.body["status"] == "SUCCESS" and "control" in put.body["outputs"]["model_parameters"]
     assert not other.about(job_id)
 
@@ -610,3 +618,29 @@ def test_an_operator_adds_a_web_apps_cluster_user_with_the_cli_and_it_logs_in(ap
     assert projects_list(api, c.access_token).status_code == 401
     with pytest.raises(ClusterLoginException):
         Cluster(api, "webapp-cli", password).headers()
+
+
+def test_an_operator_adds_an_oauth_web_app_with_the_cli(api, tenants):
+    """C/S v1's way: the web app's OAuth application (client id, secret from stdin); the secret
+    is in no output; half an OAuth client is refused naming both flags."""
+    from prefect_cs.blocks.webapp import WebApp
+    from prefect_cs.cli.main import app
+    from prefect_cs.services.api_v1.tenants import webapp_block
+    from typer.testing import CliRunner
+
+    stub = tenants["webapp-a"]["stub"]
+    runner = CliRunner()
+    argv = ["api", "users", "add", "webapp-oauth-cli", "--url", stub.url]
+    half = runner.invoke(app, [*argv, "--client-id", stub.client_id])
+    assert half.exit_code != 0 and "--client-secret-stdin" in half.output, half.output
+    added = runner.invoke(
+        app,
+        [*argv, "--client-id", stub.client_id, "--client-secret-stdin"],
+        input=stub.client_secret + "\n",
+    )
+    assert added.exit_code == 0, added.output
+    assert stub.client_secret not in added.output
+    block = WebApp.load(webapp_block("webapp-oauth-cli").partition("/")[2])
+    assert block.client_id == stub.client_id and block.token is None
+    assert block.authorization().removeprefix("Bearer ") in stub.issued
+    assert runner.invoke(app, ["api", "users", "delete", "webapp-oauth-cli"]).exit_code == 0

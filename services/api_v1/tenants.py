@@ -42,16 +42,33 @@ def webapp_block(username: str) -> str:
 
 
 def add_user(
-    store: Store, username: str, url: str, webapp_token: str, password: str | None = None
+    store: Store,
+    username: str,
+    url: str,
+    webapp_token: str | None = None,
+    password: str | None = None,
+    oauth_client: tuple[str, str] | None = None,
 ) -> tuple[ClusterUser, str]:
     """Create (or update) a cluster user: its web app block, its password secret (a new random
-    one unless given), its record. Returns the user and the password, to hand the web app."""
+    one unless given), its record. Returns the user and the password, to hand the web app.
+    Results go to the web app with `webapp_token`, or, as C/S v1's cluster sent them, with
+    a bearer token got by the OAuth client (id, secret) of `oauth_client`."""
     from prefect_cs.blocks.webapp import WebApp
     from prefect_cs.security.secrets import get_backend
 
+    if (webapp_token is None) == (oauth_client is None):
+        raise ValueError(
+            "a web app's cluster user needs exactly one way to reach its web app: its token"
+            " (--webapp-token-stdin) or its OAuth client (--client-id, --client-secret-stdin)"
+        )
     block = webapp_block(username)
     password = password or secrets.token_urlsafe(32)
-    WebApp(base_url=url, token=webapp_token).save(block.partition("/")[2], overwrite=True)
+    if oauth_client is not None:
+        client_id, client_secret = oauth_client
+        webapp = WebApp(base_url=url, client_id=client_id, client_secret=client_secret)
+    else:
+        webapp = WebApp(base_url=url, token=webapp_token)
+    webapp.save(block.partition("/")[2], overwrite=True)
     get_backend(None).set(password_secret(username), password)
     return store.save_user(username, block), password
 
