@@ -8,7 +8,6 @@ read from the cluster's secrets store.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
@@ -20,8 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
-from prefect_cs.services.stack_parts import answers_health, api_server, process_worker
+from prefect_cs.services.stack_parts import process_worker
 from prefect_cs.services.supervisor import Background
+from prefect_cs.testing.api_process import serving_api
 
 TOKEN = "cluster-api-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -44,20 +44,9 @@ def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
     raise AssertionError(f"{what}: not within {timeout:g}s")
 
 
-@contextlib.contextmanager
-def serving(port: int) -> Iterator[str]:
+def serving(port: int):
     """`prefect-cs api serve` on `port`; its token is the cluster secret CLUSTER_API_TOKEN."""
-    from prefect_cs.security.secrets import get_backend
-
-    get_backend(None).set("CLUSTER_API_TOKEN", TOKEN)
-    bg = api_server(port)
-    bg = Background(f"cluster-api-tests-{port}", bg.argv, bg.env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
-        yield url
-    finally:
-        bg.stop()
+    return serving_api("cluster-api-tests", port, v0_token=TOKEN)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ Every auth case here was run once against a mutant of the code it guards
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import time
@@ -24,8 +23,8 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from prefect_cs.services.stack_parts import answers_health, api_server
 from prefect_cs.services.supervisor import Background
+from prefect_cs.testing.api_process import serving_api
 from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import OAuthWebAppStub, WebAppStub
@@ -34,21 +33,9 @@ V0_TOKEN = "cluster-api-v1-tests-v0-token"
 API_LOGS: list = []  # the log file of each API process this module started
 
 
-@contextlib.contextmanager
-def serving(port: int) -> Iterator[str]:
+def serving(port: int):
     """`prefect-cs api serve` on `port`, v0 token and v1 signing key from the secrets store."""
-    from prefect_cs.security.secrets import get_backend
-
-    get_backend(None).set("CLUSTER_API_TOKEN", V0_TOKEN)
-    bg = api_server(port)
-    bg = Background(f"cluster-api-v1-tests-{port}", bg.argv, bg.env)
-    url = f"http://127.0.0.1:{port}"
-    API_LOGS.append(bg.log_file)
-    try:
-        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
-        yield url
-    finally:
-        bg.stop()
+    return serving_api("cluster-api-v1-tests", port, v0_token=V0_TOKEN, logs=API_LOGS)
 
 
 @pytest.fixture(scope="module")

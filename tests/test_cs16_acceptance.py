@@ -19,32 +19,23 @@ loopback, the inputs task worker, a process worker, the published sample apps. T
 
 from __future__ import annotations
 
-import contextlib
 import time
 import uuid
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from prefect_cs.services.stack_parts import answers_health, api_server, process_worker
-from prefect_cs.services.supervisor import Background
+from prefect_cs.services.stack_parts import process_worker
+from prefect_cs.testing.api_process import serving_api
 from prefect_cs.testing.cs_client import ComputeStudioClient
 from prefect_cs.testing.scratch import free_port
 
 BEHAVE_OK = {"control": {"behavior": [{"value": "ok"}]}}
 
 
-@contextlib.contextmanager
-def serving_without_auth(port: int) -> Iterator[str]:
+def serving_without_auth(port: int):
     """The stack's cluster API process as `stack start` runs it with CS_API_AUTH=none."""
-    bg = api_server(port)
-    bg = Background(f"cluster-api-cs16-{port}", bg.argv, {**bg.env, "CS_API_AUTH": "none"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        bg.start_and_wait(lambda: answers_health(url), timeout=90, what="the cluster API")
-        yield url
-    finally:
-        bg.stop()
+    return serving_api("cluster-api-cs16", port, env={"CS_API_AUTH": "none"})
 
 
 @pytest.fixture(scope="module")

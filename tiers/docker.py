@@ -596,16 +596,7 @@ class DockerTier(Tier):
         except (ValueError, StepFailed) as exc:
             return ModelCall(ok=False, error=str(exc))
         return call_in_image(
-            client,
-            image,
-            MODEL_PYTHON,
-            function,
-            args,
-            timeout=model.time_limit,
-            bounds=model_bounds(model),
-            env=env,
-            network=model.internet,
-            labels=call_labels(model, entry),
+            client, image, MODEL_PYTHON, function, args, env=env, **call_terms(model, entry)
         )
 
     def start_early(
@@ -616,16 +607,9 @@ class DockerTier(Tier):
         the usual way and reports it."""
         image = self.image_of(model, entry)
         client = docker_client()
+        ready = lambda: ensure_image(image, client)  # noqa: E731 - run in the start's thread
         return start_early(
-            client,
-            image,
-            MODEL_PYTHON,
-            timeout=model.time_limit,
-            bounds=model_bounds(model),
-            env=env,
-            network=model.internet,
-            labels=call_labels(model, entry),
-            ready=lambda: ensure_image(image, client),
+            client, image, MODEL_PYTHON, env=env, ready=ready, **call_terms(model, entry)
         )
 
     def warm_model(
@@ -647,6 +631,17 @@ class DockerTier(Tier):
             network=model.internet,
             fingerprint=fingerprint,
         )
+
+
+def call_terms(model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:
+    """What every simulation call of the model's image runs under, started at its turn or
+    ahead (call_in_image, start_early): its time limit, bounds, network and labels."""
+    return {
+        "timeout": model.time_limit,
+        "bounds": model_bounds(model),
+        "network": model.internet,
+        "labels": call_labels(model, entry),
+    }
 
 
 def call_labels(model: ModelConfig, entry: PublishedTag) -> dict[str, str]:
