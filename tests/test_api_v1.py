@@ -458,7 +458,8 @@ def publish_deployment(platform):
     return deploy_publish()
 
 
-def final_build(c: Cluster, build_id: int, timeout: float = 420) -> dict:
+def final_build(c: Cluster, build_id: int, timeout: float = 900) -> dict:
+    """The build once it ended: a publish took 75 s alone and over 420 s on a loaded CI machine."""
     return until(
         lambda: (
             (b := c.refresh_build(build_id))["status"] in ("success", "failure", "cancelled") and b
