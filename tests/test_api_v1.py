@@ -28,6 +28,7 @@ from prefect_cs.testing.api_process import serving_api
 from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import OAuthWebAppStub, WebAppStub
+from prefect_cs.testing.webhooks import wait_until as until  # the project's one poll-until
 
 V0_TOKEN = "cluster-api-v1-tests-v0-token"
 API_LOGS: list = []  # the log file of each API process this module started
@@ -360,15 +361,6 @@ def worker(platform) -> Iterator[Background]:
     bg.start()
     yield bg
     bg.stop()
-
-
-def until(check, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if found := check():
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:g}s")
 
 
 @pytest.fixture(scope="module")
