@@ -44,6 +44,7 @@ from prefect_cs.runtime.model_process import (
     _run_seconds,
     child_environment,
 )
+from prefect_cs.runtime.pod_exchange import write_request
 from prefect_cs.runtime.sandbox import DEFAULT_MODEL_UID
 from prefect_cs.runtime.usage import Usage
 from prefect_cs.runtime.warm import WarmModel, _NoAnswer
@@ -186,9 +187,8 @@ class EarlyCall:
             container = self.started.result(timeout=REQUEST_WAIT)
         except Exception:  # noqa: BLE001 - a head start that failed is no answer, not a FAIL
             return None
-        part = self.exchange / "request.part"  # the child sees the request whole, or not at all
-        part.write_text(json.dumps({"function": function, "args": args, "with_version": True}))
-        os.replace(part, self.exchange / "request.json")
+        # The model's code (imported at start) may have planted links in the folder by now.
+        write_request(self.exchange, {"function": function, "args": args, "with_version": True})
         call = _finish(container, self.exchange, self.timeout, self.bounds, time.perf_counter())
         _remove(self.client, self.name)
         self.stack.close()  # the counting group's figures, the container's group gone

@@ -34,6 +34,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -53,10 +54,17 @@ POLL_SECONDS = 0.1
 
 
 def write_request(exchange: Path, request: dict[str, Any]) -> None:
-    """request.json, whole or not at all: written under a temporary name, then renamed."""
-    partial = exchange / f".{REQUEST}.part"
-    partial.write_text(json.dumps(request))
-    partial.chmod(0o644)  # the model's uid reads it
+    """request.json, whole or not at all, and nowhere else. The model's code may already be
+    running beside the folder (a pod's model container, a container started early) and can
+    write in it (its answer goes there): a link it planted under a name it could guess would
+    turn this write into one of the platform's files. So: a fresh random name, created
+    exclusively without following links, then renamed over request.json (a rename replaces
+    a link, never follows it)."""
+    partial = exchange / f".{REQUEST}.{secrets.token_hex(8)}.part"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o644)  # the model's uid reads it, whatever the umask
+        f.write(json.dumps(request))
     os.replace(partial, exchange / REQUEST)
 
 

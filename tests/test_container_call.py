@@ -263,3 +263,34 @@ def test_a_call_started_early_keeps_its_time_limit(client, image):
     assert result is not None and not result.ok
     assert "time limit of 3 seconds" in result.error, result.error
     assert started.name not in {c.name for c in client.containers.list(all=True)}
+
+
+def test_links_the_model_plants_before_its_request_never_redirect_the_write(
+    client, image, tmp_path
+):
+    """The container started early runs model code before the request exists, as uid 10001 in
+    a folder it can write: it plants links (inside the container, as the model's uid) under
+    the names a request could be written to, pointing at a file of the host. The flow, root,
+    must not write through them."""
+    import time
+
+    victim = tmp_path / "platform-file"
+    victim.write_text("untouched")
+    started = early(client, image)
+    try:
+        container = started.started.result(timeout=120)
+        deadline = time.monotonic() + 120
+        while container.status != "running":
+            assert time.monotonic() < deadline, container.status
+            time.sleep(0.1)
+            container.reload()
+        names = ["request.part", ".request.json.part", "request.json.part"]
+        for name in names:
+            planted = container.exec_run(["ln", "-s", str(victim), f"/cs/exchange/{name}"])
+            assert planted.exit_code == 0, planted.output
+        assert all((started.exchange / n).is_symlink() for n in names), "the attack ran"
+        result = started.call("get_version", [])
+        assert result is not None and result.ok, result and result.error
+    finally:
+        started.close()
+    assert victim.read_text() == "untouched"
