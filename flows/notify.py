@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.blocks.webapp import DeliveryError, WebApp
 from prefect_cs.core.blocks import load_named_block
 from prefect_cs.core.home import private_folder, write_private
@@ -59,13 +58,6 @@ def deliver(path: str, payload: dict[str, Any], webapp: str | None = None) -> di
         kept = keep_undelivered(path, payload, f"{type(exc).__name__}: {exc}", webapp)
         return {"delivered": False, "error": str(exc), "kept": str(kept)}
     return {"delivered": True}
-
-
-def webapp_of(owner: str, title: str) -> str | None:
-    """The web app block a model's results go to: its own (a v1 web app synced it), else None
-    (the cluster's). A registry that cannot be read raises: a result is kept, never sent to
-    another web app."""
-    return ModelConfig.for_model(owner, title).webapp
 
 
 def keep_undelivered(

@@ -10,9 +10,11 @@ exactly one payload for the task, SUCCESS or FAIL. A run killed from outside
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -23,7 +25,7 @@ from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
 from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
-from prefect_cs.flows.notify import OUTPUTS_PATH, deliver, webapp_of
+from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
 from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
 from prefect_cs.flows.payloads import sendable, sim_fail, sim_success
@@ -67,21 +69,46 @@ def run_model_task(
     return call
 
 
-@contextlib.contextmanager
-def started_early(model: ModelConfig, entry: PublishedTag) -> Iterator[EarlyCaller | None]:
-    """The tier's head start on the model's call (tiers/base.py `start_early`), removed when
-    the flow is done with it, asked or not. A speed-up only: any trouble starting it means
-    the call starts at its turn, as it would without, and reports there."""
-    early = None
-    try:
-        early = get_tier(entry.tier).start_early(model, entry, model_env(model))
-    except Exception:  # noqa: BLE001 - a missing secret, a bad image: the call reports it
-        get_logger("prefect_cs.simulate").debug("no head start", exc_info=True)
-    try:
-        yield early
-    finally:
+class HeadStart:
+    """The tier's head start on the model's call (tiers/base.py `start_early`), set up in a
+    thread of its own: reading the model's secrets and reaching the engine take a few tenths
+    of a second the flow spends reading its inputs meanwhile. A speed-up only: any trouble
+    setting it up means the call starts at its turn, as it would without, and reports there."""
+
+    def __init__(self, model: ModelConfig, entry: PublishedTag) -> None:
+        context = contextvars.copy_context()  # the flow run's, for the secrets' blocks
+        self._pending = _HEAD_STARTS.submit(context.run, self._start, model, entry)
+
+    @staticmethod
+    def _start(model: ModelConfig, entry: PublishedTag) -> EarlyCaller | None:
+        try:
+            return get_tier(entry.tier).start_early(model, entry, model_env(model))
+        except Exception:  # noqa: BLE001 - a missing secret, a bad image: the call reports it
+            get_logger("prefect_cs.simulate").debug("no head start", exc_info=True)
+            return None
+
+    def call(self, function: str, args: list[Any]) -> ModelCall | None:
+        early = self._pending.result()
+        return early.call(function, args) if early is not None else None
+
+    def close(self) -> None:
+        """Remove what was started, asked or not (a Kubernetes or process tier starts none)."""
+        early = self._pending.result()
         if early is not None:
             early.close()
+
+
+_HEAD_STARTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cs-head-start")
+
+
+@contextlib.contextmanager
+def started_early(model: ModelConfig, entry: PublishedTag) -> Iterator[HeadStart]:
+    """A HeadStart, closed when the flow is done with it, asked or not."""
+    head_start = HeadStart(model, entry)
+    try:
+        yield head_start
+    finally:
+        head_start.close()
 
 
 def retry_if_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -217,34 +244,45 @@ def platform_fault(exc: BaseException) -> str:
     )
 
 
+class RunResult(NamedTuple):
+    """What one simulation came to, and who hears of it."""
+
+    payload: dict[str, Any]
+    stored: dict[str, Any] | None  # the stored zips (none on FAIL)
+    scrub: Callable[[Any], Any]  # masks the model's secrets
+    webapp: str | None  # the model's own web app block (a v1 web app's); None: the cluster's
+
+
 def outcome(
     owner: str,
     title: str,
     task_id: str,
     given: tuple[dict | None, dict | None, bool],
     tag: str | None,
-) -> tuple[dict[str, Any], dict[str, Any] | None, Callable[[Any], Any]]:
-    """(payload, stored zips, scrubber): whatever goes wrong becomes a FAIL payload, never an
-    exception."""
+) -> RunResult:
+    """Whatever goes wrong becomes a FAIL payload, never an exception. The result goes to the
+    web app of the model as loaded for this run, so one web app's run never reaches another;
+    a model that could not be loaded has its FAIL go to the cluster's web app."""
     scrub: Callable[[Any], Any] = lambda data: data  # noqa: E731
+    webapp = None
     with contextlib.ExitStack() as stack:
         try:
             model, entry = load_model_task(owner, title, tag)
-            scrub = scrubber_for(model)
+            scrub, webapp = scrubber_for(model), model.webapp
             early = stack.enter_context(started_early(model, entry))
             meta, adjust = resolve_inputs(task_id, *given)
         except (LookupError, ValueError) as exc:  # no such model or tag, inputs gone: the
             # request's fault
-            return sim_fail(task_id, f"{type(exc).__name__}: {exc}"), None, scrub
+            return RunResult(sim_fail(task_id, f"{type(exc).__name__}: {exc}"), None, scrub, webapp)
         except Exception as exc:  # noqa: BLE001 - Prefect, Redis or storage failing after retries
             get_logger("prefect_cs.simulate").exception("simulate could not start %s", task_id)
-            return sim_fail(task_id, platform_fault(exc)), None, scrub
+            return RunResult(sim_fail(task_id, platform_fault(exc)), None, scrub, webapp)
         try:
             payload, stored = run_and_collect(model, entry, task_id, meta, adjust, scrub, early)
         except Exception as exc:  # noqa: BLE001 - after the start, everything ends in one FAIL
             get_logger("prefect_cs.simulate").exception("simulate failed for task %s", task_id)
-            return sim_fail(task_id, platform_fault(exc)), None, scrub
-    return payload, stored, scrub
+            return RunResult(sim_fail(task_id, platform_fault(exc)), None, scrub, webapp)
+    return RunResult(payload, stored, scrub, webapp)
 
 
 def scrubbed(scrub: Callable[[Any], Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -280,16 +318,6 @@ def _records(
             get_run_logger().exception("could not create the %s artifact", what)
 
 
-@task(name="result-webapp", **PLATFORM_RETRIES)
-def result_webapp(owner: str, title: str) -> str | None:
-    """The model's own web app (a v1 web app's project), read again at delivery: a model gone
-    from the registry since its run started has its FAIL sent to the cluster's web app."""
-    try:
-        return webapp_of(owner, title)
-    except LookupError:
-        return None
-
-
 def _new_task_id() -> str:
     """For a run started without one (the UI's Quick run): a UUID like the web app's."""
     import uuid
@@ -322,11 +350,11 @@ def simulate(
     started = time.perf_counter()
     given = (meta_param_dict, adjustment, inputs_in_redis)
     try:
-        payload, stored, scrub = outcome(owner, title, task_id, given, tag)
+        payload, stored, scrub, webapp = outcome(owner, title, task_id, given, tag)
     finally:  # in a Kubernetes Job: a model container never asked must not wait for nothing
         release(get_settings().exchange_dir)
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
-    delivery = notify_task(OUTPUTS_PATH, payload, result_webapp(owner, title))
+    delivery = notify_task(OUTPUTS_PATH, payload, webapp)
     _records(owner, title, task_id, stored, payload, delivery["delivered"])
     make_thumbnails(stored)  # after delivery, never raising: extras for the outputs page
     elapsed = time.perf_counter() - started

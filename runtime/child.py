@@ -257,6 +257,9 @@ def serve_paths(path_in: str, path_out: str, reap: bool = False, empty: str | No
     serve(fd_in, fd_out, reap=reap, empty=empty)
 
 
+REQUEST_POLL = 0.01  # a stat every 10 ms while waiting: the request is seen within that
+
+
 def wait_for(request_path: str, response_path: str, seconds: float) -> int:
     """The model container of a pod whose other container runs the flow: wait (bounded) for
     the flow's request, answer it, exit. A request of `{"function": null}` means the flow
@@ -268,14 +271,16 @@ def wait_for(request_path: str, response_path: str, seconds: float) -> int:
         if time.monotonic() > deadline:
             print(f"no request in {request_path} within {seconds:g} seconds", file=sys.stderr)
             return 3
-        time.sleep(0.1)
+        time.sleep(REQUEST_POLL)
     with open(request_path) as f:
         if json.load(f).get("function") is None:
             return 0
     partial = response_path + ".part"  # the flow sees the answer whole, or not at all
     main(request_path, partial)
+    sys.stdout.flush()  # the output is the call's log: whole before the answer is
+    sys.stderr.flush()
     os.replace(partial, response_path)
-    return 0
+    os._exit(0)  # the flow reads the answer now: no interpreter teardown to wait for
 
 
 if __name__ == "__main__":
