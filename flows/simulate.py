@@ -220,6 +220,8 @@ def collect(call: ModelCall, entry: PublishedTag, task_id: str, scrub: Callable[
         return sim_fail(task_id, f"malformed outputs: {exc}", call), None
     description, zips = build_zips(task_id, outputs)
     stored = {"description": description, "where": store_outputs_task(task_id, zips)}
+    environment = get_tier(entry.tier).render_environment(entry)  # BokehJS for the thumbnails
+    stored["environment"] = str(environment) if environment else None
     return sim_success(task_id, call, stored["description"], entry.version), stored
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -33,7 +34,8 @@ def make_thumbnails(stored: dict[str, Any] | None) -> list[str]:
         return []
     try:
         renderable = stored["description"]["renderable"]
-        return thumbnails_task(renderable["ziplocation"], renderable["outputs"])
+        environment = stored.get("environment")
+        return thumbnails_task(renderable["ziplocation"], renderable["outputs"], environment)
     except Exception as exc:  # noqa: BLE001 - the result is delivered: thumbnails are extras
         logger = get_logger("prefect_cs.thumbnails")
         logger.warning("no thumbnails: %s: %s", type(exc).__name__, exc)
@@ -41,9 +43,12 @@ def make_thumbnails(stored: dict[str, Any] | None) -> list[str]:
 
 
 @task(name="render-thumbnails", retries=0)
-def thumbnails_task(ziplocation: str, outputs: list[dict[str, Any]]) -> list[str]:
+def thumbnails_task(
+    ziplocation: str, outputs: list[dict[str, Any]], environment: str | None = None
+) -> list[str]:
     """`<id>.png` for each renderable output (the first CS_LIMITS_THUMBNAIL_COUNT); returns the
-    names written. One warning line per output that gets none."""
+    names written. One warning line per output that gets none. environment: the model's, on
+    this machine (tiers/base.py `render_environment`), whose BokehJS draws bokeh outputs."""
     logger = get_run_logger()
     cap = get_settings().limits.thumbnail_count
     chosen, skipped = outputs[:cap], outputs[cap:]
@@ -64,7 +69,7 @@ def thumbnails_task(ziplocation: str, outputs: list[dict[str, Any]]) -> list[str
     for output in chosen:
         name = thumbnail_name(output)
         try:
-            store_png(storage, name, render_one(output, members))
+            store_png(storage, name, render_one(output, members, environment))
             written.append(name)
         except (NotRenderable, RenderFailed) as exc:
             logger.warning("no thumbnail for %s: %s", describe(output), exc)
@@ -90,11 +95,14 @@ def read_members(storage: Any, ziplocation: str, names: set[str]) -> dict[str, b
         return {i.filename: archive.read(i) for i in archive.infolist() if i.filename in names}
 
 
-def render_one(output: dict[str, Any], members: dict[str, bytes]) -> bytes:
+def render_one(
+    output: dict[str, Any], members: dict[str, bytes], environment: str | None = None
+) -> bytes:
     data = members.get(output["filename"])
     if data is None:
         raise RenderFailed(f"{output['filename']!r} is not in the stored zip")
-    return thumbnail(output["media_type"], output.get("title") or "", data).png
+    where = Path(environment) if environment else None
+    return thumbnail(output["media_type"], output.get("title") or "", data, where).png
 
 
 def store_png(storage: Any, name: str, png: bytes) -> None:

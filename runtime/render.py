@@ -18,9 +18,14 @@ So the page Chromium loads is built here, and Chromium runs like model code:
 PNG and JPEG outputs are shown through the same page (an `<img>` of a data: URL) after their
 header's width x height is checked against CS_LIMITS_THUMBNAIL_PIXELS: no image library in
 the platform's process decodes a model's image (Pillow is not a dependency, and decoding
-hostile images is the sandbox's job). bokeh outputs get a placeholder (title + "interactive
-chart"): drawing them needs BokehJS and the bokeh package's matching version, which the platform
-does not carry. Other media types (CSV is shown as a table; MP3, MP4, HDF5, PDF) are not.
+hostile images is the sandbox's job). bokeh outputs (`json_item`s) are drawn by BokehJS from
+the model's own environment, whose bokeh made them (so the versions match): the sandbox binds
+that venv read-only, as for the model's calls, and the page loads its scripts from there. That
+page runs script, the model's (BokehJS is a file of its venv; a chart may carry CustomJS), so
+its policy allows script but still nothing fetched, and the sandbox holds without it. Where
+the model's environment is not on this machine (an image) or has no bokeh, a bokeh output gets
+a placeholder (title + "interactive chart"). Other media types (CSV is shown as a table; MP3,
+MP4, HDF5, PDF) are not.
 """
 
 from __future__ import annotations
@@ -29,12 +34,14 @@ import base64
 import csv
 import html
 import io
+import json
 import os
 import stat
 import struct
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +93,7 @@ CHROMIUM_FLAGS = (
     # not --blink-settings=scriptEnabled=false: headless Chromium then writes no screenshot;
     # the page has no script anyway (its policy: script-src none; the table frame: sandbox)
     f"--window-size={WIDTH},{HEIGHT}",
+    "--virtual-time-budget=5000",  # script (BokehJS) draws before the shot; virtual time, fast
 )
 RENDERED = ("table", "Markdown", "Text", "CSV", "PNG", "JPEG", "bokeh")
 
@@ -107,8 +115,16 @@ class Rendered:
     peak_memory_mib: float | None = None
 
 
-def thumbnail(media_type: str, title: str, data: bytes) -> Rendered:
-    """One output's thumbnail: NotRenderable or RenderFailed say why there is none."""
+def thumbnail(
+    media_type: str, title: str, data: bytes, environment: Path | None = None
+) -> Rendered:
+    """One output's thumbnail: NotRenderable or RenderFailed say why there is none.
+    environment: the model's own (a venv the sandbox binds read-only, as for its calls), whose
+    BokehJS draws its bokeh outputs; without one, or without bokeh in it, a placeholder."""
+    scripts = bokeh_scripts(environment) if media_type == "bokeh" and environment else []
+    if scripts:
+        assert environment is not None
+        return screenshot(bokeh_page(title, data, scripts), readable=[environment])
     return screenshot(page(media_type, title, data))
 
 
@@ -144,6 +160,47 @@ def _body(media_type: str, title: str, data: bytes) -> str:
             "<p>interactive chart: open the output to explore it</p></div>"
         )
     raise NotRenderable(f"{media_type} outputs get no thumbnail (rendered: {', '.join(RENDERED)})")
+
+
+BOKEH_FILES = ("bokeh.min.js", "bokeh-gl.min.js", "bokeh-widgets.min.js", "bokeh-tables.min.js")
+BOKEH_POLICY = (  # BokehJS from the model's environment, drawing into a canvas; nothing fetched
+    "default-src 'none'; script-src file: 'unsafe-inline' 'unsafe-eval'; img-src data: blob:;"
+    " style-src 'unsafe-inline'; font-src 'none'; connect-src 'none'; frame-src 'none';"
+    " child-src 'none'; form-action 'none'; base-uri 'none'"
+)
+
+
+def bokeh_scripts(environment: Path) -> list[Path]:
+    """BokehJS as the model's own bokeh package ships it (its version matches the output's),
+    main bundle first; none if the environment has no bokeh. Only paths: Chromium reads the
+    files inside the sandbox, which sees the environment as the model's calls do."""
+    found = sorted(environment.glob("lib/python3*/site-packages/bokeh/server/static/js"))
+    if not found or not (found[0] / BOKEH_FILES[0]).is_file():
+        return []
+    return [found[0] / name for name in BOKEH_FILES if (found[0] / name).is_file()]
+
+
+def bokeh_page(title: str, data: bytes, scripts: list[Path]) -> str:
+    """A bokeh output (C/S's: `bokeh.embed.json_item`) drawn by BokehJS. The chart is the
+    model's code (a CustomJS callback is script), so this page runs script, in the sandbox
+    like the model's calls: no network, the model's uid, its environment read-only."""
+    try:
+        item = json.loads(data)
+    except ValueError as exc:
+        raise NotRenderable(f"the bokeh output is not JSON ({exc})") from exc
+    if not isinstance(item, dict) or not isinstance(item.get("doc"), dict):
+        raise NotRenderable("the bokeh output is not a `bokeh.embed.json_item` (no `doc`)")
+    embedded = json.dumps(item).replace("<", "\\u003c")  # no `</script>` ends the data early
+    tags = "".join(f'<script src="{path.as_uri()}"></script>' for path in scripts)
+    heading = f"<h1>{html.escape(title)}</h1>" if title else ""
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        f'<meta http-equiv="Content-Security-Policy" content="{BOKEH_POLICY}">'
+        f"<style>{STYLE}</style>{tags}</head><body>{heading}<div id='chart'></div>"
+        f"<script type='application/json' id='item'>{embedded}</script>"
+        "<script>Bokeh.embed.embed_item(JSON.parse("
+        "document.getElementById('item').textContent), 'chart')</script></body></html>"
+    )
 
 
 def _text(data: bytes) -> str:
@@ -218,8 +275,11 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 # ---- Chromium, confined ----------------------------------------------------------------
 
 
-def screenshot(document: str, sandbox: Sandbox | None = None) -> Rendered:
-    """Load `document` in headless Chromium, confined like model code, and return its PNG."""
+def screenshot(
+    document: str, sandbox: Sandbox | None = None, readable: Sequence[Path] = ()
+) -> Rendered:
+    """Load `document` in headless Chromium, confined like model code, and return its PNG;
+    `readable`: folders the sandbox binds read-only (the model's environment, for BokehJS)."""
     sandbox = sandbox or model_sandbox()
     if sandbox.mode != "bwrap":
         raise RenderFailed(
@@ -238,7 +298,7 @@ def screenshot(document: str, sandbox: Sandbox | None = None) -> Rendered:
         (box.work / "page.html").write_text(document, encoding="utf-8")
         sandbox.prepare(box.work)
         started = time.perf_counter()
-        code, log = _run(box, limits.thumbnail_seconds)
+        code, log = _run(box, limits.thumbnail_seconds, readable)
         seconds = time.perf_counter() - started
         usage = box.usage()
         hit = box.limit_hit(usage)
@@ -264,11 +324,11 @@ def chromium_argv(work: Path) -> list[str]:
     ]
 
 
-def _run(box: Confinement, seconds: float) -> tuple[int, str]:
+def _run(box: Confinement, seconds: float, readable: Sequence[Path] = ()) -> tuple[int, str]:
     """Chromium's exit status and the last line of what it printed, within `seconds`."""
     binary = Path(get_settings().chromium)
-    readable = [] if str(binary).startswith("/usr/") else [str(binary.parent)]
-    argv = box.wrap(chromium_argv(box.work), readable=readable)
+    paths = [*readable] + ([] if str(binary).startswith("/usr/") else [binary.parent])
+    argv = box.wrap(chromium_argv(box.work), readable=paths)
     work = str(box.work)
     env = {"HOME": work, "TMPDIR": work, "XDG_CONFIG_HOME": work, "XDG_CACHE_HOME": work}
     env |= {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}

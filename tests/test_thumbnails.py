@@ -270,6 +270,101 @@ def test_the_sandbox_alone_keeps_an_unprotected_page_off_the_network(listener):
     assert hits == []
 
 
+# ---- bokeh, drawn by the model's own BokehJS ---------------------------------------------
+
+
+@pytest.fixture
+def bokeh_root() -> Iterator[Path]:
+    """A folder the model's uid can reach, as the platform's venvs folder is (not pytest's
+    tmp_path, which only root may enter)."""
+    root = Path(tempfile.mkdtemp(prefix="cs-bokeh-"))
+    root.chmod(0o755)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def bokeh_environment(root: Path, scripts: dict[str, str] | None = None) -> Path:
+    """A model venv's layout holding BokehJS: the real files of the bokeh package installed
+    here (as `pip install bokeh` in the model's venv puts them), or the given scripts."""
+    import bokeh
+
+    js = root / "venv/lib/python3.11/site-packages/bokeh/server/static/js"
+    js.mkdir(parents=True)
+    if scripts is None:
+        real = Path(bokeh.__file__).parent / "server/static/js"
+        for name in render.BOKEH_FILES:
+            shutil.copy(real / name, js / name)
+    else:
+        for name, text in scripts.items():
+            (js / name).write_text(text)
+    for path in root.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # the model's uid reads its venv
+    return root / "venv"
+
+
+def bokeh_item(ys: list[float]) -> bytes:
+    """What a C/S app returns for a bokeh output: `bokeh.embed.json_item` of a figure."""
+    import json
+
+    from bokeh.embed import json_item
+    from bokeh.plotting import figure
+
+    chart = figure(width=600, height=380)
+    chart.line(list(range(len(ys))), ys, line_width=3)
+    return json.dumps(json_item(chart)).encode()
+
+
+def test_a_bokeh_page_embeds_the_output_as_data_not_markup(tmp_path):
+    """A `</script>` in the model's JSON cannot end the data block and start markup."""
+    item = b'{"doc": {"roots": [], "title": "</script><img src=x onerror=alert(1)>"}}'
+    document = render.bokeh_page("t", item, [tmp_path / "bokeh.min.js"])
+    assert "</script><img" not in document and "\\u003c/script>" in document
+    assert document.index("Content-Security-Policy") < document.index("<script")
+    with pytest.raises(NotRenderable, match="json_item"):
+        render.bokeh_page("t", b'{"not": "bokeh"}', [])
+
+
+@needs_chromium
+@needs_root
+def test_bokeh_outputs_are_drawn_by_the_models_own_bokehjs(bokeh_root):
+    """Two charts differing only in their data give two different thumbnails, neither the
+    placeholder a bokeh output gets where the model's environment is not at hand."""
+    environment = bokeh_environment(bokeh_root)
+    rising, falling = bokeh_item([1, 2, 3, 4, 5]), bokeh_item([5, 4, 3, 2, 1])
+    placeholder = thumbnail("bokeh", "chart", rising).png
+    shots = [thumbnail("bokeh", "chart", item, environment).png for item in (rising, falling)]
+    for png in shots:
+        assert_thumbnail(png)
+    assert len({placeholder, *shots}) == 3
+    without_bokeh = bokeh_root / "empty-venv"
+    without_bokeh.mkdir()
+    assert thumbnail("bokeh", "chart", rising, without_bokeh).png == placeholder
+
+
+@needs_chromium
+@needs_root
+def test_a_hostile_bokehjs_reaches_nothing(bokeh_root, listener):
+    """The model writes its venv, so its "BokehJS" is its code: it runs, in the sandbox, and
+    fetches nothing; the control (the same page without the platform's policy, outside the
+    sandbox) shows the script did run and would have reached this machine."""
+    base, hits = listener
+    hostile = (
+        f'fetch("{base}/fetch"); new Image().src = "{base}/img";'
+        f' window.Bokeh = {{embed: {{embed_item: () => fetch("{base}/embed")}}}};'
+    )
+    environment = bokeh_environment(bokeh_root, {"bokeh.min.js": hostile})
+    item = b'{"doc": {"roots": []}, "root_id": "x"}'
+    scripts = render.bokeh_scripts(environment)
+    document = render.bokeh_page("attack", item, scripts)
+    control = document.replace(render.BOKEH_POLICY, "")
+    unsandboxed_chromium(control)
+    assert {"/fetch", "/embed"} <= set(hits), hits  # the attack ran
+    hits.clear()
+    assert_thumbnail(thumbnail("bokeh", "attack", item, environment).png)
+    time.sleep(0.5)
+    assert hits == []
+
+
 # ---- the simulate flow ------------------------------------------------------------------
 
 

@@ -325,6 +325,12 @@ class Tier:
         """A warm process of the model's code for light calls (runtime/warm.py)."""
         raise NotImplementedError
 
+    def render_environment(self, entry: PublishedTag) -> Path | None:
+        """The model's environment as a folder on the flow's machine that the thumbnails'
+        sandbox may bind read-only (its BokehJS draws its bokeh outputs); None here: bokeh
+        outputs get a placeholder (the image's files are not on the flow's machine)."""
+        return None
+
     def after_deploy(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
         """What a new deployment of the model needs beyond the deployment itself (nothing here)."""
 

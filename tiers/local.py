@@ -370,6 +370,10 @@ class LocalTier(Tier):
             raise StepFailed(f"get_version() failed in the new environment: {call.error}")
         return str(call.result)
 
+    def render_environment(self, entry: PublishedTag) -> Path | None:
+        """The venv the model's calls run in, which their sandbox binds read-only too."""
+        return venv_of(entry)
+
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
         shutil.rmtree(venv_of(entry), ignore_errors=True)
         logger.info("discarded the failed environment of %s", entry.tag)
