@@ -195,4 +195,3 @@ class AppServer:
             self.box = None
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-

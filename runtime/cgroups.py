@@ -172,7 +172,7 @@ class CallCgroup:
         return sorted(found)
 
     def memory_current(self) -> int:
-        """Bytes the group holds now (an interactive app's idle memory: benchmarks/interactive.py)."""
+        """Bytes the group holds now (an app's idle memory: benchmarks/interactive.py)."""
         name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
         return _read_int(self._file("memory", name))
 
