@@ -172,6 +172,17 @@ class AppServer:
             time.sleep(0.25)
         return f"the app's server did not answer HTTP within {seconds:g} s:\n{self.output()}"
 
+    def _kill_inside(self) -> None:
+        """Everything but bubblewrap first, so it reaps the sandbox's init as its parent (killed
+        together, the init would be left a zombie of the host's pid 1)."""
+        if self.box is None or self.box.cgroup is None or not self.running():
+            return
+        self.box.kill_all(keep=[self.proc.pid])  # type: ignore[union-attr]
+        try:
+            self.proc.wait(timeout=10)  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            pass
+
     def pids(self) -> list[int]:
         """Every process of the server (its cgroup's), for the tests and `usage`."""
         if self.box is None or self.box.cgroup is None:
@@ -187,6 +198,7 @@ class AppServer:
     def stop(self) -> None:
         """Kill the server and everything it started; free its cgroup, work folder, socket."""
         if self.proc is not None:
+            self._kill_inside()
             stop(self.proc, inner_first=self.sandbox.mode == "bwrap")
             self.proc.wait()
         self.sandbox.end()

@@ -216,7 +216,7 @@ def test_an_idle_deployment_is_stopped_and_freed_and_its_page_restarts_it(webapp
 @pytest.fixture(scope="module")
 def attacker_app(platform, repos, cs_home, webapp_cluster) -> str:
     """examples/attacker-app served as a Dash deployment (cs_config/app.py, plain WSGI)."""
-    from test_attacks import attack_targets
+    from tests.test_attacks import attack_targets
 
     repo = repos / f"attacker-app-{uuid.uuid4().hex[:6]}"
     shutil.copytree(EXAMPLES / "attacker-app", repo)

@@ -13,6 +13,7 @@ def server(environ, start_response):
     query = parse_qs(environ.get("QUERY_STRING", ""))
     extra = {"webapp": query["webapp"][0]} if "webapp" in query else {}
     extra["seen_cookie"] = environ.get("HTTP_COOKIE", "")
+    extra["own_ports"] = [int(environ["SERVER_PORT"])]  # its own server, in its own namespace
     report = run_all("app_server", extra)
     report["seen_cookie"] = extra["seen_cookie"]
     body = json.dumps(report).encode()
