@@ -242,7 +242,10 @@ def test_an_attacker_app_server_gets_nothing(webapp_cluster, attacker_app):
     path = urlsplit(stats["url"]).path
     webapp = webapp_cluster.url  # the cluster API, on the host's loopback
     answer = httpx.get(
-        DOOR + path, params={"webapp": webapp}, headers={"cookie": f"{cookie}; app=1"}, timeout=120
+        DOOR + path + "attack",
+        params={"webapp": webapp},
+        headers={"cookie": f"{cookie}; app=1"},
+        timeout=120,
     )
     report = answer.json()
     assert report["phase"] == "app_server"
@@ -250,6 +253,7 @@ def test_an_attacker_app_server_gets_nothing(webapp_cluster, attacker_app):
     got = {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
     assert got == {}, got
     assert report["uid"] != 0
+    assert report["probes"]["loopback_scan"]["detail"] == "no port open"  # but its own, 8010
     assert report["seen_cookie"] == "app=1"  # the platform's cookie never reaches the model
     deployments(webapp_cluster, f"{attacker_app}/mallory-1/", "DELETE")
 
