@@ -102,11 +102,14 @@ def page(title: str, body: str, status: int) -> HTMLResponse:
 
 
 def forbidden() -> HTMLResponse:
-    return page(
+    """403 from the front door itself (its header tells it from a refusal of the app's)."""
+    answer = page(
         "No access to this app",
         "<p>Open it from the web app: its link gives your browser access to this deployment.</p>",
         403,
     )
+    answer.headers["x-cs-front-door"] = "refused"
+    return answer
 
 
 def stopped_page(prefix: str) -> HTMLResponse:
@@ -184,7 +187,7 @@ class FrontDoor:
         cookie = websocket.headers.get("cookie", "")
         deployment = self.host.get(key) if key else None
         if key is None or not app_links.cookie_valid(prefix, cookie):
-            await websocket.close(code=4403)
+            await websocket.send_denial_response(forbidden())  # the upgrade answered 403
             return
         if deployment is None or not deployment.ready:
             await websocket.close(code=4404)

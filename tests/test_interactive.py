@@ -171,6 +171,8 @@ def test_one_deployments_cookie_opens_no_other(webapp_cluster):
     update = DOOR + bob_path + "_dash-update-component"
     assert httpx.post(update, json={}, headers={"cookie": alice_cookie}).status_code == 403
     assert websocket_refused(bob_path, alice_cookie)
+    bob_cookie = cookie_from(bob["url"])
+    assert not websocket_refused(bob_path, bob_cookie)  # passed on: Dash itself has no /ws
 
 
 def websocket_refused(path: str, cookie: str) -> bool:
@@ -182,8 +184,8 @@ def websocket_refused(path: str, cookie: str) -> bool:
             connect_ws(DOOR + path + "ws", client, headers={"cookie": cookie}),
         ):
             return False
-    except WebSocketUpgradeError as exc:
-        return exc.response.status_code == 403
+    except WebSocketUpgradeError as exc:  # refused by the front door, not by the app
+        return exc.response.headers.get("x-cs-front-door") == "refused"
 
 
 def test_an_idle_deployment_is_stopped_and_freed_and_its_page_restarts_it(webapp_cluster):
