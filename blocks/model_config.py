@@ -27,6 +27,7 @@ MEMORY_RE = re.compile(r"^\d+(\.\d+)?(Mi|Gi)$")
 # first alphanumeric. Nothing else reaches the Dockerfile's apt-get line or a shell.
 SYSTEM_PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]{1,99}$")
 MAX_SYSTEM_PACKAGES = 100
+APP_LOCATION_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,199}$")
 
 
 def check_system_package(name: str) -> str:
@@ -152,6 +153,19 @@ class ModelConfig(Block):
         " the sync of the v1 web app (cluster user) that owns the project; unset: the cluster's"
         " web app (CS_WEBAPP_BLOCK). Never taken from a projects list.",
     )
+    tech: Literal["cs-config", "dash", "bokeh", "streamlit"] = Field(
+        default="cs-config",
+        description="cs-config: simulations of cs_config.functions; dash, bokeh, streamlit: an"
+        " interactive app, one server per deployment (C/S's `tech`).",
+    )
+    app_location: str | None = Field(
+        default=None,
+        description="Dash: the module holding the app (default cs_config.functions); Bokeh and"
+        " Streamlit: the script or folder to serve, relative to the cs-config folder.",
+    )
+    callable_name: str | None = Field(
+        default=None, description="Dash: the WSGI callable in app_location (e.g. `server`)."
+    )
     staging_tag: str | None = None
     latest_tag: str | None = Field(
         default=None, description="The promoted tag: what simulations use by default."
@@ -202,6 +216,35 @@ class ModelConfig(Block):
                 " or '4Gi'"
             )
         return value
+
+    @field_validator("app_location")
+    @classmethod
+    def _app_location(cls, value: str | None) -> str | None:
+        if value is not None and not APP_LOCATION_RE.fullmatch(value) or ".." in (value or ""):
+            raise ValueError(
+                f"invalid app_location {value!r}: a module (cs_config.app) or a relative path"
+                " (cs_config/app.py) of letters, digits, '_', '-', '.' and '/', without '..'"
+            )
+        return value
+
+    @field_validator("callable_name")
+    @classmethod
+    def _callable_name(cls, value: str | None) -> str | None:
+        if value is not None and not value.isidentifier():
+            raise ValueError(f"invalid callable_name {value!r}: a Python name, e.g. 'server'")
+        return value
+
+    @model_validator(mode="after")
+    def _app_fields(self) -> ModelConfig:
+        if self.tech in ("bokeh", "streamlit") and not self.app_location:
+            raise ValueError(f"tech {self.tech} needs app_location: the script to serve")
+        if self.tech == "dash" and not self.callable_name:
+            raise ValueError("tech dash needs callable_name: the WSGI callable, e.g. 'server'")
+        return self
+
+    @property
+    def interactive(self) -> bool:
+        return self.tech != "cs-config"
 
     @model_validator(mode="after")
     def _expected_within_limit(self) -> ModelConfig:

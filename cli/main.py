@@ -19,6 +19,7 @@ except CSError as exc:  # e.g. a login file others can read: one line naming the
 
 from prefect_cs.cli._utilities import CSTyper  # noqa: E402
 from prefect_cs.cli.api import api_app, sync_cmd  # noqa: E402
+from prefect_cs.cli.deployments import deployments_app  # noqa: E402
 from prefect_cs.cli.docker import docker_app  # noqa: E402
 from prefect_cs.cli.inputs import inputs_app  # noqa: E402
 from prefect_cs.cli.k8s import k8s_app  # noqa: E402
@@ -55,6 +56,7 @@ app.add_typer(api_app, name="api")
 models_app.command("sync")(sync_cmd)  # the web app's projects list → the registry (cli/api.py)
 app.add_typer(k8s_app, name="k8s")
 app.add_typer(docker_app, name="docker")
+app.add_typer(deployments_app, name="deployments")
 
 if __name__ == "__main__":
     app()

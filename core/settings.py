@@ -296,6 +296,41 @@ class ApiSettings(BaseSettings):
     )
 
 
+class AppsSettings(BaseSettings):
+    """Interactive model apps (prefix `CS_APPS_`): Dash, Bokeh and Streamlit servers on demand,
+    behind the platform's front door (services/app_proxy.py), stopped when idle."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_APPS_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Interface the front door listens on.")
+    port: int = Field(default=8795, gt=0, lt=65536, description="The front door's port.")
+    public_url: str = Field(
+        default="",
+        description="The front door as users' browsers reach it (e.g. https://viz.example.org);"
+        " signed links and Bokeh's allowed websocket origin use it. Unset: http://host:port.",
+    )
+    idle_seconds: float = Field(
+        default=900,
+        gt=0,
+        description="A deployment with no request for this long is stopped and freed.",
+    )
+    max_per_model: int = Field(
+        default=5, ge=1, description="Running deployments of one model at most (more: 429)."
+    )
+    max_running: int = Field(
+        default=20, ge=1, description="Running deployments on this pool at most (more: 429)."
+    )
+    start_seconds: float = Field(
+        default=120,
+        gt=0,
+        description="A server that does not answer HTTP within this after its start is stopped"
+        " and its start fails (publish's smoke start too).",
+    )
+    link_seconds: int = Field(
+        default=600, gt=0, description="How long a signed link the web app hands a user opens."
+    )
+
+
 class StackSettings(BaseSettings):
     """What `prefect-cs stack start` runs (prefix `CS_STACK_`): the server's database, the workers.
 
@@ -440,6 +475,7 @@ class CSSettings(BaseSettings):
     webhook: WebhookSettings = Field(default_factory=WebhookSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    apps: AppsSettings = Field(default_factory=AppsSettings)
 
     @field_validator("local_repo_prefixes", mode="before")
     @classmethod

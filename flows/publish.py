@@ -110,10 +110,14 @@ def build_environment(model: ModelConfig, source: Path, tag: str) -> PublishedTa
 
 @task(name="run-model-tests")
 def run_model_tests(model: ModelConfig, entry: PublishedTag, source: Path) -> str | None:
-    """The model's own test suite, then its version, both inside the new environment."""
+    """The model's own test suite, then its version (an interactive app: a smoke start of its
+    server, which must answer HTTP), both inside the new environment."""
     tier = get_tier(entry.tier)
     logger = get_run_logger()
     tier.test(model, entry, source, logger)  # on any failure _publish discards the environment
+    if model.interactive:
+        tier.smoke_start(model, entry, logger)
+        return None
     return tier.model_version(entry, logger)
 
 
@@ -290,8 +294,12 @@ def _publish(
         report_on(status, model, model.published(tag).commit, what)
     with model_record_lock(owner, title):
         entry = promote(owner, title, tag, forward_only)
-        name = deploy(owner, title, entry)
-    warm_inputs(owner, title, entry)
+        if model.interactive:  # no simulations: the front door starts its servers on demand
+            name = f"{model.tech} app, served per deployment (services/app_proxy.py)"
+        else:
+            name = deploy(owner, title, entry)
+    if not model.interactive:
+        warm_inputs(owner, title, entry)
     create_markdown_artifact(
         key=f"publish-{model.slug}"[:100],
         markdown=f"# {owner}/{title} published\n\n- tag: `{tag}`\n- tier: {entry.tier}\n"

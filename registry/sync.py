@@ -89,6 +89,11 @@ def mapped_fields(project: dict[str, Any]) -> dict[str, Any]:
         fields["memory"] = gb_to_gi(project["memory"])
     if project.get("exp_task_time") is not None:
         fields["expected_task_time"] = max(1, math.ceil(float(project["exp_task_time"])))
+    if project.get("tech") in ("cs-config", "dash", "bokeh", "streamlit"):  # C/S's interactive apps
+        fields["tech"] = project["tech"]
+        for name in ("app_location", "callable_name"):
+            if project.get(name):
+                fields[name] = str(project[name])
     return fields
 
 

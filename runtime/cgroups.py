@@ -171,6 +171,11 @@ class CallCgroup:
                 continue
         return sorted(found)
 
+    def memory_current(self) -> int:
+        """Bytes the group holds now (an app's idle memory: benchmarks/interactive.py)."""
+        name = "memory.current" if self.version == 2 else "memory.usage_in_bytes"
+        return _read_int(self._file("memory", name))
+
     def usage(self) -> CgroupUsage:
         """What the group's processes used so far; after close, what they had used then."""
         if self._closed and self._final is not None:

@@ -41,6 +41,7 @@ from prefect_cs.services.stack_parts import (
     answers_health,
     api_base_url,
     api_server,
+    app_front_door,
     inputs_worker,
     local_webapp,
     lost_run_watcher,
@@ -93,7 +94,7 @@ def _start_stack() -> list[str]:
     ensure_pool(get_settings().process_pool, "process")
     deploy_publish()
     lines.append("deployment publish/publish on pool " + get_settings().process_pool)
-    for bg in (*process_workers(), inputs_worker(), lost_run_watcher()):
+    for bg in (*process_workers(), inputs_worker(), lost_run_watcher(), app_front_door()):
         lines.append(f"{bg.name}: pid {bg.start()}, log {bg.log_file}")
     return lines + start_api()
 
@@ -146,6 +147,7 @@ def database_environment() -> dict[str, str]:
 def stop_stack() -> list[str]:
     parts = [
         api_server(),
+        app_front_door(),
         lost_run_watcher(),
         inputs_worker(),
         *started_process_workers(),
@@ -173,6 +175,7 @@ def stack_status() -> list[str]:
         lost_run_watcher(),
         local_webapp(),
         api_server(),
+        app_front_door(),
     ]
     parts += [Background(n, []) for n in ("redis-messaging", "postgres") if has_pid_file(n)]
     return [

@@ -233,6 +233,14 @@ def api_server(port: int | None = None) -> Background:
     return Background("cluster-api", argv, env)
 
 
+def app_front_door() -> Background:
+    """The interactive apps' front door (services/app_proxy.py): it holds their sandboxed
+    servers and runs their start/stop flows, so it keeps the API's environment and login."""
+    argv = python_module("prefect_cs.services.app_proxy")
+    env = {**os.environ, AUTH_ENV: api_auth_string(), "PREFECT_HOME": str(stack_prefect_home())}
+    return Background("app-front-door", argv, env)
+
+
 def api_base_url(port: int | None = None) -> str:
     settings = get_settings().api
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host

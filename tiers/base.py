@@ -168,6 +168,13 @@ class Tier:
         self.tests_folder(model, source)
         self.run_tests(model, entry, source, logger)
 
+    def smoke_start(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
+        """An interactive app's server must answer HTTP (tiers that can run one override)."""
+        raise StepFailed(
+            f"interactive apps (tech {model.tech}) are not served on the {self.name} tier yet:"
+            " publish them on the local tier (CS_TIER=local)"
+        )
+
     def model_version(self, entry: PublishedTag, logger: Logger) -> str:
         """get_version() inside the new environment; a failure discards it, so it never serves."""
         try:

@@ -19,6 +19,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,13 @@ from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.home import traverse_path
 from prefect_cs.core.names import path_component
 from prefect_cs.core.settings import get_settings
+from prefect_cs.runtime.app_server import AppServer, AppSpec, server_args, url_prefix
 from prefect_cs.runtime.confinement import Bounds, Confinement
 from prefect_cs.runtime.environment import (
     RUNTIME_DIR,
     call_bounds,
     memory_rlimit_mib,
+    model_env,
     runner_for,
 )
 from prefect_cs.runtime.model_process import CHILD_SCRIPT, ModelCall, call_model
@@ -52,6 +55,7 @@ from prefect_cs.tiers.steps import run_step
 TEST_REQUIREMENTS = ["cs-kit==1.16.9", "pytest==9.0.3"]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 INSTALL_DIR = "install"  # <venv>/install: where install.sh runs, kept with the venv
+APP_DIR = "app"  # <venv>/app: an interactive app's cs-config folder, what its server runs in
 
 
 def uv() -> list[str]:
@@ -294,6 +298,8 @@ class LocalTier(Tier):
             writable=[venv, cs_config],
             network=True,
         )
+        if model.interactive:  # its server runs scripts of the folder (bokeh, streamlit)
+            shutil.copytree(cs_config, venv / APP_DIR, symlinks=True)
 
     def model_step(
         self,
@@ -419,3 +425,56 @@ class LocalTier(Tier):
             binds=tuple(entry.sandbox_binds),
             bounds=call_bounds(model),
         )
+
+    def app_spec(self, model: ModelConfig, entry: PublishedTag, deployment_name: str) -> AppSpec:
+        """An interactive app's server from its venv, with C/S's command and environment
+        (OWNER, TITLE, URL_BASE_PATHNAME, its declared secrets) and its simulations' bounds."""
+        prefix = url_prefix(model.owner, model.title, deployment_name)
+        args = server_args(
+            model.tech,
+            app_location=model.app_location,
+            callable_name=model.callable_name,
+            prefix=prefix,
+            cpu=model.cpu,
+            origin=app_origin(),
+        )
+        env = {**model_env(model), "OWNER": model.owner, "TITLE": model.title}
+        env["URL_BASE_PATHNAME"] = prefix
+        return AppSpec(
+            python=entry.python,
+            binds=tuple(entry.sandbox_binds),
+            app_dir=venv_of(entry) / APP_DIR,
+            args=tuple(args),
+            bounds=call_bounds(model),
+            env=env,
+        )
+
+    def start_app(self, model: ModelConfig, entry: PublishedTag, deployment_name: str) -> AppServer:
+        """The app's server, started in its sandbox (not yet answering: wait_ready)."""
+        spec = self.app_spec(model, entry, deployment_name)
+        return AppServer(spec, get_settings().home / "apps" / "run").start()
+
+    def smoke_start(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
+        """Publish's check of an interactive app: its server must answer HTTP before promote."""
+        started = time.monotonic()
+        server = self.start_app(model, entry, "smoke-start")
+        try:
+            prefix = url_prefix(model.owner, model.title, "smoke-start")
+            problem = server.wait_ready(prefix, get_settings().apps.start_seconds)
+        finally:
+            server.stop()
+        if problem:
+            raise StepFailed(f"smoke start of the {model.tech} app failed: {problem}")
+        logger.info(
+            "the %s app answered HTTP %.1f s after its start",
+            model.tech,
+            time.monotonic() - started,
+        )
+
+
+def app_origin() -> str:
+    """host:port of the front door as browsers reach it (Bokeh's allowed websocket origin)."""
+    from urllib.parse import urlsplit
+
+    apps = get_settings().apps
+    return urlsplit(apps.public_url).netloc if apps.public_url else f"{apps.host}:{apps.port}"

@@ -16,7 +16,7 @@ from typing import Any
 
 from prefect_cs.core.home import private_folder
 from prefect_cs.core.settings import ApiSettings
-from prefect_cs.services.api_v1 import builds, jobs, login, projects, secrets
+from prefect_cs.services.api_v1 import builds, deployments, jobs, login, projects, secrets
 from prefect_cs.services.api_v1.auth import Tokens
 from prefect_cs.services.api_v1.context import V1
 from prefect_cs.services.api_v1.store import Store
@@ -56,5 +56,5 @@ def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
     tokens = Tokens(settings)
     v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
-    routes += secrets.routes(v1)
+    routes += secrets.routes(v1) + deployments.routes(v1)
     return Mount(PREFIX, routes=routes)

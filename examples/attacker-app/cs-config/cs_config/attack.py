@@ -275,14 +275,15 @@ def planted_code(t: dict) -> dict:
 
 def loopback_scan(t: dict) -> dict:
     """Every TCP port of 127.0.0.1: anything answering is a service this call should not see
-    (the sandbox's or container's own loopback is empty; the host's is not)."""
-    open_ports = []
+    (the sandbox's or container's own loopback is empty; the host's is not). `own_ports`: the
+    ports the model itself listens on (an interactive app's server), not counted."""
+    open_ports, own = [], set(t.get("own_ports", []))
     for port in range(1, 65536):
         with socket.socket() as probe:
             probe.settimeout(0.05)
             # A connect to a free port of the ephemeral range can be a TCP self-connect.
             if probe.connect_ex(("127.0.0.1", port)) == 0 and probe.getsockname()[1] != port:
-                open_ports.append(port)
+                open_ports += [] if port in own else [port]
     return _got(f"open: {open_ports}") if open_ports else _blocked("no port open")
 
 
