@@ -132,6 +132,7 @@ def register(owner: str, title: str, entry: PublishedTag) -> None:
         model = ModelConfig.for_model(owner, title)
         model.record(entry)
         model.save_model()
+    get_tier(entry.tier).registered(entry)  # after the registry names it: never a gap
     get_run_logger().info("registered %s/%s@%s (%s tier)", owner, title, entry.tag, entry.tier)
 
 

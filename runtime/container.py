@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import tempfile
 import time
 import uuid
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefect_cs.core.process_owner import owner_gone, process_identity
 from prefect_cs.runtime.cgroups import engine_group, remove_engine_leftovers
 from prefect_cs.runtime.confinement import Bounds
 from prefect_cs.runtime.model_process import (
@@ -388,20 +388,6 @@ WARM_LABEL = "cs.compute.studio/warm"
 WARM_OWNER_LABEL = "cs.compute.studio/warm-owner"  # host:pid:start of the server keeping it
 
 
-def warm_owner(pid: int | None = None) -> str | None:
-    """This host's process `pid` (default: this one) as `host:pid:start-time`: the start time
-    tells a reused pid from the process that started a warm container. None when gone."""
-    pid = pid or os.getpid()
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()  # fields 3 on, after the command's ")"
-    if fields[0] in ("Z", "X"):
-        return None  # killed, only not yet reaped by its parent
-    return f"{socket.gethostname()}:{pid}:{fields[19]}"  # field 22: its start time
-
-
 def sweep_orphaned_warm(client: Any) -> list[str]:
     """Remove the warm containers whose inputs server, on this host, is gone: one killed
     outright (SIGKILL, OOM, a lost machine's restart) never ran its `stop_warm`, and its
@@ -411,17 +397,8 @@ def sweep_orphaned_warm(client: Any) -> list[str]:
         found = client.api.containers(all=True, filters={"label": WARM_LABEL})
     except Exception:  # noqa: BLE001 - housekeeping, never a reason not to serve
         return removed
-    host = socket.gethostname()
     for container in found:
-        owner = container.get("Labels", {}).get(WARM_OWNER_LABEL, "")
-        owner_host, _, pid = owner.partition(":")
-        if owner_host and owner_host != host:
-            continue  # another machine's server: its own sweep decides
-        try:
-            alive = warm_owner(int(pid.partition(":")[0])) == owner
-        except ValueError:
-            alive = False  # no owner, or not one of ours to keep
-        if not alive:
+        if owner_gone(container.get("Labels", {}).get(WARM_OWNER_LABEL, "")):
             _remove(client, container["Id"])
             removed.append(container["Id"])
     return removed
@@ -460,7 +437,7 @@ class WarmContainer(WarmModel):
         options = container_options(bounds, self.network, env, self.exchange)
         if self.network:
             ensure_internet_network(client)
-        options["labels"] = {WARM_LABEL: self.image, WARM_OWNER_LABEL: warm_owner() or ""}
+        options["labels"] = {WARM_LABEL: self.image, WARM_OWNER_LABEL: process_identity() or ""}
         name = f"cs-warm-{uuid.uuid4().hex[:12]}"
         self.container = _start_container(client, self.image, argv, name, options)
 

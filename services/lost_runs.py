@@ -245,7 +245,27 @@ def watch(pending_timeout: float = DEFAULT_PENDING_TIMEOUT, interval: float = 30
         except Exception:  # noqa: BLE001 - a watcher that dies reports nothing
             logger.exception("scan failed; retrying in %ss", interval)
         sweep_model_containers()
+        sweep_unclaimed_environments()
         time.sleep(max(interval, 1.0))
+
+
+def sweep_unclaimed_environments() -> None:
+    """Virtualenvs a killed publish left (tiers/local.sweep_unclaimed_environments), kept if
+    the registry names them; no sweep when the registry cannot be read."""
+    from prefect_cs.registry.configs import all_models
+    from prefect_cs.tiers import local
+
+    try:
+        in_use = {
+            local.venv_of(entry)
+            for model in all_models()
+            for entry in model.published_tags
+            if entry.tier == local.LocalTier.name
+        }
+        for venv in local.sweep_unclaimed_environments(in_use):
+            logger.warning("removed virtualenv %s: its publish was killed before it ended", venv)
+    except Exception:  # noqa: BLE001 - housekeeping, never a reason to stop watching
+        logger.exception("could not sweep unclaimed virtualenvs")
 
 
 def sweep_model_containers() -> None:

@@ -1,11 +1,13 @@
 """Real apps unchanged on every tier (issue 21, item 6): a declared system package's data under
 /var/lib is visible to the sandbox, the model's tests write into their working directory, and a
-publish that ends any way but success leaves no environment behind.
+publish that ends any way but success leaves no environment behind (a killed one: once the
+lost-run watcher's sweep has run).
 
 Real parts: the machine's dpkg database (sgml-base is installed on every Debian with xml-core;
 its catalog /etc/sgml/catalog links to /var/lib/sgml-base/supercatalog, as texlive's ls-R links
 to /var/lib/texmf), bubblewrap, the publish flow on a real Prefect server, a real `docker build`
-with apt-get reaching Debian's mirror, and a real SIGTERM to a publish in its own process.
+with apt-get reaching Debian's mirror, and a real SIGTERM and SIGKILL to a publish in its own
+process.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.settings import get_settings
 from prefect_cs.runtime.system_packages import package_binds, shown_path
 from prefect_cs.testing.models import add_tag, make_repo, publish_model, register_model
-from prefect_cs.tiers.local import LocalTier
+from prefect_cs.tiers.local import LocalTier, building_marker
 
 SGML = Path("/var/lib/sgml-base")
 needs_sgml = pytest.mark.skipif(
@@ -72,6 +74,7 @@ def test_process_tier_publishes_an_app_with_var_lib_data(platform, repos):
     config = ModelConfig.for_model("tests", "Var-Lib-Local")
     entry = config.published()
     assert str(SGML) in entry.sandbox_binds
+    assert not building_marker(Path(entry.python).parents[1]).exists()  # registered: no build
     call = LocalTier().call_model(config, entry, "run_model", [{}, {}], {})
     assert call.ok, call.error
     assert "update-catalog" in call.result["renderable"][0]["data"]
@@ -90,26 +93,36 @@ def test_docker_tier_publishes_an_app_with_var_lib_data(docker_ready, repos):
 
 HANGING_TEST = "import time\n\n\ndef test_hangs():\n    time.sleep(600)\n"
 PUBLISH = (
-    "from prefect_cs.testing.models import publish_model\n"
-    "print(publish_model('tests', 'Var-Lib-Crash').type)\n"
+    "from prefect_cs.testing.models import publish_model\nprint(publish_model({!r}, {!r}).type)\n"
 )
 
 
-def test_a_publish_terminated_in_its_tests_discards_its_venv(platform, repos):
-    """SIGTERM (what marks a run Crashed) while the model's tests run: the new venv goes."""
-    repo = make_repo("var-lib-app", repos / "var-lib-crash")
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_publish_stopped_in_its_tests_leaves_no_venv(platform, repos, how):
+    """SIGTERM (what marks a run Crashed) while the model's tests run: the flow discards the new
+    venv. SIGKILL gives it no chance: the venv is left (the kill really landed), and the
+    lost-run watcher's sweep removes it, its publish process being gone."""
+    from prefect_cs.services.lost_runs import sweep_unclaimed_environments
+
+    title = f"Var-Lib-{how.title()}"
+    repo = make_repo("var-lib-app", repos / title.lower())
     add_tag(repo, "v2", "a test that hangs", _hanging_test)
-    register_model("tests", "Var-Lib-Crash", repo, repo_tag="v2")
-    envs = get_settings().envs_dir / "tests" / "Var-Lib-Crash"
-    publish = subprocess.Popen([sys.executable, "-c", PUBLISH], env=dict(os.environ))
+    register_model("tests", title, repo, repo_tag="v2")
+    envs = get_settings().envs_dir / "tests" / title
+    code = PUBLISH.format("tests", title)
+    publish = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
     try:
         _wait_for_tests(publish, envs)
-        publish.send_signal(signal.SIGTERM)
+        publish.send_signal(getattr(signal, how))
         publish.wait(timeout=120)
     finally:
         if publish.poll() is None:
             publish.kill()
+    if how == "SIGKILL":
+        assert [p for p in envs.glob("*/*") if p.is_dir()], "the kill left nothing to sweep"
+        sweep_unclaimed_environments()
     assert not [p for p in envs.glob("*/*") if p.is_dir()], "the venv was left behind"
+    assert not list(envs.glob("*/*.building")), "its build marker was left behind"
 
 
 def _hanging_test(repo: Path) -> None:

@@ -298,6 +298,9 @@ class Tier:
         """Remove an environment that failed: it must never serve."""
         raise NotImplementedError
 
+    def registered(self, entry: PublishedTag) -> None:
+        """The registry now names `entry`: what marked it as a build in progress can go."""
+
     def variables(self, model: ModelConfig, entry: PublishedTag) -> JobVariables:
         """This tier's typed job variables for `entry`."""
         return self.variables_model()

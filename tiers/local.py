@@ -28,6 +28,7 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
 from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.home import traverse_path
 from prefect_cs.core.names import path_component
+from prefect_cs.core.process_owner import owner_gone, process_identity
 from prefect_cs.core.settings import get_settings
 from prefect_cs.runtime.app_server import AppServer, AppSpec, server_args, url_prefix
 from prefect_cs.runtime.confinement import Bounds, Confinement
@@ -166,6 +167,42 @@ def step_bounds(model: ModelConfig) -> Bounds:
     )
 
 
+BUILDING = ".building"  # beside a venv its publish has not registered yet: the publisher
+
+
+def building_marker(venv: Path) -> Path:
+    """`<venv>.building`, in the tag's folder (the platform's; the model writes only inside
+    its venv): the publish process that is building the venv (core/process_owner)."""
+    return venv.with_name(venv.name + BUILDING)
+
+
+def remove_environment(venv: Path) -> None:
+    shutil.rmtree(venv, ignore_errors=True)  # links inside are removed, never followed
+    building_marker(venv).unlink(missing_ok=True)
+
+
+def sweep_unclaimed_environments(in_use: set[Path]) -> list[Path]:
+    """Remove the venvs whose publish was killed outright (SIGKILL, OOM, a restart) before it
+    registered or discarded them: their marker names a publish process of this host that is
+    gone. A failed publish discards its own venv; only a kill leaves one, hundreds of MB each.
+    in_use: the venvs the registry names, kept whatever their marker says (a publish killed
+    right after registering), and their marker dropped."""
+    removed = []
+    for marker in sorted(get_settings().envs_dir.glob(f"*/*/*/*{BUILDING}")):
+        venv = marker.with_name(marker.name.removesuffix(BUILDING))
+        if venv in in_use:
+            marker.unlink(missing_ok=True)
+            continue
+        try:
+            owner = marker.read_text()[:300]
+        except OSError:
+            continue
+        if owner_gone(owner):
+            remove_environment(venv)
+            removed.append(venv)
+    return removed
+
+
 def seal_environment(venv: Path) -> None:
     """After the model's install steps: the venv becomes root's and read-only to the model.
 
@@ -237,6 +274,7 @@ class LocalTier(Tier):
     def create(self, model: ModelConfig, cs_config: Path, tag: str, logger: Logger) -> PublishedTag:
         venv = self.env_dir(model, tag)
         traverse_path(venv.parent)
+        building_marker(venv).write_text(process_identity() or "")  # until registered
         python = model_interpreter(f"{sys.version_info[0]}.{sys.version_info[1]}", base_python())
         # Recorded now, before any model code runs: later its venv's pyvenv.cfg and links are
         # the model's own writing, and the platform takes no path from them.
@@ -248,7 +286,7 @@ class LocalTier(Tier):
             self._create(model, cs_config, venv, python, entry, logger)
             seal_environment(venv)
         except BaseException:
-            shutil.rmtree(venv, ignore_errors=True)
+            remove_environment(venv)
             raise
         return entry
 
@@ -380,8 +418,12 @@ class LocalTier(Tier):
         """The venv the model's calls run in, which their sandbox binds read-only too."""
         return venv_of(entry)
 
+    def registered(self, entry: PublishedTag) -> None:
+        """The registry names the venv now: it is no longer a build a sweep may claim."""
+        building_marker(venv_of(entry)).unlink(missing_ok=True)
+
     def discard(self, entry: PublishedTag, logger: Logger) -> None:
-        shutil.rmtree(venv_of(entry), ignore_errors=True)
+        remove_environment(venv_of(entry))
         logger.info("discarded the failed environment of %s", entry.tag)
 
     def call_model(
