@@ -93,8 +93,11 @@ CHROMIUM_FLAGS = (
     # not --blink-settings=scriptEnabled=false: headless Chromium then writes no screenshot;
     # the page has no script anyway (its policy: script-src none; the table frame: sandbox)
     f"--window-size={WIDTH},{HEIGHT}",
-    "--virtual-time-budget=5000",  # script (BokehJS) draws before the shot; virtual time, fast
 )
+# Only for a page that runs script (bokeh): BokehJS draws before the shot. Not for the others: a
+# page that keeps fetching (nothing it fetches ever answers in the sandbox, but a stalled load
+# holds virtual time) could make Chromium wait out its whole time limit.
+SCRIPT_FLAGS = ("--virtual-time-budget=5000",)
 RENDERED = ("table", "Markdown", "Text", "CSV", "PNG", "JPEG", "bokeh")
 
 
@@ -124,7 +127,8 @@ def thumbnail(
     scripts = bokeh_scripts(environment) if media_type == "bokeh" and environment else []
     if scripts:
         assert environment is not None
-        return screenshot(bokeh_page(title, data, scripts), readable=[environment])
+        document = bokeh_page(title, data, scripts)
+        return screenshot(document, readable=[environment], flags=SCRIPT_FLAGS)
     return screenshot(page(media_type, title, data))
 
 
@@ -276,7 +280,10 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
 
 
 def screenshot(
-    document: str, sandbox: Sandbox | None = None, readable: Sequence[Path] = ()
+    document: str,
+    sandbox: Sandbox | None = None,
+    readable: Sequence[Path] = (),
+    flags: Sequence[str] = (),
 ) -> Rendered:
     """Load `document` in headless Chromium, confined like model code, and return its PNG;
     `readable`: folders the sandbox binds read-only (the model's environment, for BokehJS)."""
@@ -298,7 +305,7 @@ def screenshot(
         (box.work / "page.html").write_text(document, encoding="utf-8")
         sandbox.prepare(box.work)
         started = time.perf_counter()
-        code, log = _run(box, limits.thumbnail_seconds, readable)
+        code, log = _run(box, limits.thumbnail_seconds, readable, flags)
         seconds = time.perf_counter() - started
         usage = box.usage()
         hit = box.limit_hit(usage)
@@ -313,22 +320,25 @@ def screenshot(
     return Rendered(png, round(seconds, 3), usage.peak_memory_mib if usage else None)
 
 
-def chromium_argv(work: Path) -> list[str]:
+def chromium_argv(work: Path, flags: Sequence[str] = ()) -> list[str]:
     binary = get_settings().chromium
     return [
         binary,
         *CHROMIUM_FLAGS,
+        *flags,
         f"--user-data-dir={work / 'profile'}",
         f"--screenshot={work / 'shot.png'}",
         (work / "page.html").as_uri(),
     ]
 
 
-def _run(box: Confinement, seconds: float, readable: Sequence[Path] = ()) -> tuple[int, str]:
+def _run(
+    box: Confinement, seconds: float, readable: Sequence[Path] = (), flags: Sequence[str] = ()
+) -> tuple[int, str]:
     """Chromium's exit status and the last line of what it printed, within `seconds`."""
     binary = Path(get_settings().chromium)
     paths = [*readable] + ([] if str(binary).startswith("/usr/") else [binary.parent])
-    argv = box.wrap(chromium_argv(box.work), readable=paths)
+    argv = box.wrap(chromium_argv(box.work, flags), readable=paths)
     work = str(box.work)
     env = {"HOME": work, "TMPDIR": work, "XDG_CONFIG_HOME": work, "XDG_CACHE_HOME": work}
     env |= {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}

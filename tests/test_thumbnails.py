@@ -213,7 +213,7 @@ def fetching_table(base: str) -> bytes:
     ).encode()
 
 
-def unsandboxed_chromium(document: str) -> None:
+def unsandboxed_chromium(document: str, flags: tuple[str, ...] = ()) -> None:
     """The control: Chromium as the model uid with this machine's network, no bubblewrap."""
     work = Path(tempfile.mkdtemp(prefix="cs-control-"))
     try:
@@ -224,6 +224,7 @@ def unsandboxed_chromium(document: str) -> None:
         argv = [
             CHROMIUM,
             *render.CHROMIUM_FLAGS,
+            *flags,
             f"--user-data-dir={work / 'profile'}",
             f"--screenshot={work / 'shot.png'}",
             (work / "page.html").as_uri(),
@@ -357,7 +358,7 @@ def test_a_hostile_bokehjs_reaches_nothing(bokeh_root, listener):
     scripts = render.bokeh_scripts(environment)
     document = render.bokeh_page("attack", item, scripts)
     control = document.replace(render.BOKEH_POLICY, "")
-    unsandboxed_chromium(control)
+    unsandboxed_chromium(control, render.SCRIPT_FLAGS)  # as the renderer runs a bokeh page
     assert {"/fetch", "/embed"} <= set(hits), hits  # the attack ran
     hits.clear()
     assert_thumbnail(thumbnail("bokeh", "attack", item, environment).png)
