@@ -18,17 +18,19 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import jwt
 import pytest
+from fastapi import Body, FastAPI
 from prefect_cs.services.supervisor import Background
 from prefect_cs.testing.api_process import serving_api
 from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import OAuthWebAppStub, WebAppStub
 from prefect_cs.testing.webhooks import wait_until as until  # the project's one poll-until
+from pydantic import BaseModel
 
 V0_TOKEN = "cluster-api-v1-tests-v0-token"
 API_LOGS: list = []  # the log file of each API process this module started
@@ -311,6 +313,80 @@ def test_sync_refuses_what_cs_schema_refuses_with_422(api, tenants, body, loc):
     r = httpx.post(f"{api}/api/v1/projects/sync/", json=body, headers=headers)
     assert r.status_code == 422, r.text
     assert r.json()["detail"][0]["loc"] == loc
+
+
+NOT_JSON = [
+    (b"{not json", "application/json"),
+    (b"[1,", "application/json"),
+    (b"", "application/json"),
+    (b"null", None),
+    (b"hello", "text/plain"),
+    (b'{"task_name": "version"}', "text/plain"),
+]
+
+
+class CsTask(BaseModel):
+    """C/S's schemas.Task."""
+
+    task_id: str | None = None
+    task_name: str
+    task_kwargs: dict
+    tag: str
+
+
+class CsProjectSync(BaseModel):
+    """The required part of C/S's schemas.ProjectSync (enough for a body's first error)."""
+
+    owner: str
+    title: str
+
+
+def cs_fastapi() -> FastAPI:
+    """C/S's two body-taking routes as its FastAPI service declared them; the FastAPI of its
+    time parsed a body without a content type as JSON (today's `strict_content_type=False`)."""
+    app = FastAPI(strict_content_type=False)
+
+    @app.post("/jobs/{owner}/{title}/", status_code=201)
+    def create_job(owner: str, title: str, task: Annotated[CsTask, Body()]) -> dict:
+        return {}
+
+    @app.post("/projects/sync/")
+    def sync_projects(projects: Annotated[list[CsProjectSync], Body()]) -> list:
+        return []
+
+    return app
+
+
+def fastapi_answers(path: str, raw: bytes, content_type: str | None) -> tuple[int, Any]:
+    """What C/S's FastAPI service answers `raw` with."""
+    from fastapi.testclient import TestClient
+
+    headers = {"content-type": content_type} if content_type else {}
+    r = TestClient(cs_fastapi()).post(path, content=raw, headers=headers)
+    return r.status_code, r.json()
+
+
+@pytest.mark.parametrize("raw, content_type", NOT_JSON)
+@pytest.mark.parametrize("path", ["/jobs/nobody/Nothing/", "/projects/sync/"])
+def test_a_body_that_is_not_json_is_answered_as_fastapi_answers_it(
+    api, tenants, path, raw, content_type
+):
+    """422 with FastAPI's own detail list (json_invalid at its offset, missing, the schema's
+    type error), compared with a FastAPI app's answer, not with a copy of its words."""
+    headers = {**cluster(api, tenants).headers()}
+    if content_type:
+        headers["content-type"] = content_type
+    r = httpx.post(f"{api}/api/v1{path}", content=raw, headers=headers)
+    assert (r.status_code, r.json()) == fastapi_answers(path, raw, content_type), r.text
+
+
+def test_v0_still_answers_400_to_a_body_that_is_not_json(api):
+    r = httpx.post(
+        f"{api}/nobody/Nothing/",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {V0_TOKEN}", "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "body is not JSON" in r.json()["error"], r.text
 
 
 def test_one_web_app_neither_sees_nor_syncs_anothers_projects(api, tenants):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-from prefect_cs.services.api_body import read_json
 from prefect_cs.services.api_v1.auth import Tokens, current_user
+from prefect_cs.services.api_v1.body import read_body
 from prefect_cs.services.api_v1.errors import HttpError, mapped
 from prefect_cs.services.api_v1.store import ClusterUser, Store
 from starlette.requests import Request
@@ -45,8 +45,9 @@ class V1:
         return Route(path, mapped(endpoint), methods=methods)
 
     async def body(self, request: Request) -> Any:
-        """The JSON body, capped and depth-checked as the v0 routes read it."""
-        return await read_json(request, self.max_body, self.depth)
+        """The body as FastAPI reads it (body.py: 422 for one that is not JSON), capped and
+        depth-checked as the v0 routes read theirs."""
+        return await read_body(request, self.max_body, self.depth)
 
     async def project(self, user: ClusterUser, owner: str, title: str) -> dict[str, Any]:
         """The user's project OWNER/TITLE; 404 "Project not found." (C/S's words) for any

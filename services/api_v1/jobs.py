@@ -50,7 +50,7 @@ def task_of(body: Any) -> dict[str, Any]:
     """The v0 checked request (task_request) of a body that fits C/S's schema (else 422), with
     a job id of its own when the web app gave none."""
     try:
-        task = Task.model_validate(body)
+        task = Task.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         raise unprocessable(exc) from exc
     req = task_request(task.model_dump())
@@ -110,8 +110,8 @@ async def deliver_defaults(v1: V1, user: ClusterUser, owner: str, title: str, re
 async def create(v1: V1, request: Request, user: ClusterUser | None) -> Response:
     user = signed_in(user)
     owner, title = request.path_params["owner"], request.path_params["title"]
+    req = task_of(await v1.body(request))  # FastAPI validates the body before the handler
     await v1.project(user, owner, title)
-    req = task_of(await v1.body(request))
     await anyio.to_thread.run_sync(in_registry_for, v1, user, owner, title)
     if req["task_name"] == "defaults":
         behind = BackgroundTask(deliver_defaults, v1, user, owner, title, req)
