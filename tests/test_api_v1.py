@@ -164,6 +164,68 @@ def test_another_tenants_password_is_refused(api, tenants):
         Cluster(api, "webapp-a", tenants["webapp-b"]["password"]).headers()
 
 
+# ---- login limits ----------------------------------------------------------------------------
+
+LIMITS_ENV = {  # 3 failures per name, 6 per address, each bucket refilled whole in 6 s
+    "CS_API_LOGIN_FAILURES_PER_USER": "3",
+    "CS_API_LOGIN_FAILURES_PER_ADDRESS": "6",
+    "CS_API_LOGIN_FAILURE_WINDOW": "6",
+}
+
+
+@pytest.fixture
+def limited(platform, cs_home) -> Iterator[tuple[str, str]]:
+    """An API process of its own with small login limits (the module's API keeps its budget
+    for the other tests' wrong passwords), and a user of its own: (URL, password)."""
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    _, password = add_user(store_at(cs_home), "webapp-limits", "http://127.0.0.1:9", "unused")
+    port = free_port()
+    with serving_api("cluster-api-v1-limits", port, v0_token=V0_TOKEN, env=LIMITS_ENV) as url:
+        yield url, password
+
+
+def login(url: str, username: str, password: str) -> httpx.Response:
+    form = {"username": username, "password": password}
+    return httpx.post(f"{url}/api/v1/login/access-token", data=form, timeout=30)
+
+
+def test_a_burst_of_wrong_passwords_is_limited_and_the_right_user_gets_back_in(limited):
+    url, password = limited
+    assert [login(url, "webapp-limits", "wrong").status_code for _ in range(3)] == [400] * 3
+    r = login(url, "webapp-limits", password)  # the right one too: the name is limited
+    assert r.status_code == 429, r.text
+    assert 1 <= int(r.headers["Retry-After"]) <= 2 and "retry in" in r.json()["detail"]
+    time.sleep(int(r.headers["Retry-After"]))  # what the answer asks the client to wait
+    ok = until(lambda: (r := login(url, "webapp-limits", password)).status_code == 200 and r, 30)
+    assert ok.json()["access_token"]
+
+
+def test_one_address_trying_many_names_is_limited(limited):
+    url, _ = limited
+    answers = [login(url, f"guess-{i}", "wrong").status_code for i in range(6)]
+    assert answers == [400] * 6
+    r = login(url, "guess-new", "wrong")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+
+
+def test_login_buckets_refill_and_stay_bounded():
+    from prefect_cs.services.api_v1.login_limits import Buckets
+
+    now = [0.0]
+    buckets = Buckets(burst=2, window=10, max_keys=100, clock=lambda: now[0])
+    buckets.fail("a"), buckets.fail("a")
+    assert buckets.wait("a") == pytest.approx(5)  # one token back every 10/2 s
+    now[0] = 5.0
+    assert buckets.wait("a") == 0
+    for i in range(1000):
+        buckets.fail(f"flood-{i}")
+    assert len(buckets) <= 100
+    assert buckets.wait("flood-999") == 0 and buckets.fail("flood-999") is None
+    assert buckets.wait("flood-999") == pytest.approx(5)
+
+
 # ---- the bearer token ---------------------------------------------------------------------
 
 V1_ROUTES = [

@@ -19,6 +19,7 @@ from prefect_cs.core.settings import ApiSettings
 from prefect_cs.services.api_v1 import builds, jobs, login, projects, secrets
 from prefect_cs.services.api_v1.auth import Tokens
 from prefect_cs.services.api_v1.context import V1
+from prefect_cs.services.api_v1.login_limits import LoginLimits
 from prefect_cs.services.api_v1.store import Store
 from starlette.routing import Mount
 
@@ -54,7 +55,8 @@ def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
     """The v1 routes on `cluster` (services.api.ClusterApi); the signing key is read (or
     made) once, at the first login or token check, so rotating it means restarting the API."""
     tokens = Tokens(settings)
-    v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth)
+    limits = LoginLimits(settings)
+    v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth, limits)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
     routes += secrets.routes(v1)
     return Mount(PREFIX, routes=routes)

@@ -17,6 +17,7 @@ import anyio
 from prefect_cs.services.api_v1.auth import Tokens, current_user
 from prefect_cs.services.api_v1.body import read_body
 from prefect_cs.services.api_v1.errors import HttpError, mapped
+from prefect_cs.services.api_v1.login_limits import LoginLimits
 from prefect_cs.services.api_v1.store import ClusterUser, Store
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,6 +33,7 @@ class V1:
     cluster: Any  # services.api.ClusterApi: its models, queues and task submission
     max_body: int
     depth: int
+    logins: LoginLimits
 
     def route(self, path: str, handler: Handler, methods: list[str], public: bool = False) -> Route:
         async def endpoint(request: Request) -> Response:
