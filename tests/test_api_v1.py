@@ -670,6 +670,34 @@ def test_cancelling_a_build_cancels_its_flow_run(owned, publish_deployment):
     assert owned.refresh_build(started["id"])["status"] == "cancelled"
 
 
+def test_an_api_restarted_mid_build_tells_the_web_app_once_without_a_get(
+    owned, tenants, published, publish_deployment, worker
+):
+    """The API that started a build is stopped while it runs; two APIs started after it (on
+    the same store) watch it again, and build_done reaches the web app exactly once, with no
+    GET of the build from anyone; a third API started after the end sends nothing more."""
+    from pathlib import Path
+
+    from prefect_cs.testing.models import add_tag
+
+    add_tag(Path(published), "v4", "a release built across a restart")
+    owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v4")])
+    with serving(free_port()) as first:
+        c = Cluster(first, "webapp-a", tenants["webapp-a"]["password"])
+        started = c.start_build("v1tests", "Misbehaving")
+    stub = tenants["webapp-a"]["stub"]
+    path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
+    assert not stub.accepted(path), "the build ended before its API was stopped"
+    with serving(free_port()), serving(free_port()):
+        told = until(lambda: stub.accepted(path), 900, "build_done after the restart")
+    assert len(told) == 1 and told[0].body["cluster_build_id"] == started["id"]
+    assert told[0].body["status"] == "success", told[0].body
+    with serving(free_port()) as third:
+        again = Cluster(third, "webapp-a", tenants["webapp-a"]["password"])
+        assert again.refresh_build(started["id"])["status"] == "success"
+    assert len(stub.accepted(path)) == 1
+
+
 # ---- secrets: the project's owner, through its web app -------------------------------------
 
 

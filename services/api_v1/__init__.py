@@ -52,11 +52,13 @@ def store_at(home: Path) -> Store:
 
 
 def mount(cluster: Any, settings: ApiSettings, home: Path, depth: int) -> Mount:
-    """The v1 routes on `cluster` (services.api.ClusterApi); the signing key is read (or
-    made) once, at the first login or token check, so rotating it means restarting the API."""
+    """The v1 routes on `cluster` (services.api.ClusterApi), and at its start the watchers of
+    unfinished builds; the signing key is read (or made) once, at the first login or token
+    check, so rotating it means restarting the API."""
     tokens = Tokens(settings)
     limits = LoginLimits(settings)
     v1 = V1(store_at(home), tokens, cluster, settings.max_body_bytes, depth, limits)
     routes = [*login.routes(v1), *projects.routes(v1), *jobs.routes(v1), *builds.routes(v1)]
     routes += secrets.routes(v1)
+    cluster.on_start.append(lambda: builds.resume(v1))
     return Mount(PREFIX, routes=routes)

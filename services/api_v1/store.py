@@ -170,5 +170,35 @@ class Store:
         return {**json.loads(row["data"]), "id": row["id"]} if row else None
 
     def update_build(self, build_id: int, data: dict[str, Any]) -> None:
+        """Save a build; `notified` never goes back to false (a process that read the build
+        before another claimed its notice must not undo the claim: claim_notice)."""
         with self.db() as db:
-            db.execute("UPDATE builds SET data = ? WHERE id = ?", (json.dumps(data), build_id))
+            db.execute(
+                "UPDATE builds SET data = json_set(:new, '$.notified', json(CASE WHEN"
+                " COALESCE(json_extract(data, '$.notified'), 0)"
+                " OR COALESCE(json_extract(:new, '$.notified'), 0)"
+                " THEN 'true' ELSE 'false' END)) WHERE id = :id",
+                {"new": json.dumps(data), "id": build_id},
+            )
+
+    def claim_notice(self, build_id: int) -> bool:
+        """True for the one caller that marks the build notified (atomic in SQLite): the one
+        that then sends build_done, whichever API process, or how many, watch it."""
+        with self.db() as db:
+            cursor = db.execute(
+                "UPDATE builds SET data = json_set(data, '$.notified', json('true'))"
+                " WHERE id = ? AND NOT COALESCE(json_extract(data, '$.notified'), 0)",
+                (build_id,),
+            )
+        return cursor.rowcount == 1
+
+    def unnotified_builds(self, limit: int) -> list[tuple[int, int]]:
+        """(user id, build id) of the newest `limit` builds whose web app was not told yet."""
+        with self.db() as db:
+            rows = db.execute(
+                "SELECT user_id, id FROM builds"
+                " WHERE NOT COALESCE(json_extract(data, '$.notified'), 0)"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(r["user_id"], r["id"]) for r in rows]
