@@ -164,6 +164,91 @@ def test_another_tenants_password_is_refused(api, tenants):
         Cluster(api, "webapp-a", tenants["webapp-b"]["password"]).headers()
 
 
+# ---- users: C/S's /users/ routes, creation kept to superusers --------------------------------
+
+
+def new_user_body(stub: Any, name: str, password: str) -> dict:
+    """C/S's create_user body (its test's fields)."""
+    return {
+        "email": f"{name}@example.com", "username": name, "password": password,
+        "url": stub.url, "client_id": stub.client_id, "client_secret": stub.client_secret,
+    }  # fmt: skip
+
+
+def test_only_a_superuser_creates_users_and_they_share_the_clis_store(api, tenants):
+    import secrets as random
+
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    added = runner.invoke(app, ["api", "users", "add", "v1-super", "--superuser"])
+    assert added.exit_code == 0, added.output
+    root = Cluster(api, "v1-super", get_backend(None).get("CLUSTER_USER_v1-super_PASSWORD"))
+    stub, password = tenants["webapp-a"]["stub"], "pw-" + random.token_urlsafe(16)
+    body = new_user_body(stub, "v1-made", password)
+    url = f"{api}/api/v1/users/"
+    assert httpx.post(url, json=body).status_code == 401
+    r = httpx.post(url, json=body, headers=cluster(api, tenants).headers())
+    assert r.status_code == 400 and r.json() == {
+        "detail": "The user doesn't have enough privileges"
+    }
+    assert Cluster(api, "v1-made", password).logins == 0
+    with pytest.raises(ClusterLoginException):
+        Cluster(api, "v1-made", password).headers()
+    r = httpx.post(url, json=body, headers=root.headers())
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "email": "v1-made@example.com", "username": "v1-made", "url": stub.url,
+        "is_approved": False, "is_active": True,
+    }  # fmt: skip
+    assert httpx.post(url, json=body, headers=root.headers()).json() == {
+        "detail": "The user with this username already exists in the system"
+    }
+    listed = runner.invoke(app, ["api", "users", "list"]).output
+    assert "v1-made" in listed and "not approved" in listed and "superuser" in listed
+    made = Cluster(api, "v1-made", password)
+    assert (
+        httpx.get(f"{api}/api/v1/users/me", headers=made.headers()).json()["username"] == "v1-made"
+    )
+    assert httpx.get(f"{api}/api/v1/users/ping/", headers=made.headers()).status_code == 200
+    r = projects_list(api, made.access_token)
+    assert r.status_code == 403 and "not approved" in r.json()["detail"], r.text
+    approval = {"username": "v1-made", "is_approved": True}
+    r = httpx.post(f"{url}approve/", json=approval, headers=made.headers())
+    assert r.status_code == 400, r.text  # only a superuser approves
+    r = httpx.post(f"{url}approve/", json=approval, headers=root.headers())
+    assert r.status_code == 200 and r.json()["is_approved"] is True, r.text
+    assert projects_list(api, made.access_token).status_code == 200
+    assert projects_list(api, root.access_token).status_code == 403  # a superuser runs nothing
+    assert runner.invoke(app, ["api", "users", "delete", "v1-made"]).exit_code == 0
+    assert projects_list(api, made.access_token).status_code == 401
+    assert runner.invoke(app, ["api", "users", "delete", "v1-super"]).exit_code == 0
+    for log in API_LOGS:
+        assert password not in log.read_text(errors="replace")
+
+
+def test_a_user_body_cs_schema_refuses_is_422_without_echoing_secrets(api, tenants):
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    assert (
+        CliRunner().invoke(app, ["api", "users", "add", "v1-super2", "--superuser"]).exit_code == 0
+    )
+    root = Cluster(api, "v1-super2", get_backend(None).get("CLUSTER_USER_v1-super2_PASSWORD"))
+    body = new_user_body(tenants["webapp-a"]["stub"], "v1-bad", "pw-never-echoed")
+    for field, value in (("email", "not-an-email"), ("url", "ftp://x")):
+        r = httpx.post(f"{api}/api/v1/users/", json={**body, field: value}, headers=root.headers())
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+        assert "pw-never-echoed" not in r.text and body["client_secret"] not in r.text
+    r = httpx.post(
+        f"{api}/api/v1/users/", json={"password": "pw-never-echoed"}, headers=root.headers()
+    )
+    assert r.status_code == 422 and "pw-never-echoed" not in r.text, r.text
+
+
 # ---- login limits ----------------------------------------------------------------------------
 
 LIMITS_ENV = {  # 3 failures per name, 6 per address, each bucket refilled whole in 6 s

@@ -35,13 +35,25 @@ class V1:
     depth: int
     logins: LoginLimits
 
-    def route(self, path: str, handler: Handler, methods: list[str], public: bool = False) -> Route:
+    def route(
+        self,
+        path: str,
+        handler: Handler,
+        methods: list[str],
+        public: bool = False,
+        account: bool = False,
+    ) -> Route:
+        """`handler` behind the auth: no user when `public` (login); any signed-in user when
+        `account` (the user routes, which check more themselves); else an approved web app."""
+
         async def endpoint(request: Request) -> Response:
             user = None
             if not public:
                 user = await anyio.to_thread.run_sync(
                     current_user, request, self.tokens, self.store
                 )
+                if not account:
+                    tenant(user)
             return await handler(self, request, user)
 
         return Route(path, mapped(endpoint), methods=methods)
@@ -58,6 +70,22 @@ class V1:
         if found is None:
             raise HttpError(404, "Project not found.")
         return found
+
+
+def tenant(user: ClusterUser) -> None:
+    """403 for a user that may not use a web app's routes, naming why and the fix."""
+    if not user.webapp:
+        raise HttpError(
+            403,
+            "a cluster superuser manages users (/api/v1/users/) only: sync, run and build as"
+            " a web app's cluster user",
+        )
+    if not user.is_approved:
+        raise HttpError(
+            403,
+            "this cluster user is not approved yet: a cluster superuser approves it"
+            " (POST /api/v1/users/approve/)",
+        )
 
 
 def signed_in(user: ClusterUser | None) -> ClusterUser:

@@ -46,13 +46,36 @@ CREATE TABLE IF NOT EXISTS builds (
 """
 
 
+USER_COLUMNS = {  # added to a store made before /api/v1/users/ existed
+    "email": "TEXT",
+    "url": "TEXT",
+    "is_superuser": "INTEGER NOT NULL DEFAULT 0",
+    "is_approved": "INTEGER NOT NULL DEFAULT 1",
+}
+
+
 @dataclass(frozen=True)
 class ClusterUser:
-    """A web app that logs in to this cluster; `webapp` is the block its results go to."""
+    """A web app that logs in to this cluster; `webapp` is the block its results go to ("" for
+    a superuser, which only manages users); C/S's email and url; approved to use its web
+    app's routes (users created through POST /api/v1/users/ start unapproved)."""
 
     id: int
     username: str
     webapp: str
+    email: str | None = None
+    url: str | None = None
+    is_superuser: bool = False
+    is_approved: bool = True
+
+
+def user_of(row: sqlite3.Row | None) -> ClusterUser | None:
+    if row is None:
+        return None
+    return ClusterUser(
+        row["id"], row["username"], row["webapp"], row["email"], row["url"],
+        bool(row["is_superuser"]), bool(row["is_approved"]),
+    )  # fmt: skip
 
 
 def now() -> str:
@@ -68,6 +91,10 @@ class Store:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
         with self.db() as db:
             db.executescript(SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(users)")}
+            for column, kind in USER_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE users ADD COLUMN {column} {kind}")
 
     @contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
@@ -78,31 +105,56 @@ class Store:
 
     # ---- users ---------------------------------------------------------------------------
 
-    def save_user(self, username: str, webapp: str) -> ClusterUser:
+    def save_user(
+        self, username: str, webapp: str, url: str | None = None, superuser: bool = False
+    ) -> ClusterUser:
+        """Add or update a user the operator made (approved)."""
         with self.db() as db:
             db.execute(
-                "INSERT INTO users (username, webapp, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (username) DO UPDATE SET webapp = excluded.webapp",
-                (username, webapp, now()),
+                "INSERT INTO users (username, webapp, url, is_superuser, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET"
+                " webapp = excluded.webapp, url = excluded.url,"
+                " is_superuser = excluded.is_superuser",
+                (username, webapp, url, int(superuser), now()),
             )
         found = self.user_named(username)
         assert found is not None
         return found
 
+    def insert_user(self, username: str, webapp: str, url: str, email: str) -> ClusterUser | None:
+        """A new, unapproved user; None when the name is taken (one atomic INSERT)."""
+        try:
+            with self.db() as db:
+                db.execute(
+                    "INSERT INTO users (username, webapp, url, email, is_approved, created_at)"
+                    " VALUES (?, ?, ?, ?, 0, ?)",
+                    (username, webapp, url, email, now()),
+                )
+        except sqlite3.IntegrityError:
+            return None
+        return self.user_named(username)
+
+    def set_approved(self, username: str, approved: bool) -> ClusterUser | None:
+        with self.db() as db:
+            db.execute(
+                "UPDATE users SET is_approved = ? WHERE username = ?", (int(approved), username)
+            )
+        return self.user_named(username)
+
     def user_named(self, username: str) -> ClusterUser | None:
         with self.db() as db:
-            row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
-        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+            return user_of(
+                db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+            )
 
     def user(self, user_id: int) -> ClusterUser | None:
         with self.db() as db:
-            row = db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
-        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+            return user_of(db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
 
     def users(self) -> list[ClusterUser]:
         with self.db() as db:
             rows = db.execute("SELECT * FROM users ORDER BY id").fetchall()
-        return [ClusterUser(r["id"], r["username"], r["webapp"]) for r in rows]
+        return [u for r in rows if (u := user_of(r))]
 
     def delete_user(self, username: str) -> bool:
         with self.db() as db:
