@@ -663,6 +663,44 @@ def test_a_sim_ends_in_one_accepted_put_at_the_owners_web_app(owned, tenants, wo
     assert not other.about(job_id)
 
 
+TASK_COMPLETE = {  # C/S's TaskComplete as cs-jobs posted it
+    "task_name": "sim", "status": "SUCCESS", "meta": {"task_times": [1.0]},
+    "model_version": "9.9.9", "version": "v1",
+    "outputs": {"renderable": {"outputs": []}, "downloadable": {"outputs": []}},
+}  # fmt: skip
+
+
+def callback(c: Cluster, method: str, job_id: str, **kw: Any) -> httpx.Response:
+    url = f"{c.url}/api/v1/jobs/callback/{job_id}/"
+    return httpx.request(method, url, headers=c.headers(), timeout=30, **kw)
+
+
+def test_the_job_callback_lets_no_one_post_a_result(owned, tenants):
+    """C/S's job posted its result to /jobs/callback/ID/ with no credentials; here no one can:
+    no token 401, another web app 404, the owner 403, a finished job 400, as C/S's words."""
+    stub, other = tenants["webapp-a"]["stub"], cluster(owned.url, tenants, "webapp-b")
+    job_id = owned.submit_job("v1tests", "Misbehaving", "defaults", {"meta_param_dict": {}}, "v1")
+    url = f"{owned.url}/api/v1/jobs/callback/{job_id}/"
+    assert httpx.post(url, json=TASK_COMPLETE).status_code == 401
+    assert httpx.get(url).status_code == 401
+    for method in ("GET", "POST"):
+        r = callback(other, method, job_id, json=TASK_COMPLETE)
+        assert r.status_code == 404 and r.json() == {"detail": "Job not found."}, r.text
+    read = callback(owned, "GET", job_id)
+    assert read.status_code == 201 and read.json()["id"] == job_id, read.text
+    assert read.json()["name"] == "defaults" and read.json()["status"] == "CREATED"
+    r = callback(owned, "POST", job_id, json=TASK_COMPLETE)
+    assert r.status_code == 403 and "takes no result" in r.json()["detail"], r.text
+    r = callback(owned, "POST", job_id, json={"status": "SUCCESS"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "meta"], r.text
+    assert not [p for p in stub.about(job_id) if p.path in ("/outputs/api/", "/inputs/api/")]
+    finished = post_job(owned, "version").json()["id"]
+    r = callback(owned, "GET", finished)
+    assert r.status_code == 403 and r.json()["detail"].startswith("No permission"), r.text
+    r = callback(owned, "POST", finished, json=TASK_COMPLETE)
+    assert r.status_code == 400 and r.json() == {"detail": "Job already marked as complete."}
+
+
 # ---- builds: publish from the web app ------------------------------------------------------
 
 

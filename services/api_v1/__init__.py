@@ -33,6 +33,10 @@ V1_PATHS = {  # for the API's /openapi.json; README "Connecting a web app" says 
     f"{PREFIX}/jobs/{{owner}}/{{title}}/": {
         "post": {"summary": "version/defaults/parse/sim → 201"}
     },
+    f"{PREFIX}/jobs/callback/{{job_id}}/": {
+        "get": {"summary": "your job's record, until it finishes (C/S's callback)"},
+        "post": {"summary": "C/S's TaskComplete: refused, results come from the job's flow"},
+    },
     f"{PREFIX}/builds/{{owner}}/{{title}}/": {"post": {"summary": "publish the project's tag"}},
     f"{PREFIX}/builds/{{build_id}}/": {
         "get": {"summary": "a build's status, stage and logs"},

@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS projects (
     data TEXT NOT NULL,
     UNIQUE (owner, title)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL,
@@ -202,6 +207,27 @@ class Store:
                 (user_id, limit, offset),
             ).fetchall()
         return count, [{**json.loads(r["data"]), "id": r["id"]} for r in rows]
+
+    # ---- jobs ----------------------------------------------------------------------------
+
+    def save_job(self, user_id: int, job: dict[str, Any]) -> bool:
+        """Record a job as its user's; False when its id is already another user's job."""
+        with self.db() as db:
+            db.execute(
+                "INSERT INTO jobs (id, user_id, data) VALUES (?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET data = excluded.data WHERE jobs.user_id = excluded.user_id",
+                (job["id"], user_id, json.dumps(job)),
+            )
+            row = db.execute("SELECT user_id FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+        return row["user_id"] == user_id
+
+    def job(self, user_id: int, job_id: str) -> dict[str, Any] | None:
+        """The user's job, None when it is not theirs."""
+        with self.db() as db:
+            row = db.execute(
+                "SELECT data FROM jobs WHERE id = ? AND user_id = ?", (job_id, user_id)
+            ).fetchone()
+        return json.loads(row["data"]) if row else None
 
     # ---- builds --------------------------------------------------------------------------
 
