@@ -24,8 +24,8 @@ import uuid
 from typing import Any
 
 import anyio
+import prefect_cs.services.api_v1.job_callback as callback
 from prefect_cs.services.api_body import task_request
-from prefect_cs.services.api_v1 import job_callback as callback
 from prefect_cs.services.api_v1.context import V1, signed_in
 from prefect_cs.services.api_v1.errors import HttpError, unprocessable
 from prefect_cs.services.api_v1.store import ClusterUser, now
