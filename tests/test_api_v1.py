@@ -805,12 +805,17 @@ def test_an_api_restarted_mid_build_tells_the_web_app_once_without_a_get(
 
     add_tag(Path(published), "v4", "a release built across a restart")
     owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v4")])
-    with serving(free_port()) as first:
-        c = Cluster(first, "webapp-a", tenants["webapp-a"]["password"])
-        started = c.start_build("v1tests", "Misbehaving")
     stub = tenants["webapp-a"]["stub"]
-    path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
-    assert not stub.accepted(path), "the build ended before its API was stopped"
+    worker.stop()  # the build waits for a worker: it cannot end before its API is stopped
+    try:
+        with serving(free_port()) as first:
+            c = Cluster(first, "webapp-a", tenants["webapp-a"]["password"])
+            started = c.start_build("v1tests", "Misbehaving")
+        path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
+        early = [r.body for r in stub.accepted(path)]
+        assert not early, f"the build ended before its API was stopped: {early}"
+    finally:
+        worker.start()
     with serving(free_port()), serving(free_port()):
         told = until(lambda: stub.accepted(path), 900, "build_done after the restart")
     assert len(told) == 1 and told[0].body["cluster_build_id"] == started["id"]
