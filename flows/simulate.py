@@ -10,10 +10,8 @@ exactly one payload for the task, SUCCESS or FAIL. A run killed from outside
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from prefect import flow, get_run_logger, task
@@ -25,6 +23,11 @@ from prefect_cs.core.errors import PLATFORM_ERROR, is_transient
 from prefect_cs.core.json_depth import check_inputs
 from prefect_cs.core.names import check_task_id
 from prefect_cs.core.settings import get_settings
+from prefect_cs.flows.head_start import (
+    begin_before_running,
+    discard_before_running,
+    started_early,
+)
 from prefect_cs.flows.notify import OUTPUTS_PATH, deliver
 from prefect_cs.flows.outcome import outcome_metadata, write_outputs_artifact
 from prefect_cs.flows.outputs import MalformedOutputs, build_zips, validate_outputs
@@ -67,48 +70,6 @@ def run_model_task(
     if call.output:
         logger.info("model output (tail):\n%s", scrubber_for(model)(call.output))
     return call
-
-
-class HeadStart:
-    """The tier's head start on the model's call (tiers/base.py `start_early`), set up in a
-    thread of its own: reading the model's secrets and reaching the engine take a few tenths
-    of a second the flow spends reading its inputs meanwhile. A speed-up only: any trouble
-    setting it up means the call starts at its turn, as it would without, and reports there."""
-
-    def __init__(self, model: ModelConfig, entry: PublishedTag) -> None:
-        context = contextvars.copy_context()  # the flow run's, for the secrets' blocks
-        self._pending = _HEAD_STARTS.submit(context.run, self._start, model, entry)
-
-    @staticmethod
-    def _start(model: ModelConfig, entry: PublishedTag) -> EarlyCaller | None:
-        try:
-            return get_tier(entry.tier).start_early(model, entry, model_env(model))
-        except Exception:  # noqa: BLE001 - a missing secret, a bad image: the call reports it
-            get_logger("prefect_cs.simulate").debug("no head start", exc_info=True)
-            return None
-
-    def call(self, function: str, args: list[Any]) -> ModelCall | None:
-        early = self._pending.result()
-        return early.call(function, args) if early is not None else None
-
-    def close(self) -> None:
-        """Remove what was started, asked or not (a Kubernetes or process tier starts none)."""
-        early = self._pending.result()
-        if early is not None:
-            early.close()
-
-
-_HEAD_STARTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cs-head-start")
-
-
-@contextlib.contextmanager
-def started_early(model: ModelConfig, entry: PublishedTag) -> Iterator[HeadStart]:
-    """A HeadStart, closed when the flow is done with it, asked or not."""
-    head_start = HeadStart(model, entry)
-    try:
-        yield head_start
-    finally:
-        head_start.close()
 
 
 def retry_if_transient(task: Any, task_run: Any, state: State) -> bool:
@@ -355,6 +316,7 @@ def simulate(
         payload, stored, scrub, webapp = outcome(owner, title, task_id, given, tag)
     finally:  # in a Kubernetes Job: a model container never asked must not wait for nothing
         release(get_settings().exchange_dir)
+        discard_before_running()  # one begun for a run that never reached its call
     payload = sendable(scrubbed(scrub, payload))  # strict JSON: the state message quotes it too
     delivery = notify_task(OUTPUTS_PATH, payload, webapp)
     _records(owner, title, task_id, stored, payload, delivery["delivered"])
@@ -372,3 +334,6 @@ def simulate(
     if not delivery["delivered"]:
         return Failed(message=message)
     return Completed(message=message, data=payload)
+
+
+begin_before_running()  # the engine imports this module before RUNNING: see flows/head_start.py

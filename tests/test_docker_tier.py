@@ -206,6 +206,42 @@ def test_simulation_runs_in_container(worker, webapp, cs_home):
             assert archive.namelist()
 
 
+def call_containers_created(image: str, since: float, until: float) -> list[dict]:
+    """The engine's `create` events of call containers (cs-call-*) of `image` in that window."""
+    import docker
+
+    events = docker.from_env().api.events(
+        since=int(since) - 1, until=int(until) + 1, decode=True, filters={"event": "create"}
+    )
+    return [
+        e
+        for e in events
+        if e.get("Type") == "container"
+        and e["Actor"]["Attributes"].get("image") == image
+        and e["Actor"]["Attributes"].get("name", "").startswith("cs-call-")
+    ]
+
+
+def test_the_call_starts_before_the_run_is_running_and_is_the_one_used(worker, webapp):
+    """The engine imports the flow's module before it proposes RUNNING, and that import starts
+    the run's call container (flows/head_start.py): created before RUNNING, and the only call
+    container of the run (the flow took it rather than starting its own)."""
+    from prefect.client.orchestration import get_client
+
+    entry = ModelConfig.for_model(OWNER, TITLE).published()
+    task_id, run = simulate_on_worker("ok")
+    assert run.state.is_completed(), run.state.message
+    with get_client(sync_client=True) as client:
+        states = client.read_flow_run_states(run.id)
+    running = min(s.timestamp.timestamp() for s in states if s.type.value == "RUNNING")
+    ended = max(s.timestamp.timestamp() for s in states)
+    first = min(s.timestamp.timestamp() for s in states)
+    created = call_containers_created(entry.image, first, ended)
+    assert len(created) == 1, [e["Actor"]["Attributes"].get("name") for e in created]
+    assert created[0]["timeNano"] / 1e9 < running, (created[0]["timeNano"] / 1e9, running)
+    assert only_put(webapp, task_id)["status"] == "SUCCESS"
+
+
 def test_bytes_outputs_in_container(worker, webapp, cs_home):
     """The image's child runner base64-encodes run_model's raw PDF bytes, as C/S did."""
     task_id, run = simulate_on_worker("pdf_bytes")
