@@ -65,7 +65,7 @@ def test_a_models_limit_makes_its_simulations_wait_their_turn(one_at_a_time, web
     worker.start()
     try:
         adjustment = {"control": {"behavior": [{"value": "ok"}]}}
-        ids = [str(uuid.uuid4()) for _ in range(3)]
+        ids = [str(uuid.uuid4()) for _ in range(2)]  # the second waits for the first: enough
         runs = [submit_simulation("tests", "OneAtATime", {}, adjustment, task_id=i) for i in ids]
         for task_id in ids:
             assert webapp.first_about(task_id, timeout=240).body["status"] == "SUCCESS"
