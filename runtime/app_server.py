@@ -70,8 +70,21 @@ def server_args(
             "streamlit", "run", str(app_location), "--server.address", "127.0.0.1",
             "--server.port", str(APP_PORT), "--server.baseUrlPath", prefix,
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            *streamlit_origin_args(origin),
         ]  # fmt: skip
     raise ValueError(f"Unknown tech: {tech}. Must be one of: bokeh, dash, streamlit.")
+
+
+def streamlit_origin_args(origin: str) -> list[str]:
+    """Streamlit accepts a WebSocket whose Origin is its Host or an allowed origin; the front
+    door rewrites Host to its own upstream name, so the front door's origin as browsers see
+    it must be allowed by name (serverAddress: checked first, before Streamlit looks up the
+    machine's own addresses over the network, which the sandbox does not have)."""
+    host = origin.rpartition(":")[0] if ":" in origin else origin
+    return [
+        "--browser.serverAddress", host, "--server.corsAllowedOrigins", f"http://{origin}",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
