@@ -52,22 +52,25 @@ def server_args(
     prefix: str,
     cpu: float,
     origin: str,
+    address: str = "127.0.0.1",
 ) -> list[str]:
-    """The server's command after `python -m`, as C/S's server.py starts it, on loopback."""
+    """The server's command after `python -m`, as C/S's server.py starts it: on loopback (its
+    own, in the sandbox's network namespace); on Kubernetes on the pod's address (0.0.0.0),
+    which its NetworkPolicy opens to the front door alone."""
     if tech == "dash":
         module = app_location or "cs_config.functions"
         return [
-            "gunicorn", "--workers", str(dash_workers(cpu)), "--bind", f"127.0.0.1:{APP_PORT}",
+            "gunicorn", "--workers", str(dash_workers(cpu)), "--bind", f"{address}:{APP_PORT}",
             f"{module}:{callable_name}",
         ]  # fmt: skip
     if tech == "bokeh":
         return [
-            "bokeh", "serve", str(app_location), "--address", "127.0.0.1", "--port",
+            "bokeh", "serve", str(app_location), "--address", address, "--port",
             str(APP_PORT), "--prefix", prefix, f"--allow-websocket-origin={origin}",
         ]  # fmt: skip
     if tech == "streamlit":
         return [
-            "streamlit", "run", str(app_location), "--server.address", "127.0.0.1",
+            "streamlit", "run", str(app_location), "--server.address", address,
             "--server.port", str(APP_PORT), "--server.baseUrlPath", prefix,
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
             *streamlit_origin_args(origin),
