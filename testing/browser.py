@@ -62,6 +62,16 @@ class Page:
             raise BrowserError(f"{expression[:80]!r} raised: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def until(self, expression: str, seconds: float = 60) -> Any:
+        """The expression's value once truthy, evaluated again until then (an action that
+        returns true once it could act: a button that has rendered, say)."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if value := self.evaluate(expression):
+                return value
+            time.sleep(0.2)
+        raise BrowserError(f"{expression[:80]!r} was not true within {seconds:g} s")
+
     def text(self) -> str:
         return self.evaluate(DEEP_TEXT) or ""
 

@@ -285,17 +285,23 @@ def test_an_attacker_app_server_gets_nothing(webapp_cluster, attacker_app):
 
 # ---- Bokeh and Streamlit: their pages talk to their servers over a WebSocket -------------------
 
+# the page's slider set to n (true once Bokeh's document has loaded and it could)
+SLIDE = (
+    "(() => {{ const m = window.Bokeh && Bokeh.documents[0]"
+    " && Bokeh.documents[0].get_model_by_name('n'); if (m) m.value = {n}; return !!m; }})()"
+)
 WEBSOCKET_APPS = {
     # title: (example, model config, C/S memory GB, the app's WebSocket under its prefix,
     #         the user's action in the page, the text it must bring back from the server)
     "Bokeh-Demo": (
         "bokeh-app", BOKEH, "0.5", "ws",
-        "Bokeh.documents[0].get_model_by_name('n').value = {n}", "{n} squared is {nn}",
+        SLIDE, "{n} squared is {nn}",
     ),
     "Streamlit-Demo": (
         "streamlit-app", STREAMLIT, "1", "_stcore/stream",
-        "[...document.querySelectorAll('button')].find(b => b.innerText.includes('Add one'))"
-        ".click()", "{n} squared is {nn}",
+        "(() => {{ const b = [...document.querySelectorAll('button')]"
+        ".find(b => b.textContent.includes('Add one')); b && b.click(); return !!b; }})()",
+        "{n} squared is {nn}",
     ),
 }  # fmt: skip
 
@@ -336,7 +342,7 @@ def test_websocket_apps_render_and_round_trip_and_refuse_other_cookies(
         page = browser.open(alice["url"])
         text = page.wait_for_text(answer.format(n=7, nn=49), seconds=90)
         assert "Squares" in text
-        page.evaluate(action.format(n=8))
+        page.until(action.format(n=8))
         page.wait_for_text(answer.format(n=8, nn=64), seconds=60)
     alice_cookie = cookie_from(alice["url"])
     bob_path = urlsplit(bob["url"]).path
@@ -360,7 +366,7 @@ def test_websocket_traffic_keeps_a_deployment_from_the_idle_stop(webapp_cluster,
         deadline, n = time.monotonic() + IDLE_SECONDS * 2.5, 1
         while time.monotonic() < deadline:
             n = n % 10 + 1
-            page.evaluate(f"Bokeh.documents[0].get_model_by_name('n').value = {n}")
+            page.until(SLIDE.format(n=n))
             page.wait_for_text(f"{n} squared is {n * n}", seconds=IDLE_SECONDS)
             time.sleep(IDLE_SECONDS / 5)  # the pace of a user, not a wait for a condition
         (dave,) = [d for d in app_list() if d["deployment_name"] == "dave-ws"]
