@@ -168,6 +168,10 @@ class AppServer:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
     def ready(self, prefix: str) -> bool:
         """Whether the server answers HTTP at its prefix (any status under 500)."""
         transport = httpx.HTTPTransport(uds=str(self.socket_path))

@@ -110,7 +110,7 @@ class AppHost:
             raise
         deployment.ready, deployment.last_request = True, time.monotonic()
         seconds = time.monotonic() - asked
-        return {**deployment.view(), "seconds": round(seconds, 3), "pid": server.proc.pid}  # type: ignore[union-attr]
+        return {**deployment.view(), "seconds": round(seconds, 3), "pid": server.pid}
 
     def _reserve(self, key: Key, tag: str) -> Deployment:
         apps = get_settings().apps
