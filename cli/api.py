@@ -70,7 +70,13 @@ def projects_list(base_url: str) -> Any:
 @users_app.command("add")
 def users_add(
     name: str = typer.Argument(..., help="The web app's service account username (C/S)."),
-    url: str = typer.Option(..., "--url", help="The web app's base URL (results go there)."),
+    url: str = typer.Option(None, "--url", help="The web app's base URL (results go there)."),
+    superuser: bool = typer.Option(
+        False,
+        "--superuser",
+        help="A superuser instead (no web app): it creates and approves web apps' users"
+        " through POST /api/v1/users/ and /api/v1/users/approve/, and runs nothing.",
+    ),
     webapp_token_stdin: bool = typer.Option(
         False, "--webapp-token-stdin", help="Read the token results are PUT with from stdin."
     ),
@@ -90,8 +96,19 @@ def users_add(
     from prefect_cs.cli.secrets import read_value
     from prefect_cs.core.settings import get_settings
     from prefect_cs.services.api_v1 import store_at
-    from prefect_cs.services.api_v1.tenants import add_user, password_secret
+    from prefect_cs.services.api_v1.tenants import add_superuser, add_user, password_secret
 
+    if superuser:
+        if url or client_id or client_secret_stdin or webapp_token_stdin:
+            exit_with_error("--superuser takes no web app: drop --url and its credentials")
+        user, _ = add_superuser(store_at(get_settings().home), name)
+        console.print(
+            f"cluster superuser {user.username} (id {user.id}). Its password: `prefect-cs"
+            f" secrets get {password_secret(name)}`."
+        )
+        return
+    if not url:
+        exit_with_error("a web app's cluster user needs --url URL (or give --superuser)")
     if client_id or client_secret_stdin:
         if not (client_id and client_secret_stdin) or webapp_token_stdin:
             exit_with_error(
@@ -117,7 +134,9 @@ def users_list() -> None:
     from prefect_cs.services.api_v1 import store_at
 
     for user in store_at(get_settings().home).users():
-        console.print(f"{user.id}\t{user.username}\t{user.webapp}")
+        role = "superuser" if user.is_superuser else user.webapp
+        approved = "" if user.is_approved else "\t(not approved)"
+        console.print(f"{user.id}\t{user.username}\t{role}{approved}")
 
 
 @users_app.command("delete")

@@ -287,6 +287,27 @@ class ApiSettings(BaseSettings):
         description="Lifetime of a v1 access token (`/api/v1/login/access-token`). The answer's"
         " expires_at is 120 s earlier: C/S's web app renews only 60 s after it.",
     )
+    login_failures_per_user: int = Field(
+        default=10,
+        ge=1,
+        le=10_000,
+        description="Failed v1 logins one user name may have in a row before 429: the burst of a"
+        " token bucket refilled over CS_API_LOGIN_FAILURE_WINDOW seconds.",
+    )
+    login_failures_per_address: int = Field(
+        default=30,
+        ge=1,
+        le=100_000,
+        description="The same for one client address, whatever the names (behind a proxy all"
+        " clients share its address: raise it there).",
+    )
+    login_failure_window: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds in which a bucket refills whole; one failure is forgiven every"
+        " window/burst seconds, so no one is locked out for longer than that after a burst.",
+    )
     config_ttl_seconds: float = Field(
         default=2.0,
         ge=0,

@@ -216,18 +216,23 @@ class ClusterApi:
             attempts=SIM_START_ATTEMPTS,
         )
         self.syncs = SyncBehind(pending / "sync")
+        self.on_start: list[Callable[[], Awaitable[None]]] = []  # run for the app's life
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _: Starlette) -> AsyncIterator[None]:
-        """The pending queues run while the app does; requests a crash left are started."""
+        """The pending queues run while the app does; requests a crash left are started, and
+        the `on_start` work (v1: watching unfinished builds again) runs beside the app."""
         for pending in (self.parses, self.sims, self.syncs.queue):
             if left := pending.start():
                 logger.info(
                     "starting %d %s request(s) acknowledged before a restart", left, pending.kind
                 )
+        behind = [asyncio.create_task(start()) for start in self.on_start]
         try:
             yield
         finally:
+            for task in behind:
+                task.cancel()
             self.syncs.queue.stop()
             self.sims.stop()
             self.parses.stop()

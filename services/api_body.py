@@ -42,10 +42,8 @@ def too_large(limit: int) -> Refused:
     )
 
 
-async def read_json(request: Request, limit: int, depth: int) -> Any:
-    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON or
-    nested deeper than `depth` (measured before parsing: json.loads would recurse into a
-    RecursionError, which is the caller's mistake, not a platform error to retry)."""
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The raw body; 413 past `limit` bytes, never buffered beyond it (v0 and v1 alike)."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(limit)
@@ -55,8 +53,16 @@ async def read_json(request: Request, limit: int, depth: int) -> Any:
         if size > limit:
             raise too_large(limit)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json(request: Request, limit: int, depth: int) -> Any:
+    """The body as JSON; 413 past `limit` bytes (never buffered beyond it), 400 if not JSON or
+    nested deeper than `depth` (measured before parsing: json.loads would recurse into a
+    RecursionError, which is the caller's mistake, not a platform error to retry)."""
+    raw = await read_capped(request, limit)
     try:
-        return json_depth.loads(b"".join(chunks), depth)
+        return json_depth.loads(raw, depth)
     except TooDeep as exc:
         raise Refused(400, str(exc)) from exc
     except (ValueError, UnicodeDecodeError) as exc:

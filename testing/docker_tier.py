@@ -113,6 +113,15 @@ def containers(label: str, all_states: bool = True) -> list[str]:
     return [c["Id"] for c in found]
 
 
+def container_names_and_ids() -> set[str]:
+    """Every container's name and id, from one low-level list: `containers.list` inspects each
+    one and fails with NotFound when another test's container is removed meanwhile."""
+    import docker
+
+    found = docker.from_env().api.containers(all=True)
+    return {c["Id"] for c in found} | {n.lstrip("/") for c in found for n in c["Names"]}
+
+
 def wait_for_container(label: str, timeout: float = 90) -> object:
     import docker
 

@@ -18,17 +18,19 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
 import jwt
 import pytest
+from fastapi import Body, FastAPI
 from prefect_cs.services.supervisor import Background
 from prefect_cs.testing.api_process import serving_api
 from prefect_cs.testing.cs_client import Cluster, ClusterLoginException
 from prefect_cs.testing.scratch import free_port
 from prefect_cs.testing.webapp_standin import OAuthWebAppStub, WebAppStub
 from prefect_cs.testing.webhooks import wait_until as until  # the project's one poll-until
+from pydantic import BaseModel
 
 V0_TOKEN = "cluster-api-v1-tests-v0-token"
 API_LOGS: list = []  # the log file of each API process this module started
@@ -160,6 +162,153 @@ def test_a_prefix_of_the_password_is_refused(api, tenants):
 def test_another_tenants_password_is_refused(api, tenants):
     with pytest.raises(ClusterLoginException, match="Expected 200, got 400"):
         Cluster(api, "webapp-a", tenants["webapp-b"]["password"]).headers()
+
+
+# ---- users: C/S's /users/ routes, creation kept to superusers --------------------------------
+
+
+def new_user_body(stub: Any, name: str, password: str) -> dict:
+    """C/S's create_user body (its test's fields)."""
+    return {
+        "email": f"{name}@example.com", "username": name, "password": password,
+        "url": stub.url, "client_id": stub.client_id, "client_secret": stub.client_secret,
+    }  # fmt: skip
+
+
+def test_only_a_superuser_creates_users_and_they_share_the_clis_store(api, tenants):
+    import secrets as random
+
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    added = runner.invoke(app, ["api", "users", "add", "v1-super", "--superuser"])
+    assert added.exit_code == 0, added.output
+    root = Cluster(api, "v1-super", get_backend(None).get("CLUSTER_USER_v1-super_PASSWORD"))
+    stub, password = tenants["webapp-a"]["stub"], "pw-" + random.token_urlsafe(16)
+    body = new_user_body(stub, "v1-made", password)
+    url = f"{api}/api/v1/users/"
+    assert httpx.post(url, json=body).status_code == 401
+    r = httpx.post(url, json=body, headers=cluster(api, tenants).headers())
+    assert r.status_code == 400 and r.json() == {
+        "detail": "The user doesn't have enough privileges"
+    }
+    assert Cluster(api, "v1-made", password).logins == 0
+    with pytest.raises(ClusterLoginException):
+        Cluster(api, "v1-made", password).headers()
+    r = httpx.post(url, json=body, headers=root.headers())
+    assert r.status_code == 201, r.text
+    assert r.json() == {
+        "email": "v1-made@example.com", "username": "v1-made", "url": stub.url,
+        "is_approved": False, "is_active": True,
+    }  # fmt: skip
+    assert httpx.post(url, json=body, headers=root.headers()).json() == {
+        "detail": "The user with this username already exists in the system"
+    }
+    listed = runner.invoke(app, ["api", "users", "list"]).output
+    assert "v1-made" in listed and "not approved" in listed and "superuser" in listed
+    made = Cluster(api, "v1-made", password)
+    assert (
+        httpx.get(f"{api}/api/v1/users/me", headers=made.headers()).json()["username"] == "v1-made"
+    )
+    assert httpx.get(f"{api}/api/v1/users/ping/", headers=made.headers()).status_code == 200
+    r = projects_list(api, made.access_token)
+    assert r.status_code == 403 and "not approved" in r.json()["detail"], r.text
+    approval = {"username": "v1-made", "is_approved": True}
+    r = httpx.post(f"{url}approve/", json=approval, headers=made.headers())
+    assert r.status_code == 400, r.text  # only a superuser approves
+    r = httpx.post(f"{url}approve/", json=approval, headers=root.headers())
+    assert r.status_code == 200 and r.json()["is_approved"] is True, r.text
+    assert projects_list(api, made.access_token).status_code == 200
+    assert projects_list(api, root.access_token).status_code == 403  # a superuser runs nothing
+    assert runner.invoke(app, ["api", "users", "delete", "v1-made"]).exit_code == 0
+    assert projects_list(api, made.access_token).status_code == 401
+    assert runner.invoke(app, ["api", "users", "delete", "v1-super"]).exit_code == 0
+    for log in API_LOGS:
+        assert password not in log.read_text(errors="replace")
+
+
+def test_a_user_body_cs_schema_refuses_is_422_without_echoing_secrets(api, tenants):
+    from prefect_cs.cli.main import app
+    from prefect_cs.security.secrets import get_backend
+    from typer.testing import CliRunner
+
+    assert (
+        CliRunner().invoke(app, ["api", "users", "add", "v1-super2", "--superuser"]).exit_code == 0
+    )
+    root = Cluster(api, "v1-super2", get_backend(None).get("CLUSTER_USER_v1-super2_PASSWORD"))
+    body = new_user_body(tenants["webapp-a"]["stub"], "v1-bad", "pw-never-echoed")
+    for field, value in (("email", "not-an-email"), ("url", "ftp://x")):
+        r = httpx.post(f"{api}/api/v1/users/", json={**body, field: value}, headers=root.headers())
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", field], r.text
+        assert "pw-never-echoed" not in r.text and body["client_secret"] not in r.text
+    r = httpx.post(
+        f"{api}/api/v1/users/", json={"password": "pw-never-echoed"}, headers=root.headers()
+    )
+    assert r.status_code == 422 and "pw-never-echoed" not in r.text, r.text
+
+
+# ---- login limits ----------------------------------------------------------------------------
+
+LIMITS_ENV = {  # 3 failures per name, 6 per address, each bucket refilled whole in 6 s
+    "CS_API_LOGIN_FAILURES_PER_USER": "3",
+    "CS_API_LOGIN_FAILURES_PER_ADDRESS": "6",
+    "CS_API_LOGIN_FAILURE_WINDOW": "6",
+}
+
+
+@pytest.fixture
+def limited(platform, cs_home) -> Iterator[tuple[str, str]]:
+    """An API process of its own with small login limits (the module's API keeps its budget
+    for the other tests' wrong passwords), and a user of its own: (URL, password)."""
+    from prefect_cs.services.api_v1 import store_at
+    from prefect_cs.services.api_v1.tenants import add_user
+
+    _, password = add_user(store_at(cs_home), "webapp-limits", "http://127.0.0.1:9", "unused")
+    port = free_port()
+    with serving_api("cluster-api-v1-limits", port, v0_token=V0_TOKEN, env=LIMITS_ENV) as url:
+        yield url, password
+
+
+def login(url: str, username: str, password: str) -> httpx.Response:
+    form = {"username": username, "password": password}
+    return httpx.post(f"{url}/api/v1/login/access-token", data=form, timeout=30)
+
+
+def test_a_burst_of_wrong_passwords_is_limited_and_the_right_user_gets_back_in(limited):
+    url, password = limited
+    assert [login(url, "webapp-limits", "wrong").status_code for _ in range(3)] == [400] * 3
+    r = login(url, "webapp-limits", password)  # the right one too: the name is limited
+    assert r.status_code == 429, r.text
+    assert 1 <= int(r.headers["Retry-After"]) <= 2 and "retry in" in r.json()["detail"]
+    time.sleep(int(r.headers["Retry-After"]))  # what the answer asks the client to wait
+    ok = until(lambda: (r := login(url, "webapp-limits", password)).status_code == 200 and r, 30)
+    assert ok.json()["access_token"]
+
+
+def test_one_address_trying_many_names_is_limited(limited):
+    url, _ = limited
+    answers = [login(url, f"guess-{i}", "wrong").status_code for i in range(6)]
+    assert answers == [400] * 6
+    r = login(url, "guess-new", "wrong")
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1, r.text
+
+
+def test_login_buckets_refill_and_stay_bounded():
+    from prefect_cs.services.api_v1.login_limits import Buckets
+
+    now = [0.0]
+    buckets = Buckets(burst=2, window=10, max_keys=100, clock=lambda: now[0])
+    buckets.fail("a"), buckets.fail("a")
+    assert buckets.wait("a") == pytest.approx(5)  # one token back every 10/2 s
+    now[0] = 5.0
+    assert buckets.wait("a") == 0
+    for i in range(1000):
+        buckets.fail(f"flood-{i}")
+    assert len(buckets) <= 100
+    assert buckets.wait("flood-999") == 0 and buckets.fail("flood-999") is None
+    assert buckets.wait("flood-999") == pytest.approx(5)
 
 
 # ---- the bearer token ---------------------------------------------------------------------
@@ -313,6 +462,80 @@ def test_sync_refuses_what_cs_schema_refuses_with_422(api, tenants, body, loc):
     assert r.json()["detail"][0]["loc"] == loc
 
 
+NOT_JSON = [
+    (b"{not json", "application/json"),
+    (b"[1,", "application/json"),
+    (b"", "application/json"),
+    (b"null", None),
+    (b"hello", "text/plain"),
+    (b'{"task_name": "version"}', "text/plain"),
+]
+
+
+class CsTask(BaseModel):
+    """C/S's schemas.Task."""
+
+    task_id: str | None = None
+    task_name: str
+    task_kwargs: dict
+    tag: str
+
+
+class CsProjectSync(BaseModel):
+    """The required part of C/S's schemas.ProjectSync (enough for a body's first error)."""
+
+    owner: str
+    title: str
+
+
+def cs_fastapi() -> FastAPI:
+    """C/S's two body-taking routes as its FastAPI service declared them; the FastAPI of its
+    time parsed a body without a content type as JSON (today's `strict_content_type=False`)."""
+    app = FastAPI(strict_content_type=False)
+
+    @app.post("/jobs/{owner}/{title}/", status_code=201)
+    def create_job(owner: str, title: str, task: Annotated[CsTask, Body()]) -> dict:
+        return {}
+
+    @app.post("/projects/sync/")
+    def sync_projects(projects: Annotated[list[CsProjectSync], Body()]) -> list:
+        return []
+
+    return app
+
+
+def fastapi_answers(path: str, raw: bytes, content_type: str | None) -> tuple[int, Any]:
+    """What C/S's FastAPI service answers `raw` with."""
+    from fastapi.testclient import TestClient
+
+    headers = {"content-type": content_type} if content_type else {}
+    r = TestClient(cs_fastapi()).post(path, content=raw, headers=headers)
+    return r.status_code, r.json()
+
+
+@pytest.mark.parametrize("raw, content_type", NOT_JSON)
+@pytest.mark.parametrize("path", ["/jobs/nobody/Nothing/", "/projects/sync/"])
+def test_a_body_that_is_not_json_is_answered_as_fastapi_answers_it(
+    api, tenants, path, raw, content_type
+):
+    """422 with FastAPI's own detail list (json_invalid at its offset, missing, the schema's
+    type error), compared with a FastAPI app's answer, not with a copy of its words."""
+    headers = {**cluster(api, tenants).headers()}
+    if content_type:
+        headers["content-type"] = content_type
+    r = httpx.post(f"{api}/api/v1{path}", content=raw, headers=headers)
+    assert (r.status_code, r.json()) == fastapi_answers(path, raw, content_type), r.text
+
+
+def test_v0_still_answers_400_to_a_body_that_is_not_json(api):
+    r = httpx.post(
+        f"{api}/nobody/Nothing/",
+        content=b"{not json",
+        headers={"Authorization": f"Bearer {V0_TOKEN}", "content-type": "application/json"},
+    )
+    assert r.status_code == 400 and "body is not JSON" in r.json()["error"], r.text
+
+
 def test_one_web_app_neither_sees_nor_syncs_anothers_projects(api, tenants):
     a, b = cluster(api, tenants, "webapp-a"), cluster(api, tenants, "webapp-b")
     a.sync_projects([project("v1tenants", "Mine")])
@@ -440,6 +663,44 @@ def test_a_sim_ends_in_one_accepted_put_at_the_owners_web_app(owned, tenants, wo
     assert not other.about(job_id)
 
 
+TASK_COMPLETE = {  # C/S's TaskComplete as cs-jobs posted it
+    "task_name": "sim", "status": "SUCCESS", "meta": {"task_times": [1.0]},
+    "model_version": "9.9.9", "version": "v1",
+    "outputs": {"renderable": {"outputs": []}, "downloadable": {"outputs": []}},
+}  # fmt: skip
+
+
+def callback(c: Cluster, method: str, job_id: str, **kw: Any) -> httpx.Response:
+    url = f"{c.url}/api/v1/jobs/callback/{job_id}/"
+    return httpx.request(method, url, headers=c.headers(), timeout=30, **kw)
+
+
+def test_the_job_callback_lets_no_one_post_a_result(owned, tenants):
+    """C/S's job posted its result to /jobs/callback/ID/ with no credentials; here no one can:
+    no token 401, another web app 404, the owner 403, a finished job 400, as C/S's words."""
+    stub, other = tenants["webapp-a"]["stub"], cluster(owned.url, tenants, "webapp-b")
+    job_id = owned.submit_job("v1tests", "Misbehaving", "defaults", {"meta_param_dict": {}}, "v1")
+    url = f"{owned.url}/api/v1/jobs/callback/{job_id}/"
+    assert httpx.post(url, json=TASK_COMPLETE).status_code == 401
+    assert httpx.get(url).status_code == 401
+    for method in ("GET", "POST"):
+        r = callback(other, method, job_id, json=TASK_COMPLETE)
+        assert r.status_code == 404 and r.json() == {"detail": "Job not found."}, r.text
+    read = callback(owned, "GET", job_id)
+    assert read.status_code == 201 and read.json()["id"] == job_id, read.text
+    assert read.json()["name"] == "defaults" and read.json()["status"] == "CREATED"
+    r = callback(owned, "POST", job_id, json=TASK_COMPLETE)
+    assert r.status_code == 403 and "takes no result" in r.json()["detail"], r.text
+    r = callback(owned, "POST", job_id, json={"status": "SUCCESS"})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "meta"], r.text
+    assert not [p for p in stub.about(job_id) if p.path in ("/outputs/api/", "/inputs/api/")]
+    finished = post_job(owned, "version").json()["id"]
+    r = callback(owned, "GET", finished)
+    assert r.status_code == 403 and r.json()["detail"].startswith("No permission"), r.text
+    r = callback(owned, "POST", finished, json=TASK_COMPLETE)
+    assert r.status_code == 400 and r.json() == {"detail": "Job already marked as complete."}
+
+
 # ---- builds: publish from the web app ------------------------------------------------------
 
 
@@ -530,6 +791,40 @@ def test_cancelling_a_build_cancels_its_flow_run(owned, publish_deployment):
         state = client.read_flow_run(run_id).state
     assert state.type.value in ("CANCELLING", "CANCELLED"), state
     assert owned.refresh_build(started["id"])["status"] == "cancelled"
+
+
+def test_an_api_restarted_mid_build_tells_the_web_app_once_without_a_get(
+    owned, tenants, published, publish_deployment, worker
+):
+    """The API that started a build is stopped while it runs; two APIs started after it (on
+    the same store) watch it again, and build_done reaches the web app exactly once, with no
+    GET of the build from anyone; a third API started after the end sends nothing more."""
+    from pathlib import Path
+
+    from prefect_cs.testing.models import add_tag
+
+    add_tag(Path(published), "v4", "a release built across a restart")
+    owned.sync_projects([project("v1tests", "Misbehaving", published, repo_tag="v4")])
+    stub = tenants["webapp-a"]["stub"]
+    worker.stop()  # the build waits for a worker: it cannot end before its API is stopped
+    try:
+        with serving(free_port()) as first:
+            c = Cluster(first, "webapp-a", tenants["webapp-a"]["password"])
+            started = c.start_build("v1tests", "Misbehaving")
+        path = f"/projects/api/v1/builds/{started['id']}/?cluster_id=true"
+        early = [r.body for r in stub.accepted(path)]
+        assert not early, f"the build ended before its API was stopped: {early}"
+    finally:
+        worker.start()
+    with serving(free_port()), serving(free_port()):
+        told = until(lambda: stub.accepted(path), 900, "build_done after the restart")
+    assert len(told) == 1 and told[0].body["cluster_build_id"] == started["id"]
+    # v4 is tagged on the module's last commit: after the broken-tests build it fails at test
+    assert told[0].body["status"] in ("success", "failure"), told[0].body
+    with serving(free_port()) as third:
+        again = Cluster(third, "webapp-a", tenants["webapp-a"]["password"])
+        assert again.refresh_build(started["id"])["status"] == told[0].body["status"]
+    assert len(stub.accepted(path)) == 1
 
 
 # ---- secrets: the project's owner, through its web app -------------------------------------

@@ -18,7 +18,12 @@ import uuid
 import pytest
 from prefect_cs.runtime.confinement import Bounds
 from prefect_cs.runtime.container import call_in_image
-from prefect_cs.testing.docker_tier import BASE_IMAGE, ensure_docker
+from prefect_cs.testing.docker_tier import (
+    BASE_IMAGE,
+    container_names_and_ids,
+    containers,
+    ensure_docker,
+)
 from prefect_cs.testing.models import EXAMPLES
 
 ATTACKER = EXAMPLES / "attacker-app" / "cs-config" / "cs_config"
@@ -145,7 +150,7 @@ def test_a_container_outliving_its_time_limit_is_stopped_and_removed(client, ima
     )
     assert not result.ok and "time limit of 3 seconds" in result.error, result.error
     label = "cs-tests-call=" + mine["cs-tests-call"]
-    assert not client.containers.list(all=True, filters={"label": label})
+    assert not containers(label)
 
 
 def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
@@ -159,7 +164,7 @@ def test_orphaned_call_containers_are_swept_after_their_deadline(client, image):
     try:
         removed = sweep_expired(client)  # another test's call may have swept `late` first
         assert alive.id not in removed
-        ids = {c.id for c in client.containers.list(all=True)}
+        ids = container_names_and_ids()
         assert late.id not in ids and alive.id in ids
     finally:
         for container in (late, alive):
@@ -234,7 +239,7 @@ def test_a_call_started_early_answers_confined_billed_and_removed(client, image)
         got = {k: v for k, v in report["probes"].items() if v["outcome"] == "GOT"}
         assert got == {}, got
         assert result.usage is not None and result.usage.cpu_seconds > 0, result.usage
-        assert started.name not in {c.name for c in client.containers.list(all=True)}
+        assert started.name not in container_names_and_ids()
     finally:
         started.close()
     assert not started.exchange.exists()
@@ -248,7 +253,7 @@ def test_a_call_started_early_and_never_asked_leaves_nothing(client, image):
     started = early(client, image)
     started.close()
     wait([started.started], timeout=120)  # a start close() did not wait for would land now
-    assert started.name not in {c.name for c in client.containers.list(all=True)}
+    assert started.name not in container_names_and_ids()
     assert not started.exchange.exists()
 
 
@@ -263,7 +268,7 @@ def test_a_call_started_early_keeps_its_time_limit(client, image):
         started.close()
     assert result is not None and not result.ok
     assert "time limit of 3 seconds" in result.error, result.error
-    assert started.name not in {c.name for c in client.containers.list(all=True)}
+    assert started.name not in container_names_and_ids()
 
 
 def test_links_the_model_plants_before_its_request_never_redirect_the_write(

@@ -26,7 +26,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from prefect_cs.testing.docker_tier import REGISTRY, ensure_docker, registry_settings
+from prefect_cs.testing.docker_tier import (
+    REGISTRY,
+    container_names_and_ids,
+    ensure_docker,
+    registry_settings,
+)
 from prefect_cs.testing.models import make_repo, publish_model, register_model
 
 OWNER, TITLE = "tests", "K8s-On-Docker"
@@ -155,7 +160,6 @@ def _state(run_id):
 def test_rendered_pod_runs_in_its_images_with_docker(
     k8s_published, platform_image, webapp, cs_home
 ):
-    import docker
     from prefect_cs.testing.job_on_docker import job_container
 
     task_id, run, job, pod, exchange = run_simulation_pod(
@@ -188,7 +192,7 @@ def test_rendered_pod_runs_in_its_images_with_docker(
     assert SECRET_VALUE not in pod.output("prefect-job")
     request = json.loads((exchange / "request.json").read_text())
     assert set(request) == {"function", "args", "with_version"}  # no environment, no secret
-    names = {c.name for c in docker.from_env().containers.list(all=True)}
+    names = container_names_and_ids()
     assert not [n for n in names if n.startswith(f"cs-job-{task_id[:8]}")]
 
 

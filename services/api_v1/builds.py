@@ -8,15 +8,18 @@
 - `DELETE /builds/{id}/` cancels the flow run (201, C/S's code), as C/S cancelled its job.
 When a build ends the web app is told as C/S's `build_done` told it: `PUT
 {web app}/projects/api/v1/builds/{id}/?cluster_id=true` with `cluster_build_id`, `tag`
-{image_tag, version}, `status`, … — once, by a watcher behind the POST's answer, or by the
-next GET if the API restarted meanwhile. A failed build leaves the promoted tag serving
+{image_tag, version}, `status`, … — once (store.claim_notice), by a watcher behind the
+POST's answer, by the watchers an API starts again for unfinished builds (`resume`), or
+by a GET. A failed build leaves the promoted tag serving
 (flows/publish.py promotes last). Only the owner of the project sees its builds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -29,7 +32,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+logger = logging.getLogger("prefect_cs.api.v1.builds")
 WATCH_SECONDS = 2.0
+WATCH_AT_MOST = 6 * 3600  # seconds a watcher follows one build (a publish ends well before)
+RESUMED_AT_MOST = 100  # unfinished builds watched again at start, the newest
 FINAL = ("success", "failure", "cancelled")
 RECORD_FIELDS = (
     "id", "project_id", "provider", "provider_data", "created_at", "finished_at",
@@ -95,10 +101,16 @@ def refresh(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any]:
         build["image_tag"] = build["tag"]
         build["version"] = promoted_version(owner, title, build["tag"])
     if build["status"] in FINAL and not build.get("notified"):
-        notify(user, build)
+        v1.store.update_build(build["id"], saved(build))  # what the notice says, kept first
+        if v1.store.claim_notice(build["id"]):
+            notify(user, build)
         build["notified"] = True
-    v1.store.update_build(build["id"], {k: v for k, v in build.items() if k != "id"})
+    v1.store.update_build(build["id"], saved(build))
     return build
+
+
+def saved(build: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in build.items() if k != "id"}
 
 
 def notify(user: ClusterUser, build: dict[str, Any]) -> None:
@@ -120,15 +132,40 @@ def owned_build(v1: V1, user: ClusterUser, request: Request) -> dict[str, Any]:
 
 
 async def watch(v1: V1, user: ClusterUser, build_id: int) -> None:
-    """Behind the POST's answer: refresh until the build ends (the web app is told then)."""
-    while True:
+    """Behind the POST's answer (or from `resume`): refresh until the build ends and its web app
+    is told, for at most WATCH_AT_MOST seconds (a GET refreshes it after that); a failed
+    refresh (the Prefect server restarting) is logged and tried again."""
+    deadline = time.monotonic() + WATCH_AT_MOST
+    while time.monotonic() < deadline:
         await asyncio.sleep(WATCH_SECONDS)
         build = await anyio.to_thread.run_sync(v1.store.build, user.id, build_id)
         if build is None:
             return
-        build = await anyio.to_thread.run_sync(refreshed, v1, user, build)
+        try:
+            build = await anyio.to_thread.run_sync(refreshed, v1, user, build)
+        except Exception as exc:  # noqa: BLE001 - the next round tries again
+            logger.warning("build %d: refresh failed (%s); retrying", build_id, type(exc).__name__)
+            continue
         if build["status"] in FINAL:
             return
+    logger.warning(
+        "build %d: stopped watching after %d s; a GET refreshes it", build_id, WATCH_AT_MOST
+    )
+
+
+async def resume(v1: V1) -> None:
+    """At the API's start: watch again the newest RESUMED_AT_MOST builds whose web app was not
+    told yet (the process that watched them was stopped), so build_done goes out without
+    waiting for a GET; claim_notice keeps it to one, whichever process sees the end first."""
+    found = await anyio.to_thread.run_sync(v1.store.unnotified_builds, RESUMED_AT_MOST)
+    watchers = []
+    for user_id, build_id in found:
+        user = await anyio.to_thread.run_sync(v1.store.user, user_id)
+        if user is not None:
+            watchers.append(watch(v1, user, build_id))
+    if watchers:
+        logger.info("watching %d unfinished build(s) again after a restart", len(watchers))
+    await asyncio.gather(*watchers)
 
 
 def started(v1: V1, user: ClusterUser, project: dict[str, Any]) -> dict[str, Any]:
@@ -167,7 +204,7 @@ def cancelled(v1: V1, user: ClusterUser, build: dict[str, Any]) -> dict[str, Any
     cancel_run(build["flow_run_id"])
     build |= {"status": "cancelled", "cancelled_at": now()}
     build["provider_data"] = {**build["provider_data"], "stage": "cancelled"}
-    v1.store.update_build(build["id"], {k: v for k, v in build.items() if k != "id"})
+    v1.store.update_build(build["id"], saved(build))
     return build
 
 

@@ -33,11 +33,14 @@ class HttpError(Exception):
         self.status, self.detail, self.headers = status, detail, headers or {}
 
 
-def unprocessable(exc: ValidationError, where: tuple[str | int, ...] = ("body",)) -> HttpError:
-    """422 with pydantic's errors located as FastAPI locates them (`["body", "tag"]`)."""
+def unprocessable(
+    exc: ValidationError, where: tuple[str | int, ...] = ("body",), echo: bool = True
+) -> HttpError:
+    """422 with pydantic's errors located as FastAPI locates them (`["body", "tag"]`); with
+    `echo` False the input is not sent back (a body that may carry a secret value)."""
     errors = [
         {**error, "loc": [*where, *error["loc"]]}
-        for error in exc.errors(include_url=False, include_context=False)
+        for error in exc.errors(include_url=False, include_context=False, include_input=echo)
     ]
     return HttpError(422, errors)
 
@@ -45,6 +48,12 @@ def unprocessable(exc: ValidationError, where: tuple[str | int, ...] = ("body",)
 def missing(field: str, where: str = "body") -> HttpError:
     """422 for one required field that is absent, as FastAPI words it."""
     error = {"type": "missing", "loc": [where, field], "msg": "Field required", "input": None}
+    return HttpError(422, [error])
+
+
+def missing_body() -> HttpError:
+    """422 for a required body that is empty or JSON `null`, as FastAPI words it."""
+    error = {"type": "missing", "loc": ["body"], "msg": "Field required", "input": None}
     return HttpError(422, [error])
 
 

@@ -24,6 +24,7 @@ import uuid
 from typing import Any
 
 import anyio
+import prefect_cs.services.api_v1.job_callback as callback
 from prefect_cs.services.api_body import task_request
 from prefect_cs.services.api_v1.context import V1, signed_in
 from prefect_cs.services.api_v1.errors import HttpError, unprocessable
@@ -50,7 +51,7 @@ def task_of(body: Any) -> dict[str, Any]:
     """The v0 checked request (task_request) of a body that fits C/S's schema (else 422), with
     a job id of its own when the web app gave none."""
     try:
-        task = Task.model_validate(body)
+        task = Task.model_validate(body, from_attributes=True)
     except ValidationError as exc:
         raise unprocessable(exc) from exc
     req = task_request(task.model_dump())
@@ -110,15 +111,29 @@ async def deliver_defaults(v1: V1, user: ClusterUser, owner: str, title: str, re
 async def create(v1: V1, request: Request, user: ClusterUser | None) -> Response:
     user = signed_in(user)
     owner, title = request.path_params["owner"], request.path_params["title"]
+    req = task_of(await v1.body(request))  # FastAPI validates the body before the handler
     await v1.project(user, owner, title)
-    req = task_of(await v1.body(request))
     await anyio.to_thread.run_sync(in_registry_for, v1, user, owner, title)
+    await recorded(v1, user, job(user, req, None))
     if req["task_name"] == "defaults":
         behind = BackgroundTask(deliver_defaults, v1, user, owner, title, req)
         return JSONResponse(job(user, req, None), 201, background=behind)
     answer = await v1.cluster.submit(owner, title, req)
-    return JSONResponse(job(user, req, answer if req["task_name"] == "version" else None), 201)
+    record = job(user, req, answer if req["task_name"] == "version" else None)
+    return JSONResponse(await recorded(v1, user, record), 201)
+
+
+async def recorded(v1: V1, user: ClusterUser, record: dict[str, Any]) -> dict[str, Any]:
+    """The job kept as this user's (the callback routes read it); 409 for a task_id that is
+    another web app's job."""
+    if not await anyio.to_thread.run_sync(v1.store.save_job, user.id, record):
+        raise HttpError(409, "task_id names another web app's job: omit it, the cluster makes one")
+    return record
 
 
 def routes(v1: V1) -> list[Route]:
-    return [v1.route("/jobs/{owner}/{title}/", create, ["POST"])]
+    return [
+        v1.route("/jobs/callback/{job_id}/", callback.read, ["GET"]),
+        v1.route("/jobs/callback/{job_id}/", callback.finish, ["POST"]),
+        v1.route("/jobs/{owner}/{title}/", create, ["POST"]),
+    ]

@@ -4,7 +4,9 @@ The OAuth2 password form as FastAPI's OAuth2PasswordRequestForm reads it
 (`application/x-www-form-urlencoded`, `username` and `password` required,
 `grant_type` absent or `password`), answered with C/S's Token schema; a wrong
 name or password is 400 "Incorrect username or password", as C/S's cluster
-answered. Passwords are compared in constant time and never logged.
+answered. Passwords are compared in constant time and never logged. Failed logins
+are limited per user name and per client address (login_limits.py): past the
+limit, 429 with Retry-After, before the password is checked.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def grant_type_error(value: str) -> HttpError:
     return HttpError(422, [error])
 
 
+def too_many(seconds: int) -> HttpError:
+    """429 with Retry-After: the client waits, then tries again (login_limits.py)."""
+    return HttpError(
+        429,
+        f"too many failed logins for this user name or from this address: retry in {seconds} s",
+        {"Retry-After": str(seconds)},
+    )
+
+
 async def access_token(v1: V1, request: Request, _: ClusterUser | None) -> Response:
     form = await form_fields(request)
     for field in ("username", "password"):
@@ -56,10 +67,12 @@ async def access_token(v1: V1, request: Request, _: ClusterUser | None) -> Respo
             raise missing(field)
     if form.get("grant_type", "password") != "password":
         raise grant_type_error(form["grant_type"])
-    user = await anyio.to_thread.run_sync(
-        authenticate, v1.store, form["username"], form["password"]
-    )
+    username, address = form["username"], request.client.host if request.client else ""
+    if wait := v1.logins.retry_after(username, address):
+        raise too_many(wait)
+    user = await anyio.to_thread.run_sync(authenticate, v1.store, username, form["password"])
     if user is None:
+        v1.logins.failed(username, address)
         logger.warning("v1 login refused: wrong user name or password (neither is logged)")
         raise HttpError(400, "Incorrect username or password")
     return JSONResponse(v1.tokens.issue(user))

@@ -50,7 +50,7 @@ PROJECTS = TypeAdapter(list[ProjectSync])
 def checked(body: Any) -> list[dict[str, Any]]:
     """The list as C/S's schema reads it (422), then as the registry would take it (400)."""
     try:
-        projects = [p.model_dump() for p in PROJECTS.validate_python(body)]
+        projects = [p.model_dump() for p in PROJECTS.validate_python(body, from_attributes=True)]
     except ValidationError as exc:
         raise unprocessable(exc) from exc
     try:

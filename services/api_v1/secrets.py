@@ -71,9 +71,9 @@ async def put(v1: V1, request: Request, user: ClusterUser | None) -> Response:
     owner, title = await owners_project(v1, request, user)
     name = secret_name(request)
     try:
-        value = SecretValue.model_validate(await v1.body(request)).value
+        value = SecretValue.model_validate(await v1.body(request), from_attributes=True).value
     except ValidationError as exc:
-        raise unprocessable(exc) from exc
+        raise unprocessable(exc, echo=False) from exc
     try:
         await anyio.to_thread.run_sync(lambda: backend(owner, title).set(name, value))
     except InvalidValue as exc:

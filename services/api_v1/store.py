@@ -37,6 +37,11 @@ CREATE TABLE IF NOT EXISTS projects (
     data TEXT NOT NULL,
     UNIQUE (owner, title)
 );
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    user_id INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS builds (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     user_id INTEGER NOT NULL,
@@ -46,13 +51,36 @@ CREATE TABLE IF NOT EXISTS builds (
 """
 
 
+USER_COLUMNS = {  # added to a store made before /api/v1/users/ existed
+    "email": "TEXT",
+    "url": "TEXT",
+    "is_superuser": "INTEGER NOT NULL DEFAULT 0",
+    "is_approved": "INTEGER NOT NULL DEFAULT 1",
+}
+
+
 @dataclass(frozen=True)
 class ClusterUser:
-    """A web app that logs in to this cluster; `webapp` is the block its results go to."""
+    """A web app that logs in to this cluster; `webapp` is the block its results go to ("" for
+    a superuser, which only manages users); C/S's email and url; approved to use its web
+    app's routes (users created through POST /api/v1/users/ start unapproved)."""
 
     id: int
     username: str
     webapp: str
+    email: str | None = None
+    url: str | None = None
+    is_superuser: bool = False
+    is_approved: bool = True
+
+
+def user_of(row: sqlite3.Row | None) -> ClusterUser | None:
+    if row is None:
+        return None
+    return ClusterUser(
+        row["id"], row["username"], row["webapp"], row["email"], row["url"],
+        bool(row["is_superuser"]), bool(row["is_approved"]),
+    )  # fmt: skip
 
 
 def now() -> str:
@@ -68,6 +96,10 @@ class Store:
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))
         with self.db() as db:
             db.executescript(SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(users)")}
+            for column, kind in USER_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE users ADD COLUMN {column} {kind}")
 
     @contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
@@ -78,31 +110,56 @@ class Store:
 
     # ---- users ---------------------------------------------------------------------------
 
-    def save_user(self, username: str, webapp: str) -> ClusterUser:
+    def save_user(
+        self, username: str, webapp: str, url: str | None = None, superuser: bool = False
+    ) -> ClusterUser:
+        """Add or update a user the operator made (approved)."""
         with self.db() as db:
             db.execute(
-                "INSERT INTO users (username, webapp, created_at) VALUES (?, ?, ?)"
-                " ON CONFLICT (username) DO UPDATE SET webapp = excluded.webapp",
-                (username, webapp, now()),
+                "INSERT INTO users (username, webapp, url, is_superuser, created_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (username) DO UPDATE SET"
+                " webapp = excluded.webapp, url = excluded.url,"
+                " is_superuser = excluded.is_superuser",
+                (username, webapp, url, int(superuser), now()),
             )
         found = self.user_named(username)
         assert found is not None
         return found
 
+    def insert_user(self, username: str, webapp: str, url: str, email: str) -> ClusterUser | None:
+        """A new, unapproved user; None when the name is taken (one atomic INSERT)."""
+        try:
+            with self.db() as db:
+                db.execute(
+                    "INSERT INTO users (username, webapp, url, email, is_approved, created_at)"
+                    " VALUES (?, ?, ?, ?, 0, ?)",
+                    (username, webapp, url, email, now()),
+                )
+        except sqlite3.IntegrityError:
+            return None
+        return self.user_named(username)
+
+    def set_approved(self, username: str, approved: bool) -> ClusterUser | None:
+        with self.db() as db:
+            db.execute(
+                "UPDATE users SET is_approved = ? WHERE username = ?", (int(approved), username)
+            )
+        return self.user_named(username)
+
     def user_named(self, username: str) -> ClusterUser | None:
         with self.db() as db:
-            row = db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
-        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+            return user_of(
+                db.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+            )
 
     def user(self, user_id: int) -> ClusterUser | None:
         with self.db() as db:
-            row = db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
-        return ClusterUser(row["id"], row["username"], row["webapp"]) if row else None
+            return user_of(db.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone())
 
     def users(self) -> list[ClusterUser]:
         with self.db() as db:
             rows = db.execute("SELECT * FROM users ORDER BY id").fetchall()
-        return [ClusterUser(r["id"], r["username"], r["webapp"]) for r in rows]
+        return [u for r in rows if (u := user_of(r))]
 
     def delete_user(self, username: str) -> bool:
         with self.db() as db:
@@ -151,6 +208,27 @@ class Store:
             ).fetchall()
         return count, [{**json.loads(r["data"]), "id": r["id"]} for r in rows]
 
+    # ---- jobs ----------------------------------------------------------------------------
+
+    def save_job(self, user_id: int, job: dict[str, Any]) -> bool:
+        """Record a job as its user's; False when its id is already another user's job."""
+        with self.db() as db:
+            db.execute(
+                "INSERT INTO jobs (id, user_id, data) VALUES (?, ?, ?) ON CONFLICT (id)"
+                " DO UPDATE SET data = excluded.data WHERE jobs.user_id = excluded.user_id",
+                (job["id"], user_id, json.dumps(job)),
+            )
+            row = db.execute("SELECT user_id FROM jobs WHERE id = ?", (job["id"],)).fetchone()
+        return row["user_id"] == user_id
+
+    def job(self, user_id: int, job_id: str) -> dict[str, Any] | None:
+        """The user's job, None when it is not theirs."""
+        with self.db() as db:
+            row = db.execute(
+                "SELECT data FROM jobs WHERE id = ? AND user_id = ?", (job_id, user_id)
+            ).fetchone()
+        return json.loads(row["data"]) if row else None
+
     # ---- builds --------------------------------------------------------------------------
 
     def new_build(self, user_id: int, project_id: int, data: dict[str, Any]) -> int:
@@ -170,5 +248,35 @@ class Store:
         return {**json.loads(row["data"]), "id": row["id"]} if row else None
 
     def update_build(self, build_id: int, data: dict[str, Any]) -> None:
+        """Save a build; `notified` never goes back to false (a process that read the build
+        before another claimed its notice must not undo the claim: claim_notice)."""
         with self.db() as db:
-            db.execute("UPDATE builds SET data = ? WHERE id = ?", (json.dumps(data), build_id))
+            db.execute(
+                "UPDATE builds SET data = json_set(:new, '$.notified', json(CASE WHEN"
+                " COALESCE(json_extract(data, '$.notified'), 0)"
+                " OR COALESCE(json_extract(:new, '$.notified'), 0)"
+                " THEN 'true' ELSE 'false' END)) WHERE id = :id",
+                {"new": json.dumps(data), "id": build_id},
+            )
+
+    def claim_notice(self, build_id: int) -> bool:
+        """True for the one caller that marks the build notified (atomic in SQLite): the one
+        that then sends build_done, whichever API process, or how many, watch it."""
+        with self.db() as db:
+            cursor = db.execute(
+                "UPDATE builds SET data = json_set(data, '$.notified', json('true'))"
+                " WHERE id = ? AND NOT COALESCE(json_extract(data, '$.notified'), 0)",
+                (build_id,),
+            )
+        return cursor.rowcount == 1
+
+    def unnotified_builds(self, limit: int) -> list[tuple[int, int]]:
+        """(user id, build id) of the newest `limit` builds whose web app was not told yet."""
+        with self.db() as db:
+            rows = db.execute(
+                "SELECT user_id, id FROM builds"
+                " WHERE NOT COALESCE(json_extract(data, '$.notified'), 0)"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [(r["user_id"], r["id"]) for r in rows]

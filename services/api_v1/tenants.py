@@ -70,7 +70,45 @@ def add_user(
         webapp = WebApp(base_url=url, token=webapp_token)
     webapp.save(block.partition("/")[2], overwrite=True)
     get_backend(None).set(password_secret(username), password)
-    return store.save_user(username, block), password
+    return store.save_user(username, block, url), password
+
+
+def add_superuser(store: Store, username: str) -> tuple[ClusterUser, str]:
+    """A superuser (C/S's create_super_user.py): creates and approves users through
+    /api/v1/users/, has no web app, so runs nothing; its password a new random secret."""
+    from prefect_cs.security.secrets import get_backend
+
+    password = secrets.token_urlsafe(32)
+    get_backend(None).set(password_secret(username), password)
+    return store.save_user(username, "", superuser=True), password
+
+
+def create_user(
+    store: Store, username: str, url: str, email: str, password: str, client: tuple[str, str]
+) -> ClusterUser | None:
+    """POST /api/v1/users/: a new, unapproved user with the password and OAuth client its
+    creator gave; None when the name is taken (then nothing of the other user is touched)."""
+    from prefect_cs.blocks.webapp import WebApp
+    from prefect_cs.security.secrets import get_backend
+
+    if not password:
+        raise InvalidValue("the password must not be empty")
+    block = webapp_block(check_username(username))
+    user = store.insert_user(username, block, url, email)
+    if user is None:
+        return None
+    try:
+        webapp = WebApp(base_url=url, client_id=client[0], client_secret=client[1])
+        webapp.save(block.partition("/")[2], overwrite=True)
+        get_backend(None).set(password_secret(username), password)
+    except Exception:
+        store.delete_user(username)
+        raise
+    return user
+
+
+def set_approved(store: Store, username: str, approved: bool) -> ClusterUser | None:
+    return store.set_approved(username, approved) if USERNAME_RE.fullmatch(username) else None
 
 
 def password_matches(username: str, given: str) -> bool:
