@@ -1,10 +1,11 @@
 """What an interactive app deployment costs: time to first byte, idle memory, how many fit.
 
-    .venv/bin/python benchmarks/interactive.py [--rounds 3] [--fit 6] [--cpu 1]
+    .venv/bin/python benchmarks/interactive.py [--app dash|bokeh|streamlit]
+        [--rounds 3] [--fit 6] [--cpu 1]
 
-Builds examples/dash-app's environment once (a venv with dash and gunicorn, as publish
-makes it), then, with the same sandbox and kernel bounds as a deployment
-(runtime/app_server.py, model memory 512Mi):
+Builds the sample app's environment once (examples/dash-app: dash and gunicorn;
+examples/bokeh-app: bokeh; examples/streamlit-app: streamlit; as publish makes it), then,
+with the same sandbox and kernel bounds as a deployment (runtime/app_server.py):
 - cold: from the start request to the first byte of the app's page over its socket (a new
   sandbox, gunicorn and its workers importing dash), `--rounds` times: the first round reads
   the venv from disk if it is not cached, the others from the page cache ("warm image");
@@ -36,8 +37,23 @@ import httpx  # noqa: E402
 from prefect_cs.runtime.app_server import AppServer, AppSpec, server_args, url_prefix  # noqa: E402
 from prefect_cs.runtime.confinement import Bounds  # noqa: E402
 
-APP = ROOT / "examples" / "dash-app" / "cs-config"
-BOUNDS = Bounds(memory_mib=640, pids=512, cpus=1.0, disk_mib=512)
+# app: (example, its pinned packages, model config fields, the page's path under the prefix,
+#       memory bound in MiB: the model config's memory x 1.25 as for its calls)
+APPS = {
+    "dash": ("dash-app", ["dash==4.4.1", "gunicorn==23.0.0"],
+             {"app_location": "cs_config.app", "callable_name": "server"}, "", 640),
+    "bokeh": ("bokeh-app", ["bokeh==3.9.2"], {"app_location": "app.py"}, "app", 640),
+    "streamlit": ("streamlit-app", ["streamlit==1.67.0"], {"app_location": "app.py"}, "", 1280),
+}  # fmt: skip
+APP = "dash"  # set by --app
+
+
+def app_source() -> Path:
+    return ROOT / "examples" / APPS[APP][0] / "cs-config"
+
+
+def bounds() -> Bounds:
+    return Bounds(memory_mib=APPS[APP][4], pids=512, cpus=1.0, disk_mib=512)
 
 
 def build_venv() -> tuple[str, Path]:
@@ -45,10 +61,10 @@ def build_venv() -> tuple[str, Path]:
     venv = WORK / "venv"
     uv = [sys.executable, "-m", "uv"]
     subprocess.run([*uv, "venv", "-q", "--python", "/usr/bin/python3", str(venv)], check=True)
-    packages = ["dash==4.4.1", "gunicorn==23.0.0", str(APP)]
+    packages = [*APPS[APP][1], str(app_source())]
     subprocess.run([*uv, "pip", "install", "-q", "--python", str(venv / "bin/python"), *packages])
     app_dir = venv / "app"
-    shutil.copytree(APP, app_dir)
+    shutil.copytree(app_source(), app_dir)
     for path in (WORK, *WORK.parents):
         path.chmod(path.stat().st_mode | 0o001)
     subprocess.run(["chmod", "-R", "o+rX", str(venv)], check=True)
@@ -56,17 +72,11 @@ def build_venv() -> tuple[str, Path]:
 
 
 def spec(python: str, app_dir: Path, name: str, cpu: float) -> tuple[AppSpec, str]:
-    prefix = url_prefix("bench", "Dash", name)
-    args = server_args(
-        "dash",
-        app_location="cs_config.app",
-        callable_name="server",
-        prefix=prefix,
-        cpu=cpu,
-        origin="x",
-    )
+    prefix = url_prefix("bench", APP, name)
+    fields = {"app_location": None, "callable_name": None, **APPS[APP][2]}
+    args = server_args(APP, prefix=prefix, cpu=cpu, origin="127.0.0.1:8795", **fields)
     env = {"URL_BASE_PATHNAME": prefix}
-    return AppSpec(python, (), app_dir, tuple(args), BOUNDS, env), prefix
+    return AppSpec(python, (), app_dir, tuple(args), bounds(), env), prefix
 
 
 def first_byte(server: AppServer, prefix: str, deadline: float) -> float | None:
@@ -75,7 +85,7 @@ def first_byte(server: AppServer, prefix: str, deadline: float) -> float | None:
     with httpx.Client(transport=transport, timeout=30) as client:
         while time.monotonic() < deadline:
             try:
-                with client.stream("GET", f"http://app{prefix}") as answer:
+                with client.stream("GET", f"http://app{prefix}{APPS[APP][3]}") as answer:
                     next(answer.iter_raw(), None)
                     if answer.status_code == 200:
                         return time.monotonic()
@@ -142,7 +152,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fit", type=int, default=6)
     parser.add_argument("--cpu", type=float, default=1.0)
+    parser.add_argument("--app", choices=sorted(APPS), default="dash")
     args = parser.parse_args()
+    global APP
+    APP = args.app
     python, app_dir = build_venv()
     cold_times = cold(python, app_dir, args.rounds, args.cpu)
     print("cold start to first byte (s):", ", ".join(f"{t:.2f}" for t in cold_times))

@@ -10,13 +10,18 @@ the server listens as Compute Studio started it. It speaks no HTTP: the front do
 (services/app_proxy.py) is the proxy; this is a pipe. When the server exits this exits,
 and bubblewrap ends the sandbox with every process in it.
 
+On the Docker tier (runtime/app_container.py) no descriptor can be handed into a container:
+LISTEN is then a path in a folder the platform bound in, where this binds the socket itself
+(the front door opens it without following links and checks it is this uid's socket).
+
 Runs with the model environment's interpreter (`python -I`), standard library only.
-Usage: app_relay.py LISTEN_FD PORT -- ARGV...
+Usage: app_relay.py LISTEN_FD|SOCKET_PATH PORT -- ARGV...
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -51,8 +56,19 @@ def relay_to(port: int):
     return handle
 
 
-async def serve(listen_fd: int, port: int, argv: list[str]) -> int:
-    listener = socket.socket(fileno=listen_fd)
+def listener_of(listen: str) -> socket.socket:
+    """The descriptor handed in, or a socket bound here at a path (0666: its folder guards it)."""
+    if listen.isdigit():
+        return socket.socket(fileno=int(listen))
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(listen)
+    os.chmod(listen, 0o666)
+    listener.listen(128)
+    return listener
+
+
+async def serve(listen: str, port: int, argv: list[str]) -> int:
+    listener = listener_of(listen)
     server = await asyncio.start_unix_server(relay_to(port), sock=listener)
     proc = subprocess.Popen(argv)
     loop = asyncio.get_running_loop()
@@ -64,11 +80,11 @@ async def serve(listen_fd: int, port: int, argv: list[str]) -> int:
 
 
 def main() -> int:
-    listen_fd, port, dashes, *argv = sys.argv[1:]
+    listen, port, dashes, *argv = sys.argv[1:]
     if dashes != "--" or not argv:
-        print("usage: app_relay.py LISTEN_FD PORT -- ARGV...", file=sys.stderr)
+        print("usage: app_relay.py LISTEN_FD|SOCKET_PATH PORT -- ARGV...", file=sys.stderr)
         return 2
-    return asyncio.run(serve(int(listen_fd), int(port), argv))
+    return asyncio.run(serve(listen, int(port), argv))
 
 
 if __name__ == "__main__":

@@ -52,26 +52,42 @@ def server_args(
     prefix: str,
     cpu: float,
     origin: str,
+    address: str = "127.0.0.1",
 ) -> list[str]:
-    """The server's command after `python -m`, as C/S's server.py starts it, on loopback."""
+    """The server's command after `python -m`, as C/S's server.py starts it: on loopback (its
+    own, in the sandbox's network namespace); on Kubernetes on the pod's address (0.0.0.0),
+    which its NetworkPolicy opens to the front door alone."""
     if tech == "dash":
         module = app_location or "cs_config.functions"
         return [
-            "gunicorn", "--workers", str(dash_workers(cpu)), "--bind", f"127.0.0.1:{APP_PORT}",
+            "gunicorn", "--workers", str(dash_workers(cpu)), "--bind", f"{address}:{APP_PORT}",
             f"{module}:{callable_name}",
         ]  # fmt: skip
     if tech == "bokeh":
         return [
-            "bokeh", "serve", str(app_location), "--address", "127.0.0.1", "--port",
+            "bokeh", "serve", str(app_location), "--address", address, "--port",
             str(APP_PORT), "--prefix", prefix, f"--allow-websocket-origin={origin}",
         ]  # fmt: skip
     if tech == "streamlit":
         return [
-            "streamlit", "run", str(app_location), "--server.address", "127.0.0.1",
+            "streamlit", "run", str(app_location), "--server.address", address,
             "--server.port", str(APP_PORT), "--server.baseUrlPath", prefix,
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            *streamlit_origin_args(origin),
         ]  # fmt: skip
     raise ValueError(f"Unknown tech: {tech}. Must be one of: bokeh, dash, streamlit.")
+
+
+def streamlit_origin_args(origin: str) -> list[str]:
+    """Streamlit accepts a WebSocket whose Origin is its Host or an allowed origin; the front
+    door rewrites Host to its own upstream name, so the front door's origin as browsers see
+    it must be allowed by name (serverAddress: checked first, before Streamlit looks up the
+    machine's own addresses over the network, which the sandbox does not have)."""
+    host = origin.rpartition(":")[0] if ":" in origin else origin
+    return [
+        "--browser.serverAddress", host, "--server.corsAllowedOrigins", f"http://{origin}",
+        "--server.fileWatcherType", "none",
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -151,6 +167,10 @@ class AppServer:
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
 
     def ready(self, prefix: str) -> bool:
         """Whether the server answers HTTP at its prefix (any status under 500)."""

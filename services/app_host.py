@@ -20,6 +20,7 @@ from typing import Any
 from prefect_cs.blocks.model_config import ModelConfig
 from prefect_cs.core.errors import CSError, NotFound
 from prefect_cs.core.settings import get_settings
+from prefect_cs.runtime.app_container import ContainerAppServer
 from prefect_cs.runtime.app_server import AppServer, url_prefix
 from prefect_cs.tiers import get_tier
 
@@ -39,7 +40,7 @@ class Deployment:
     name: str
     tag: str
     created_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
-    server: AppServer | None = None
+    server: AppServer | ContainerAppServer | None = None  # process tier | docker tier
     ready: bool = False
     last_request: float = field(default_factory=time.monotonic)
 
@@ -110,7 +111,7 @@ class AppHost:
             raise
         deployment.ready, deployment.last_request = True, time.monotonic()
         seconds = time.monotonic() - asked
-        return {**deployment.view(), "seconds": round(seconds, 3), "pid": server.proc.pid}  # type: ignore[union-attr]
+        return {**deployment.view(), "seconds": round(seconds, 3), "pid": server.pid}
 
     def _reserve(self, key: Key, tag: str) -> Deployment:
         apps = get_settings().apps

@@ -15,7 +15,8 @@ which the platform owns. It
   process with the servers it routes to;
 - strips the platform's cookie and link from what it forwards, so a model never sees them;
 - answers a stopped deployment with a page that restarts it (the `app-start` flow), and
-  stops idle ones (the `app-stop` flow: services/app_host.py says when).
+  stops idle ones (the `app-stop` flow: services/app_host.py says when); every request and
+  every WebSocket message, either way, counts as use.
 
 The control socket (`$CS_HOME/apps/control.sock`, folder 0700) is how the `app-start` and
 `app-stop` flows ask for a start or a stop; it is never on the network.
@@ -194,8 +195,25 @@ class FrontDoor:
             return
         self.host.touch(key)
         _, ws = self.proxies.of(deployment)
-        forwarded = WebSocket(forwarded_scope(websocket.scope), websocket.receive, websocket.send)
+        receive, send = touching(self.host, key, websocket.receive, websocket.send)
+        forwarded = WebSocket(forwarded_scope(websocket.scope), receive, send)
         await ws.proxy(websocket=forwarded, path=websocket.url.path.lstrip("/"))
+
+
+def touching(host: AppHost, key: Key, receive: Any, send: Any) -> tuple[Any, Any]:
+    """A WebSocket's receive and send that count each message, either way, as use: an open
+    Bokeh or Streamlit page talks only over its WebSocket, never over HTTP, while in use."""
+
+    async def receive_touching() -> Any:
+        message = await receive()
+        host.touch(key)
+        return message
+
+    async def send_touching(message: Any) -> None:
+        host.touch(key)
+        await send(message)
+
+    return receive_touching, send_touching
 
 
 class Control:

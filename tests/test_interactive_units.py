@@ -91,3 +91,6 @@ def test_servers_start_with_cs_commands_on_their_own_loopback():
     streamlit = server_args("streamlit", app_location="app.py", callable_name=None, **common)
     assert streamlit[:3] == ["streamlit", "run", "app.py"]
     assert streamlit[streamlit.index("--server.baseUrlPath") + 1] == "/o/t/d/"
+    # the front door rewrites Host: the origin browsers send must be allowed by name
+    assert streamlit[streamlit.index("--browser.serverAddress") + 1] == "viz.example"
+    assert "http://viz.example:443" in streamlit

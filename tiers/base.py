@@ -13,6 +13,7 @@ import importlib
 import logging
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -168,11 +169,36 @@ class Tier:
         self.tests_folder(model, source)
         self.run_tests(model, entry, source, logger)
 
-    def smoke_start(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
-        """An interactive app's server must answer HTTP (tiers that can run one override)."""
+    def start_app(self, model: ModelConfig, entry: PublishedTag, deployment_name: str) -> Any:
+        """One deployment's server, started (not yet answering: its `wait_ready`); tiers that
+        can run one override (local: a sandboxed process; docker: a container)."""
         raise StepFailed(
             f"interactive apps (tech {model.tech}) are not served on the {self.name} tier yet:"
-            " publish them on the local tier (CS_TIER=local)"
+            " publish them on the local or docker tier (CS_TIER=local or docker)"
+        )
+
+    def smoke_server(self, model: ModelConfig, entry: PublishedTag) -> Any:
+        """The server publish's smoke start asks (a deployment's, unless a tier says otherwise)."""
+        return self.start_app(model, entry, "smoke-start")
+
+    def smoke_start(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
+        """Publish's check of an interactive app: its server must answer HTTP before promote."""
+        from prefect_cs.runtime.app_server import url_prefix
+
+        started = time.monotonic()
+        server = self.smoke_server(model, entry)
+        try:
+            prefix = url_prefix(model.owner, model.title, "smoke-start")
+            problem = server.wait_ready(prefix, get_settings().apps.start_seconds)
+        finally:
+            server.stop()
+        if problem:
+            raise StepFailed(f"smoke start of the {model.tech} app failed: {problem}")
+        logger.info(
+            "the %s app answered HTTP %.1f s after its start (%s tier)",
+            model.tech,
+            time.monotonic() - started,
+            self.name,
         )
 
     def model_version(self, entry: PublishedTag, logger: Logger) -> str:

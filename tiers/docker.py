@@ -63,6 +63,7 @@ from prefect_cs.blocks.model_config import ModelConfig, PublishedTag, check_syst
 from prefect_cs.core.errors import ConfigError, StepFailed
 from prefect_cs.core.names import image_name, image_tag
 from prefect_cs.core.settings import get_settings
+from prefect_cs.runtime.app_container import ContainerAppServer, ContainerAppSpec
 from prefect_cs.runtime.confinement import Bounds
 from prefect_cs.runtime.container import (
     RUNNER,
@@ -631,6 +632,56 @@ class DockerTier(Tier):
             network=model.internet,
             fingerprint=fingerprint,
         )
+
+    def start_app(
+        self, model: ModelConfig, entry: PublishedTag, deployment_name: str
+    ) -> ContainerAppServer:
+        """The deployment's server: a confined container of the model's image (pulled with the
+        registry's login if this engine lacks it), C/S's command and environment; app
+        containers a killed front door left go first (runtime/app_container.py)."""
+        from prefect_cs.runtime.app_container import sweep_orphaned_apps
+
+        image = self.image_of(model, entry)
+        client = docker_client(timeout=120)
+        ensure_image(image, client)
+        sweep_orphaned_apps(client)
+        return ContainerAppServer(
+            app_container_spec(model, entry, deployment_name, image),
+            get_settings().home / "apps" / "run",
+            client,
+        ).start()
+
+
+def app_container_spec(
+    model: ModelConfig, entry: PublishedTag, deployment_name: str, image: str
+) -> ContainerAppSpec:
+    """C/S's command on the container's own loopback, from the app's folder in the image, with
+    its environment (OWNER, TITLE, URL_BASE_PATHNAME, its declared secrets) and its bounds."""
+    from prefect_cs.runtime.app_server import server_args, url_prefix
+    from prefect_cs.runtime.environment import model_env
+    from prefect_cs.tiers.local import app_origin
+
+    prefix = url_prefix(model.owner, model.title, deployment_name)
+    args = server_args(
+        model.tech,
+        app_location=model.app_location,
+        callable_name=model.callable_name,
+        prefix=prefix,
+        cpu=model.cpu,
+        origin=app_origin(),
+    )
+    env = {**model_env(model), "OWNER": model.owner, "TITLE": model.title}
+    env["URL_BASE_PATHNAME"] = prefix
+    return ContainerAppSpec(
+        image=image,
+        python=MODEL_PYTHON,
+        args=tuple(args),
+        app_dir=MODEL_SRC,
+        bounds=model_bounds(model),
+        network=model.internet,
+        env=env,
+        labels=call_labels(model, entry),
+    )
 
 
 def call_terms(model: ModelConfig, entry: PublishedTag) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.errors import StepFailed
 from prefect_cs.core.names import (
     check_secret_name,
     label_value,
@@ -184,6 +185,19 @@ class KubernetesTier(DockerTier):
     pool_setting = "kubernetes_pool"
     variables_model = KubernetesJobVariables
     inputs_on_shared_worker = False  # each model's inputs server, beside its model container
+
+    def start_app(self, model: ModelConfig, entry: PublishedTag, deployment_name: str) -> Any:
+        """Not from here: a deployment on Kubernetes is a Deployment + Service + Ingress
+        (infra/kubernetes_apps.py), which the front door does not create yet."""
+        raise StepFailed(
+            f"{model.owner}/{model.title}@{entry.tag} is published on the kubernetes tier, whose"
+            " app deployments are rendered (infra/kubernetes_apps.app_manifests) but not started"
+            " by the front door yet: publish it with CS_TIER=docker or local to serve it"
+        )
+
+    def smoke_server(self, model: ModelConfig, entry: PublishedTag) -> Any:
+        """Publish's smoke start runs the image on Docker, as the tests run the Job's pod."""
+        return DockerTier.start_app(self, model, entry, "smoke-start")
 
     def variables(self, model: ModelConfig, entry: PublishedTag) -> KubernetesJobVariables:
         """What the simulate deployment tells work_pools/kubernetes.json for this model and tag."""

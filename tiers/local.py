@@ -19,7 +19,6 @@ import shutil
 import stat
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -495,23 +494,6 @@ class LocalTier(Tier):
         """The app's server, started in its sandbox (not yet answering: wait_ready)."""
         spec = self.app_spec(model, entry, deployment_name)
         return AppServer(spec, get_settings().home / "apps" / "run").start()
-
-    def smoke_start(self, model: ModelConfig, entry: PublishedTag, logger: Logger) -> None:
-        """Publish's check of an interactive app: its server must answer HTTP before promote."""
-        started = time.monotonic()
-        server = self.start_app(model, entry, "smoke-start")
-        try:
-            prefix = url_prefix(model.owner, model.title, "smoke-start")
-            problem = server.wait_ready(prefix, get_settings().apps.start_seconds)
-        finally:
-            server.stop()
-        if problem:
-            raise StepFailed(f"smoke start of the {model.tech} app failed: {problem}")
-        logger.info(
-            "the %s app answered HTTP %.1f s after its start",
-            model.tech,
-            time.monotonic() - started,
-        )
 
 
 def app_origin() -> str:

@@ -59,6 +59,7 @@ V1_PATHS = {  # for the API's /openapi.json; README "Connecting a web app" says 
         "put": {"summary": "set a secret (owner only)"},
         "delete": {"summary": "delete a secret (owner only)"},
     },
+    **deployments.PATHS,
 }
 
 

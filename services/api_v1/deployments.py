@@ -30,6 +30,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 TECHS = ("dash", "bokeh", "streamlit")
+PATHS = {  # for the API's /openapi.json (api_v1.V1_PATHS)
+    "/api/v1/deployments/{owner}/{title}/": {
+        "post": {"summary": "start a deployment of an interactive app → 201 ready stats + url"}
+    },
+    "/api/v1/deployments/{owner}/{title}/{deployment_name}/": {
+        "get": {"summary": "a deployment's ready stats + url (counts as use)"},
+        "delete": {"summary": "stop a deployment and free what it held"},
+    },
+}
 STATS = ("deployment", "svc", "ingressroute")
 
 
