@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,6 +129,16 @@ def _take(model: ModelConfig, entry: PublishedTag) -> HeadStart | None:
     return None
 
 
+def _run_logger() -> logging.Logger | logging.LoggerAdapter:
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
+
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logger
+
+
 def _close_begun(pending: Future) -> None:
     with contextlib.suppress(Exception):
         if (begun := pending.result()) is not None:
@@ -146,7 +157,11 @@ def discard_before_running() -> None:
 def started_early(model: ModelConfig, entry: PublishedTag) -> Iterator[HeadStart]:
     """The head start for this call (begun before running, or now), closed when the flow is
     done with it, asked or not."""
-    head_start = _take(model, entry) or HeadStart.begin(model, entry)
+    head_start = _take(model, entry)
+    if head_start is not None:
+        _run_logger().info("the model's call was started before this run was RUNNING")
+    else:
+        head_start = HeadStart.begin(model, entry)
     try:
         yield head_start
     finally:

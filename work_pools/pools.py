@@ -64,12 +64,13 @@ def base_job_template(pool_type: str) -> dict[str, Any]:
 
 def engine_command() -> str:
     """A process pool's flow runs start Prefect's engine directly, in the platform's interpreter
-    (the one making the pool: workers run the same installation). Left blank, Prefect's process
-    worker first starts a workspace supervisor, a second interpreter importing Prefect to look
-    for a uv project the platform does not have, and only then the engine: about 1 s more per
-    run (benchmarks/docker_split.py shows it as the gap between the worker's submission and the
+    (the one making the pool: workers run the same installation), through flows/engine.py, which
+    begins the simulation's head start first. Left blank, Prefect's process worker first starts
+    a workspace supervisor, a second interpreter importing Prefect to look for a uv project the
+    platform does not have, and only then the engine: about 1 s more per run
+    (benchmarks/docker_split.py shows it as the gap between the worker's submission and the
     flow's first log line)."""
-    return shlex.join([sys.executable, "-m", "prefect.engine"])
+    return shlex.join([sys.executable, "-m", "prefect_cs.flows.engine"])
 
 
 def ensure_pool(name: str, pool_type: str) -> None:
