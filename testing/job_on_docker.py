@@ -247,6 +247,28 @@ class Pod:
             )
         return True
 
+    def wait_running(self, container: str, timeout: float = 60) -> str:
+        """The Docker name of `container` once Docker runs it: `start` only launched
+        `docker run`, which creates the container a moment later (a `docker exec` or a
+        `docker rm` before then finds nothing)."""
+        import time
+
+        name = f"{self.name}-{container}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = subprocess.run(
+                [self.docker, "inspect", "-f", "{{.State.Running}}", name],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if state.stdout.strip() == "true":
+                return name
+            if self.started[container].poll() is not None:
+                break
+            time.sleep(0.2)
+        raise TimeoutError(f"container {name} is not running after {timeout:g} s: {self.ended}")
+
     def wait(self, timeout: float) -> PodRun:
         for container, process in self.started.items():
             try:
@@ -263,7 +285,11 @@ class Pod:
             self._remove(container)
         for container, process in self.started.items():
             if container not in self.ended:
-                output, _ = process.communicate()
+                try:  # a `docker run` that had not created its container yet outlived the rm
+                    output, _ = process.communicate(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self._remove(container)
+                    output, _ = process.communicate()
                 self.ended[container] = (process.returncode, output)
         if keep is not None:
             shutil.copytree(self.folder, keep, dirs_exist_ok=True)
