@@ -350,6 +350,12 @@ class AppsSettings(BaseSettings):
     link_seconds: int = Field(
         default=600, gt=0, description="How long a signed link the web app hands a user opens."
     )
+    link_key: SecretStr | None = Field(
+        default=None,
+        description="The key that signs app links and cookies, where the front door and the"
+        " cluster API run apart (Kubernetes: a secretKeyRef to Secret cs-app-link-key, both"
+        " holding the same). Unset: $CS_HOME/apps/link-key, made at first use (0600).",
+    )
 
 
 class StackSettings(BaseSettings):

@@ -5,7 +5,8 @@ front door must not be enough to open it. The web app gets a signed link for a d
 from the cluster API (services/api_v1/deployments.py) and hands it to its user; the front
 door (services/app_proxy.py) checks the link, sets a cookie scoped to that deployment's path
 and sends the browser on without the link. Both are HMAC-SHA256 under one key only the
-platform reads (`$CS_HOME/apps/link-key`, 0600): a link names its deployment and expires
+platform reads (`$CS_HOME/apps/link-key`, 0600, or CS_APPS_LINK_KEY from a Kubernetes Secret
+where the front door and the API run in pods of their own): a link names its deployment and expires
 (CS_APPS_LINK_SECONDS); a cookie names its deployment, so one deployment's cookie opens no
 other. Neither reaches the model: the front door strips both before forwarding.
 """
@@ -34,7 +35,17 @@ def key_file() -> Path:
 
 
 def link_key() -> bytes:
-    """The signing key, made at first use (0600, in a 0700 folder)."""
+    """The signing key: CS_APPS_LINK_KEY where it is given (a Kubernetes Secret, shared by the
+    front door and the API), else the file, made at first use (0600, in a 0700 folder)."""
+    given = get_settings().apps.link_key
+    if given is not None:
+        key = given.get_secret_value().strip().encode()
+        if len(key) < 32:
+            raise ValueError(
+                "CS_APPS_LINK_KEY is shorter than 32 characters: make its Secret's key from"
+                " `openssl rand -hex 32`"
+            )
+        return key
     path = key_file()
     with _lock:
         if not path.exists():
