@@ -83,8 +83,15 @@ def render_cmd(
     platform_image: str = typer.Option(
         None, help="The platform's image: adds the `prefect-cs watch` Deployment"
     ),
+    apps_public_url: str = typer.Option(
+        None,
+        help="The host app Ingresses serve (https://apps.example.org): adds the interactive"
+        " apps' front door (Deployment, Service cs-app-front-door, NetworkPolicies); its"
+        " Secrets prefect-auth and cs-app-link-key are the operator's to create",
+    ),
 ) -> None:
-    """Namespaces, worker RBAC, model Secrets and inputs servers: `… | kubectl apply -f -`.
+    """Namespaces, worker RBAC, model Secrets, inputs servers, the apps' front door:
+    `… | kubectl apply -f -`.
 
     Model and registry Secrets carry values (base64): this output is for kubectl only; never log it.
     """
@@ -102,6 +109,7 @@ def render_cmd(
         with_secrets=not no_secrets,
         platform_image=platform_image,
         webapp_url=_webapp_url(),
+        apps_public_url=apps_public_url,
     )
     if out is None:
         typer.echo(yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False), nl=False)
