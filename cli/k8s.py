@@ -68,6 +68,18 @@ def _webapp_url() -> str | None:
         return None
 
 
+def _front_door(
+    platform_image: str | None, api_url: str, public_url: str, namespace: str | None
+) -> list[dict]:
+    """The apps' front door and their NetworkPolicies, in the jobs namespace with the apps."""
+    from prefect_cs.infra.kubernetes import jobs_namespace
+    from prefect_cs.infra.kubernetes_front_door import front_door_manifests
+    from prefect_cs.tiers.platform_image import configured_platform_image
+
+    image = platform_image or configured_platform_image()
+    return front_door_manifests(image, api_url, public_url, namespace or jobs_namespace())
+
+
 @k8s_app.command("render")
 def render_cmd(
     model: list[str] = typer.Option(
@@ -109,8 +121,9 @@ def render_cmd(
         with_secrets=not no_secrets,
         platform_image=platform_image,
         webapp_url=_webapp_url(),
-        apps_public_url=apps_public_url,
     )
+    if apps_public_url:
+        manifests += _front_door(platform_image, url, apps_public_url, namespace)
     if out is None:
         typer.echo(yaml.dump_all(manifests, Dumper=_PlainDumper, sort_keys=False), nl=False)
         return

@@ -503,12 +503,10 @@ def operator_manifests(
     with_secrets: bool = True,
     platform_image: str | None = None,
     webapp_url: str | None = None,
-    apps_public_url: str | None = None,
 ) -> list[Manifest]:
     """Everything the operator applies, in apply order (namespaces first). webapp_url: where
     the Jobs' flows notify the web app (the simulation pods' NetworkPolicy lets them reach it).
-    apps_public_url: the host the app Ingresses serve; adds the apps' front door and their
-    NetworkPolicies (infra/kubernetes_front_door.py) in the jobs namespace."""
+    The apps' front door is infra/kubernetes_front_door.py's (`k8s render --apps-public-url`)."""
     from prefect_cs.security.secrets import model_secret_env
     from prefect_cs.tiers.platform_image import configured_platform_image
 
@@ -528,11 +526,6 @@ def operator_manifests(
         if entry := kubernetes_entry(model):
             image = platform_image or configured_platform_image()
             manifests.append(inputs_server(model, entry, jobs_ns, api_url, image))
-    if apps_public_url:
-        from prefect_cs.infra.kubernetes_front_door import front_door_manifests
-
-        image = platform_image or configured_platform_image()
-        manifests += front_door_manifests(image, api_url, apps_public_url, jobs_ns)
     return manifests
 
 

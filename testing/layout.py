@@ -39,6 +39,8 @@ STARTED_ELSEWHERE = {
     # An operator manifest: Kubernetes starts the inputs server in its own pod, from the
     # platform image; the infra room only writes its command down.
     ("infra/kubernetes.py", "prefect_cs.services.inputs_server"),
+    # The same for the interactive apps' front door (what `stack start` runs as app-front-door).
+    ("infra/kubernetes_front_door.py", "prefect_cs.services.app_proxy"),
 }
 
 
