@@ -39,7 +39,7 @@ SECRET_VALUE = f"app-tok-{uuid.uuid4().hex}"
 # Run inside the app container as its uid: wait for the page, then report what the server
 # process (pid 1) runs as and holds. Prints names and a digest, never a variable's value.
 PROBE = r"""
-import hashlib, json, os, sys, time, urllib.request
+import errno, hashlib, json, os, sys, time, urllib.request
 url = sys.argv[1]
 deadline, page, error = time.time() + 90, None, None
 while time.time() < deadline:
@@ -60,18 +60,18 @@ listening = [  # local addresses of sockets listening on 8010 (hex, as the kerne
     for f in open(table).read().splitlines()[1:]
     if f.split()[1].endswith(":%04X" % 8010) and f.split()[3] == "0A"
 ]
-try:
-    open("/opt/cs/planted", "w")
-    root_writable = True
-except OSError:
-    root_writable = False
+try:  # /tmp is the image's (1777): only a read-only root keeps uid 10001 out of it
+    open("/tmp/planted", "w").close()
+    root_write = "written"
+except OSError as exc:
+    root_write = errno.errorcode[exc.errno]
 print(json.dumps({
     "page": page, "error": error, "uid": status["Uid"].split(), "gid": status["Gid"].split(),
     "cap_eff": status["CapEff"].strip(), "cap_bnd": status["CapBnd"].strip(),
     "no_new_privs": status["NoNewPrivs"].strip(), "seccomp": status["Seccomp"].strip(),
     "env": sorted(env),
     "token_sha": hashlib.sha256(env.get("APP_TOKEN", "").encode()).hexdigest(),
-    "root_writable": root_writable, "listening": listening,
+    "root_write": root_write, "listening": listening,
 }))
 """
 
@@ -127,6 +127,7 @@ def test_the_rendered_app_deployment_serves_its_page_confined_on_docker(bokeh_ap
         pod.wait_running("app")
         seen = probe(container, f"http://127.0.0.1:8010{prefix}app")
         attrs = inspect(container)
+        docker_run = " ".join(pod.started["app"].args)  # the host's `docker run` command line
     finally:
         ended = pod.stop()
     output = ended.output("app")
@@ -139,7 +140,7 @@ def test_the_rendered_app_deployment_serves_its_page_confined_on_docker(bokeh_ap
     assert seen["uid"] == ["10001"] * 4 and seen["gid"] == ["10001"] * 4
     assert int(seen["cap_eff"], 16) == 0 and int(seen["cap_bnd"], 16) == 0
     assert seen["no_new_privs"] == "1" and seen["seccomp"] == "2"  # filter mode
-    assert seen["root_writable"] is False
+    assert seen["root_write"] == "EROFS" and attrs["HostConfig"]["ReadonlyRootfs"] is True
     limit = memory_bytes(spec["resources"]["limits"]["memory"])
     assert limit == model.memory_limit_mib * 2**20
     assert attrs["HostConfig"]["Memory"] == limit == attrs["HostConfig"]["MemorySwap"]
@@ -148,6 +149,7 @@ def test_the_rendered_app_deployment_serves_its_page_confined_on_docker(bokeh_ap
     assert not [n for n in seen["env"] if n.startswith(("PREFECT_", "CS_"))], seen["env"]
     assert {"OWNER", "TITLE", "URL_BASE_PATHNAME", "APP_TOKEN"} <= set(seen["env"])
     assert seen["token_sha"] == hashlib.sha256(SECRET_VALUE.encode()).hexdigest()
+    assert "APP_TOKEN" in docker_run and SECRET_VALUE not in docker_run  # `-e NAME` only
     assert SECRET_VALUE not in json.dumps(attrs["Args"]) + json.dumps(attrs["Path"])
     assert SECRET_VALUE not in output
 
