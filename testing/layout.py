@@ -39,6 +39,9 @@ STARTED_ELSEWHERE = {
     # An operator manifest: Kubernetes starts the inputs server in its own pod, from the
     # platform image; the infra room only writes its command down.
     ("infra/kubernetes.py", "prefect_cs.services.inputs_server"),
+    # A pool's template: its workers start the flow-run command (Prefect's engine with the
+    # simulation's head start), the work_pools room only writes it down.
+    ("work_pools/pools.py", "prefect_cs.flows.engine"),
 }
 
 
