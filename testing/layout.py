@@ -41,6 +41,9 @@ STARTED_ELSEWHERE = {
     ("infra/kubernetes.py", "prefect_cs.services.inputs_server"),
     # The same for the interactive apps' front door (what `stack start` runs as app-front-door).
     ("infra/kubernetes_front_door.py", "prefect_cs.services.app_proxy"),
+    # A pool's template: its workers start the flow-run command (Prefect's engine with the
+    # simulation's head start), the work_pools room only writes it down.
+    ("work_pools/pools.py", "prefect_cs.flows.engine"),
 }
 
 

@@ -363,7 +363,7 @@ def test_websocket_traffic_keeps_a_deployment_from_the_idle_stop(webapp_cluster,
     with chromium(browser_profile(), resolve={"apps.test": "127.0.0.1"}) as browser:
         page = browser.open(stats["url"])
         page.wait_for_text("7 squared is 49", seconds=90)
-        deadline, n = time.monotonic() + IDLE_SECONDS * 2.5, 1
+        deadline, n = time.monotonic() + IDLE_SECONDS * 1.6, 1  # the reaper looks every 5 s
         while time.monotonic() < deadline:
             n = n % 10 + 1
             page.until(SLIDE.format(n=n))
