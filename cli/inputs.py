@@ -36,13 +36,20 @@ def inputs_parse(
     adjustment: str = typer.Option(..., "--adjustment", "-a"),
     meta: str = typer.Option(None, "--meta", "-m"),
     tag: str = typer.Option(None),
+    errors_warnings: str = typer.Option(
+        None,
+        "--errors-warnings",
+        "-e",
+        help="What the web app's own parser found (C/S's errors_warnings, e.g. its \"API\" and"
+        ' "GUI" sections), passed to validate_inputs as the web app passes it',
+    ),
 ) -> None:
     from prefect_cs.flows.inputs import parse
 
     task_id = str(uuid.uuid4())
-    console.print_json(
-        data=parse(*split_model(name), task_id, read_json(meta), read_json(adjustment), tag=tag)
-    )
+    given = read_json(errors_warnings) or None
+    data = parse(*split_model(name), task_id, read_json(meta), read_json(adjustment), tag, given)
+    console.print_json(data=data)
 
 
 @inputs_app.command("serve")

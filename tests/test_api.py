@@ -267,6 +267,27 @@ def test_parse_passes_the_web_apps_errors_warnings_to_validate_inputs(
     assert "policy" in returned  # the model's own sections are there for it to fill
 
 
+def test_inputs_parse_on_the_cli_passes_errors_warnings_as_the_web_app_does(
+    paramtools, task_worker, tmp_path
+):
+    """`prefect-cs inputs parse -e`: an operator checks an adjustment with the web app's own
+    findings, as C/S sends them, and sees what the model returns for them."""
+    from prefect_cs.cli.main import app
+    from typer.testing import CliRunner
+
+    sent = {
+        "GUI": {"errors": {}, "warnings": {}},
+        "API": {"errors": {"x": ["seen"]}, "warnings": {}},
+    }
+    (tmp_path / "ew.json").write_text(json.dumps(sent))
+    args = ["inputs", "parse", "tests/ParamTools", "-a", "{}", "-e", str(tmp_path / "ew.json")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.output)
+    assert answer["status"] == "SUCCESS", answer
+    assert answer["outputs"]["errors_warnings"]["API"] == sent["API"], answer
+
+
 # ---- the web app's own client ----------------------------------------------------------
 
 
