@@ -483,13 +483,14 @@ def test_sync_answers_as_compute_studio_16_reads_it_within_its_timeout(client, p
     from prefect_cs.blocks.model_config import ModelConfig
 
     title, took = f"Ack-{uuid.uuid4().hex[:6]}", []
-    for memory in [1, 2] * 15:
+    for memory in [1, 2] * 5:
         started = time.perf_counter()
         r = client.post("/sync/", json=[project(title, memory=memory)])
         took.append(time.perf_counter() - started)
         assert r.status_code == 200 and not r.text, r.text  # `if not response.text: return`
     p95 = sorted(took)[int(0.95 * len(took)) - 1]
-    print(f"/sync/ acknowledged: p50 {sorted(took)[14] * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+    p50 = sorted(took)[len(took) // 2 - 1]
+    print(f"/sync/ acknowledged: p50 {p50 * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
     # C/S gives up on an attempt after 1.7 s; the ≤ 100 ms goal is a figure (printed above and
     # by benchmarks), not a timed assertion on a shared CI machine.
     assert max(took) < 1.7, f"slowest {max(took) * 1000:.0f} ms: {[round(t * 1000) for t in took]}"

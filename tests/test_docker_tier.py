@@ -217,6 +217,7 @@ def call_containers_created(image: str, since: float, until: float) -> list[dict
         e
         for e in events
         if e.get("Type") == "container"
+        and since <= e["timeNano"] / 1e9 <= until  # the engine's filter is whole seconds
         and e["Actor"]["Attributes"].get("image") == image
         and e["Actor"]["Attributes"].get("name", "").startswith("cs-call-")
     ]
