@@ -17,6 +17,7 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -43,9 +44,11 @@ from prefect_cs.tiers.base import WarmCaller
 
 LIGHT_CALL_LIMIT = 30.0
 _warm: dict[tuple[str, str], WarmCaller] = {}
-_warm_lock = threading.Lock()
+_warm_lock = threading.Lock()  # the table only: never held across a start or a stop
+_warm_generation = 0  # counts stop_warm calls: a start that a stop overtook is not kept
+_model_locks: dict[str, threading.Lock] = {}
 _defaults_locks: dict[tuple[str, str], threading.Lock] = {}
-_defaults_locks_lock = threading.Lock()
+_locks_lock = threading.Lock()
 
 
 @functools.cache
@@ -150,37 +153,70 @@ def warm_call(model: ModelConfig, entry: PublishedTag, function: str, args: list
     """The call on the model's warm process (or container: the tier's `warm_model`), restarted
     first if what it was started with (environment and secrets, bounds, network, image) has
     changed since."""
-    key = (model.slug, entry.image or entry.python)
     env = model_env(model)
     fingerprint = _fingerprint(env, model.internet, call_bounds(model), entry)
-    with _warm_lock:  # the task worker's threads and the start-up warming share the table
+    limit = min(LIGHT_CALL_LIMIT, model.time_limit)
+    starting = _named_lock(_model_locks, model.slug)  # one start at a time per model, not in all
+    if not starting.acquire(timeout=limit):  # the task worker's threads are few: bounded wait
+        raise TimeoutError(
+            f"{model.owner}/{model.title}'s warm process is still starting after {limit:g}s"
+            " (an image pull or a model import that hangs?): see the inputs server's log"
+        )
+    try:
+        warm = _warm_for(
+            (model.slug, entry.image or entry.python),
+            fingerprint,
+            lambda: get_tier(entry.tier).warm_model(model, entry, env, fingerprint),
+        )
+    finally:
+        starting.release()
+    return warm.call(function, args, timeout=limit)
+
+
+def _warm_for(key: tuple[str, str], fingerprint: str, start: Callable[[], WarmCaller]):
+    """The model's warm caller for `key`, started if it has none with this fingerprint.
+
+    Starting one may pull an image (minutes, if a registry hangs) and stopping one removes a
+    container: done outside the table's lock, so one slow model never holds up the light calls
+    of every other model (the caller holds that model's own lock). One warm caller per model:
+    the tag asked for now replaces the others (after a promote, the old tag's would otherwise
+    hold its memory for ever)."""
+    with _warm_lock:
         warm = _warm.get(key)
-        if warm is not None and warm.fingerprint != fingerprint:
-            warm.stop()
-            warm = None
-        if warm is None:
-            _stop_other_tags(model.slug)
-            warm = _warm[key] = get_tier(entry.tier).warm_model(model, entry, env, fingerprint)
-    return warm.call(function, args, timeout=min(LIGHT_CALL_LIMIT, model.time_limit))
+        if warm is not None and warm.fingerprint == fingerprint:
+            return warm
+        replaced = [_warm.pop(other) for other in list(_warm) if other[0] == key[0]]
+        generation = _warm_generation
+    for old in replaced:
+        old.stop()
+    warm = start()
+    with _warm_lock:
+        if generation == _warm_generation:
+            _warm[key] = warm
+            return warm
+    warm.stop()
+    raise RuntimeError("the inputs server stopped its warm models while this one started")
 
 
 def stop_warm() -> None:
     """Stop every warm process and container (the inputs server is stopping), side by side:
     removing a container takes the engine a second or more on a loaded machine, and the
-    stack gives a stopping server 15 s before SIGKILL."""
+    stack gives a stopping server 15 s before SIGKILL. One still starting is stopped by its
+    starter (_warm_for)."""
+    global _warm_generation
     with _warm_lock:
         warm = list(_warm.values())
         _warm.clear()
-        if warm:
-            with ThreadPoolExecutor(max_workers=min(8, len(warm))) as pool:
-                list(pool.map(lambda model: model.stop(), warm))
+        _warm_generation += 1
+    if warm:
+        with ThreadPoolExecutor(max_workers=min(8, len(warm))) as pool:
+            list(pool.map(lambda model: model.stop(), warm))
 
 
-def _stop_other_tags(model_slug: str) -> None:
-    """One warm process or container per model: the tag asked for now replaces the last one
-    (after a promote, the old tag's would otherwise hold its memory for ever)."""
-    for key in [key for key in _warm if key[0] == model_slug]:
-        _warm.pop(key).stop()
+def _named_lock(table: dict[Any, threading.Lock], name: Any) -> threading.Lock:
+    """The lock of `name` in `table`, made on first use."""
+    with _locks_lock:
+        return table.setdefault(name, threading.Lock())
 
 
 def _fingerprint(env: dict[str, str], internet: bool, bounds: Bounds, entry: PublishedTag) -> str:
@@ -260,8 +296,7 @@ def _keep(path: str, result: dict[str, Any]) -> None:
 def _defaults_lock(model_slug: str, tag: str) -> threading.Lock:
     """The model's calls queue on its one warm process anyway (WarmModel.lock); holding this
     around the cache check as well is what merges identical requests."""
-    with _defaults_locks_lock:
-        return _defaults_locks.setdefault((model_slug, tag), threading.Lock())
+    return _named_lock(_defaults_locks, (model_slug, tag))
 
 
 @task(name="inputs-parse", persist_result=True)

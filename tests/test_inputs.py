@@ -195,3 +195,74 @@ def test_a_warm_process_outlives_the_thread_that_started_it(misbehaving):
         assert warm.proc is not None and warm.proc.pid == first  # the same process answered
     finally:
         inputs.stop_warm()
+
+
+def test_a_model_whose_image_pull_hangs_holds_up_no_other_models_calls(misbehaving, monkeypatch):
+    """A Docker-tier model's registry that accepts connections and never answers: its warm
+    start hangs in `docker pull` (for as long as the registry likes). Another model's light
+    calls must go on meanwhile; they queued behind one table lock for the whole pull before,
+    and an inputs page of every model timed out with it."""
+    import contextlib
+    import socket
+    import threading
+
+    from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+    from prefect_cs.core.errors import StepFailed
+    from prefect_cs.registry.configs import register
+    from prefect_cs.tiers.docker import MODEL_PYTHON
+
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)
+    silent.settimeout(60)
+    port = silent.getsockname()[1]
+    monkeypatch.setenv("CS_REGISTRY", f"127.0.0.1:{port}")
+    monkeypatch.delenv("CS_REGISTRY_BLOCK", raising=False)
+    stalled = register(
+        ModelConfig(
+            owner="tests",
+            title="Stalled-Docker",
+            repo_url="https://example.invalid/s.git",
+            time_limit=5,
+            expected_task_time=1,
+        )
+    )
+    stalled_entry = PublishedTag(
+        tag="v1", tier="docker", python=MODEL_PYTHON, image=f"127.0.0.1:{port}/tests_stalled:v1"
+    )
+    stalled.record(stalled_entry)
+    stalled.save_model()
+
+    def pull() -> None:
+        with contextlib.suppress(StepFailed):  # the pull fails once the registry is closed
+            inputs.warm_call(stalled, stalled_entry, "get_version", [])
+
+    pulling = threading.Thread(target=pull, daemon=True)
+    held: list[socket.socket] = []
+    try:
+        pulling.start()
+        held.append(silent.accept()[0])  # the engine reached the registry: the pull is in flight
+        model, entry = inputs._resolve("tests", "Misbehaving", None)
+        answered: list = []
+
+        def other_model() -> None:
+            call = inputs.warm_call(model, entry, "get_version", [])
+            answered.append((call, pulling.is_alive()))
+
+        other = threading.Thread(target=other_model, daemon=True)
+        other.start()
+        other.join(timeout=120)
+        assert answered, "another model's call was not answered"
+        call, while_pulling = answered[0]
+        assert call.ok, call.error
+        assert while_pulling, "another model's call waited until the hanging pull gave up"
+        # the stalled model's own next call waits a bounded time (its limit), not the pull's
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="still starting after 5s"):
+            inputs.warm_call(stalled, stalled_entry, "get_version", [])
+        assert time.monotonic() - started < 30
+    finally:
+        for conn in held:
+            conn.close()
+        silent.close()  # the pull fails now
+        pulling.join(timeout=120)
+        inputs.stop_warm()
+        ModelConfig.delete(stalled.slug, _sync=True)  # later inputs servers would warm it
