@@ -54,3 +54,20 @@ def load_outputs_storage(name: str | None = None) -> Block:
         " or save a GcsBucket under that name"
     )
     return load_storage_block(name or get_settings().outputs_block, "outputs storage block", fix)
+
+
+def load_collections_first() -> list[str]:
+    """Import every installed Prefect collection (prefect-docker, -gcp, -kubernetes, -redis, this
+    plugin) now, in the calling thread; returns their names. Call it before a process starts
+    threads that use Prefect.
+
+    Why: Prefect imports them on the first generic block load (`Block.load("<slug>/<name>")`:
+    its task worker does one for the task storage at its first task run, on its event loop), in
+    whichever thread gets there, unguarded; meanwhile another thread imports the same packages
+    (a warm call importing the Docker SDK, say). An inputs server whose warming thread and task
+    worker started at once hung for good in a CI run: neither logged again for 13 minutes, and
+    every light call of that test module timed out. Imported here first, no thread imports
+    them again."""
+    from prefect.plugins import load_prefect_collections
+
+    return sorted(load_prefect_collections())

@@ -17,8 +17,10 @@ import runpy
 def main() -> None:
     # Imported here, in this thread: Prefect imported from two threads at once can see its own
     # modules half made. The flow's module imports all of it anyway.
+    from prefect_cs.core.blocks import load_collections_first
     from prefect_cs.flows.head_start import begin_before_running
 
+    load_collections_first()  # the engine's first block load would import them beside the thread
     begin_before_running()  # in a thread of its own: the engine goes on at once
     runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
 

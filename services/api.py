@@ -43,6 +43,7 @@ from uuid import UUID
 import anyio
 from prefect.exceptions import ObjectNotFound
 from prefect_cs.blocks.model_config import ModelConfig, PublishedTag
+from prefect_cs.core.blocks import load_collections_first
 from prefect_cs.core.errors import PLATFORM_ERROR, ConfigError, NotConfigured, NotFound
 from prefect_cs.core.names import check_name, check_task_id
 from prefect_cs.core.settings import ApiSettings, get_settings
@@ -580,4 +581,5 @@ def serve(host: str, port: int, no_auth: bool = False) -> None:
     app = create_app(auth=auth, port=port)
     if not auth:
         warn_no_auth(host, port)
+    load_collections_first()  # before uvicorn's threads make their first block loads at once
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -11,6 +11,7 @@ Run it with `prefect-cs inputs serve [--model OWNER/TITLE]` or
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ import threading
 from prefect import Task
 from prefect.logging import get_logger
 from prefect_cs.blocks.model_config import ModelConfig
+from prefect_cs.core.blocks import load_collections_first
 from prefect_cs.core.names import check_name
 from prefect_cs.core.settings import get_settings
 from prefect_cs.core.task_storage import task_storage
@@ -92,6 +94,10 @@ def serve(model: str | None = None) -> None:
     model = model or get_settings().inputs_model
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _exit_once)
+        # `kill -USR1 <pid>` writes every thread's stack to the log: where a stuck server is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    collections = load_collections_first()  # before the warming thread and the task worker
+    logger.info("Prefect collections loaded before any thread: %s", ", ".join(collections))
     try:
         with task_storage():
             threading.Thread(target=warm_served, args=(model,), daemon=True).start()

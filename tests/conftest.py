@@ -8,6 +8,7 @@ children) inherits the same server.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -109,16 +110,39 @@ def paramtools(platform, repos):
 
 
 @pytest.fixture(scope="module")
-def task_worker(platform):
-    """The inputs task worker as `stack start` runs it, for the tests of version/defaults/parse."""
+def task_worker(platform, request):
+    """The inputs task worker as `stack start` runs it, for the tests of version/defaults/parse.
+    If a test failed while it ran, its threads' stacks are reported (a CI run's logs are gone
+    with its machine; the report is what reaches the team)."""
     from prefect_cs.services.stack_parts import inputs_worker
 
     bg = inputs_worker()
     since = bg.log_file.stat().st_size if bg.log_file.exists() else 0
     bg.start()
     wait_subscribed(bg, since)
+    failed_before = request.session.testsfailed
     yield bg
+    stacks = thread_stacks(bg) if request.session.testsfailed > failed_before else ""
     bg.stop()
+    if stacks:
+        pytest.fail(f"a test failed while this inputs worker ran; its threads then:\n{stacks}")
+
+
+def thread_stacks(bg, timeout: float = 10) -> str:
+    """Every thread's stack of a running inputs server (its SIGUSR1 dump, from its log)."""
+    pid = bg.pid()
+    if pid is None:
+        return f"(the inputs worker had exited: see {bg.log_file})"
+    since = bg.log_file.stat().st_size
+    os.kill(pid, signal.SIGUSR1)
+    deadline, seen = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        dump = bg.log_file.read_bytes()[since:].decode(errors="replace")
+        if "most recent call first" in dump and dump == seen:  # written, and no more coming
+            return dump[-8000:]
+        seen = dump
+    return f"(no stack dump within {timeout:g}s: see {bg.log_file})"
 
 
 def wait_subscribed(bg, since: int, timeout: float = 240) -> None:

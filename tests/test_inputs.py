@@ -173,6 +173,13 @@ def test_the_inputs_server_warms_what_it_serves_when_it_starts(misbehaving, plat
         worker.stop()
     assert cached.exists(), f"not warmed at start; the server's log:\n{log[-3000:]}"
     assert "warmed tests/Misbehaving: SUCCESS" in log
+    # Prefect's collections are imported before the warming thread and the task worker exist:
+    # the two importing them at once hung a server for good (core/blocks.load_collections_first)
+    loaded = log.find("Prefect collections loaded before any thread: ")
+    assert loaded != -1, log[-3000:]
+    assert "prefect_docker" in log[loaded:].splitlines()[0]
+    assert loaded < log.find("Subscribing to runs of task(s)")
+    assert loaded < log.find("warmed tests/Misbehaving")
 
 
 def test_a_warm_process_outlives_the_thread_that_started_it(misbehaving):
