@@ -95,7 +95,9 @@ def webapp_cluster(platform, cs_home, dash_app, front_door) -> Iterator[Cluster]
     from prefect_cs.services.api_v1.tenants import add_user
 
     stub = WebAppStub(token="interactive-webapp-token").start()
-    name = f"webapp-apps-{uuid.uuid4().hex[:4]}"
+    # One name per session: test_interactive_docker uses this fixture too, and when it runs in
+    # the same xdist worker its Dash-Demo sync by another web app user was a 409, five times.
+    name = "webapp-apps"
     _, password = add_user(store_at(cs_home), name, stub.url, stub.token)
     with serving_api(
         "interactive-api", free_port(), v0_token="interactive-v0", env=APPS_ENV
