@@ -226,3 +226,28 @@ def assert_same_wheel(original: Path, repacked: Path) -> None:
             if name != record:
                 assert digest == f"sha256={_urlsafe_sha256(b.read(name))}", name
                 assert int(size) == len(b.read(name))
+
+
+def test_only_the_engines_own_copy_failure_builds_again():
+    """The engine's failure to unpack a COPY (seen under concurrent builds) is built once more;
+    the same words printed by the model's install.sh above the failing step are not."""
+    from prefect_cs.tiers.docker import _build_failure, engine_copy_failure
+
+    engine = _build_failure(
+        "cs-base:bookworm",
+        [
+            "Step 9/12 : COPY cs-config/ /opt/cs/src/cs-config/",
+            "failed to copy files: failed to copy directory: Error processing tar file(exit"
+            " status 1): Error after fallback to chroot: no such file or directory",
+        ],
+    )
+    model = _build_failure(
+        "cs-base:bookworm",
+        [
+            "Error processing tar file",
+            "The command '/bin/sh -c bash -e ./install.sh' returned a non-zero code: 1",
+        ],
+    )
+    assert engine_copy_failure(engine)
+    assert not engine_copy_failure(model)
+    assert not engine_copy_failure("")

@@ -267,11 +267,36 @@ def dockerfile(system_packages: list[str] | None = None, install_uses_apt: bool 
 # ---- build, test, push -----------------------------------------------------------------
 
 
+# The engine's own failure to unpack a COPY into the layer it builds (seen twice under
+# concurrent builds on one engine, never for the model's files): worth one more try.
+ENGINE_COPY_FAILURE = "Error processing tar file"
+
+
 def stream_build(
     context: Path, tag: str, base_image: str, logger: Logger, no_cache: bool = False
 ) -> str:
     """`docker build` through the SDK's low-level stream: every line goes to the logs as it
-    comes."""
+    comes. Built again once when the engine failed to unpack a COPY (ENGINE_COPY_FAILURE);
+    any other failure is the build's."""
+    try:
+        return _stream_build(context, tag, base_image, logger, no_cache)
+    except StepFailed as exc:
+        if not engine_copy_failure(str(exc)):
+            raise
+        logger.warning("the engine failed to unpack a COPY step; building once more: %s", exc)
+        return _stream_build(context, tag, base_image, logger, no_cache)
+
+
+def engine_copy_failure(message: str) -> bool:
+    """The build failed in the engine's unpacking of a COPY: its last line, the engine's own
+    error (the model's output above it cannot ask for a second build)."""
+    lines = message.rstrip().splitlines()
+    return bool(lines) and ENGINE_COPY_FAILURE in lines[-1]
+
+
+def _stream_build(
+    context: Path, tag: str, base_image: str, logger: Logger, no_cache: bool = False
+) -> str:
     client = docker_client()
     tail: list[str] = []
     image_id = None
