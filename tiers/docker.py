@@ -283,7 +283,8 @@ def stream_build(
     except StepFailed as exc:
         if not engine_copy_failure(str(exc)):
             raise
-        logger.warning("the engine failed to unpack a COPY step; building once more: %s", exc)
+        last = str(exc).rstrip().splitlines()[-1]
+        logger.warning("the engine failed to unpack a COPY step (%s); building once more", last)
         return _stream_build(context, tag, base_image, logger, no_cache)
 
 
